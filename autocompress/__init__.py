@@ -1,0 +1,50 @@
+"""autocompress: automated per-layer pruning and mixed-precision search for PyTorch models.
+
+Typical use::
+
+    import autocompress as ac
+    cfg = ac.load_experiment("experiments/fashion_mnist_quick.yaml")
+    result = ac.search(cfg)          # Optuna study, every trial in MLflow, Pareto front
+"""
+
+from .api import ValidationReport, status, validate
+from .compress.apply import apply_policy, compressed_state, model_size_bytes
+from .config import ExperimentConfig, load_experiment
+from .data import DataBundle, load_data
+from .errors import AutocompressError, ConfigError, DataError, ModelError
+from .metrics import TrialMetrics
+from .models import build_model, register_model
+from .policy import CompressionPolicy, LayerPolicy
+from .search import SearchResult, front_rows, hypervolume, load_study, search
+from .search_space import SearchSpace, load_search_space
+
+__all__ = [
+    "AutocompressError",
+    "CompressionPolicy",
+    "ConfigError",
+    "DataBundle",
+    "DataError",
+    "ExperimentConfig",
+    "LayerPolicy",
+    "ModelError",
+    "SearchResult",
+    "SearchSpace",
+    "TrialMetrics",
+    "ValidationReport",
+    "apply_policy",
+    "build_model",
+    "compressed_state",
+    "front_rows",
+    "hypervolume",
+    "load_data",
+    "load_experiment",
+    "load_search_space",
+    "load_study",
+    "model_size_bytes",
+    "register_model",
+    "search",
+    "status",
+    "validate",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,129 @@
+"""The uncompressed model and its metrics: loaded from a checkpoint, or trained once and cached
+(keyed by everything that determines it, so a second run skips training)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .compress.apply import model_size_bytes
+from .config import ExperimentConfig
+from .data import DataBundle
+from .hardware.measure import measure_torch_model_latency
+from .models import build_model
+from .training import evaluate, train
+
+__all__ = ["Baseline", "BaselineMetrics", "get_baseline", "state_dict_bytes"]
+
+
+@dataclass
+class BaselineMetrics:
+    val_accuracy: float
+    val_loss: float
+    test_accuracy: float
+    latency_ms: float
+    size_bytes: int
+    fp32_state_dict_bytes: int
+    params: int
+    trained_seconds: float
+    cache_key: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Baseline:
+    model: nn.Module
+    metrics: BaselineMetrics
+    checkpoint: Path
+
+
+def state_dict_bytes(model: nn.Module) -> int:
+    """Bytes of ``torch.save(model.state_dict())``: the FP32 reference for compression ratios."""
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return buf.getbuffer().nbytes
+
+
+def _cache_key(cfg: ExperimentConfig) -> str:
+    d = cfg.to_dict()
+    data = {k: d["data"][k] for k in ("dataset", "root", "kwargs", "val_fraction", "seed")}
+    data["batch_size"] = d["data"]["batch_size"]
+    payload = {"model": d["model"], "baseline": d["baseline"], "data": data}
+    if cfg.model.checkpoint is not None:
+        payload["checkpoint_sha"] = hashlib.sha256(cfg.model.checkpoint.read_bytes()).hexdigest()
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def get_baseline(
+    cfg: ExperimentConfig, data: DataBundle, *, log=print
+) -> Baseline:
+    """Load (checkpoint or cache) or train the baseline, then measure it on val and test."""
+    key = _cache_key(cfg)
+    cache_dir = cfg.output_dir / "cache"
+    ckpt = cache_dir / f"baseline-{key}.pt"
+    meta_path = ckpt.with_suffix(".json")
+    in_ch = data.input_shape[0]
+    kw = {"num_classes": cfg.model.num_classes, "in_channels": in_ch, "kwargs": cfg.model.kwargs}
+    trained_seconds = 0.0
+    if cfg.model.checkpoint is not None:
+        model = build_model(cfg.model.name, checkpoint=cfg.model.checkpoint, **kw)
+        ckpt = cfg.model.checkpoint
+    elif ckpt.is_file():
+        model = build_model(cfg.model.name, checkpoint=ckpt, **kw)
+        log(f"baseline: cached model {ckpt.name}")
+    else:
+        model = build_model(cfg.model.name, **kw)
+        train_ds = data.train_full
+        bs = cfg.data.batch_size
+        steps = cfg.baseline.epochs * max(1, len(train_ds) // bs)
+        log(
+            f"baseline: training {cfg.model.name} for {cfg.baseline.epochs} epochs "
+            f"({steps} steps on {len(train_ds)} images)"
+        )
+        t0 = time.perf_counter()
+        train(
+            model,
+            train_ds,
+            steps=steps,
+            lr=cfg.baseline.lr,
+            batch_size=bs,
+            weight_decay=cfg.baseline.weight_decay,
+            seed=cfg.data.seed,
+            schedule="onecycle",
+            log_every=max(steps // 5, 1),
+        )
+        trained_seconds = time.perf_counter() - t0
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = ckpt.with_suffix(".tmp")
+        torch.save(model.state_dict(), tmp)
+        tmp.replace(ckpt)
+    model.eval()
+    cached = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    val_acc, val_loss = evaluate(model, data.val)
+    test_acc, _ = evaluate(model, data.test)
+    example = data.example_input(cfg.latency.batch_size)
+    latency = cached.get("latency_ms") or measure_torch_model_latency(model, example)
+    metrics = BaselineMetrics(
+        val_accuracy=val_acc,
+        val_loss=val_loss,
+        test_accuracy=test_acc,
+        latency_ms=latency,
+        size_bytes=model_size_bytes(model),
+        fp32_state_dict_bytes=state_dict_bytes(model),
+        params=sum(p.numel() for p in model.parameters()),
+        trained_seconds=cached.get("trained_seconds", trained_seconds),
+        cache_key=key,
+    )
+    if cfg.model.checkpoint is None:
+        meta_path.write_text(json.dumps(metrics.to_dict(), indent=2))
+    return Baseline(model, metrics, ckpt)

@@ -1,0 +1,134 @@
+"""Command line: one sub-command per stage, each a thin layer over a function of ``autocompress``.
+
+Exit codes: 0 ok, 1 failure, 2 usage or configuration error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from .errors import AutocompressError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _experiment_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    p.add_argument("experiment", help="experiment YAML file, e.g. experiments/fashion_mnist_quick.yaml")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set search.n_trials=40 (repeatable)",
+    )
+    return p
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autocompress",
+        description="Automated per-layer pruning + mixed-precision search, tracked in MLflow.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    _experiment_parser(sub, "validate", "check an experiment config and its search space")
+    p = _experiment_parser(sub, "search", "run (or resume) the compression search")
+    p.add_argument("--storage", help="Optuna storage URL (default: SQLite in output_dir)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite in output_dir)")
+    p = _experiment_parser(sub, "status", "trials done/failed/running and the current front")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    return parser
+
+
+def _load(args: argparse.Namespace):
+    from .config import load_experiment
+
+    overrides = list(args.overrides)
+    if getattr(args, "storage", None):
+        overrides.append(f"storage={args.storage}")
+    if getattr(args, "tracking_uri", None):
+        overrides.append(f"tracking_uri={args.tracking_uri}")
+    return load_experiment(args.experiment, overrides)
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from .api import validate
+
+    report = validate(_load(args))
+    print(report.describe())
+    return EXIT_OK
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from .search import search
+
+    cfg = _load(args)
+    result = search(cfg)
+    print(
+        f"done: {result.n_complete} complete, {result.n_failed} failed trials in "
+        f"{result.seconds:.0f} s; Pareto front ({len(result.front)} points):"
+    )
+    print(_front_table(result.front))
+    print(f"MLflow: mlflow ui --backend-store-uri {cfg.tracking}  (parent run {result.parent_run_id})")
+    return EXIT_OK
+
+
+def _front_table(front: list[dict]) -> str:
+    lines = [f"{'trial':>5}  {'val_acc':>7}  {'lat_ms':>7}  {'size_KB':>8}  {'ratio':>6}  policy"]
+    for r in front:
+        lines.append(
+            f"{r['trial']:>5}  {r['val_accuracy']:>7.4f}  {(r['latency_ms'] or 0):>7.3f}  "
+            f"{(r['size_kb'] or 0):>8.1f}  {(r['compression_ratio'] or 0):>5.1f}x  {r['summary']}"
+        )
+    return "\n".join(lines)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .api import status
+
+    st = status(_load(args))
+    print(
+        f"{st['study']}: {st['complete']} complete / {st['n_trials']} wanted, "
+        f"{st['failed']} failed, {st['running']} running; {st['elapsed_s']:.0f} s of trials"
+    )
+    print(_front_table(st["front"]))
+    if args.json:
+        print(json.dumps({k: v for k, v in st.items() if k != "front"} | {
+            "front": [{k: r[k] for k in ("trial", "val_accuracy", "latency_ms", "size_kb")}
+                      for r in st["front"]]}))
+    return EXIT_OK
+
+
+_COMMANDS = {"validate": _cmd_validate, "search": _cmd_search, "status": _cmd_status}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    debug = args.debug or os.environ.get("AUTOCOMPRESS_DEBUG") == "1"
+    try:
+        return _COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted: the same command resumes the search", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except AutocompressError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Exception as exc:  # noqa: BLE001 - last resort: one line, not a traceback
+        if debug:
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {exc} (rerun with --debug)", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,354 @@
+"""The packed on-disk checkpoint (Deep Compression style, Han et al. 2016) and the model size.
+
+Layout of a packed file::
+
+    b"ACPK" | version (u8) | header length (u32, little endian) | header | payloads
+
+The header is zlib-compressed JSON ``{"meta": <user metadata>, "t": [entry, ...]}``, one entry per
+tensor in the original order.  Payloads follow in the same order, back to back:
+
+* plain arrays (``"k": "raw"``): the exact little-endian bytes of the array (shape, dtype kept);
+* quantised tensors (``"k": "q"``): per-output-channel float32 scales, then one stream for a
+  ``"dense"`` encoding (every code) or two for ``"sparse"`` (relative indices, then values).
+  Sparse entries are (gap, value) pairs: skip ``gap`` zeros, then emit ``value``; a gap above
+  ``2**b - 1`` becomes filler entries ``(2**b - 1, 0)`` that each cover ``2**b`` positions.
+  Codes are offset by ``2**(bits-1) - 1`` to non-negative symbols.  Each stream is Huffman-coded
+  (its table stored in the header as one base-36 code-length digit per symbol) or bit-packed at a
+  fixed width (``b`` for indices, ``bits`` for values); the index width ``b``, the dense/sparse
+  choice and the per-stream coding are picked to minimise the size, and recorded.
+
+:func:`packed_size` is the project's one definition of model size: every byte a loader reads.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .huffman import HuffmanTable, code_lengths, decode, encode, pack_fixed, unpack_fixed
+
+__all__ = [
+    "MAGIC",
+    "FORMAT_VERSION",
+    "QuantizedTensor",
+    "load_packed",
+    "pack_state",
+    "packed_size",
+    "read_header",
+    "save_packed",
+    "unpack_state",
+]
+
+MAGIC = b"ACPK"
+FORMAT_VERSION = 1
+_PREFIX = struct.Struct("<4sBI")
+_MAX_INDEX_BITS = 16  # relative-index widths tried: 1..16
+_MAX_HUFFMAN_ALPHABET = 1 << 12  # larger alphabets are always bit-packed
+_ENCODINGS = ("dense", "sparse")  # candidate encodings of quantised tensors (tests narrow it)
+
+
+@dataclass(frozen=True, eq=False)
+class QuantizedTensor:
+    """Symmetric per-output-channel quantised weight: ``codes * scales[:, None, ...]``.
+
+    ``codes`` are signed integers in ``[-(2**(bits-1) - 1), 2**(bits-1) - 1]`` with the weight's
+    shape; ``scales`` (coerced to float32) has one entry per output channel (axis 0).
+    """
+
+    codes: np.ndarray
+    bits: int
+    scales: np.ndarray
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "codes", np.asarray(self.codes))
+        object.__setattr__(self, "scales", np.asarray(self.scales, dtype=np.float32))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.codes.shape)
+
+    @property
+    def qmax(self) -> int:
+        return (1 << (self.bits - 1)) - 1
+
+    def dequantize(self) -> np.ndarray:
+        """The float32 weight ``codes * scales`` (scales broadcast along axis 0)."""
+        view = (-1,) + (1,) * (self.codes.ndim - 1)
+        return self.codes.astype(np.float32) * self.scales.reshape(view)
+
+    def validate(self, name: str = "<tensor>") -> None:
+        """Raise ``ValueError`` naming ``name`` if bits, codes or scales are inconsistent."""
+        bits, codes, scales = self.bits, self.codes, self.scales
+        if isinstance(bits, bool) or not isinstance(bits, int | np.integer) or not 2 <= bits <= 8:
+            raise ValueError(f"tensor {name!r}: bits must be an integer in 2..8, got {bits!r}")
+        if not np.issubdtype(codes.dtype, np.integer):
+            raise ValueError(f"tensor {name!r}: codes must be integers, got dtype {codes.dtype}")
+        if codes.ndim == 0:
+            raise ValueError(f"tensor {name!r}: codes must have at least one dimension")
+        q = self.qmax
+        if codes.size and (int(codes.min()) < -q or int(codes.max()) > q):
+            raise ValueError(
+                f"tensor {name!r}: codes span [{int(codes.min())}, {int(codes.max())}], "
+                f"outside [-{q}, {q}] for {bits} bits"
+            )
+        if scales.ndim != 1 or scales.shape[0] != codes.shape[0]:
+            raise ValueError(
+                f"tensor {name!r}: scales must have shape ({codes.shape[0]},) (one per output "
+                f"channel), got {scales.shape}"
+            )
+
+
+# ----------------------------------------------------------------------------------- streams
+
+
+def _stream_plan(hist: np.ndarray, width: int, huffman: bool) -> tuple[int, np.ndarray | None]:
+    """Estimated bytes (payload + table text) and Huffman lengths (None: bit-pack at width)."""
+    count = int(hist.sum())
+    fixed = (count * width + 7) // 8
+    if not huffman or count == 0 or hist.size > _MAX_HUFFMAN_ALPHABET:
+        return fixed, None
+    lengths = code_lengths(hist)
+    table = HuffmanTable(lengths)
+    cost = (table.encoded_bits(hist) + 7) // 8 + len(table.to_string())
+    return (cost, lengths) if cost < fixed else (fixed, None)
+
+
+def _encode_stream(
+    symbols: np.ndarray, width: int, lengths: np.ndarray | None
+) -> tuple[bytes, list[Any]]:
+    if lengths is None:
+        return pack_fixed(symbols, width), []
+    data, table = encode(symbols, HuffmanTable(lengths))
+    return data, [table.to_string()]
+
+
+def _decode_stream(data: bytes, spec: list[Any], width: int, count: int) -> np.ndarray:
+    if len(spec) > 1:
+        return decode(data, HuffmanTable.from_string(spec[1]), count)
+    return unpack_fixed(data, width, count)
+
+
+# --------------------------------------------------------------------------------- quantised
+
+
+def _skip_histogram(skips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct skip values, counts), via bincount when the range is small."""
+    if skips.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    top = int(skips.max())
+    if top < 4 * skips.size + 1024:
+        counts = np.bincount(skips)
+        values = np.flatnonzero(counts)
+        return values, counts[values]
+    return np.unique(skips, return_counts=True)
+
+
+def _sparse_streams(skips: np.ndarray, b: int) -> tuple[np.ndarray, np.ndarray]:
+    """Relative-index symbols at width ``b`` (fillers included) and the slot of each non-zero."""
+    fill = skips >> b
+    slots = np.cumsum(fill + 1) - 1  # entry of each real non-zero
+    idx = np.full(int(slots[-1]) + 1 if slots.size else 0, (1 << b) - 1, dtype=np.uint32)
+    idx[slots] = skips & ((1 << b) - 1)
+    return idx, slots
+
+
+def _choose_encoding(
+    value_hist: np.ndarray, skips: np.ndarray, q: int, bits: int, huffman: bool
+) -> tuple[int, list[np.ndarray | None]]:
+    """Index width ``b`` (0 = dense) and per-stream Huffman lengths of the smallest encoding."""
+    best_cost, lens = _stream_plan(value_hist, bits, huffman)
+    best: tuple[int, list[np.ndarray | None]] = (0, [lens])
+    if "dense" not in _ENCODINGS:
+        best_cost = np.inf
+    if "sparse" not in _ENCODINGS:
+        return best
+    uniq, counts = _skip_histogram(skips)
+    nz_hist = value_hist.copy()
+    nz_hist[q] = 0
+    top_b = min(_MAX_INDEX_BITS, max(1, int(uniq[-1]).bit_length() if uniq.size else 1))
+    for b in range(1, top_b + 1):
+        fillers = int(np.dot(counts, uniq >> b))
+        idx_hist = np.bincount(uniq & ((1 << b) - 1), weights=counts, minlength=1 << b)
+        idx_hist = idx_hist.astype(np.int64)
+        idx_hist[-1] += fillers
+        val_hist = nz_hist.copy()
+        val_hist[q] += fillers
+        idx_cost, idx_lens = _stream_plan(idx_hist, b, huffman)
+        val_cost, val_lens = _stream_plan(val_hist, bits, huffman)
+        cost = idx_cost + val_cost + 12  # ~12 more header bytes for the extra fields
+        if cost < best_cost:
+            best_cost, best = cost, (b, [idx_lens, val_lens])
+    return best
+
+
+def _pack_quantized(name: str, qt: QuantizedTensor, huffman: bool) -> tuple[dict, list[bytes]]:
+    qt.validate(name)
+    bits, q = int(qt.bits), qt.qmax
+    flat = qt.codes.ravel()
+    symbols = (flat.astype(np.int16) + q).astype(np.uint8)
+    positions = np.flatnonzero(flat)
+    skips = np.diff(positions, prepend=-1) - 1  # zeros before each non-zero
+    b, plans = _choose_encoding(np.bincount(symbols, minlength=2 * q + 1), skips, q, bits, huffman)
+    entry: dict[str, Any] = {"n": name, "k": "q", "s": list(qt.shape), "b": bits}
+    entry["cd"] = np.dtype(qt.codes.dtype).str
+    chunks = [np.ascontiguousarray(qt.scales, dtype="<f4").tobytes()]
+    if b == 0:
+        streams = [(symbols, bits)]
+    else:
+        idx, slots = _sparse_streams(skips, b)
+        vals = np.full(idx.size, q, dtype=np.uint8)  # fillers carry a zero value
+        vals[slots] = symbols[positions]
+        streams = [(idx, b), (vals, bits)]
+        entry.update(ib=b, ne=int(idx.size))
+    entry["st"] = []
+    for (sym, width), lengths in zip(streams, plans, strict=True):
+        data, spec = _encode_stream(sym, width, lengths)
+        entry["st"].append([len(data), *spec])
+        chunks.append(data)
+    return entry, chunks
+
+
+def _read_array(data: bytes, dtype: np.dtype, count: int, offset: int) -> np.ndarray:
+    """A native-endian copy of ``count`` items of ``dtype`` at ``offset``."""
+    if offset + count * dtype.itemsize > len(data):
+        raise ValueError("packed data truncated")
+    if count == 0:
+        return np.zeros(0, dtype=dtype.newbyteorder("="))
+    arr = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+    return arr.astype(dtype.newbyteorder("="), copy=True)
+
+
+def _unpack_quantized(entry: dict, data: bytes, offset: int) -> tuple[QuantizedTensor, int]:
+    shape, bits = tuple(entry["s"]), int(entry["b"])
+    q = (1 << (bits - 1)) - 1
+    size = int(np.prod(shape, dtype=np.int64))
+    nscales = shape[0]
+    scales = _read_array(data, np.dtype("<f4"), nscales, offset)
+    offset += 4 * nscales
+    streams = []
+    for spec in entry["st"]:
+        if offset + spec[0] > len(data):
+            raise ValueError(f"tensor {entry['n']!r}: packed data truncated")
+        streams.append(data[offset : offset + spec[0]])
+        offset += spec[0]
+    codes_dtype = np.dtype(entry["cd"]).newbyteorder("=")
+    if "ib" not in entry:
+        sym = _decode_stream(streams[0], entry["st"][0], bits, size)
+        codes = (sym.astype(np.int16) - q).astype(codes_dtype)
+    else:
+        count = int(entry["ne"])
+        idx = _decode_stream(streams[0], entry["st"][0], int(entry["ib"]), count)
+        vals = _decode_stream(streams[1], entry["st"][1], bits, count)
+        pos = np.cumsum(idx.astype(np.int64) + 1) - 1
+        if pos.size and pos[-1] >= size:
+            raise ValueError(f"tensor {entry['n']!r}: relative indices run past the tensor end")
+        codes = np.zeros(size, dtype=codes_dtype)
+        codes[pos] = vals.astype(np.int16) - q
+    return QuantizedTensor(codes.reshape(shape), bits, scales), offset
+
+
+# -------------------------------------------------------------------------------- public API
+
+
+def _pack_raw(name: str, value: Any) -> tuple[dict, list[bytes]]:
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "biufc":
+        raise ValueError(f"tensor {name!r}: unsupported dtype {arr.dtype} (numeric arrays only)")
+    arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+    return {"n": name, "k": "raw", "s": list(arr.shape), "d": arr.dtype.str}, [arr.tobytes()]
+
+
+def pack_state(
+    tensors: Mapping[str, np.ndarray | QuantizedTensor],
+    *,
+    metadata: dict | None = None,
+    huffman: bool = True,
+) -> bytes:
+    """Serialise named arrays and quantised tensors (plus JSON ``metadata``) to packed bytes."""
+    entries: list[dict] = []
+    payload: list[bytes] = []
+    for name, value in tensors.items():
+        if not isinstance(name, str):
+            raise ValueError(f"tensor names must be strings, got {name!r}")
+        if isinstance(value, QuantizedTensor):
+            entry, chunks = _pack_quantized(name, value, huffman)
+        else:
+            entry, chunks = _pack_raw(name, value)
+        entries.append(entry)
+        payload.extend(chunks)
+    try:
+        text = json.dumps({"meta": metadata or {}, "t": entries}, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"metadata is not JSON-serialisable: {exc}") from exc
+    header = zlib.compress(text.encode("utf-8"), 9)
+    return b"".join([_PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)), header, *payload])
+
+
+def read_header(data: bytes) -> tuple[dict, int]:
+    """The decoded JSON header of packed bytes and the offset where payloads start."""
+    if len(data) < _PREFIX.size:
+        raise ValueError("not a packed checkpoint: too short")
+    magic, version, hlen = _PREFIX.unpack_from(data)
+    if magic != MAGIC:
+        raise ValueError(f"not a packed checkpoint: bad magic {magic!r}")
+    if version != FORMAT_VERSION:
+        raise ValueError(f"unsupported packed format version {version}")
+    start = _PREFIX.size + hlen
+    try:
+        header = json.loads(zlib.decompress(data[_PREFIX.size : start]).decode("utf-8"))
+    except (zlib.error, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"corrupt packed header: {exc}") from exc
+    return header, start
+
+
+def unpack_state(data: bytes) -> tuple[dict[str, np.ndarray | QuantizedTensor], dict]:
+    """Exact inverse of :func:`pack_state`: (tensors in the original order, metadata)."""
+    header, offset = read_header(data)
+    out: dict[str, np.ndarray | QuantizedTensor] = {}
+    for entry in header["t"]:
+        if entry["k"] == "q":
+            out[entry["n"]], offset = _unpack_quantized(entry, data, offset)
+            continue
+        dtype = np.dtype(entry["d"])
+        count = int(np.prod(entry["s"], dtype=np.int64))
+        out[entry["n"]] = _read_array(data, dtype, count, offset).reshape(entry["s"])
+        offset += count * dtype.itemsize
+    if offset != len(data):
+        raise ValueError(f"packed data size mismatch: payloads end at {offset}, got {len(data)}")
+    return out, header["meta"]
+
+
+def packed_size(
+    tensors: Mapping[str, np.ndarray | QuantizedTensor],
+    *,
+    huffman: bool = True,
+    metadata: dict | None = None,
+) -> int:
+    """Bytes of the packed checkpoint: the one definition of model size."""
+    return len(pack_state(tensors, metadata=metadata, huffman=huffman))
+
+
+def save_packed(
+    path: str | PathLike[str],
+    tensors: Mapping[str, np.ndarray | QuantizedTensor],
+    *,
+    metadata: dict | None = None,
+    huffman: bool = True,
+) -> int:
+    """Write the packed checkpoint to ``path``; returns the number of bytes written."""
+    data = pack_state(tensors, metadata=metadata, huffman=huffman)
+    Path(path).write_bytes(data)
+    return len(data)
+
+
+def load_packed(path: str | PathLike[str]) -> tuple[dict[str, np.ndarray | QuantizedTensor], dict]:
+    """Read a checkpoint written by :func:`save_packed`: (tensors, metadata)."""
+    return unpack_state(Path(path).read_bytes())

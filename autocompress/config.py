@@ -1,0 +1,258 @@
+"""Typed experiment configuration: YAML loading, ``--set key=value`` overrides, validation.
+
+Every error names the file, the key, the bad value and what is allowed, and is raised as
+:class:`~autocompress.errors.ConfigError` (exit code 2 on the command line).
+Relative paths in an experiment file are resolved against the folder of that file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+__all__ = [
+    "BaselineConfig",
+    "DataConfig",
+    "ExperimentConfig",
+    "FinetuneConfig",
+    "ModelConfig",
+    "ObjectiveConfig",
+    "ObjectivesConfig",
+    "SearchConfig",
+    "load_experiment",
+    "read_yaml",
+    "validation_message",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _check_ref(value: str | None, what: str, allowed: tuple[str, ...]) -> str | None:
+    if value is None or value in allowed or ":" in value:
+        return value
+    raise ValueError(f"unknown {what} {value!r}; allowed: {', '.join(allowed)} or 'module:callable'")
+
+
+class ModelConfig(_Strict):
+    """Which model to compress."""
+
+    name: str = Field(description="built-in model name or 'module:callable'")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    num_classes: int = Field(10, ge=2)
+    checkpoint: Path | None = Field(None, description="state_dict file (loaded weights_only)")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from .models import MODEL_NAMES
+
+        return _check_ref(v, "model", MODEL_NAMES)
+
+
+class DataConfig(_Strict):
+    """Where the data comes from and how it is split."""
+
+    dataset: str = Field("fashion_mnist", description="fashion_mnist, image_folder or module:callable")
+    root: Path | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    seed: int = 0
+    batch_size: int = Field(128, ge=1)
+    train_subset: int | None = Field(None, ge=1, description="training images used per trial")
+    val_subset: int | None = Field(None, ge=1, description="validation images scored per trial")
+    test_subset: int | None = Field(None, ge=1)
+    num_workers: int = Field(0, ge=0)
+
+    @field_validator("dataset")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        return _check_ref(v, "dataset", ("fashion_mnist", "image_folder"))
+
+
+class BaselineConfig(_Strict):
+    """Training of the uncompressed model when no checkpoint is given (cached)."""
+
+    epochs: int = Field(3, ge=0)
+    lr: float = Field(0.05, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
+
+
+class FinetuneConfig(_Strict):
+    """The short fine-tune each trial runs with masks and fake-quantisation in place."""
+
+    steps: int = Field(100, ge=0)
+    lr: float = Field(0.01, gt=0)
+    batch_size: int | None = Field(None, ge=1)
+
+
+class SearchConfig(_Strict):
+    n_trials: int = Field(20, ge=1)
+    sampler: Literal["nsga2", "tpe", "random"] = "nsga2"
+    seed: int = 0
+    timeout: float | None = Field(None, gt=0, description="seconds")
+    population_size: int | None = Field(None, ge=2, description="NSGA-II population")
+
+
+class ObjectiveConfig(_Strict):
+    """One objective; ``bound`` turns into a constraint (min for accuracy, max otherwise)."""
+
+    bound: float | None = None
+
+
+class ObjectivesConfig(_Strict):
+    accuracy: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    latency: ObjectiveConfig | None = Field(default_factory=ObjectiveConfig)
+    size: ObjectiveConfig | None = Field(default_factory=ObjectiveConfig)
+
+    def enabled(self) -> list[str]:
+        return [n for n in ("accuracy", "latency", "size") if getattr(self, n) is not None]
+
+
+class LatencyConfig(_Strict):
+    target: Literal["proxy"] = Field("proxy", description="latency model used as objective")
+    batch_size: int = Field(1, ge=1)
+
+
+class ExperimentConfig(_Strict):
+    """A whole experiment, as read from one YAML file."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    model: ModelConfig
+    data: DataConfig = Field(default_factory=DataConfig)
+    baseline: BaselineConfig = Field(default_factory=BaselineConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    objectives: ObjectivesConfig = Field(default_factory=ObjectivesConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    latency: LatencyConfig = Field(default_factory=LatencyConfig)
+    search_space: Path
+    output_dir: Path
+    tracking_uri: str | None = None
+    storage: str | None = None
+    source: Path | None = Field(None, exclude=True, description="file the config came from")
+
+    # -- derived locations -------------------------------------------------------------
+    @property
+    def tracking(self) -> str:
+        return self.tracking_uri or f"sqlite:///{(self.output_dir / 'mlflow.db').resolve()}"
+
+    @property
+    def optuna_storage(self) -> str:
+        return self.storage or f"sqlite:///{(self.output_dir / 'optuna.db').resolve()}"
+
+    @property
+    def study_name(self) -> str:
+        return self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(self.model_dump_json())
+
+    def fingerprint(self, *sections: str) -> str:
+        """Stable hash of the named config sections (what determines a cached result)."""
+        d = self.to_dict()
+        payload = json.dumps({s: d.get(s) for s in sections}, sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------
+def read_yaml(path: str | Path) -> Any:
+    """``yaml.safe_load`` a file; missing files and syntax errors become ConfigError."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: file not found")
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{p}:{where}: YAML syntax error: {problem}") from None
+
+
+def _apply_override(raw: dict, item: str, source: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. search.n_trials=40")
+    key, _, text = item.partition("=")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{source}: --set {key}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str] | None:
+    cls: Any = model
+    for part in loc:
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)) or part not in cls.model_fields:
+            return None
+        ann = cls.model_fields[part].annotation
+        args = getattr(ann, "__args__", None)
+        cls = next((a for a in (args or (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), ann)
+    if isinstance(cls, type) and issubclass(cls, BaseModel):
+        return sorted(cls.model_fields)
+    return None
+
+
+def validation_message(exc: ValidationError, source: str, model: type[BaseModel]) -> str:
+    """One line for the first error of a pydantic ValidationError."""
+    err = exc.errors()[0]
+    loc = tuple(err["loc"])
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        allowed = _fields_at(model, loc[:-1])
+        msg = "unknown key" + (f"; allowed keys: {', '.join(allowed)}" if allowed else "")
+    elif err["type"] == "missing":
+        msg = "required key is missing"
+    extra = f" (and {len(exc.errors()) - 1} more problems)" if len(exc.errors()) > 1 else ""
+    got = "" if err["type"] in ("missing", "extra_forbidden") else f" (got {err.get('input')!r})"
+    return f"{source}: {key}: {msg}{got}{extra}"
+
+
+def load_experiment(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = (), *, check_files: bool = True
+) -> ExperimentConfig:
+    """Load, override and validate an experiment file; resolve its relative paths."""
+    path = Path(path)
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    for item in overrides:
+        _apply_override(raw, item, str(path))
+    try:
+        cfg = ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(validation_message(exc, str(path), ExperimentConfig)) from None
+    base = path.resolve().parent
+
+    def _abs(p: Path | None) -> Path | None:
+        return None if p is None else (p if p.is_absolute() else (base / p).resolve())
+
+    cfg.search_space = _abs(cfg.search_space)
+    cfg.output_dir = _abs(cfg.output_dir)
+    cfg.model.checkpoint = _abs(cfg.model.checkpoint)
+    cfg.data.root = _abs(cfg.data.root)
+    cfg.source = path.resolve()
+    if check_files:
+        if not cfg.search_space.is_file():
+            raise ConfigError(f"{path}: search_space: file not found: {cfg.search_space}")
+        if cfg.model.checkpoint is not None and not cfg.model.checkpoint.is_file():
+            raise ConfigError(f"{path}: model.checkpoint: file not found: {cfg.model.checkpoint}")
+    return cfg

@@ -1,0 +1,188 @@
+"""Data sets and splits: Fashion-MNIST (IDX files), an image folder, or a user's callable.
+
+The training set is split (seeded) into a training part and a validation part: the search only
+ever sees validation accuracy; the test split is for the baseline and final reports.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Subset, TensorDataset
+
+from .config import DataConfig
+from .errors import DataError
+from .models import load_callable
+
+__all__ = ["DEFAULT_FASHION_MNIST_ROOT", "DataBundle", "check_available", "load_data", "read_idx"]
+
+DEFAULT_FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
+_FMNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte.gz",
+    "train_labels": "train-labels-idx1-ubyte.gz",
+    "test_images": "t10k-images-idx3-ubyte.gz",
+    "test_labels": "t10k-labels-idx1-ubyte.gz",
+}
+_FMNIST_MEAN, _FMNIST_STD = 0.2860, 0.3530
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+@dataclass
+class DataBundle:
+    """The splits a search uses, with the subsets the config asks for already applied."""
+
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    num_classes: int
+    input_shape: tuple[int, ...]
+    train_full: Dataset
+
+    def example_input(self, batch_size: int = 1) -> torch.Tensor:
+        x = self.val[0][0]
+        return torch.zeros((batch_size, *x.shape), dtype=x.dtype)
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file (optionally gzipped) into a numpy array; corrupt files raise DataError."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            raw = fh.read()
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read IDX file ({exc})") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise DataError(f"{path}: not an IDX file (bad magic number)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path}: truncated IDX header")
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise DataError(
+            f"{path}: corrupt IDX file: header says {shape} ({expected} bytes), "
+            f"found {len(raw) - header} bytes"
+        )
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+
+
+def _fashion_mnist_root(cfg: DataConfig) -> Path:
+    if cfg.root is not None:
+        return Path(cfg.root)
+    env = os.environ.get("AUTOCOMPRESS_DATA")
+    return Path(env) if env else DEFAULT_FASHION_MNIST_ROOT
+
+
+def check_available(cfg: DataConfig) -> None:
+    """Raise DataError (one line saying how to get the data) when the files are not there."""
+    if cfg.dataset == "fashion_mnist":
+        root = _fashion_mnist_root(cfg)
+        missing = [f for f in _FMNIST_FILES.values() if not (root / f).is_file()]
+        if missing:
+            raise DataError(
+                f"Fashion-MNIST not found in {root} (missing {', '.join(missing)}): "
+                "run 'apt-get install dataset-fashion-mnist', or set data.root or "
+                "$AUTOCOMPRESS_DATA to a folder with the four IDX .gz files"
+            )
+    elif cfg.dataset == "image_folder":
+        if cfg.root is None:
+            raise DataError("data.root must name a folder with train/ and test/ sub-folders")
+        for split in ("train", "test"):
+            if not (Path(cfg.root) / split).is_dir():
+                raise DataError(
+                    f"{Path(cfg.root) / split}: folder not found (image_folder wants train/ and test/)"
+                )
+
+
+def _fashion_mnist(cfg: DataConfig) -> tuple[Dataset, Dataset, int]:
+    check_available(cfg)
+    root = _fashion_mnist_root(cfg)
+    arrays = {k: read_idx(root / f) for k, f in _FMNIST_FILES.items()}
+
+    def _make(images: np.ndarray, labels: np.ndarray, which: str) -> TensorDataset:
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise DataError(f"{root}: {which} images {images.shape} and labels {labels.shape} differ")
+        x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
+        x = (x - _FMNIST_MEAN) / _FMNIST_STD
+        return TensorDataset(x, torch.from_numpy(labels.astype(np.int64)))
+
+    train = _make(arrays["train_images"], arrays["train_labels"], "train")
+    test = _make(arrays["test_images"], arrays["test_labels"], "test")
+    return train, test, 10
+
+
+def _image_folder(cfg: DataConfig) -> tuple[Dataset, Dataset, int]:
+    from torchvision import datasets, transforms
+
+    check_available(cfg)
+    root = Path(cfg.root)
+    size = cfg.kwargs.get("image_size", 28)
+    grayscale = cfg.kwargs.get("grayscale", True)
+    steps = [transforms.Resize((size, size))]
+    if grayscale:
+        steps.append(transforms.Grayscale(1))
+    steps.append(transforms.ToTensor())
+    tf = transforms.Compose(steps)
+    train = datasets.ImageFolder(str(root / "train"), transform=tf)
+    test = datasets.ImageFolder(str(root / "test"), transform=tf)
+    return train, test, len(train.classes)
+
+
+def _user_data(cfg: DataConfig) -> tuple[Dataset, Dataset, int]:
+    fn = load_callable(cfg.dataset, what="data.dataset")
+    try:
+        result = fn(**cfg.kwargs)
+    except Exception as exc:  # noqa: BLE001 - user code: report, don't crash
+        raise DataError(f"data.dataset {cfg.dataset}: raised {type(exc).__name__}: {exc}") from None
+    if not (isinstance(result, tuple) and len(result) in (2, 3)):
+        raise DataError(
+            f"data.dataset {cfg.dataset}: must return (train, test) or (train, test, num_classes)"
+        )
+    train, test = result[0], result[1]
+    num_classes = result[2] if len(result) == 3 else None
+    if num_classes is None:
+        labels = {int(train[i][1]) for i in range(min(len(train), 2000))}
+        num_classes = max(labels) + 1
+    return train, test, int(num_classes)
+
+
+def _take(ds: Dataset, n: int | None, seed: int) -> Dataset:
+    if n is None or n >= len(ds):
+        return ds
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
+    return Subset(ds, idx.tolist())
+
+
+def load_data(cfg: DataConfig) -> DataBundle:
+    """Load the configured data set and split it.
+
+    ``train`` has the config's ``train_subset`` applied (per-trial fine-tuning), ``train_full`` is
+    the whole training part (baseline training); validation and test subsets are always applied.
+    """
+    if cfg.dataset == "fashion_mnist":
+        train_all, test, num_classes = _fashion_mnist(cfg)
+    elif cfg.dataset == "image_folder":
+        train_all, test, num_classes = _image_folder(cfg)
+    else:
+        train_all, test, num_classes = _user_data(cfg)
+    n = len(train_all)
+    if n < 2:
+        raise DataError(f"data set {cfg.dataset} has only {n} training examples")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    n_val = max(1, int(round(cfg.val_fraction * n)))
+    val = Subset(train_all, perm[:n_val])
+    train_full = Subset(train_all, perm[n_val:])
+    train = _take(train_full, cfg.train_subset, cfg.seed + 1)
+    val = _take(val, cfg.val_subset, cfg.seed + 2)
+    test = _take(test, cfg.test_subset, cfg.seed + 3)
+    x0 = val[0][0]
+    return DataBundle(train, val, test, num_classes, tuple(x0.shape), train_full)

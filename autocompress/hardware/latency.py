@@ -1,0 +1,79 @@
+"""Latency models: the interface the search scores policies with, and the placeholder proxy.
+
+The proxy is MACs x weight bits, scaled so that the uncompressed model's prediction equals its
+measured FP32 ONNX Runtime latency. It gives no credit to unstructured sparsity (CPU kernels give
+none) and full linear credit to fewer bits, which real CPU kernels do not: it is a placeholder
+until the measured latency table replaces it.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from ..policy import FLOAT_BITS, CompressionPolicy, compressible_layers
+
+__all__ = ["LatencyModel", "ProxyLatencyModel", "count_macs", "make_latency_model"]
+
+
+@runtime_checkable
+class LatencyModel(Protocol):
+    """Predicts milliseconds per inference of the deployed form of a compressed model."""
+
+    name: str
+
+    def predict(self, policy: CompressionPolicy) -> float: ...
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
+    """Multiply-accumulates of every Conv2d/Linear layer for one forward pass of ``example``."""
+    macs: dict[str, int] = {}
+    hooks = []
+    for name, layer in compressible_layers(model).items():
+
+        def hook(mod: nn.Module, args: tuple, out: torch.Tensor, name: str = name) -> None:
+            per_out = mod.weight[0].numel()  # in_channels/groups * kh * kw, or in_features
+            macs[name] = int(out.numel() // out.shape[0] * per_out)
+
+        hooks.append(layer.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return macs
+
+
+class ProxyLatencyModel:
+    """``latency = reference_ms * sum(MACs_l * bits_l) / sum(MACs_l * 32)`` over all layers."""
+
+    name = "proxy"
+
+    def __init__(self, macs: dict[str, int], reference_ms: float = 1.0) -> None:
+        self.macs = dict(macs)
+        self.reference_ms = reference_ms
+        self._total = sum(self.macs.values()) * FLOAT_BITS or 1
+
+    def predict(self, policy: CompressionPolicy) -> float:
+        cost = 0
+        for name, m in self.macs.items():
+            lp = policy.layers.get(name)
+            bits = lp.bits if lp is not None else FLOAT_BITS
+            keep = lp.keep_ratio if lp is not None else 1.0
+            cost += m * bits * keep
+        return self.reference_ms * cost / self._total
+
+
+def make_latency_model(
+    target: str, model: nn.Module, example: torch.Tensor, *, reference_ms: float = 1.0
+) -> LatencyModel:
+    """Build the latency model the experiment names (only ``proxy`` exists so far)."""
+    if target == "proxy":
+        return ProxyLatencyModel(count_macs(model, example), reference_ms)
+    raise ValueError(f"unknown latency target {target!r}")

@@ -1,0 +1,53 @@
+"""What a trial measures, and how objectives map onto it (names, units, directions)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+__all__ = ["OBJECTIVES", "Objective", "TrialMetrics"]
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str
+    metric: str
+    direction: str  # "maximize" | "minimize"
+    unit: str
+
+    def violation(self, value: float, bound: float | None) -> float:
+        """Optuna constraint value: <= 0 when ``value`` honours ``bound``."""
+        if bound is None:
+            return 0.0
+        return bound - value if self.direction == "maximize" else value - bound
+
+
+OBJECTIVES: dict[str, Objective] = {
+    "accuracy": Objective("accuracy", "val_accuracy", "maximize", ""),
+    "latency": Objective("latency", "latency_ms", "minimize", "ms"),
+    "size": Objective("size", "size_kb", "minimize", "KB"),
+}
+
+
+@dataclass(frozen=True)
+class TrialMetrics:
+    """Measurements of one compressed model. Accuracy is on the validation split."""
+
+    val_accuracy: float
+    val_loss: float
+    latency_ms: float
+    size_bytes: int
+    compression_ratio: float
+    weight_sparsity: float
+    finetune_loss: float
+
+    @property
+    def size_kb(self) -> float:
+        return self.size_bytes / 1024.0
+
+    def value(self, objective: str) -> float:
+        return float(getattr(self, OBJECTIVES[objective].metric))
+
+    def to_dict(self) -> dict[str, float]:
+        d = asdict(self)
+        d["size_kb"] = self.size_kb
+        return d

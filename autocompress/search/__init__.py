@@ -1,0 +1,17 @@
+"""The search: Optuna study over per-layer policies, objective, Pareto utilities."""
+
+from .pareto import hypervolume, knee_index, non_dominated
+from .run import SearchResult, prepare, search
+from .study import front_rows, load_study, trial_rows
+
+__all__ = [
+    "SearchResult",
+    "front_rows",
+    "hypervolume",
+    "knee_index",
+    "load_study",
+    "non_dominated",
+    "prepare",
+    "search",
+    "trial_rows",
+]

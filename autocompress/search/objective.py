@@ -1,0 +1,76 @@
+"""One trial: sample a policy, compress the baseline, fine-tune briefly, measure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import islice
+
+import optuna
+from torch import nn
+
+from ..baseline import Baseline
+from ..compress.apply import apply_policy, calibrate, model_size_bytes, weight_sparsity
+from ..config import ExperimentConfig
+from ..data import DataBundle
+from ..hardware.latency import LatencyModel
+from ..metrics import TrialMetrics
+from ..policy import CompressionPolicy
+from ..search_space import SearchSpace
+from ..training import batches, evaluate, train
+
+__all__ = ["TrialEvaluator", "suggest_policy"]
+
+
+def suggest_policy(trial: optuna.Trial, space: SearchSpace) -> CompressionPolicy:
+    """Ask the trial for every layer's sparsity and bits (categorical choices)."""
+    params = {}
+    for name, ch in space.layers.items():
+        ks, kb = space.param_names(name)
+        params[ks] = trial.suggest_categorical(ks, list(ch.sparsity))
+        params[kb] = trial.suggest_categorical(kb, list(ch.bits))
+    return space.policy_from_params(params)
+
+
+@dataclass
+class TrialEvaluator:
+    """Everything a trial needs, built once per search."""
+
+    cfg: ExperimentConfig
+    baseline: Baseline
+    data: DataBundle
+    latency_model: LatencyModel
+
+    def compress(self, policy: CompressionPolicy, *, steps: int | None = None, seed: int = 0):
+        """The compressed, fine-tuned model (masks and fake-quant in place)."""
+        ft = self.cfg.finetune
+        bs = ft.batch_size or self.cfg.data.batch_size
+        model = apply_policy(self.baseline.model, policy)
+        calib = [x for x, _ in islice(batches(self.data.train, bs, shuffle=True, seed=seed), 4)]
+        calibrate(model, calib)
+        loss = train(
+            model,
+            self.data.train,
+            steps=ft.steps if steps is None else steps,
+            lr=ft.lr,
+            batch_size=bs,
+            seed=seed,
+            schedule="cosine",
+        )
+        return model, loss
+
+    def measure(self, model: nn.Module, policy: CompressionPolicy, ft_loss: float) -> TrialMetrics:
+        acc, val_loss = evaluate(model, self.data.val)
+        size = model_size_bytes(model)
+        return TrialMetrics(
+            val_accuracy=acc,
+            val_loss=val_loss,
+            latency_ms=self.latency_model.predict(policy),
+            size_bytes=size,
+            compression_ratio=self.baseline.metrics.fp32_state_dict_bytes / size,
+            weight_sparsity=weight_sparsity(model),
+            finetune_loss=ft_loss,
+        )
+
+    def __call__(self, policy: CompressionPolicy, *, seed: int = 0) -> TrialMetrics:
+        model, loss = self.compress(policy, seed=seed)
+        return self.measure(model, policy, loss)

@@ -1,0 +1,152 @@
+"""The Optuna study behind a search: creation or resumption, samplers, constraints, and the
+trial table / Pareto front read back from it (used by search, status, pick)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from ..config import ExperimentConfig
+from ..errors import AutocompressError, ConfigError
+from ..metrics import OBJECTIVES
+from ..policy import CompressionPolicy
+from ..tracking import mask_secrets
+from .pareto import non_dominated
+
+__all__ = [
+    "StudyInfo",
+    "constraints_of",
+    "front_rows",
+    "load_study",
+    "open_study",
+    "trial_rows",
+]
+
+CONSTRAINTS_ATTR = "constraints"
+
+
+def constraints_of(trial: FrozenTrial) -> list[float]:
+    """Optuna ``constraints_func``: the violations the objective stored on the trial."""
+    return list(trial.user_attrs.get(CONSTRAINTS_ATTR, []))
+
+
+def _sampler(cfg: ExperimentConfig) -> optuna.samplers.BaseSampler:
+    s = cfg.search
+    has_bounds = any(
+        getattr(cfg.objectives, n).bound is not None for n in cfg.objectives.enabled()
+    )
+    cons = constraints_of if has_bounds else None
+    if s.sampler == "nsga2":
+        pop = s.population_size or max(4, min(50, s.n_trials // 3))
+        return optuna.samplers.NSGAIISampler(
+            population_size=pop, seed=s.seed, constraints_func=cons
+        )
+    if s.sampler == "tpe":
+        return optuna.samplers.TPESampler(
+            seed=s.seed, constraints_func=cons, multivariate=True, n_startup_trials=min(10, s.n_trials // 3 + 1)
+        )
+    return optuna.samplers.RandomSampler(seed=s.seed)
+
+
+def _space_fingerprint(cfg: ExperimentConfig, space_params: dict) -> str:
+    payload = {"objectives": cfg.objectives.enabled(), "space": space_params}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class StudyInfo:
+    study: optuna.Study
+    objectives: list[str]
+
+    @property
+    def directions(self) -> list[str]:
+        return [OBJECTIVES[o].direction for o in self.objectives]
+
+    def count(self, *states: TrialState) -> int:
+        return len(self.study.get_trials(deepcopy=False, states=states))
+
+
+def _storage(cfg: ExperimentConfig):
+    url = cfg.optuna_storage
+    try:
+        if url.startswith("sqlite:///"):
+            cfg.output_dir.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.RDBStorage(url) if "://" in url else url
+    except Exception as exc:  # noqa: BLE001 - bad URL, unreachable server, missing driver
+        raise AutocompressError(
+            f"storage {mask_secrets(url)}: cannot open ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None
+
+
+def open_study(cfg: ExperimentConfig, space_params: dict) -> StudyInfo:
+    """Create the study, or load it to resume; refuse a study made for another space."""
+    objectives = cfg.objectives.enabled()
+    fp = _space_fingerprint(cfg, space_params)
+    study = optuna.create_study(
+        study_name=cfg.study_name,
+        storage=_storage(cfg),
+        directions=[OBJECTIVES[o].direction for o in objectives],
+        sampler=_sampler(cfg),
+        load_if_exists=True,
+    )
+    old = study.user_attrs.get("space_fingerprint")
+    if old is None:
+        study.set_user_attr("space_fingerprint", fp)
+        study.set_user_attr("objectives", objectives)
+    elif old != fp:
+        raise ConfigError(
+            f"{cfg.source}: study {cfg.study_name!r} in {mask_secrets(cfg.optuna_storage)} was made "
+            "for another search space or objectives; choose another name or output_dir"
+        )
+    return StudyInfo(study, objectives)
+
+
+def load_study(cfg: ExperimentConfig) -> StudyInfo:
+    """Load an existing study (for status and pick) without changing it."""
+    try:
+        study = optuna.load_study(study_name=cfg.study_name, storage=_storage(cfg))
+    except KeyError:
+        raise AutocompressError(
+            f"no search named {cfg.study_name!r} in {mask_secrets(cfg.optuna_storage)}: "
+            "run 'autocompress search' first"
+        ) from None
+    return StudyInfo(study, list(study.user_attrs.get("objectives", cfg.objectives.enabled())))
+
+
+def trial_rows(info: StudyInfo) -> list[dict]:
+    """One row per complete trial: number, metrics, policy, feasibility, MLflow run id."""
+    rows = []
+    for t in info.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        metrics = t.user_attrs.get("metrics", {})
+        policy = t.user_attrs.get("policy")
+        rows.append(
+            {
+                "trial": t.number,
+                **{k: metrics.get(k) for k in ("val_accuracy", "latency_ms", "size_kb")},
+                "compression_ratio": metrics.get("compression_ratio"),
+                "weight_sparsity": metrics.get("weight_sparsity"),
+                "feasible": all(c <= 0 for c in constraints_of(t)),
+                "summary": CompressionPolicy.from_dict(policy).summary() if policy else "",
+                "policy": policy,
+                "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
+                "values": list(t.values),
+            }
+        )
+    return rows
+
+
+def front_rows(info: StudyInfo, rows: list[dict] | None = None) -> list[dict]:
+    """The feasible non-dominated trials, sorted by accuracy (best first)."""
+    rows = trial_rows(info) if rows is None else rows
+    feasible = [r for r in rows if r["feasible"]]
+    if not feasible:
+        return []
+    idx = non_dominated(np.array([r["values"] for r in feasible]), info.directions)
+    front = [feasible[i] for i in idx]
+    return sorted(front, key=lambda r: -(r["val_accuracy"] or 0))

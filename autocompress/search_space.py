@@ -1,0 +1,175 @@
+"""Per-layer search spaces: YAML rules that select layers (exact name, glob or module type) and
+give each the sparsity and bit-width choices the search may pick from.
+
+```yaml
+layers:
+  - name: "features.*"          # exact name or glob ...
+    sparsity: [0.0, 0.5, 0.75, 0.9]
+    bits: [2, 4, 8, 32]
+  - type: Linear                 # ... or a module type
+    sparsity: {low: 0.0, high: 0.9, step: 0.1}
+    bits: [8, 32]
+exclude: ["features.0"]          # never compressed
+```
+The first rule that matches a layer decides its choices; unmatched layers stay untouched.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from torch import nn
+
+from .config import read_yaml, validation_message
+from .errors import ConfigError
+from .policy import FLOAT_BITS, CompressionPolicy, LayerPolicy, compressible_layers
+
+__all__ = ["LayerChoices", "SearchSpace", "SearchSpaceSpec", "load_search_space"]
+
+
+class _Range(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    low: float = Field(ge=0.0, lt=1.0)
+    high: float = Field(ge=0.0, lt=1.0)
+    step: float = Field(gt=0.0)
+
+    def values(self) -> list[float]:
+        n = int(round((self.high - self.low) / self.step))
+        return [round(self.low + i * self.step, 6) for i in range(n + 1)]
+
+
+class LayerRule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(None, description="exact layer name or glob")
+    type: str | None = Field(None, description="module class name, e.g. Conv2d")
+    sparsity: list[float] | _Range = Field(default_factory=lambda: [0.0])
+    bits: list[int] = Field(default_factory=lambda: [FLOAT_BITS])
+
+    @model_validator(mode="after")
+    def _one_selector(self) -> LayerRule:
+        if (self.name is None) == (self.type is None):
+            raise ValueError("give exactly one of 'name' (exact or glob) or 'type'")
+        return self
+
+    @field_validator("sparsity")
+    @classmethod
+    def _sparsity(cls, v: list[float] | _Range) -> list[float] | _Range:
+        vals = v.values() if isinstance(v, _Range) else v
+        bad = [s for s in vals if not 0.0 <= s < 1.0]
+        if bad or not vals:
+            raise ValueError(f"sparsity choices must be in [0, 1) (got {bad or 'none'})")
+        return v
+
+    @field_validator("bits")
+    @classmethod
+    def _bits(cls, v: list[int]) -> list[int]:
+        bad = [b for b in v if b != FLOAT_BITS and not 2 <= b <= 8]
+        if bad or not v:
+            raise ValueError(f"bits choices must be 2..8 or 32 (got {bad or 'none'})")
+        return v
+
+    @property
+    def label(self) -> str:
+        return f"name {self.name!r}" if self.name is not None else f"type {self.type!r}"
+
+    def sparsity_values(self) -> tuple[float, ...]:
+        vals = self.sparsity.values() if isinstance(self.sparsity, _Range) else self.sparsity
+        return tuple(sorted(set(float(s) for s in vals)))
+
+    def matches(self, name: str, module: nn.Module) -> bool:
+        if self.type is not None:
+            return type(module).__name__ == self.type
+        return name == self.name or fnmatch.fnmatchcase(name, self.name)
+
+
+class SearchSpaceSpec(BaseModel):
+    """The YAML file as written, before it is resolved against a model."""
+
+    model_config = ConfigDict(extra="forbid")
+    layers: list[LayerRule] = Field(min_length=1)
+    exclude: list[str] = Field(default_factory=list)
+    source: Path | None = Field(None, exclude=True)
+
+    def resolve(self, model: nn.Module) -> SearchSpace:
+        """Match rules to the model's compressible layers; a rule matching nothing is an error."""
+        layers = compressible_layers(model)
+        where = f"{self.source}: " if self.source else ""
+        choices: dict[str, LayerChoices] = {}
+        for i, rule in enumerate(self.layers):
+            hits = [n for n, m in layers.items() if rule.matches(n, m)]
+            if not hits:
+                sample = ", ".join(f"{n} ({type(m).__name__})" for n, m in list(layers.items())[:5])
+                raise ConfigError(
+                    f"{where}layers.{i}: {rule.label} matches no Conv2d/Linear layer of the model; "
+                    f"layers are e.g. {sample}"
+                )
+            for n in hits:
+                if n not in choices and not any(fnmatch.fnmatchcase(n, p) for p in self.exclude):
+                    choices[n] = LayerChoices(rule.sparsity_values(), tuple(sorted(set(rule.bits))))
+        ordered = {n: choices[n] for n in layers if n in choices}
+        if not ordered:
+            raise ConfigError(f"{where}every matched layer is excluded: nothing to search")
+        return SearchSpace(ordered)
+
+
+@dataclass(frozen=True)
+class LayerChoices:
+    sparsity: tuple[float, ...]
+    bits: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.sparsity) * len(self.bits)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Resolved choices per layer name, in module order."""
+
+    layers: dict[str, LayerChoices]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    @property
+    def cardinality(self) -> int:
+        n = 1
+        for c in self.layers.values():
+            n *= c.size
+        return n
+
+    def param_names(self, layer: str) -> tuple[str, str]:
+        return f"{layer}.sparsity", f"{layer}.bits"
+
+    def policy_from_params(self, params: dict) -> CompressionPolicy:
+        """Rebuild the policy from Optuna trial params (missing layers take their first choice)."""
+        out = {}
+        for name, ch in self.layers.items():
+            ks, kb = self.param_names(name)
+            out[name] = LayerPolicy(
+                sparsity=float(params.get(ks, ch.sparsity[0])), bits=int(params.get(kb, ch.bits[0]))
+            )
+        return CompressionPolicy(out)
+
+    def params_from_policy(self, policy: CompressionPolicy) -> dict:
+        params = {}
+        for name in self.layers:
+            p = policy.layers.get(name, LayerPolicy())
+            ks, kb = self.param_names(name)
+            params[ks], params[kb] = p.sparsity, p.bits
+        return params
+
+
+def load_search_space(path: str | Path) -> SearchSpaceSpec:
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with a 'layers' list")
+    try:
+        spec = SearchSpaceSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(validation_message(exc, str(path), SearchSpaceSpec)) from None
+    spec.source = Path(path)
+    return spec

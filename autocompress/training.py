@@ -1,0 +1,137 @@
+"""Training, fine-tuning and evaluation loops (CPU-friendly, seeded)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from .errors import AutocompressError
+
+__all__ = ["TrainingDiverged", "batches", "evaluate", "train", "materialize"]
+
+
+class TrainingDiverged(AutocompressError):
+    """The loss became NaN or infinite."""
+
+
+def materialize(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(inputs, labels) tensors for a TensorDataset or nested Subsets of one, else None."""
+    idx = None
+    while isinstance(ds, Subset):
+        sub = torch.as_tensor(ds.indices, dtype=torch.long)
+        idx = sub if idx is None else sub[idx]
+        ds = ds.dataset
+    if not isinstance(ds, TensorDataset) or len(ds.tensors) != 2:
+        return None
+    x, y = ds.tensors
+    return (x, y) if idx is None else (x[idx], y[idx])
+
+
+def batches(
+    ds: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0, num_workers: int = 0
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One pass over ``ds`` in batches (fast path for in-memory tensors)."""
+    tensors = materialize(ds)
+    gen = torch.Generator().manual_seed(seed)
+    if tensors is None:
+        loader = DataLoader(
+            ds, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=num_workers
+        )
+        yield from loader
+        return
+    x, y = tensors
+    order = torch.randperm(len(x), generator=gen) if shuffle else torch.arange(len(x))
+    for i in range(0, len(x), batch_size):
+        sel = order[i : i + batch_size]
+        yield x[sel], y[sel]
+
+
+def _cycle(ds: Dataset, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    epoch = 0
+    while True:
+        yield from batches(ds, batch_size, shuffle=True, seed=seed + epoch)
+        epoch += 1
+
+
+def train(
+    model: nn.Module,
+    ds: Dataset,
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int = 128,
+    weight_decay: float = 5e-4,
+    seed: int = 0,
+    schedule: str = "onecycle",
+    teacher: nn.Module | None = None,
+    distill_weight: float = 0.0,
+    temperature: float = 4.0,
+    log_every: int = 0,
+) -> float:
+    """SGD (Nesterov momentum) for ``steps`` steps; returns the mean loss of the last 10 %.
+
+    ``schedule`` is ``onecycle`` (training from scratch) or ``cosine`` (fine-tuning).
+    With a ``teacher``, the loss mixes hard labels with temperature-softened teacher targets.
+    Raises TrainingDiverged on a non-finite loss.
+    """
+    if steps <= 0:
+        return float("nan")
+    torch.manual_seed(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    if schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    else:
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    model.train()
+    if teacher is not None:
+        teacher.eval()
+    tail: list[float] = []
+    data = _cycle(ds, batch_size, seed)
+    for step in range(steps):
+        x, y = next(data)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        if teacher is not None and distill_weight > 0:
+            with torch.no_grad():
+                t_logits = teacher(x)
+            kd = F.kl_div(
+                F.log_softmax(logits / temperature, 1),
+                F.softmax(t_logits / temperature, 1),
+                reduction="batchmean",
+            ) * (temperature**2)
+            loss = (1 - distill_weight) * loss + distill_weight * kd
+        value = loss.item()
+        if not math.isfinite(value):
+            raise TrainingDiverged(f"loss became {value} at step {step + 1}/{steps}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step >= steps * 0.9:
+            tail.append(value)
+        if log_every and (step + 1) % log_every == 0:
+            print(f"  step {step + 1}/{steps} loss {value:.4f}", flush=True)
+    model.eval()
+    return sum(tail) / max(len(tail), 1)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, ds: Dataset, *, batch_size: int = 512) -> tuple[float, float]:
+    """(top-1 accuracy, mean cross-entropy) of ``model`` on ``ds``."""
+    model.eval()
+    correct = total = 0
+    loss_sum = 0.0
+    for x, y in batches(ds, batch_size):
+        logits = model(x)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += int((logits.argmax(1) == y).sum())
+        total += len(y)
+    if total == 0:
+        raise AutocompressError("cannot evaluate on an empty data set")
+    return correct / total, loss_sum / total
