@@ -64,9 +64,7 @@ def _cache_key(cfg: ExperimentConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def get_baseline(
-    cfg: ExperimentConfig, data: DataBundle, *, log=print
-) -> Baseline:
+def get_baseline(cfg: ExperimentConfig, data: DataBundle, *, log=print) -> Baseline:
     """Load (checkpoint or cache) or train the baseline, then measure it on val and test."""
     key = _cache_key(cfg)
     cache_dir = cfg.output_dir / "cache"

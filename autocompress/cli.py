@@ -18,7 +18,9 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 def _experiment_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help_text, description=help_text)
-    p.add_argument("experiment", help="experiment YAML file, e.g. experiments/fashion_mnist_quick.yaml")
+    p.add_argument(
+        "experiment", help="experiment YAML file, e.g. experiments/fashion_mnist_quick.yaml"
+    )
     p.add_argument(
         "--set",
         dest="overrides",
@@ -76,7 +78,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
         f"{result.seconds:.0f} s; Pareto front ({len(result.front)} points):"
     )
     print(_front_table(result.front))
-    print(f"MLflow: mlflow ui --backend-store-uri {cfg.tracking}  (parent run {result.parent_run_id})")
+    print(
+        f"MLflow: mlflow ui --backend-store-uri {cfg.tracking}  (parent run {result.parent_run_id})"
+    )
     return EXIT_OK
 
 
@@ -100,9 +104,17 @@ def _cmd_status(args: argparse.Namespace) -> int:
     )
     print(_front_table(st["front"]))
     if args.json:
-        print(json.dumps({k: v for k, v in st.items() if k != "front"} | {
-            "front": [{k: r[k] for k in ("trial", "val_accuracy", "latency_ms", "size_kb")}
-                      for r in st["front"]]}))
+        print(
+            json.dumps(
+                {k: v for k, v in st.items() if k != "front"}
+                | {
+                    "front": [
+                        {k: r[k] for k in ("trial", "val_accuracy", "latency_ms", "size_kb")}
+                        for r in st["front"]
+                    ]
+                }
+            )
+        )
     return EXIT_OK
 
 
@@ -126,7 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - last resort: one line, not a traceback
         if debug:
             raise
-        print(f"error: unexpected {type(exc).__name__}: {exc} (rerun with --debug)", file=sys.stderr)
+        print(
+            f"error: unexpected {type(exc).__name__}: {exc} (rerun with --debug)", file=sys.stderr
+        )
         return EXIT_FAILURE
 
 

@@ -39,7 +39,9 @@ class _Strict(BaseModel):
 def _check_ref(value: str | None, what: str, allowed: tuple[str, ...]) -> str | None:
     if value is None or value in allowed or ":" in value:
         return value
-    raise ValueError(f"unknown {what} {value!r}; allowed: {', '.join(allowed)} or 'module:callable'")
+    raise ValueError(
+        f"unknown {what} {value!r}; allowed: {', '.join(allowed)} or 'module:callable'"
+    )
 
 
 class ModelConfig(_Strict):
@@ -61,7 +63,9 @@ class ModelConfig(_Strict):
 class DataConfig(_Strict):
     """Where the data comes from and how it is split."""
 
-    dataset: str = Field("fashion_mnist", description="fashion_mnist, image_folder or module:callable")
+    dataset: str = Field(
+        "fashion_mnist", description="fashion_mnist, image_folder or module:callable"
+    )
     root: Path | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
@@ -200,11 +204,16 @@ def _apply_override(raw: dict, item: str, source: str) -> None:
 def _fields_at(model: type[BaseModel], loc: tuple) -> list[str] | None:
     cls: Any = model
     for part in loc:
-        if not (isinstance(cls, type) and issubclass(cls, BaseModel)) or part not in cls.model_fields:
+        if (
+            not (isinstance(cls, type) and issubclass(cls, BaseModel))
+            or part not in cls.model_fields
+        ):
             return None
         ann = cls.model_fields[part].annotation
         args = getattr(ann, "__args__", None)
-        cls = next((a for a in (args or (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), ann)
+        cls = next(
+            (a for a in (args or (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), ann
+        )
     if isinstance(cls, type) and issubclass(cls, BaseModel):
         return sorted(cls.model_fields)
     return None

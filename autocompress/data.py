@@ -99,7 +99,8 @@ def check_available(cfg: DataConfig) -> None:
         for split in ("train", "test"):
             if not (Path(cfg.root) / split).is_dir():
                 raise DataError(
-                    f"{Path(cfg.root) / split}: folder not found (image_folder wants train/ and test/)"
+                    f"{Path(cfg.root) / split}: folder not found "
+                    "(image_folder wants train/ and test/)"
                 )
 
 
@@ -110,7 +111,9 @@ def _fashion_mnist(cfg: DataConfig) -> tuple[Dataset, Dataset, int]:
 
     def _make(images: np.ndarray, labels: np.ndarray, which: str) -> TensorDataset:
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise DataError(f"{root}: {which} images {images.shape} and labels {labels.shape} differ")
+            raise DataError(
+                f"{root}: {which} images {images.shape} and labels {labels.shape} differ"
+            )
         x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
         x = (x - _FMNIST_MEAN) / _FMNIST_STD
         return TensorDataset(x, torch.from_numpy(labels.astype(np.int64)))

@@ -62,13 +62,28 @@ def pareto_png(rows: Sequence[dict], path: Path, *, title: str) -> Path:
     for ax, (key, label) in zip(axes, panels, strict=False):
         rest = [r for r in rows if not r.get("pareto")]
         front = sorted((r for r in rows if r.get("pareto")), key=lambda r: r[key])
-        ax.scatter([r[key] for r in rest], [r["val_accuracy"] for r in rest], c="#b0b0b0", s=18,
-                   label="trial")
-        ax.scatter([r[key] for r in front], [r["val_accuracy"] for r in front], c="#d62728", s=36,
-                   label="Pareto")
+        ax.scatter(
+            [r[key] for r in rest],
+            [r["val_accuracy"] for r in rest],
+            c="#b0b0b0",
+            s=18,
+            label="trial",
+        )
+        ax.scatter(
+            [r[key] for r in front],
+            [r["val_accuracy"] for r in front],
+            c="#d62728",
+            s=36,
+            label="Pareto",
+        )
         for r in front:
-            ax.annotate(str(r["trial"]), (r[key], r["val_accuracy"]), fontsize=7,
-                        xytext=(3, 3), textcoords="offset points")
+            ax.annotate(
+                str(r["trial"]),
+                (r[key], r["val_accuracy"]),
+                fontsize=7,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
         ax.set_xlabel(label)
         ax.set_ylabel("validation accuracy")
         ax.grid(alpha=0.3)

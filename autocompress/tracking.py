@@ -100,7 +100,9 @@ class Tracker:
             tags={"autocompress.role": "search", "mlflow.note.content": f"search {name}"},
         )
         rid = run.info.run_id
-        self._log(rid, params=flatten(config), metrics={f"baseline_{k}": v for k, v in baseline.items()})
+        self._log(
+            rid, params=flatten(config), metrics={f"baseline_{k}": v for k, v in baseline.items()}
+        )
         self.client.log_dict(rid, dict(config), "config.json")
         return rid
 

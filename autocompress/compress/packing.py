@@ -262,8 +262,9 @@ def _pack_raw(name: str, value: Any) -> tuple[dict, list[bytes]]:
     arr = np.asarray(value)
     if arr.dtype.kind not in "biufc":
         raise ValueError(f"tensor {name!r}: unsupported dtype {arr.dtype} (numeric arrays only)")
+    shape = list(arr.shape)  # before ascontiguousarray, which turns 0-d into 1-d
     arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
-    return {"n": name, "k": "raw", "s": list(arr.shape), "d": arr.dtype.str}, [arr.tobytes()]
+    return {"n": name, "k": "raw", "s": shape, "d": arr.dtype.str}, [arr.tobytes()]
 
 
 def pack_state(
@@ -319,7 +320,7 @@ def unpack_state(data: bytes) -> tuple[dict[str, np.ndarray | QuantizedTensor], 
             continue
         dtype = np.dtype(entry["d"])
         count = int(np.prod(entry["s"], dtype=np.int64))
-        out[entry["n"]] = _read_array(data, dtype, count, offset).reshape(entry["s"])
+        out[entry["n"]] = _read_array(data, dtype, count, offset).reshape(tuple(entry["s"]))
         offset += count * dtype.itemsize
     if offset != len(data):
         raise ValueError(f"packed data size mismatch: payloads end at {offset}, got {len(data)}")

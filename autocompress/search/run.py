@@ -121,21 +121,33 @@ def _write_front(
             tracker.set_tags(r["mlflow_run_id"], {"pareto": str(r["pareto"]).lower()})
     out = cfg.output_dir / "pareto"
     out.mkdir(parents=True, exist_ok=True)
-    cols = ["trial", "val_accuracy", "latency_ms", "size_kb", "compression_ratio",
-            "weight_sparsity", "summary", "mlflow_run_id"]
+    cols = [
+        "trial",
+        "val_accuracy",
+        "latency_ms",
+        "size_kb",
+        "compression_ratio",
+        "weight_sparsity",
+        "summary",
+        "mlflow_run_id",
+    ]
     csv_path = out / "pareto_front.csv"
     with csv_path.open("w") as fh:
         fh.write(",".join(cols) + "\n")
         for r in front:
-            fh.write(",".join(json.dumps(r[c]) if isinstance(r[c], str) else str(r[c]) for c in cols))
+            fh.write(
+                ",".join(json.dumps(r[c]) if isinstance(r[c], str) else str(r[c]) for c in cols)
+            )
             fh.write("\n")
     json_path = out / "pareto_front.json"
     json_path.write_text(
         json.dumps({"objectives": info.objectives, "baseline": baseline, "front": front}, indent=2)
     )
     title = f"{cfg.name}: {len(rows)} trials, {len(front)} on the Pareto front"
-    figs = [pareto_html(rows, out / "pareto_front.html", title=title),
-            pareto_png(rows, out / "pareto_front.png", title=title)]
+    figs = [
+        pareto_html(rows, out / "pareto_front.html", title=title),
+        pareto_png(rows, out / "pareto_front.png", title=title),
+    ]
     paths = [csv_path, json_path, *figs]
     tracker.log_artifacts(parent, paths, "pareto")
     return front, paths
@@ -166,9 +178,14 @@ def search(cfg: ExperimentConfig, *, log=print) -> SearchResult:
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
     prep = prepare(cfg, log=log)
     bm = prep.baseline.metrics
-    baseline = {"val_accuracy": bm.val_accuracy, "test_accuracy": bm.test_accuracy,
-                "latency_ms": bm.latency_ms, "size_kb": bm.size_bytes / 1024,
-                "fp32_state_dict_bytes": bm.fp32_state_dict_bytes, "params": bm.params}
+    baseline = {
+        "val_accuracy": bm.val_accuracy,
+        "test_accuracy": bm.test_accuracy,
+        "latency_ms": bm.latency_ms,
+        "size_kb": bm.size_bytes / 1024,
+        "fp32_state_dict_bytes": bm.fp32_state_dict_bytes,
+        "params": bm.params,
+    }
     log(
         f"baseline: val acc {bm.val_accuracy:.4f}, test acc {bm.test_accuracy:.4f}, "
         f"{bm.latency_ms:.3f} ms (ONNX Runtime), {bm.size_bytes / 1024:.1f} KB packed, "
@@ -208,7 +225,10 @@ def search(cfg: ExperimentConfig, *, log=print) -> SearchResult:
         policy = suggest_policy(trial, space)
         trial.set_user_attr("policy", policy.to_dict())
         run_id = tracker.start_trial(
-            parent, trial.number, space.params_from_policy(policy), policy.to_dict(),
+            parent,
+            trial.number,
+            space.params_from_policy(policy),
+            policy.to_dict(),
             policy.summary(),
         )
         trial.set_user_attr("mlflow_run_id", run_id)
@@ -232,7 +252,9 @@ def search(cfg: ExperimentConfig, *, log=print) -> SearchResult:
         trial.set_user_attr(CONSTRAINTS_ATTR, cons)
         trial.set_user_attr("metrics", metrics.to_dict())
         tracker.end_trial(
-            run_id, "FINISHED", metrics=metrics.to_dict(),
+            run_id,
+            "FINISHED",
+            metrics=metrics.to_dict(),
             tags={"feasible": str(all(c <= 0 for c in cons)).lower()},
         )
         return values

@@ -37,9 +37,7 @@ def constraints_of(trial: FrozenTrial) -> list[float]:
 
 def _sampler(cfg: ExperimentConfig) -> optuna.samplers.BaseSampler:
     s = cfg.search
-    has_bounds = any(
-        getattr(cfg.objectives, n).bound is not None for n in cfg.objectives.enabled()
-    )
+    has_bounds = any(getattr(cfg.objectives, n).bound is not None for n in cfg.objectives.enabled())
     cons = constraints_of if has_bounds else None
     if s.sampler == "nsga2":
         pop = s.population_size or max(4, min(50, s.n_trials // 3))
@@ -48,7 +46,10 @@ def _sampler(cfg: ExperimentConfig) -> optuna.samplers.BaseSampler:
         )
     if s.sampler == "tpe":
         return optuna.samplers.TPESampler(
-            seed=s.seed, constraints_func=cons, multivariate=True, n_startup_trials=min(10, s.n_trials // 3 + 1)
+            seed=s.seed,
+            constraints_func=cons,
+            multivariate=True,
+            n_startup_trials=min(10, s.n_trials // 3 + 1),
         )
     return optuna.samplers.RandomSampler(seed=s.seed)
 
@@ -101,8 +102,8 @@ def open_study(cfg: ExperimentConfig, space_params: dict) -> StudyInfo:
         study.set_user_attr("objectives", objectives)
     elif old != fp:
         raise ConfigError(
-            f"{cfg.source}: study {cfg.study_name!r} in {mask_secrets(cfg.optuna_storage)} was made "
-            "for another search space or objectives; choose another name or output_dir"
+            f"{cfg.source}: study {cfg.study_name!r} in {mask_secrets(cfg.optuna_storage)} "
+            "was made for another search space or objectives; choose another name or output_dir"
         )
     return StudyInfo(study, objectives)
 

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from autocompress.compress.apply import (
+    apply_policy,
+    calibrate,
+    compressed_state,
+    model_size_bytes,
+    weight_sparsity,
+)
+from autocompress.compress.packing import QuantizedTensor
+from autocompress.compress.pruning import magnitude_mask
+from autocompress.compress.quantization import ActFakeQuant, fake_quantize_weight, quantize_weight
+from autocompress.models import build_model
+from autocompress.policy import CompressionPolicy, LayerPolicy
+from autocompress.training import train
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.1, 0.5, 0.77, 0.95])
+def test_pruning_reaches_requested_sparsity_exactly(sparsity):
+    w = torch.randn(33, 17, 3, 3)
+    w[0, :5] = 0.25  # ties must not change the count
+    mask = magnitude_mask(w, sparsity)
+    assert int((~mask).sum()) == round(sparsity * w.numel())
+    if 0 < sparsity:
+        assert w[mask].abs().min() >= w[~mask].abs().max()
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 8])
+def test_quantization_levels_and_error(bits):
+    torch.manual_seed(bits)
+    w = torch.randn(16, 8, 3, 3) * torch.rand(16, 1, 1, 1)
+    codes, scales = quantize_weight(w, bits)
+    wq = codes.float() * scales.view(-1, 1, 1, 1)
+    for c in range(w.shape[0]):
+        assert len(torch.unique(codes[c])) <= 2**bits
+        err = (wq[c] - w[c]).abs().max()
+        assert err <= scales[c] / 2 + 1e-6
+    assert codes.abs().max() <= 2 ** (bits - 1) - 1
+
+
+def test_fake_quant_has_straight_through_gradient():
+    w = torch.randn(4, 3, requires_grad=True)
+    fake_quantize_weight(w, 3).sum().backward()
+    assert torch.equal(w.grad, torch.ones_like(w))
+
+
+def test_act_fake_quant_uses_256_levels_in_eval():
+    q = ActFakeQuant(8)
+    q.train()
+    q(torch.linspace(-1, 3, 1000))
+    q.eval()
+    y = q(torch.linspace(-1, 3, 5000))
+    assert len(torch.unique(y)) <= 256
+
+
+def test_policy_survives_finetune_and_packs_exactly(fmnist_root):
+    torch.manual_seed(0)
+    model = build_model("tiny_cnn")
+    policy = CompressionPolicy({"conv2": LayerPolicy(0.75, 4), "fc": LayerPolicy(0.5, 32)})
+    cm = apply_policy(model, policy)
+    assert model.conv2.weight.count_nonzero() == model.conv2.weight.numel()  # original untouched
+    x = torch.randn(64, 1, 28, 28)
+    y = torch.randint(0, 10, (64,))
+    calibrate(cm, [x])
+    train(cm, torch.utils.data.TensorDataset(x, y), steps=5, lr=0.05, batch_size=32)
+    w2 = cm.conv2.weight.detach()
+    assert int((w2 == 0).sum()) >= round(0.75 * w2.numel())
+    assert int((cm.fc.weight == 0).sum()) == round(0.5 * cm.fc.weight.numel())
+    state = compressed_state(cm)
+    q = state["conv2.weight"]
+    assert isinstance(q, QuantizedTensor) and q.bits == 4
+    assert np.array_equal(q.dequantize(), w2.numpy())  # packed codes rebuild the weights
+    assert state["fc.weight"].dtype == np.float32
+    assert 0.0 < weight_sparsity(cm) < 1.0
+    assert model_size_bytes(cm) < model_size_bytes(model)
+
+
+def test_more_compression_is_smaller():
+    model = build_model("small_cnn")
+    sizes = [
+        model_size_bytes(apply_policy(model, CompressionPolicy({"features.3": LayerPolicy(s, b)})))
+        for s, b in [(0.0, 32), (0.0, 8), (0.5, 8), (0.5, 4), (0.9, 2)]
+    ]
+    assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes)

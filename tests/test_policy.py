@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import pytest
+
+from autocompress.errors import ModelError
+from autocompress.models import build_model
+from autocompress.policy import CompressionPolicy, LayerPolicy
+
+
+def test_json_round_trip():
+    p = CompressionPolicy(
+        {"conv1": LayerPolicy(0.5, 4), "conv2": LayerPolicy(0.0, 32), "fc": LayerPolicy(0.9, 2)}
+    )
+    q = CompressionPolicy.from_json(p.to_json())
+    assert q == p and hash(q) == hash(p)
+    assert q["fc"].bits == 2 and q["conv1"].sparsity == 0.5
+    assert list(q) == ["conv1", "conv2", "fc"]
+
+
+@pytest.mark.parametrize("kw", [{"sparsity": 1.0}, {"sparsity": -0.1}, {"bits": 1}, {"bits": 16}])
+def test_invalid_layer_policy(kw):
+    with pytest.raises(ValueError):
+        LayerPolicy(**kw)
+
+
+def test_from_dict_rejects_bad_values():
+    with pytest.raises(ValueError, match="invalid compression policy"):
+        CompressionPolicy.from_dict({"layers": {"conv1": {"bits": 9}}})
+
+
+def test_validate_against_model():
+    model = build_model("tiny_cnn")
+    CompressionPolicy({"conv1": LayerPolicy(0.5, 4)}).validate(model)
+    with pytest.raises(ModelError, match="unknown layer.*conv9"):
+        CompressionPolicy({"conv9": LayerPolicy(0.5, 4)}).validate(model)
+    with pytest.raises(ModelError, match="bn1"):  # BatchNorm is not compressible
+        CompressionPolicy({"bn1": LayerPolicy(0.5, 4)}).validate(model)

@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+from conftest import tiny_config
+from optuna.trial import TrialState
+
+from autocompress import load_experiment, search
+from autocompress.cli import main
+from autocompress.search.pareto import to_minimization
+from autocompress.search.study import load_study
+from autocompress.search_space import load_search_space
+
+
+def _runs(cfg):
+    client = mlflow.MlflowClient(tracking_uri=cfg.tracking)
+    exp = client.get_experiment_by_name(cfg.name)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("autocompress.role") == "search"]
+    trials = [r for r in runs if r.data.tags.get("autocompress.role") == "trial"]
+    return client, parents, trials
+
+
+def test_end_to_end_search_logs_trials_and_front(tmp_path, fmnist_root):
+    cfg = load_experiment(tiny_config(tmp_path, fmnist_root))
+    result = search(cfg, log=lambda *_: None)
+    assert result.n_complete == 3
+
+    client, parents, trials = _runs(cfg)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    assert parent.data.metrics["baseline_val_accuracy"] > 0.2
+    assert len(trials) == 3
+    space = load_search_space(cfg.search_space)
+    for run in trials:
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.info.status == "FINISHED"
+        for layer in ("conv1", "conv2", "fc"):
+            assert f"{layer}.sparsity" in run.data.params and f"{layer}.bits" in run.data.params
+        for m in ("val_accuracy", "latency_ms", "size_kb", "compression_ratio"):
+            assert m in run.data.metrics
+    assert space.layers  # the space file itself parsed
+
+    names = {a.path for a in client.list_artifacts(parent.info.run_id, "pareto")}
+    for suffix in ("csv", "json", "html", "png"):
+        assert f"pareto/pareto_front.{suffix}" in names
+
+    # the logged front is non-dominated and contains exactly the runs tagged pareto=true
+    local = client.download_artifacts(parent.info.run_id, "pareto/pareto_front.json", str(tmp_path))
+    front = json.loads(open(local).read())["front"]
+    all_vals = np.array(
+        [
+            [
+                r.data.metrics["val_accuracy"],
+                r.data.metrics["latency_ms"],
+                r.data.metrics["size_kb"],
+            ]
+            for r in trials
+        ]
+    )
+    dirs = ["maximize", "minimize", "minimize"]
+    allm = to_minimization(all_vals, dirs)
+    for row in front:
+        p = to_minimization(
+            np.array([[row["val_accuracy"], row["latency_ms"], row["size_kb"]]]), dirs
+        )[0]
+        dominated = np.any(np.all(allm <= p, axis=1) & np.any(allm < p, axis=1))
+        assert not dominated
+    tagged = {r.data.tags["trial_number"] for r in trials if r.data.tags.get("pareto") == "true"}
+    assert tagged == {str(r["trial"]) for r in front}
+
+
+def test_resume_reaches_total_and_does_not_redo(tmp_path, fmnist_root):
+    path = tiny_config(tmp_path, fmnist_root, search__n_trials=2)
+    search(load_experiment(path), log=lambda *_: None)
+    cfg = load_experiment(path, ["search.n_trials=4"])
+    search(cfg, log=lambda *_: None)
+    info = load_study(cfg)
+    complete = info.study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 4
+    assert sorted(t.number for t in complete) == [0, 1, 2, 3]
+    _, parents, trials = _runs(cfg)
+    assert len(parents) == 1 and len(trials) == 4
+    # and a third run with the same total runs nothing more
+    search(cfg, log=lambda *_: None)
+    assert len(load_study(cfg).study.trials) == 4
+
+
+def test_failing_trial_is_recorded_and_search_goes_on(tmp_path, fmnist_root, monkeypatch):
+    from autocompress.search import objective
+
+    calls = {"n": 0}
+    original = objective.TrialEvaluator.__call__
+
+    def flaky(self, policy, *, seed=0):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("boom in trial")
+        return original(self, policy, seed=seed)
+
+    monkeypatch.setattr(objective.TrialEvaluator, "__call__", flaky)
+    cfg = load_experiment(tiny_config(tmp_path, fmnist_root))
+    result = search(cfg, log=lambda *_: None)
+    assert result.n_complete == 3 and result.n_failed == 1
+    _, _, trials = _runs(cfg)
+    failed = [r for r in trials if r.info.status == "FAILED"]
+    assert len(failed) == 1 and "boom in trial" in failed[0].data.tags["fail_reason"]
+
+
+def test_cli_search_and_status(tmp_path, fmnist_root, capsys):
+    path = tiny_config(tmp_path, fmnist_root, search__n_trials=2, search__sampler="random")
+    assert main(["search", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "[trial   1 | 2/2 done]" in out and "Pareto front" in out
+    assert main(["status", str(path), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert status["complete"] == 2 and status["failed"] == 0 and status["front"]
