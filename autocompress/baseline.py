@@ -80,6 +80,7 @@ def get_baseline(cfg: ExperimentConfig, data: DataBundle, *, log=print) -> Basel
         model = build_model(cfg.model.name, checkpoint=ckpt, **kw)
         log(f"baseline: cached model {ckpt.name}")
     else:
+        torch.manual_seed(cfg.data.seed)  # the initialisation is part of what the key fixes
         model = build_model(cfg.model.name, **kw)
         train_ds = data.train_full
         bs = cfg.data.batch_size
