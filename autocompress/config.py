@@ -19,6 +19,7 @@ from .errors import ConfigError
 
 __all__ = [
     "BaselineConfig",
+    "CompressionConfig",
     "DataConfig",
     "ExperimentConfig",
     "FinetuneConfig",
@@ -98,6 +99,13 @@ class FinetuneConfig(_Strict):
     batch_size: int | None = Field(None, ge=1)
 
 
+class CompressionConfig(_Strict):
+    """How policies are applied (not searched): channel importance and channel rounding."""
+
+    importance: Literal["l1", "l2", "fpgm"] = "l1"
+    round_to: int = Field(1, ge=1, description="kept channel counts are multiples of this")
+
+
 class SearchConfig(_Strict):
     n_trials: int = Field(20, ge=1)
     sampler: Literal["nsga2", "tpe", "random"] = "nsga2"
@@ -136,6 +144,7 @@ class ExperimentConfig(_Strict):
     search: SearchConfig = Field(default_factory=SearchConfig)
     objectives: ObjectivesConfig = Field(default_factory=ObjectivesConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    compression: CompressionConfig = Field(default_factory=CompressionConfig)
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
     search_space: Path
     output_dir: Path

@@ -9,6 +9,7 @@ layers:
   - type: Linear                 # ... or a module type
     sparsity: {low: 0.0, high: 0.9, step: 0.1}
     bits: [8, 32]
+    keep_ratio: [1.0, 0.75, 0.5] # structured: fraction of output channels kept (real removal)
 exclude: ["features.0"]          # never compressed
 ```
 The first rule that matches a layer decides its choices; unmatched layers stay untouched.
@@ -47,6 +48,7 @@ class LayerRule(BaseModel):
     type: str | None = Field(None, description="module class name, e.g. Conv2d")
     sparsity: list[float] | _Range = Field(default_factory=lambda: [0.0])
     bits: list[int] = Field(default_factory=lambda: [FLOAT_BITS])
+    keep_ratio: list[float] = Field(default_factory=lambda: [1.0])
 
     @model_validator(mode="after")
     def _one_selector(self) -> LayerRule:
@@ -69,6 +71,14 @@ class LayerRule(BaseModel):
         bad = [b for b in v if b != FLOAT_BITS and not 2 <= b <= 8]
         if bad or not v:
             raise ValueError(f"bits choices must be 2..8 or 32 (got {bad or 'none'})")
+        return v
+
+    @field_validator("keep_ratio")
+    @classmethod
+    def _keep(cls, v: list[float]) -> list[float]:
+        bad = [k for k in v if not 0.0 < k <= 1.0]
+        if bad or not v:
+            raise ValueError(f"keep_ratio choices must be in (0, 1] (got {bad or 'none'})")
         return v
 
     @property
@@ -108,7 +118,11 @@ class SearchSpaceSpec(BaseModel):
                 )
             for n in hits:
                 if n not in choices and not any(fnmatch.fnmatchcase(n, p) for p in self.exclude):
-                    choices[n] = LayerChoices(rule.sparsity_values(), tuple(sorted(set(rule.bits))))
+                    choices[n] = LayerChoices(
+                        rule.sparsity_values(),
+                        tuple(sorted(set(rule.bits))),
+                        tuple(sorted(set(rule.keep_ratio), reverse=True)),
+                    )
         ordered = {n: choices[n] for n in layers if n in choices}
         if not ordered:
             raise ConfigError(f"{where}every matched layer is excluded: nothing to search")
@@ -119,10 +133,18 @@ class SearchSpaceSpec(BaseModel):
 class LayerChoices:
     sparsity: tuple[float, ...]
     bits: tuple[int, ...]
+    keep_ratio: tuple[float, ...] = (1.0,)
 
     @property
     def size(self) -> int:
-        return len(self.sparsity) * len(self.bits)
+        return len(self.sparsity) * len(self.bits) * len(self.keep_ratio)
+
+    def options(self) -> dict[str, tuple]:
+        """The searched dimensions of this layer (keep_ratio only when it has a choice)."""
+        out: dict[str, tuple] = {"sparsity": self.sparsity, "bits": self.bits}
+        if len(self.keep_ratio) > 1:
+            out["keep_ratio"] = self.keep_ratio
+        return out
 
 
 @dataclass(frozen=True)
@@ -141,26 +163,41 @@ class SearchSpace:
             n *= c.size
         return n
 
-    def param_names(self, layer: str) -> tuple[str, str]:
-        return f"{layer}.sparsity", f"{layer}.bits"
+    def choices(self) -> dict[str, tuple]:
+        """Every searched parameter (``<layer>.<dimension>``) and its choices, in order."""
+        return {
+            f"{layer}.{dim}": opts
+            for layer, ch in self.layers.items()
+            for dim, opts in ch.options().items()
+        }
 
     def policy_from_params(self, params: dict) -> CompressionPolicy:
-        """Rebuild the policy from Optuna trial params (missing layers take their first choice)."""
+        """Rebuild the policy from Optuna trial params (missing ones take their first choice)."""
         out = {}
         for name, ch in self.layers.items():
-            ks, kb = self.param_names(name)
             out[name] = LayerPolicy(
-                sparsity=float(params.get(ks, ch.sparsity[0])), bits=int(params.get(kb, ch.bits[0]))
+                sparsity=float(params.get(f"{name}.sparsity", ch.sparsity[0])),
+                bits=int(params.get(f"{name}.bits", ch.bits[0])),
+                keep_ratio=float(params.get(f"{name}.keep_ratio", ch.keep_ratio[0])),
             )
         return CompressionPolicy(out)
 
     def params_from_policy(self, policy: CompressionPolicy) -> dict:
         params = {}
-        for name in self.layers:
-            p = policy.layers.get(name, LayerPolicy())
-            ks, kb = self.param_names(name)
-            params[ks], params[kb] = p.sparsity, p.bits
+        for key in self.choices():
+            layer, _, dim = key.rpartition(".")
+            params[key] = getattr(policy.layers.get(layer, LayerPolicy()), dim)
         return params
+
+    def extreme(self, *, aggressive: bool) -> dict:
+        """Params of the least (or most) aggressive policy of the space."""
+        out = {}
+        for key, opts in self.choices().items():
+            dim = key.rpartition(".")[2]
+            gentle = max(opts) if dim in ("bits", "keep_ratio") else min(opts)
+            harsh = min(opts) if dim in ("bits", "keep_ratio") else max(opts)
+            out[key] = harsh if aggressive else gentle
+        return out
 
 
 def load_search_space(path: str | Path) -> SearchSpaceSpec:

@@ -86,3 +86,69 @@ def test_more_compression_is_smaller():
         for s, b in [(0.0, 32), (0.0, 8), (0.5, 8), (0.5, 4), (0.9, 2)]
     ]
     assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes)
+
+
+def _assert_channels_removed(model, policy, example, expect: dict[str, int]):
+    from autocompress.compress.apply import apply_policy
+
+    ref = model(example)
+    cm = apply_policy(model, policy, example=example, round_to=1)
+    out = cm(example)
+    assert out.shape == ref.shape
+    layers = dict(cm.named_modules())
+    for name, channels in expect.items():
+        assert layers[name].out_channels == channels, name
+    assert sum(p.numel() for p in cm.parameters()) < sum(p.numel() for p in model.parameters())
+    return cm
+
+
+def test_structured_pruning_resnet_block_keeps_shapes():
+    model = build_model("resnet18").eval()
+    x = torch.randn(2, 1, 28, 28)
+    policy = CompressionPolicy(
+        {
+            "layer1.0.conv1": LayerPolicy(keep_ratio=0.5),  # inside a block: independent
+            "layer2.0.conv2": LayerPolicy(keep_ratio=0.75),  # writes the residual stream
+        }
+    )
+    cm = _assert_channels_removed(model, policy, x, {"layer1.0.conv1": 32, "layer2.0.conv2": 96})
+    # the coupled residual partners lost the same channels
+    assert cm.layer2[0].downsample[0].out_channels == 96
+    assert cm.layer2[1].conv2.out_channels == 96 and cm.layer3[0].conv1.in_channels == 96
+    assert model.layer1[0].conv1.out_channels == 64  # the original is untouched
+
+
+def test_structured_pruning_mobilenet_depthwise():
+    model = build_model("mobilenet_v2").eval()
+    x = torch.randn(2, 1, 28, 28)
+    policy = CompressionPolicy({"features.2.conv.0.0": LayerPolicy(keep_ratio=0.5)})
+    cm = _assert_channels_removed(model, policy, x, {"features.2.conv.0.0": 48})
+    dw = cm.features[2].conv[1][0]
+    assert dw.groups == dw.in_channels == dw.out_channels == 48
+
+
+def test_structured_pruning_removes_least_important_channels():
+    model = build_model("tiny_cnn").eval()
+    with torch.no_grad():  # channels 0-3 are the weakest in every member of the group
+        model.conv1.weight[:4] *= 0.01
+        model.bn1.weight[:4] *= 0.01
+        model.conv2.weight[:, :4] *= 0.01
+    cm = apply_policy(
+        model,
+        CompressionPolicy({"conv1": LayerPolicy(keep_ratio=0.5)}),
+        example=torch.randn(1, 1, 28, 28),
+    )
+    kept = cm.conv1.weight.detach()
+    assert kept.shape[0] == 4
+    assert torch.allclose(kept, model.conv1.weight[4:].detach())
+
+
+def test_output_layer_cannot_lose_channels():
+    from autocompress.errors import ModelError
+
+    with pytest.raises(ModelError, match="fc"):
+        apply_policy(
+            build_model("tiny_cnn"),
+            CompressionPolicy({"fc": LayerPolicy(keep_ratio=0.5)}),
+            example=torch.randn(1, 1, 28, 28),
+        )

@@ -15,6 +15,7 @@ from ..policy import CompressionPolicy, compressible_layers
 from .packing import QuantizedTensor, packed_size
 from .pruning import magnitude_mask
 from .quantization import ActFakeQuant, fake_quantize_weight, quantize_weight
+from .structured import prune_channels
 
 __all__ = [
     "CompressWeight",
@@ -49,20 +50,30 @@ def _quant_input_hook(module: nn.Module, args: tuple) -> tuple:
 
 
 def apply_policy(
-    model: nn.Module, policy: CompressionPolicy, *, inplace: bool = False
+    model: nn.Module,
+    policy: CompressionPolicy,
+    *,
+    example: torch.Tensor | None = None,
+    importance: str = "l1",
+    round_to: int = 1,
+    inplace: bool = False,
 ) -> nn.Module:
     """Return the model compressed as ``policy`` says (a copy unless ``inplace``).
 
-    Each named layer gets a magnitude mask at its sparsity and, below 32 bits, symmetric
-    per-channel weight fake-quantisation plus 8-bit fake-quantisation of its input.
+    First output channels are removed for layers with ``keep_ratio < 1`` (real removal, needs an
+    ``example`` input to trace the model); then each named layer gets a magnitude mask at its
+    sparsity and, below 32 bits, symmetric per-channel weight fake-quantisation plus 8-bit
+    fake-quantisation of its input.
     """
     policy.validate(model)
-    if any(p.keep_ratio < 1.0 for p in policy.values()):
-        raise NotImplementedError("structured pruning (keep_ratio < 1) is not available yet")
     out = model if inplace else copy.deepcopy(model)
+    if any(p.keep_ratio < 1.0 for p in policy.values()):
+        if example is None:
+            raise ValueError("structured pruning (keep_ratio < 1) needs an example input")
+        prune_channels(out, policy, example, importance=importance, round_to=round_to)
     layers = compressible_layers(out)
     for name, lp in policy.items():
-        if lp.is_identity:
+        if lp.sparsity == 0.0 and not lp.quantized:
             continue
         layer = layers[name]
         mask = magnitude_mask(layer.weight, lp.sparsity)

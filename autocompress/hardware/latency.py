@@ -20,11 +20,14 @@ __all__ = ["LatencyModel", "ProxyLatencyModel", "count_macs", "make_latency_mode
 
 @runtime_checkable
 class LatencyModel(Protocol):
-    """Predicts milliseconds per inference of the deployed form of a compressed model."""
+    """Predicts milliseconds per inference of the deployed form of a compressed model.
+
+    ``model`` is the compressed model (channels already removed), ``policy`` its per-layer bits.
+    """
 
     name: str
 
-    def predict(self, policy: CompressionPolicy) -> float: ...
+    def predict(self, model: nn.Module, policy: CompressionPolicy) -> float: ...
 
 
 @torch.no_grad()
@@ -51,22 +54,22 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
 
 
 class ProxyLatencyModel:
-    """``latency = reference_ms * sum(MACs_l * bits_l) / sum(MACs_l * 32)`` over all layers."""
+    """``latency = reference_ms * sum(MACs_l * bits_l) / sum(MACs0_l * 32)``: MACs of the
+    compressed model (removed channels count) times weight bits, relative to the uncompressed
+    reference model whose latency is ``reference_ms``."""
 
     name = "proxy"
 
-    def __init__(self, macs: dict[str, int], reference_ms: float = 1.0) -> None:
-        self.macs = dict(macs)
+    def __init__(self, reference: nn.Module, example: torch.Tensor, reference_ms: float = 1.0):
+        self.example = example
         self.reference_ms = reference_ms
-        self._total = sum(self.macs.values()) * FLOAT_BITS or 1
+        self._total = sum(count_macs(reference, example).values()) * FLOAT_BITS or 1
 
-    def predict(self, policy: CompressionPolicy) -> float:
+    def predict(self, model: nn.Module, policy: CompressionPolicy) -> float:
         cost = 0
-        for name, m in self.macs.items():
+        for name, m in count_macs(model, self.example).items():
             lp = policy.layers.get(name)
-            bits = lp.bits if lp is not None else FLOAT_BITS
-            keep = lp.keep_ratio if lp is not None else 1.0
-            cost += m * bits * keep
+            cost += m * (lp.bits if lp is not None else FLOAT_BITS)
         return self.reference_ms * cost / self._total
 
 
@@ -75,5 +78,5 @@ def make_latency_model(
 ) -> LatencyModel:
     """Build the latency model the experiment names (only ``proxy`` exists so far)."""
     if target == "proxy":
-        return ProxyLatencyModel(count_macs(model, example), reference_ms)
+        return ProxyLatencyModel(model, example, reference_ms)
     raise ValueError(f"unknown latency target {target!r}")

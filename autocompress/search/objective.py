@@ -22,12 +22,8 @@ __all__ = ["TrialEvaluator", "suggest_policy"]
 
 
 def suggest_policy(trial: optuna.Trial, space: SearchSpace) -> CompressionPolicy:
-    """Ask the trial for every layer's sparsity and bits (categorical choices)."""
-    params = {}
-    for name, ch in space.layers.items():
-        ks, kb = space.param_names(name)
-        params[ks] = trial.suggest_categorical(ks, list(ch.sparsity))
-        params[kb] = trial.suggest_categorical(kb, list(ch.bits))
+    """Ask the trial for every searched parameter (categorical choices)."""
+    params = {k: trial.suggest_categorical(k, list(v)) for k, v in space.choices().items()}
     return space.policy_from_params(params)
 
 
@@ -44,7 +40,14 @@ class TrialEvaluator:
         """The compressed, fine-tuned model (masks and fake-quant in place)."""
         ft = self.cfg.finetune
         bs = ft.batch_size or self.cfg.data.batch_size
-        model = apply_policy(self.baseline.model, policy)
+        comp = self.cfg.compression
+        model = apply_policy(
+            self.baseline.model,
+            policy,
+            example=self.data.example_input(2),
+            importance=comp.importance,
+            round_to=comp.round_to,
+        )
         calib = [x for x, _ in islice(batches(self.data.train, bs, shuffle=True, seed=seed), 4)]
         calibrate(model, calib)
         loss = train(
@@ -64,7 +67,7 @@ class TrialEvaluator:
         return TrialMetrics(
             val_accuracy=acc,
             val_loss=val_loss,
-            latency_ms=self.latency_model.predict(policy),
+            latency_ms=self.latency_model.predict(model, policy),
             size_bytes=size,
             compression_ratio=self.baseline.metrics.fp32_state_dict_bytes / size,
             weight_sparsity=weight_sparsity(model),

@@ -198,7 +198,7 @@ def search(cfg: ExperimentConfig, *, log=print) -> SearchResult:
         cfg.latency.target, prep.baseline.model, example, reference_ms=bm.latency_ms
     )
     evaluator = TrialEvaluator(cfg, prep.baseline, prep.data, latency_model)
-    space_params = {n: [list(c.sparsity), list(c.bits)] for n, c in space.layers.items()}
+    space_params = {k: list(v) for k, v in space.choices().items()}
     info = open_study(cfg, space_params)
     tracker = Tracker(cfg.tracking, cfg.name, cfg.output_dir / "mlartifacts")
     parent = tracker.start_search(
@@ -213,11 +213,7 @@ def search(cfg: ExperimentConfig, *, log=print) -> SearchResult:
 
     if not info.study.trials:
         # Anchor: the least aggressive policy, so the front reaches the accurate end.
-        anchor = {}
-        for name, ch in space.layers.items():
-            ks, kb = space.param_names(name)
-            anchor[ks], anchor[kb] = min(ch.sparsity), max(ch.bits)
-        info.study.enqueue_trial(anchor, user_attrs={"anchor": True})
+        info.study.enqueue_trial(space.extreme(aggressive=False), user_attrs={"anchor": True})
 
     bounds = {o: getattr(cfg.objectives, o).bound for o in info.objectives}
 
