@@ -46,6 +46,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite in output_dir)")
     p = _experiment_parser(sub, "status", "trials done/failed/running and the current front")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    from .hardware.commands import add_commands
+
+    _COMMANDS.update(add_commands(sub, _experiment_parser))
     return parser
 
 

@@ -130,8 +130,18 @@ class ObjectivesConfig(_Strict):
 
 
 class LatencyConfig(_Strict):
-    target: Literal["proxy"] = Field("proxy", description="latency model used as objective")
+    target: str = Field("proxy", description="hardware target preset used as latency objective")
     batch_size: int = Field(1, ge=1)
+
+    @field_validator("target")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from .hardware.latency import available_targets
+
+        names = available_targets()
+        if v not in names:
+            raise ValueError(f"unknown latency target {v!r}; allowed: {', '.join(names)}")
+        return v
 
 
 class ExperimentConfig(_Strict):

@@ -152,3 +152,25 @@ def test_output_layer_cannot_lose_channels():
             CompressionPolicy({"fc": LayerPolicy(keep_ratio=0.5)}),
             example=torch.randn(1, 1, 28, 28),
         )
+
+
+def test_materialize_bakes_weights_and_drops_quantizers():
+    from autocompress.compress.apply import materialize
+
+    torch.manual_seed(0)
+    model = build_model("tiny_cnn").eval()
+    x = torch.randn(8, 1, 28, 28)
+    cm = apply_policy(
+        model, CompressionPolicy({"conv2": LayerPolicy(0.5, 4), "fc": LayerPolicy(0.5)})
+    )
+    calibrate(cm, [x])
+    plain, bits = materialize(cm)
+    assert bits == {"conv2": 4}
+    assert not hasattr(plain.conv2, "input_quant") and not plain.conv2._forward_pre_hooks
+    assert torch.equal(plain.conv2.weight, cm.conv2.weight)
+    assert (
+        "conv2.weight" in plain.state_dict()
+        and "conv2.input_quant.min_val" not in plain.state_dict()
+    )
+    # only the activation fake-quant differs between the two
+    assert torch.allclose(plain(x), cm(x), atol=0.5)

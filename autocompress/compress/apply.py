@@ -22,6 +22,7 @@ __all__ = [
     "apply_policy",
     "calibrate",
     "compressed_state",
+    "materialize",
     "model_size_bytes",
     "weight_sparsity",
 ]
@@ -82,6 +83,37 @@ def apply_policy(
             layer.input_quant = ActFakeQuant(ACT_BITS)
             layer.register_forward_pre_hook(_quant_input_hook)
     return out
+
+
+def _bake(layer: nn.Module) -> None:
+    """Replace a parametrised weight by its current value. (Not ``remove_parametrizations``:
+    a deep copy shares the generated ``Parametrized*`` class with the original, and removing the
+    parametrisation deletes the property from that shared class.)"""
+    with torch.no_grad():
+        value = layer.weight.detach().clone()
+    del layer._modules["parametrizations"]
+    layer.__class__ = layer.__class__.__bases__[0]
+    layer.weight = nn.Parameter(value)
+
+
+def materialize(model: nn.Module) -> tuple[nn.Module, dict[str, int]]:
+    """A plain copy of a compressed model for export: masks and quantised values baked into the
+    weights, activation quantisers removed. Returns it with ``{layer: bits}`` of the layers that
+    were quantised (their deployed form is INT8; sub-8-bit weights sit on a coarser grid)."""
+    plain = copy.deepcopy(model)
+    bits: dict[str, int] = {}
+    for name, layer in compressible_layers(plain).items():
+        if parametrize.is_parametrized(layer, "weight"):
+            comp = layer.parametrizations["weight"][0]
+            if comp.bits < 32:
+                bits[name] = comp.bits
+            _bake(layer)
+        if hasattr(layer, "input_quant"):
+            del layer.input_quant
+            for key, hook in list(layer._forward_pre_hooks.items()):
+                if hook is _quant_input_hook:
+                    del layer._forward_pre_hooks[key]
+    return plain.eval(), bits
 
 
 @torch.no_grad()

@@ -77,7 +77,9 @@ def prune_channels(
     protected = output_layers(model, example)
     bad = [n for n, _ in todo if n in protected]
     if bad:
-        raise ModelError(f"cannot remove output channels of {', '.join(bad)}: it is the model output")
+        raise ModelError(
+            f"cannot remove output channels of {', '.join(bad)}: it is the model output"
+        )
     scorer = _importance(importance)
     was_training = model.training
     model.eval()

@@ -8,14 +8,24 @@ until the measured latency table replaces it.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from ..policy import FLOAT_BITS, CompressionPolicy, compressible_layers
 
-__all__ = ["LatencyModel", "ProxyLatencyModel", "count_macs", "make_latency_model"]
+if TYPE_CHECKING:
+    from ..config import ExperimentConfig
+    from ..search_space import SearchSpace
+
+__all__ = [
+    "LatencyModel",
+    "ProxyLatencyModel",
+    "available_targets",
+    "count_macs",
+    "make_latency_model",
+]
 
 
 @runtime_checkable
@@ -73,10 +83,24 @@ class ProxyLatencyModel:
         return self.reference_ms * cost / self._total
 
 
+def available_targets() -> tuple[str, ...]:
+    """Names an experiment's ``latency.target`` may take."""
+    return ("proxy",)
+
+
 def make_latency_model(
-    target: str, model: nn.Module, example: torch.Tensor, *, reference_ms: float = 1.0
+    cfg: ExperimentConfig,
+    model: nn.Module,
+    space: SearchSpace,
+    example: torch.Tensor,
+    *,
+    reference_ms: float = 1.0,
+    log=print,
 ) -> LatencyModel:
-    """Build the latency model the experiment names (only ``proxy`` exists so far)."""
+    """Build the latency model ``cfg.latency.target`` names for ``model`` (the uncompressed
+    baseline) over the choices of ``space``; ``reference_ms`` is the baseline's measured FP32
+    latency. Measured targets load (or build and store) their latency table here."""
+    target = cfg.latency.target
     if target == "proxy":
         return ProxyLatencyModel(model, example, reference_ms)
     raise ValueError(f"unknown latency target {target!r}")

@@ -195,7 +195,7 @@ def search(cfg: ExperimentConfig, *, log=print) -> SearchResult:
     log(f"search space: {len(space)} layers, {space.cardinality:.3g} policies ({cfg.search_space})")
     example = prep.data.example_input(cfg.latency.batch_size)
     latency_model = make_latency_model(
-        cfg.latency.target, prep.baseline.model, example, reference_ms=bm.latency_ms
+        cfg, prep.baseline.model, space, example, reference_ms=bm.latency_ms, log=log
     )
     evaluator = TrialEvaluator(cfg, prep.baseline, prep.data, latency_model)
     space_params = {k: list(v) for k, v in space.choices().items()}
