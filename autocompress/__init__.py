@@ -8,7 +8,7 @@ Typical use::
 """
 
 from .api import ValidationReport, status, validate
-from .compress.apply import apply_policy, compressed_state, model_size_bytes
+from .compress.apply import apply_policy, compressed_state, materialize
 from .config import ExperimentConfig, load_experiment
 from .data import DataBundle, load_data
 from .errors import AutocompressError, ConfigError, DataError, ModelError
@@ -40,7 +40,7 @@ __all__ = [
     "load_experiment",
     "load_search_space",
     "load_study",
-    "model_size_bytes",
+    "materialize",
     "register_model",
     "search",
     "status",

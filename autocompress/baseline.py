@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .compress.apply import model_size_bytes
+from .export.artifact import ModelRef, pack_model
+from .policy import CompressionPolicy
 from .config import ExperimentConfig
 from .data import DataBundle
 from .hardware.measure import measure_torch_model_latency
@@ -117,7 +118,9 @@ def get_baseline(cfg: ExperimentConfig, data: DataBundle, *, log=print) -> Basel
         val_loss=val_loss,
         test_accuracy=test_acc,
         latency_ms=latency,
-        size_bytes=model_size_bytes(model),
+        size_bytes=len(
+            pack_model(model, ModelRef.from_config(cfg, data.input_shape), CompressionPolicy())
+        ),
         fp32_state_dict_bytes=state_dict_bytes(model),
         params=sum(p.numel() for p in model.parameters()),
         trained_seconds=cached.get("trained_seconds", trained_seconds),

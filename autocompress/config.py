@@ -21,6 +21,7 @@ __all__ = [
     "BaselineConfig",
     "CompressionConfig",
     "DataConfig",
+    "ExportConfig",
     "ExperimentConfig",
     "FinetuneConfig",
     "ModelConfig",
@@ -92,11 +93,28 @@ class BaselineConfig(_Strict):
 
 
 class FinetuneConfig(_Strict):
-    """The short fine-tune each trial runs with masks and fake-quantisation in place."""
+    """A fine-tune with masks and fake-quantisation in place (quantisation-aware, straight-through
+    estimator), optionally distilled from the uncompressed model."""
 
     steps: int = Field(100, ge=0)
     lr: float = Field(0.01, gt=0)
     batch_size: int | None = Field(None, ge=1)
+    distill_weight: float = Field(0.0, ge=0.0, le=1.0, description="weight of the teacher loss")
+    temperature: float = Field(4.0, gt=0.0)
+    full_train: bool = Field(False, description="use the whole training part, not train_subset")
+
+
+def _export_finetune() -> FinetuneConfig:
+    return FinetuneConfig(steps=600, lr=0.01, distill_weight=0.5, full_train=True)
+
+
+class ExportConfig(_Strict):
+    """Materialising a picked policy: longer distilled fine-tune, ONNX, packed file, registry."""
+
+    finetune: FinetuneConfig = Field(default_factory=_export_finetune)
+    calibration_batches: int = Field(8, ge=1, description="training batches for INT8 calibration")
+    registered_model: str | None = Field(None, description="Model Registry name (default: name)")
+    alias: str = "picked"
 
 
 class CompressionConfig(_Strict):
@@ -155,6 +173,7 @@ class ExperimentConfig(_Strict):
     objectives: ObjectivesConfig = Field(default_factory=ObjectivesConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     compression: CompressionConfig = Field(default_factory=CompressionConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
     search_space: Path
     output_dir: Path

@@ -8,10 +8,9 @@ from autocompress.compress.apply import (
     apply_policy,
     calibrate,
     compressed_state,
-    model_size_bytes,
     weight_sparsity,
 )
-from autocompress.compress.packing import QuantizedTensor
+from autocompress.compress.packing import QuantizedTensor, packed_size
 from autocompress.compress.pruning import magnitude_mask
 from autocompress.compress.quantization import ActFakeQuant, fake_quantize_weight, quantize_weight
 from autocompress.models import build_model
@@ -76,13 +75,17 @@ def test_policy_survives_finetune_and_packs_exactly(fmnist_root):
     assert np.array_equal(q.dequantize(), w2.numpy())  # packed codes rebuild the weights
     assert state["fc.weight"].dtype == np.float32
     assert 0.0 < weight_sparsity(cm) < 1.0
-    assert model_size_bytes(cm) < model_size_bytes(model)
+    assert packed_size(compressed_state(cm)) < packed_size(compressed_state(model))
 
 
 def test_more_compression_is_smaller():
     model = build_model("small_cnn")
     sizes = [
-        model_size_bytes(apply_policy(model, CompressionPolicy({"features.3": LayerPolicy(s, b)})))
+        packed_size(
+            compressed_state(
+                apply_policy(model, CompressionPolicy({"features.3": LayerPolicy(s, b)}))
+            )
+        )
         for s, b in [(0.0, 32), (0.0, 8), (0.5, 8), (0.5, 4), (0.9, 2)]
     ]
     assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes)

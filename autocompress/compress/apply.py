@@ -12,18 +12,18 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..policy import CompressionPolicy, compressible_layers
-from .packing import QuantizedTensor, packed_size
+from .packing import QuantizedTensor
 from .pruning import magnitude_mask
 from .quantization import ActFakeQuant, fake_quantize_weight, quantize_weight
 from .structured import prune_channels
 
 __all__ = [
     "CompressWeight",
+    "attach_input_quant",
     "apply_policy",
     "calibrate",
     "compressed_state",
     "materialize",
-    "model_size_bytes",
     "weight_sparsity",
 ]
 
@@ -48,6 +48,12 @@ class CompressWeight(nn.Module):
 
 def _quant_input_hook(module: nn.Module, args: tuple) -> tuple:
     return (module.input_quant(args[0]), *args[1:])
+
+
+def attach_input_quant(layer: nn.Module, bits: int = ACT_BITS) -> None:
+    """Fake-quantise the layer's input (submodule ``input_quant`` + a forward pre-hook)."""
+    layer.input_quant = ActFakeQuant(bits)
+    layer.register_forward_pre_hook(_quant_input_hook)
 
 
 def apply_policy(
@@ -80,8 +86,7 @@ def apply_policy(
         mask = magnitude_mask(layer.weight, lp.sparsity)
         parametrize.register_parametrization(layer, "weight", CompressWeight(mask, lp.bits))
         if lp.quantized:
-            layer.input_quant = ActFakeQuant(ACT_BITS)
-            layer.register_forward_pre_hook(_quant_input_hook)
+            attach_input_quant(layer)
     return out
 
 
@@ -163,11 +168,6 @@ def compressed_state(model: nn.Module) -> dict[str, np.ndarray | QuantizedTensor
             continue
         out[key] = value.detach().cpu().numpy().astype(np.float32)
     return out
-
-
-def model_size_bytes(model: nn.Module) -> int:
-    """The one definition of model size: bytes of the packed (Huffman-coded) state."""
-    return packed_size(compressed_state(model))
 
 
 def weight_sparsity(model: nn.Module) -> float:

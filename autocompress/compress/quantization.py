@@ -30,11 +30,15 @@ def quantize_weight(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torc
 
 
 def fake_quantize_weight(weight: torch.Tensor, bits: int) -> torch.Tensor:
-    """``codes * scale`` in the forward pass, identity gradient (straight-through estimator)."""
+    """``codes * scale`` in the forward pass, identity gradient (straight-through estimator).
+
+    Written ``wq + (w - w.detach())`` so that the value is exactly ``codes * scale`` (the packed
+    artifact rebuilds bit-identical weights), not ``w + (wq - w)`` which rounds differently.
+    """
     codes, scales = quantize_weight(weight, bits)
     view = (-1,) + (1,) * (weight.dim() - 1)
     wq = codes.to(weight.dtype) * scales.to(weight.dtype).view(view)
-    return weight + (wq - weight).detach()
+    return wq + (weight - weight.detach())
 
 
 class ActFakeQuant(nn.Module):
@@ -75,7 +79,7 @@ class ActFakeQuant(nn.Module):
         scale, zp = self.scale_zero_point()
         levels = 2**self.bits - 1
         xq = (torch.clamp(torch.round(x / scale) + zp, 0, levels) - zp) * scale
-        return x + (xq - x).detach()
+        return xq + (x - x.detach())
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}"

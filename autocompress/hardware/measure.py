@@ -1,19 +1,41 @@
 """Real latency: export to ONNX and time it with ONNX Runtime on the CPU (median after warm-up,
-fixed thread count)."""
+fixed thread count), and in-graph per-node profiles of the same sessions.
+
+Measurements on this machine are serialised through a file lock (one measurement at a time,
+also across processes), repeated in rounds until two round medians agree, and preceded by a
+check of how busy the CPU is with other work.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import statistics
 import tempfile
 import time
 import warnings
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["export_onnx", "measure_onnx_latency", "measure_torch_model_latency"]
+__all__ = [
+    "NodeTime",
+    "cpu_busy_fraction",
+    "export_onnx",
+    "make_session",
+    "measure_onnx_latency",
+    "measure_torch_model_latency",
+    "measurement_lock",
+    "profile_onnx_nodes",
+    "time_session",
+]
+
+_LOCK_PATH = Path(tempfile.gettempdir()) / "autocompress-measure.lock"
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> Path:
@@ -35,15 +57,52 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> Pa
     return path
 
 
-def measure_onnx_latency(
-    path: str | Path,
-    input_shape: tuple[int, ...],
-    *,
-    threads: int = 2,
-    warmup: int = 10,
-    repeats: int = 50,
-) -> float:
-    """Median wall-clock milliseconds of one inference of the ONNX model at ``input_shape``."""
+@contextlib.contextmanager
+def measurement_lock(timeout: float = 3600.0) -> Iterator[None]:
+    """Hold the machine-wide measurement lock (an ``flock`` on a file in the temp folder)."""
+    import fcntl
+
+    with open(_LOCK_PATH, "a+") as fh:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"measurement lock {_LOCK_PATH} held too long") from None
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def cpu_busy_fraction(interval: float = 0.3) -> float:
+    """Fraction of the machine's CPU time spent busy over ``interval`` seconds (0 when unknown).
+
+    Called while this process is idle, it tells how much other processes use the CPU.
+    """
+
+    def _read() -> tuple[int, int] | None:
+        try:
+            fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        except OSError:
+            return None
+        vals = [int(v) for v in fields]
+        idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+        return idle, sum(vals)
+
+    a = _read()
+    time.sleep(interval)
+    b = _read()
+    if a is None or b is None or b[1] == a[1]:
+        return 0.0
+    return 1.0 - (b[0] - a[0]) / (b[1] - a[1])
+
+
+def make_session(path: str | Path, *, threads: int = 2, profile_prefix: str | None = None):
+    """An ONNX Runtime CPU session: ``threads`` intra-op threads, sequential, all optimisations."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -51,17 +110,64 @@ def measure_onnx_latency(
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
+    opts.log_severity_level = 3
+    if profile_prefix is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _input(sess, input_shape: tuple[int, ...]) -> dict[str, np.ndarray]:
     x = np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)
+    return {sess.get_inputs()[0].name: x}
+
+
+def time_session(
+    sess,
+    feed: dict[str, np.ndarray],
+    *,
+    warmup: int = 10,
+    repeats: int = 50,
+    rounds: int = 5,
+    tolerance: float = 0.03,
+) -> float:
+    """Milliseconds per run: median of ``repeats`` runs after ``warmup``, repeated in rounds
+    until the two lowest round medians agree within ``tolerance`` (at most ``rounds``); the lower
+    one is returned (interference from other processes only ever adds time)."""
     for _ in range(warmup):
-        sess.run(None, {name: x})
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        sess.run(None, {name: x})
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+        sess.run(None, feed)
+    medians: list[float] = []
+    for _ in range(max(rounds, 1)):
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            sess.run(None, feed)
+            times.append((time.perf_counter() - t0) * 1e3)
+        medians.append(statistics.median(times))
+        low = sorted(medians)[:2]
+        if len(low) == 2 and low[1] <= low[0] * (1 + tolerance):
+            break
+    return min(medians)
+
+
+def measure_onnx_latency(
+    path: str | Path,
+    input_shape: tuple[int, ...],
+    *,
+    threads: int = 2,
+    warmup: int = 10,
+    repeats: int = 50,
+    rounds: int = 1,
+    tolerance: float = 0.03,
+) -> float:
+    """Median wall-clock milliseconds of one inference of the ONNX model at ``input_shape``
+    (with ``rounds > 1``: repeated until stable, see :func:`time_session`)."""
+    sess = make_session(path, threads=threads)
+    feed = _input(sess, input_shape)
+    with measurement_lock():
+        return time_session(
+            sess, feed, warmup=warmup, repeats=repeats, rounds=rounds, tolerance=tolerance
+        )
 
 
 def measure_torch_model_latency(
@@ -71,3 +177,60 @@ def measure_torch_model_latency(
     with tempfile.TemporaryDirectory() as tmp:
         path = export_onnx(model, example, Path(tmp) / "model.onnx")
         return measure_onnx_latency(path, tuple(example.shape), threads=threads, repeats=repeats)
+
+
+@dataclass(frozen=True)
+class NodeTime:
+    """One node of the optimised graph as ONNX Runtime ran it: median microseconds per run."""
+
+    name: str
+    op_type: str
+    us: float
+    output_elements: int
+
+
+def _elements(shapes: list) -> int:
+    total = 0
+    for entry in shapes or []:
+        for dims in entry.values():
+            total += int(np.prod(dims)) if dims else 1
+    return total
+
+
+def profile_onnx_nodes(
+    path: str | Path, input_shape: tuple[int, ...], *, threads: int = 2, runs: int = 30
+) -> list[NodeTime]:
+    """Per-node median durations inside whole-model runs (ONNX Runtime's profiler), in
+    execution order. The first runs are warm-up and not counted."""
+    warmup = max(3, runs // 3)
+    with tempfile.TemporaryDirectory() as tmp:
+        sess = make_session(path, threads=threads, profile_prefix=str(Path(tmp) / "prof"))
+        feed = _input(sess, input_shape)
+        for _ in range(warmup + runs):
+            sess.run(None, feed)
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    durations: dict[str, list[float]] = defaultdict(list)
+    info: dict[str, tuple[str, int, int]] = {}
+    for ev in events:
+        if ev.get("cat") != "Node" or not ev.get("name", "").endswith("_kernel_time"):
+            continue
+        name = ev["name"][: -len("_kernel_time")]
+        args = ev.get("args", {})
+        durations[name].append(float(ev["dur"]))
+        if name not in info:
+            order = int(args.get("node_index", len(info)))
+            info[name] = (args.get("op_name", "?"), _elements(args.get("output_type_shape")), order)
+    seen_order = {name: i for i, name in enumerate(info)}
+    out = []
+    for name in sorted(info, key=seen_order.__getitem__):
+        op, elems, _ = info[name]
+        vals = durations[name][warmup:] or durations[name]
+        out.append(NodeTime(name, op, float(statistics.median(vals)), elems))
+    return out
+
+
+def onnx_fingerprint_env() -> dict[str, str]:
+    """Versions that change the deployed graph or its kernels."""
+    import onnxruntime as ort
+
+    return {"onnxruntime": ort.__version__, "torch": torch.__version__.split("+")[0]}

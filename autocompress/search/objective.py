@@ -9,9 +9,10 @@ import optuna
 from torch import nn
 
 from ..baseline import Baseline
-from ..compress.apply import apply_policy, calibrate, model_size_bytes, weight_sparsity
-from ..config import ExperimentConfig
+from ..compress.apply import apply_policy, calibrate, weight_sparsity
+from ..config import ExperimentConfig, FinetuneConfig
 from ..data import DataBundle
+from ..export.artifact import ModelRef, pack_model
 from ..hardware.latency import LatencyModel
 from ..metrics import TrialMetrics
 from ..policy import CompressionPolicy
@@ -36,10 +37,14 @@ class TrialEvaluator:
     data: DataBundle
     latency_model: LatencyModel
 
-    def compress(self, policy: CompressionPolicy, *, steps: int | None = None, seed: int = 0):
-        """The compressed, fine-tuned model (masks and fake-quant in place)."""
-        ft = self.cfg.finetune
+    def compress(
+        self, policy: CompressionPolicy, *, recipe: FinetuneConfig | None = None, seed: int = 0
+    ):
+        """The compressed model fine-tuned by ``recipe`` (default: the per-trial fine-tune),
+        with masks and fake-quant in place; returns (model, mean final loss)."""
+        ft = recipe or self.cfg.finetune
         bs = ft.batch_size or self.cfg.data.batch_size
+        train_ds = self.data.train_full if ft.full_train else self.data.train
         comp = self.cfg.compression
         model = apply_policy(
             self.baseline.model,
@@ -48,22 +53,26 @@ class TrialEvaluator:
             importance=comp.importance,
             round_to=comp.round_to,
         )
-        calib = [x for x, _ in islice(batches(self.data.train, bs, shuffle=True, seed=seed), 4)]
+        calib = [x for x, _ in islice(batches(train_ds, bs, shuffle=True, seed=seed), 4)]
         calibrate(model, calib)
         loss = train(
             model,
-            self.data.train,
-            steps=ft.steps if steps is None else steps,
+            train_ds,
+            steps=ft.steps,
             lr=ft.lr,
             batch_size=bs,
             seed=seed,
             schedule="cosine",
+            teacher=self.baseline.model if ft.distill_weight > 0 else None,
+            distill_weight=ft.distill_weight,
+            temperature=ft.temperature,
         )
         return model, loss
 
     def measure(self, model: nn.Module, policy: CompressionPolicy, ft_loss: float) -> TrialMetrics:
         acc, val_loss = evaluate(model, self.data.val)
-        size = model_size_bytes(model)
+        ref = ModelRef.from_config(self.cfg, self.data.input_shape)
+        size = len(pack_model(model, ref, policy, round_to=self.cfg.compression.round_to))
         return TrialMetrics(
             val_accuracy=acc,
             val_loss=val_loss,

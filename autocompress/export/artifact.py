@@ -1,0 +1,113 @@
+"""The packed, entropy-coded checkpoint of a compressed model and its loader.
+
+The file (``autocompress.compress.packing`` format) holds integer codes + scales for quantised
+layers (Huffman-coded relative indices and values), float32 for the rest, and in its metadata
+what rebuilds the architecture: the model reference, the policy (which channels counts the
+structured pruning leaves) and the input shape. ``load_packed_model`` returns a model whose
+logits equal the compressed model's bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..compress.apply import attach_input_quant, compressed_state
+from ..compress.packing import QuantizedTensor, load_packed, pack_state
+from ..compress.structured import prune_channels
+from ..errors import ModelError
+from ..models import build_model
+from ..policy import CompressionPolicy, compressible_layers
+
+if TYPE_CHECKING:
+    from ..config import ExperimentConfig
+
+__all__ = ["ModelRef", "load_packed_model", "pack_model", "save_packed_model"]
+
+FORMAT = "autocompress-model/1"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What ``build_model`` needs to rebuild the architecture, plus the input shape."""
+
+    name: str
+    num_classes: int
+    in_channels: int
+    input_shape: tuple[int, ...]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, cfg: ExperimentConfig, input_shape: tuple[int, ...]) -> ModelRef:
+        m = cfg.model
+        return cls(m.name, m.num_classes, input_shape[0], tuple(input_shape), dict(m.kwargs))
+
+
+def pack_model(
+    model: nn.Module, ref: ModelRef, policy: CompressionPolicy, *, round_to: int = 1
+) -> bytes:
+    """The packed file's bytes. ``len(pack_model(...))`` is the model size everywhere."""
+    meta = {
+        "format": FORMAT,
+        "model": asdict(ref),
+        "policy": policy.to_dict(),
+        "round_to": round_to,
+    }
+    return pack_state(compressed_state(model), metadata=meta)
+
+
+def save_packed_model(
+    path: str | Path,
+    model: nn.Module,
+    ref: ModelRef,
+    policy: CompressionPolicy,
+    *,
+    round_to: int = 1,
+) -> int:
+    """Write the compressed ``model`` packed; returns the file's size in bytes."""
+    data = pack_model(model, ref, policy, round_to=round_to)
+    Path(path).write_bytes(data)
+    return len(data)
+
+
+def load_packed_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model stored by :func:`save_packed_model` (eval mode) and its metadata."""
+    tensors, meta = load_packed(path)
+    if meta.get("format") != FORMAT:
+        raise ModelError(f"{path}: not an autocompress packed model (format {meta.get('format')})")
+    ref = meta["model"]
+    model = build_model(
+        ref["name"],
+        num_classes=ref["num_classes"],
+        in_channels=ref["in_channels"],
+        kwargs=ref.get("kwargs") or {},
+    ).eval()
+    policy = CompressionPolicy.from_dict(meta["policy"])
+    if any(p.keep_ratio < 1.0 for p in policy.values()):
+        # Channel counts only depend on the policy: prune a fresh model to get the shapes.
+        example = torch.zeros((1, *ref["input_shape"]))
+        prune_channels(model, policy, example, round_to=int(meta.get("round_to", 1)))
+    layers = compressible_layers(model)
+    for name, lp in policy.items():
+        if lp.quantized:
+            attach_input_quant(layers[name])
+    state: dict[str, torch.Tensor] = {}
+    for key, value in tensors.items():
+        array = value.dequantize() if isinstance(value, QuantizedTensor) else value
+        state[key] = torch.from_numpy(np.ascontiguousarray(array))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith(("num_batches_tracked", "initialized"))]
+    if missing or unexpected:
+        raise ModelError(
+            f"{path}: packed state does not fit {ref['name']}: "
+            f"missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    for module in model.modules():
+        if hasattr(module, "initialized"):
+            module.initialized.fill_(True)
+    return model.eval(), meta

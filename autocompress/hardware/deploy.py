@@ -1,0 +1,166 @@
+"""The deployed form of a compressed model: FP32 ONNX, or a QDQ INT8 ONNX model where exactly the
+quantised layers run as INT8 kernels (ONNX Runtime static quantisation, per-channel weights).
+
+What the latency table profiles, what ``latency validate`` measures and what ``export`` ships
+are all built by :func:`export_deployed`, so that what is measured is what is deployed.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ModelError
+from ..policy import compressible_layers
+from .measure import export_onnx
+
+__all__ = ["export_deployed", "onnx_layer_nodes"]
+
+_LAYER_OPS = ("Conv", "Gemm", "MatMul")
+
+
+def _scope_to_module(node_name: str) -> str | None:
+    """``/layer1/layer1.0/conv1/Conv`` -> ``layer1.0.conv1`` (legacy exporter scope names).
+
+    Each path component is either the full dotted name of a module (``features.3``) or the
+    attribute name of a child (``conv1``); the last component is the op's own name.
+    """
+    parts = [p for p in node_name.split("/") if p]
+    if len(parts) < 2:
+        return None
+    current = ""
+    for comp in parts[:-1]:
+        if current and comp.startswith(current + "."):
+            current = comp
+        elif not current:
+            current = comp
+        else:
+            current = f"{current}.{comp}"
+    return current or None
+
+
+def _weight_shape(graph, node) -> tuple[int, ...] | None:
+    inits = {t.name: tuple(t.dims) for t in graph.initializer}
+    if len(node.input) < 2:
+        return None
+    return inits.get(node.input[1])
+
+
+def _expected_shape(layer: nn.Module, op_type: str) -> set[tuple[int, ...]]:
+    w = tuple(layer.weight.shape)
+    if op_type == "MatMul":
+        return {w[::-1]}
+    return {w, w[::-1]}  # Gemm may carry the transposed weight
+
+
+def onnx_layer_nodes(onnx_model, model: nn.Module) -> dict[str, str]:
+    """``{torch layer name: ONNX node name}`` for every Conv2d/Linear of ``model``.
+
+    Nodes are matched by their scope name (legacy exporter) and checked by weight shape; a layer
+    whose node is ambiguous or missing raises :class:`ModelError`.
+    """
+    graph = onnx_model.graph
+    layers = compressible_layers(model)
+    found: dict[str, str] = {}
+    for node in graph.node:
+        if node.op_type not in _LAYER_OPS:
+            continue
+        name = _scope_to_module(node.name)
+        if name not in layers or name in found:
+            continue
+        shape = _weight_shape(graph, node)
+        if shape is not None and shape not in _expected_shape(layers[name], node.op_type):
+            raise ModelError(
+                f"ONNX node {node.name} has weight shape {shape}, layer {name} has "
+                f"{tuple(layers[name].weight.shape)}"
+            )
+        found[name] = node.name
+    return found
+
+
+class _Reader:
+    """A ``CalibrationDataReader`` over a list of input batches."""
+
+    def __init__(self, input_name: str, batches: list[np.ndarray]) -> None:
+        self.input_name = input_name
+        self._it = iter(batches)
+
+    def get_next(self) -> dict | None:
+        x = next(self._it, None)
+        return None if x is None else {self.input_name: x}
+
+
+def _calibration_batches(example: torch.Tensor, calibration: Iterable[torch.Tensor]) -> list:
+    batches = [t.detach().cpu().float().numpy() for t in calibration]
+    if not batches:  # ranges only matter for accuracy: random batches calibrate for timing
+        gen = torch.Generator().manual_seed(0)
+        batches = [torch.randn(example.shape, generator=gen).numpy() for _ in range(2)]
+    return batches
+
+
+def export_deployed(
+    model: nn.Module,
+    example: torch.Tensor,
+    path: str | Path,
+    *,
+    int8_layers: Iterable[str] = (),
+    calibration: Iterable[torch.Tensor] = (),
+) -> Path:
+    """Export a plain model (``materialize(compressed)[0]``) as it is deployed.
+
+    Without ``int8_layers`` the FP32 ONNX model is written to ``path``. Otherwise the FP32 model
+    is pre-processed (``quant_pre_process``) and statically quantised to QDQ (per-channel INT8
+    weights, UINT8 activations, MinMax calibration on ``calibration`` batches or, when none are
+    given, on random inputs) with exactly the Conv/Gemm/MatMul nodes of ``int8_layers``
+    quantised. Returns ``path``.
+    """
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    int8 = list(dict.fromkeys(int8_layers))
+    if not int8:
+        return export_onnx(model, example, path)
+    unknown = [n for n in int8 if n not in compressible_layers(model)]
+    if unknown:
+        raise ModelError(f"int8_layers names unknown layer(s): {', '.join(unknown)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = export_onnx(model, example, Path(tmp) / "fp32.onnx")
+        prep = Path(tmp) / "prep.onnx"
+        quiet = logging.getLogger().level
+        logging.getLogger().setLevel(logging.ERROR)
+        try:
+            quant_pre_process(str(fp32), str(prep), skip_symbolic_shape=True)
+            nodes = onnx_layer_nodes(onnx.load(str(prep)), model)
+            missing = [n for n in int8 if n not in nodes]
+            if missing:
+                raise ModelError(
+                    f"no ONNX Conv/Gemm/MatMul node found for layer(s) {', '.join(missing)}"
+                )
+            input_name = onnx.load(str(prep), load_external_data=False).graph.input[0].name
+            reader = _Reader(input_name, _calibration_batches(example, calibration))
+            out = Path(tmp) / "int8.onnx"
+            quantize_static(
+                str(prep),
+                str(out),
+                reader,
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_quantize=[nodes[n] for n in int8],
+                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+            )
+        finally:
+            logging.getLogger().setLevel(quiet)
+        shutil.move(str(out), path)
+    return path
