@@ -13,12 +13,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .export.artifact import ModelRef, pack_model
-from .policy import CompressionPolicy
 from .config import ExperimentConfig
 from .data import DataBundle
+from .export.artifact import ModelRef, pack_model
 from .hardware.measure import measure_torch_model_latency
 from .models import build_model
+from .policy import CompressionPolicy
 from .training import evaluate, train
 
 __all__ = ["Baseline", "BaselineMetrics", "get_baseline", "state_dict_bytes"]
