@@ -46,10 +46,81 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite in output_dir)")
     p = _experiment_parser(sub, "status", "trials done/failed/running and the current front")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p = _experiment_parser(sub, "pick", "choose a model from the Pareto front")
+    _selectors(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p = _experiment_parser(
+        sub, "export", "fine-tune, export (ONNX + packed file), verify and register a picked model"
+    )
+    _selectors(p)
+    p.add_argument("--trial", type=int, help="export this trial instead of picking")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     from .hardware.commands import add_commands
 
     _COMMANDS.update(add_commands(sub, _experiment_parser))
     return parser
+
+
+def _selectors(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("selection (bounds apply to the search's validation metrics)")
+    g.add_argument("--max-latency-ms", type=float, help="predicted latency at most this")
+    g.add_argument("--min-accuracy", type=float, help="validation accuracy at least this (0-1)")
+    g.add_argument("--max-size-kb", type=float, help="packed size at most this many KB")
+    g.add_argument("--knee", action="store_true", help="the knee of the qualifying front")
+    g.add_argument(
+        "--prefer",
+        choices=("accuracy", "latency", "size"),
+        default="accuracy",
+        help="among qualifying points, the best in this (default accuracy)",
+    )
+
+
+def _criteria(args: argparse.Namespace):
+    from .export.pick import PickCriteria
+
+    if args.min_accuracy is not None and not 0 <= args.min_accuracy <= 1:
+        from .errors import ConfigError
+
+        raise ConfigError(f"--min-accuracy {args.min_accuracy}: give a fraction from 0 to 1")
+    return PickCriteria(
+        max_latency_ms=args.max_latency_ms,
+        min_accuracy=args.min_accuracy,
+        max_size_kb=args.max_size_kb,
+        knee=args.knee,
+        prefer=args.prefer,
+        trial=getattr(args, "trial", None),
+    )
+
+
+def _cmd_pick(args: argparse.Namespace) -> int:
+    from .export.pick import pick
+
+    result = pick(_load(args), _criteria(args))
+    print(result.message())
+    if result.candidates:
+        print("qualifying front points (choice first):")
+        print(_front_table(result.candidates[:10]))
+    if args.json:
+        keys = ("trial", "val_accuracy", "latency_ms", "size_kb", "compression_ratio")
+        choice = {k: result.choice[k] for k in keys} if result.choice else None
+        print(json.dumps({"choice": choice, "qualifying": len(result.candidates)}))
+    return EXIT_OK if result.choice is not None else EXIT_FAILURE
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export.run import export
+
+    r = export(_load(args), _criteria(args))
+    print(
+        f"exported trial {r.trial}: test acc {r.test_accuracy:.4f} (baseline "
+        f"{r.baseline_test_accuracy:.4f}), {r.measured_latency_ms:.3f} ms measured vs "
+        f"{r.predicted_latency_ms:.3f} predicted (baseline {r.baseline_latency_ms:.3f}, "
+        f"{r.speedup:.2f}x), {r.packed_bytes} bytes packed ({r.compression_ratio:.1f}x)"
+    )
+    print(f"report: {r.artifacts['report_md']}")
+    if args.json:
+        print(json.dumps(r.to_dict()))
+    return EXIT_OK
 
 
 def _load(args: argparse.Namespace):
@@ -121,10 +192,18 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_COMMANDS = {"validate": _cmd_validate, "search": _cmd_search, "status": _cmd_status}
+_COMMANDS = {
+    "validate": _cmd_validate,
+    "search": _cmd_search,
+    "status": _cmd_status,
+    "pick": _cmd_pick,
+    "export": _cmd_export,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)  # progress lines show up when piped
     parser = _build_parser()
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get("AUTOCOMPRESS_DEBUG") == "1"

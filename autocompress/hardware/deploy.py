@@ -27,23 +27,20 @@ _LAYER_OPS = ("Conv", "Gemm", "MatMul")
 
 
 def _scope_to_module(node_name: str) -> str | None:
-    """``/layer1/layer1.0/conv1/Conv`` -> ``layer1.0.conv1`` (legacy exporter scope names).
+    """``/layer2/layer2.0/downsample/downsample.0/Conv`` -> ``layer2.0.downsample.0``.
 
-    Each path component is either the full dotted name of a module (``features.3``) or the
-    attribute name of a child (``conv1``); the last component is the op's own name.
+    The legacy exporter names a node by its module scopes: one component per module, the child's
+    attribute name, or ``<container>.<index>`` for a child of a Sequential/ModuleList (which then
+    replaces the container's component); the last component is the op's own name.
     """
-    parts = [p for p in node_name.split("/") if p]
-    if len(parts) < 2:
-        return None
-    current = ""
-    for comp in parts[:-1]:
-        if current and comp.startswith(current + "."):
-            current = comp
-        elif not current:
-            current = comp
+    comps = [p for p in node_name.split("/") if p][:-1]
+    parts: list[str] = []
+    for comp in comps:
+        if parts and comp.startswith(parts[-1] + "."):
+            parts[-1] = comp
         else:
-            current = f"{current}.{comp}"
-    return current or None
+            parts.append(comp)
+    return ".".join(parts) or None
 
 
 def _weight_shape(graph, node) -> tuple[int, ...] | None:
@@ -82,7 +79,25 @@ def onnx_layer_nodes(onnx_model, model: nn.Module) -> dict[str, str]:
                 f"{tuple(layers[name].weight.shape)}"
             )
         found[name] = node.name
+    _match_by_shape(graph, layers, found)
     return found
+
+
+def _match_by_shape(graph, layers: dict[str, nn.Module], found: dict[str, str]) -> None:
+    """Fallback for nodes whose scope name did not resolve: a unique weight shape decides."""
+    taken = set(found.values())
+    free = [
+        n
+        for n in graph.node
+        if n.op_type in _LAYER_OPS and n.name not in taken and _weight_shape(graph, n) is not None
+    ]
+    for name, layer in layers.items():
+        if name in found:
+            continue
+        hits = [n for n in free if _weight_shape(graph, n) in _expected_shape(layer, n.op_type)]
+        same = [m for m in layers.values() if tuple(m.weight.shape) == tuple(layer.weight.shape)]
+        if len(hits) == 1 and len(same) == 1:
+            found[name] = hits[0].name
 
 
 class _Reader:

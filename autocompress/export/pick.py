@@ -1,0 +1,113 @@
+"""Choosing a model from the Pareto front: bounds (max latency, min accuracy, max size), the knee,
+or an explicit trial."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..config import ExperimentConfig
+from ..errors import AutocompressError
+from ..search.pareto import knee_index
+from ..search.study import front_rows, load_study, trial_rows
+
+__all__ = ["PickCriteria", "PickResult", "pick", "select"]
+
+_PREFER = {"accuracy": ("val_accuracy", -1), "latency": ("latency_ms", 1), "size": ("size_kb", 1)}
+
+
+@dataclass(frozen=True)
+class PickCriteria:
+    """Bounds a picked model must meet, and how to choose among the points that meet them."""
+
+    max_latency_ms: float | None = None
+    min_accuracy: float | None = None
+    max_size_kb: float | None = None
+    knee: bool = False
+    prefer: str = "accuracy"
+    trial: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.prefer not in _PREFER:
+            raise AutocompressError(f"prefer must be one of {', '.join(_PREFER)}")
+
+    def describe(self) -> str:
+        parts = []
+        if self.trial is not None:
+            parts.append(f"trial {self.trial}")
+        if self.min_accuracy is not None:
+            parts.append(f"val accuracy >= {self.min_accuracy}")
+        if self.max_latency_ms is not None:
+            parts.append(f"latency <= {self.max_latency_ms} ms")
+        if self.max_size_kb is not None:
+            parts.append(f"size <= {self.max_size_kb} KB")
+        parts.append("knee" if self.knee else f"best {self.prefer}")
+        return ", ".join(parts)
+
+    def admits(self, row: dict) -> bool:
+        def ok(value, bound, sign) -> bool:
+            return bound is None or (value is not None and sign * value <= sign * bound)
+
+        return (
+            ok(row["val_accuracy"], self.min_accuracy, -1)
+            and ok(row["latency_ms"], self.max_latency_ms, 1)
+            and ok(row["size_kb"], self.max_size_kb, 1)
+        )
+
+
+@dataclass
+class PickResult:
+    choice: dict | None
+    candidates: list[dict]  # the front points meeting the bounds, best first
+    front: list[dict]
+    criteria: PickCriteria
+    objectives: list[str] = field(default_factory=list)
+
+    def message(self) -> str:
+        if self.choice is not None:
+            c = self.choice
+            return (
+                f"picked trial {c['trial']}: val acc {c['val_accuracy']:.4f}, "
+                f"{c['latency_ms']:.3f} ms, {c['size_kb']:.1f} KB ({self.criteria.describe()})"
+            )
+        return (
+            f"no Pareto point meets {self.criteria.describe()} "
+            f"(front of {len(self.front)}: accuracy {_span(self.front, 'val_accuracy')}, "
+            f"latency {_span(self.front, 'latency_ms')} ms, size {_span(self.front, 'size_kb')} KB)"
+        )
+
+
+def _span(rows: list[dict], key: str) -> str:
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return f"{min(vals):.4g}-{max(vals):.4g}" if vals else "n/a"
+
+
+def select(
+    front: list[dict], criteria: PickCriteria, objectives: list[str], directions: list[str]
+) -> tuple[dict | None, list[dict]]:
+    """(choice, candidates) from the front rows: bounds filter, then knee or preference."""
+    cands = [r for r in front if criteria.admits(r)]
+    if not cands:
+        return None, []
+    key, sign = _PREFER[criteria.prefer]
+    cands.sort(key=lambda r: sign * r[key])
+    if criteria.knee and len(cands) > 2:
+        k = knee_index(np.array([r["values"] for r in cands]), directions)
+        cands.insert(0, cands.pop(k))
+    return cands[0], cands
+
+
+def pick(cfg: ExperimentConfig, criteria: PickCriteria) -> PickResult:
+    """Pick from the experiment's stored study (``--trial N`` takes any complete trial)."""
+    info = load_study(cfg)
+    rows = trial_rows(info)
+    front = front_rows(info, rows)
+    if criteria.trial is not None:
+        match = [r for r in rows if r["trial"] == criteria.trial]
+        if not match:
+            done = ", ".join(str(r["trial"]) for r in rows[:20])
+            raise AutocompressError(f"trial {criteria.trial} is not a complete trial (have {done})")
+        return PickResult(match[0], match, front, criteria, info.objectives)
+    choice, cands = select(front, criteria, info.objectives, info.directions)
+    return PickResult(choice, cands, front, criteria, info.objectives)

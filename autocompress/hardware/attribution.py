@@ -1,0 +1,114 @@
+"""Attribute the nodes of an ONNX Runtime profile to the model's layers.
+
+ONNX Runtime renames nodes when it optimises the graph (``/features/features.3/Conv_token_9``,
+or a Conv fused with its ReLU named after the ReLU's output, ``.../Relu_output_0_nchwc``). A
+layer's *aliases* are the name and outputs of its node in the deployed graph and of the chain of
+single-consumer element-wise nodes after it (what ORT may fuse into it). A profiled compute node
+(Conv, QLinearConv, Gemm, QGemm, MatMul...) belongs to the layer whose alias starts its name.
+
+Every other node joins the *block* of the last layer executed before it: a block is a layer's
+compute node plus the glue that follows it (activations, pooling, Quantize/DequantizeLinear,
+layout changes) up to the next layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from ..errors import ModelError
+from .deploy import onnx_layer_nodes
+from .measure import NodeTime
+
+__all__ = ["Block", "attribute", "layer_aliases"]
+
+_FUSABLE = {
+    "Relu",
+    "Clip",
+    "Add",
+    "Sum",
+    "Sigmoid",
+    "LeakyRelu",
+    "HardSigmoid",
+    "Mul",
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "BatchNormalization",
+}
+_COMPUTE_WORDS = ("Conv", "Gemm", "MatMul")
+
+
+def is_compute(op_type: str) -> bool:
+    return any(w in op_type for w in _COMPUTE_WORDS)
+
+
+def layer_aliases(onnx_model, model: nn.Module, depth: int = 3) -> dict[str, list[list[str]]]:
+    """``{layer: [aliases at depth 0, at depth 1, ...]}`` in the deployed ONNX graph."""
+    graph = onnx_model.graph
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    by_name = {n.name: n for n in graph.node}
+    out: dict[str, list[list[str]]] = {}
+    for layer, node_name in onnx_layer_nodes(onnx_model, model).items():
+        node = by_name[node_name]
+        levels = [[node.name, *node.output]]
+        frontier = node
+        for _ in range(depth):
+            users = [u for o in frontier.output for u in consumers.get(o, [])]
+            if len(users) != 1 or users[0].op_type not in _FUSABLE:
+                break
+            frontier = users[0]
+            levels.append([frontier.name, *frontier.output])
+        out[layer] = levels
+    return out
+
+
+def _matches(node_name: str, alias: str) -> bool:
+    return node_name == alias or (node_name.startswith(alias) and node_name[len(alias)] in "_:/")
+
+
+@dataclass
+class Block:
+    """A layer's compute node and the glue nodes executed after it (``layer`` None: the nodes
+    before the first layer)."""
+
+    layer: str | None
+    compute_us: float = 0.0
+    glue_us: float = 0.0
+    glue_nodes: int = 0
+    ops: list[str] = field(default_factory=list)
+
+
+def attribute(nodes: list[NodeTime], aliases: dict[str, list[list[str]]]) -> list[Block]:
+    """Blocks in execution order; raises ModelError if a layer has no compute node."""
+    compute = [i for i, n in enumerate(nodes) if is_compute(n.op_type)]
+    owner: dict[int, str] = {}
+    depth = max((len(v) for v in aliases.values()), default=0)
+    for level in range(depth):
+        for layer, levels in aliases.items():
+            if layer in owner.values() or level >= len(levels):
+                continue
+            hits = [
+                i
+                for i in compute
+                if i not in owner and any(_matches(nodes[i].name, a) for a in levels[level])
+            ]
+            if len(hits) == 1:
+                owner[hits[0]] = layer
+    missing = [layer for layer in aliases if layer not in owner.values()]
+    if missing:
+        raise ModelError(
+            f"profile attribution: no ONNX Runtime node found for layer(s) {', '.join(missing)}"
+        )
+    blocks = [Block(None)]
+    for i, node in enumerate(nodes):
+        if i in owner:
+            blocks.append(Block(owner[i], compute_us=node.us, ops=[node.op_type]))
+        else:
+            blocks[-1].glue_us += node.us
+            blocks[-1].glue_nodes += 1
+            blocks[-1].ops.append(node.op_type)
+    return blocks

@@ -1,0 +1,114 @@
+"""What latency predictors read off a model: per-layer geometry fixed by the architecture
+(spatial sizes, kernel size), and the channel counts of a compressed model (which structured
+pruning changes, coupled layers together)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ..policy import FLOAT_BITS, CompressionPolicy, compressible_layers
+
+__all__ = ["LayerGeometry", "channels", "layer_geometry", "precisions"]
+
+
+@dataclass(frozen=True)
+class LayerGeometry:
+    """Shape facts of one Conv2d/Linear layer that pruning does not change.
+
+    ``in_positions``/``out_positions``: spatial positions (H*W, or tokens for Linear) per sample;
+    ``kernel``: kernel elements (kh*kw, 1 for Linear); ``depthwise``: groups == in channels.
+    """
+
+    kind: str
+    batch: int
+    in_positions: int
+    out_positions: int
+    kernel: int
+    depthwise: bool
+
+    def macs(self, cin: int, cout: int) -> int:
+        per_out = self.kernel * (1 if self.depthwise else cin)
+        return self.batch * self.out_positions * cout * per_out
+
+    def weights(self, cin: int, cout: int) -> int:
+        return self.kernel * cout * (1 if self.depthwise else cin)
+
+    def in_elements(self, cin: int) -> int:
+        return self.batch * self.in_positions * cin
+
+    def out_elements(self, cout: int) -> int:
+        return self.batch * self.out_positions * cout
+
+
+@torch.no_grad()
+def layer_geometry(model: nn.Module, example: torch.Tensor) -> dict[str, LayerGeometry]:
+    """Geometry of every Conv2d/Linear of ``model`` for one forward pass of ``example``."""
+    geo: dict[str, LayerGeometry] = {}
+    hooks = []
+    for name, layer in compressible_layers(model).items():
+
+        def hook(mod: nn.Module, args: tuple, out: torch.Tensor, name: str = name) -> None:
+            x = args[0]
+            batch = int(x.shape[0])
+            if isinstance(mod, nn.Conv2d):
+                cin, cout = mod.in_channels, mod.out_channels
+                kernel = int(mod.kernel_size[0] * mod.kernel_size[1])
+                depthwise = mod.groups > 1 and mod.groups == cin
+                kind = "conv"
+            else:
+                cin, cout, kernel, depthwise, kind = (
+                    mod.in_features,
+                    mod.out_features,
+                    1,
+                    False,
+                    "fc",
+                )
+            geo[name] = LayerGeometry(
+                kind=kind,
+                batch=batch,
+                in_positions=int(x.numel() // (batch * cin)),
+                out_positions=int(out.numel() // (batch * cout)),
+                kernel=kernel,
+                depthwise=depthwise,
+            )
+
+        hooks.append(layer.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return geo
+
+
+def _weight_shape(layer: nn.Module) -> torch.Size:
+    if parametrize.is_parametrized(layer, "weight"):
+        return layer.parametrizations["weight"].original.shape
+    return layer.weight.shape
+
+
+def channels(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """``{layer: (in channels, out channels)}`` as the (possibly pruned) model has them, read
+    off the weight shapes (no forward pass)."""
+    out = {}
+    for name, layer in compressible_layers(model).items():
+        shape = _weight_shape(layer)
+        groups = getattr(layer, "groups", 1)
+        out[name] = (int(shape[1]) * groups, int(shape[0]))
+    return out
+
+
+def precisions(policy: CompressionPolicy, names) -> dict[str, str]:
+    """``{layer: "int8" | "fp32"}``: layers below 32 bits are deployed as INT8."""
+    out = {}
+    for name in names:
+        lp = policy.layers.get(name)
+        out[name] = "int8" if lp is not None and lp.bits != FLOAT_BITS else "fp32"
+    return out

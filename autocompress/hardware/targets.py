@@ -1,0 +1,143 @@
+"""Hardware target presets: YAML files shipped in ``autocompress/hardware/targets/``.
+
+A preset is ``measured`` (a latency table is profiled on this machine), ``analytic`` (a formula
+for hardware the user may not have) or ``proxy`` (the MACs x bits placeholder).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..errors import ConfigError
+
+__all__ = [
+    "AnalyticTarget",
+    "MeasuredTarget",
+    "ProxyTarget",
+    "Target",
+    "available_targets",
+    "load_target",
+]
+
+PRESET_DIR = Path(__file__).with_name("targets")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Credit(_Strict):
+    """Which compression the target's kernels turn into speed."""
+
+    unstructured_sparsity: bool = False
+    sub_8bit: bool = False
+
+
+class Runtime(_Strict):
+    threads: int = Field(2, ge=1)
+    warmup: int = Field(20, ge=0)
+    repeats: int = Field(100, ge=1)
+    rounds: int = Field(6, ge=1)
+    tolerance: float = Field(0.02, gt=0)
+
+
+class ProfileSettings(_Strict):
+    runs: int = Field(60, ge=1)
+    random_configs: int = Field(24, ge=0)
+    max_seconds: float = Field(80.0, gt=0)
+
+
+class MeasuredTarget(_Strict):
+    name: str
+    kind: Literal["measured"]
+    description: str = ""
+    runtime: Runtime = Field(default_factory=Runtime)
+    profile: ProfileSettings = Field(default_factory=ProfileSettings)
+    credit: Credit = Field(default_factory=Credit)
+
+    def digest(self) -> str:
+        """Hash of what changes measurements (not the profiling budget)."""
+        payload = json.dumps({"runtime": self.runtime.model_dump()}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+class Compute(_Strict):
+    kind: Literal["bit_serial", "peak"]
+    brick_bits: int = Field(2, ge=1)
+    bricks: int = Field(1, ge=1)
+    clock_hz: float = Field(1e9, gt=0)
+    macs_per_s: dict[int, float] = Field(default_factory=dict)
+
+
+class Precision(_Strict):
+    act_bits: int = Field(8, ge=1, le=32)
+    float_bits: int = Field(32, ge=1, le=32)
+
+
+class Memory(_Strict):
+    bandwidth_bytes_per_s: float = Field(gt=0)
+
+
+class Overhead(_Strict):
+    per_layer_us: float = Field(0.0, ge=0)
+    per_inference_us: float = Field(0.0, ge=0)
+
+
+class AnalyticTarget(_Strict):
+    name: str
+    kind: Literal["analytic"]
+    description: str = ""
+    compute: Compute
+    precision: Precision = Field(default_factory=Precision)
+    memory: Memory
+    overhead: Overhead = Field(default_factory=Overhead)
+    credit: Credit = Field(default_factory=lambda: Credit(sub_8bit=True))
+
+
+class ProxyTarget(_Strict):
+    name: str
+    kind: Literal["proxy"]
+    description: str = ""
+
+
+Target = MeasuredTarget | AnalyticTarget | ProxyTarget
+_KINDS = {"measured": MeasuredTarget, "analytic": AnalyticTarget, "proxy": ProxyTarget}
+
+
+@cache
+def _presets() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(PRESET_DIR.glob("*.yaml"))}
+
+
+def available_targets() -> tuple[str, ...]:
+    """Names of the shipped presets (what ``latency.target`` may be)."""
+    return tuple(_presets())
+
+
+def parse_target(raw: dict, source: str = "target") -> Target:
+    """Validate a preset mapping; errors become one-line :class:`ConfigError`."""
+    kind = raw.get("kind") if isinstance(raw, dict) else None
+    if kind not in _KINDS:
+        raise ConfigError(f"{source}: 'kind' must be one of {', '.join(_KINDS)} (got {kind!r})")
+    try:
+        return _KINDS[kind].model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"{source}: {key}: {err['msg']}") from None
+
+
+@cache
+def load_target(name: str) -> Target:
+    """The preset called ``name``."""
+    presets = _presets()
+    if name not in presets:
+        raise ConfigError(f"unknown latency target {name!r}; allowed: {', '.join(presets)}")
+    return parse_target(yaml.safe_load(presets[name].read_text()), str(presets[name]))
