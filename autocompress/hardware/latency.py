@@ -1,19 +1,26 @@
-"""Latency models: the interface the search scores policies with, and the placeholder proxy.
+"""Latency models: the interface the search scores policies with, and the factory that builds
+the one an experiment's ``latency.target`` names.
 
-The proxy is MACs x weight bits, scaled so that the uncompressed model's prediction equals its
-measured FP32 ONNX Runtime latency. It gives no credit to unstructured sparsity (CPU kernels give
-none) and full linear credit to fewer bits, which real CPU kernels do not: it is a placeholder
-until the measured latency table replaces it.
+- measured targets (``cpu-onnxruntime``): a latency table profiled on this machine, cached in
+  ``output_dir/cache`` keyed by target, machine fingerprint, architecture and search space;
+- analytic targets (``bitfusion``, ``edge-roofline``): a per-layer roofline formula;
+- ``proxy``: MACs x weight bits scaled to the baseline's measured FP32 latency (a placeholder
+  that credits fewer bits linearly, which CPU kernels do not).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from ..policy import FLOAT_BITS, CompressionPolicy, compressible_layers
+from .layers import channels, precisions
+from .table import LatencyTable
+from .targets import AnalyticTarget, MeasuredTarget, available_targets, load_target
 
 if TYPE_CHECKING:
     from ..config import ExperimentConfig
@@ -22,8 +29,10 @@ if TYPE_CHECKING:
 __all__ = [
     "LatencyModel",
     "ProxyLatencyModel",
+    "TableLatencyModel",
     "available_targets",
     "count_macs",
+    "load_or_profile",
     "make_latency_model",
 ]
 
@@ -83,9 +92,66 @@ class ProxyLatencyModel:
         return self.reference_ms * cost / self._total
 
 
-def available_targets() -> tuple[str, ...]:
-    """Names an experiment's ``latency.target`` may take."""
-    return ("proxy",)
+class TableLatencyModel:
+    """The predictor of a measured target: channel counts read off the compressed model,
+    precision from the policy (< 32 bits = INT8), looked up in the profiled table. Unstructured
+    sparsity and sub-8-bit weights get no credit (the CPU kernels give none)."""
+
+    def __init__(self, name: str, table: LatencyTable, path: Path | None = None) -> None:
+        self.name = name
+        self.table = table
+        self.path = path
+
+    def predict(self, model: nn.Module, policy: CompressionPolicy) -> float:
+        chans = channels(model)
+        return self.table.predict_ms(chans, precisions(policy, chans))
+
+
+def _cache_path(cfg: ExperimentConfig, target: str, key: str) -> Path:
+    return cfg.output_dir / "cache" / f"latency-{target}-{key}.json"
+
+
+def load_or_profile(
+    cfg: ExperimentConfig,
+    model: nn.Module,
+    space: SearchSpace,
+    example: torch.Tensor,
+    *,
+    force: bool = False,
+    log: Callable[[str], None] = print,
+) -> TableLatencyModel:
+    """The measured target's table from ``output_dir/cache``, or profiled now and stored."""
+    from .profile import profile_model, table_key
+
+    target = load_target(cfg.latency.target)
+    if not isinstance(target, MeasuredTarget):
+        raise ValueError(f"latency target {target.name!r} is not measured")
+    key = table_key(model, space, example, target, cfg.compression.round_to)
+    path = _cache_path(cfg, target.name, key)
+    if path.is_file() and not force:
+        try:
+            table = LatencyTable.load(path)
+            log(f"latency table: cached {path.name} ({table.meta.get('fit', {})})")
+            return TableLatencyModel(target.name, table, path)
+        except (ValueError, KeyError, TypeError) as exc:
+            log(f"latency table: {path.name} unreadable ({exc}): profiling again")
+    table = profile_model(
+        model,
+        space,
+        example,
+        target,
+        round_to=cfg.compression.round_to,
+        importance=cfg.compression.importance,
+        log=log,
+    )
+    table.meta["key"] = key
+    table.save(path)
+    fit = table.meta["fit"]
+    log(
+        f"latency table: {fit['configs']} configurations in {table.meta['seconds']:.0f} s, "
+        f"in-sample {fit['within_10pct']:.0%} within ±10 %, MAPE {fit['mape']:.1%} -> {path}"
+    )
+    return TableLatencyModel(target.name, table, path)
 
 
 def make_latency_model(
@@ -100,7 +166,11 @@ def make_latency_model(
     """Build the latency model ``cfg.latency.target`` names for ``model`` (the uncompressed
     baseline) over the choices of ``space``; ``reference_ms`` is the baseline's measured FP32
     latency. Measured targets load (or build and store) their latency table here."""
-    target = cfg.latency.target
-    if target == "proxy":
-        return ProxyLatencyModel(model, example, reference_ms)
-    raise ValueError(f"unknown latency target {target!r}")
+    from .analytic import AnalyticLatencyModel
+
+    target = load_target(cfg.latency.target)
+    if isinstance(target, MeasuredTarget):
+        return load_or_profile(cfg, model, space, example, log=log)
+    if isinstance(target, AnalyticTarget):
+        return AnalyticLatencyModel(target, model, example)
+    return ProxyLatencyModel(model, example, reference_ms)

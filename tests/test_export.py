@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from conftest import tiny_config
+
+from autocompress import load_experiment, search
+from autocompress.cli import main
+from autocompress.data import load_data
+from autocompress.export.artifact import load_packed_model
+from autocompress.training import batches
+
+KEYS = (
+    "trial",
+    "test_accuracy",
+    "baseline_test_accuracy",
+    "measured_latency_ms",
+    "predicted_latency_ms",
+    "baseline_latency_ms",
+    "packed_bytes",
+    "fp32_state_dict_bytes",
+    "artifacts",
+)
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory, fmnist_root):
+    tmp = tmp_path_factory.mktemp("export")
+    path = tiny_config(
+        tmp, fmnist_root, search__n_trials=3, export__finetune={"steps": 10, "distill_weight": 0.5}
+    )
+    search(load_experiment(path), log=lambda *_: None)
+    return path
+
+
+def test_export_json_artifacts_and_registry(searched, capsys):
+    assert main(["export", str(searched), "--trial", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in KEYS:
+        assert key in out, key
+    assert out["trial"] == 1
+    assert out["packed_reload_exact"] is True
+    art = out["artifacts"]
+    # the deployed ONNX model runs in ONNX Runtime and agrees with the packed torch model
+    model, _ = load_packed_model(art["packed"])
+    cfg = load_experiment(searched)
+    x = next(batches(load_data(cfg.data).test, 64))[0]
+    with torch.no_grad():
+        ref = model(x).numpy()
+    sess = ort.InferenceSession(art["onnx_fp32"], providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    if out["int8_layers"]:
+        # fp32 export drops activation fake-quant: close, not equal
+        assert np.abs(got - ref).max() < 0.5 * np.abs(ref).max()
+    else:
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    sess = ort.InferenceSession(art["onnx_deployed"], providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.8
+    client = mlflow.MlflowClient(tracking_uri=cfg.tracking)
+    version = client.get_model_version_by_alias(cfg.name, "picked")
+    assert str(version.version) == out["registered_model"]["version"]
+    assert version.tags["trial"] == "1"
+
+
+def test_pick_nothing_qualifies_exit_1(searched, capsys):
+    assert main(["pick", str(searched), "--min-accuracy", "1.0", "--max-size-kb", "0.01"]) == 1
+    assert "no Pareto point meets" in capsys.readouterr().out
+
+
+def test_pick_json(searched, capsys):
+    assert main(["pick", str(searched), "--knee", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["choice"]["trial"] in range(3) and out["qualifying"] >= 1
