@@ -55,9 +55,12 @@ def _build_parser() -> argparse.ArgumentParser:
     _selectors(p)
     p.add_argument("--trial", type=int, help="export this trial instead of picking")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    from .hardware.commands import add_commands
+    from .hardware.commands import add_commands as hardware_commands
+    from .reporting.commands import add_commands as reporting_commands
+    from .sensitivity.commands import add_commands as sensitivity_commands
 
-    _COMMANDS.update(add_commands(sub, _experiment_parser))
+    for add in (hardware_commands, sensitivity_commands, reporting_commands):
+        _COMMANDS.update(add(sub, _experiment_parser))
     return parser
 
 

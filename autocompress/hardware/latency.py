@@ -121,7 +121,7 @@ def load_or_profile(
     log: Callable[[str], None] = print,
 ) -> TableLatencyModel:
     """The measured target's table from ``output_dir/cache``, or profiled now and stored."""
-    from .profile import profile_model, table_key
+    from .profiler import profile_model, table_key
 
     target = load_target(cfg.latency.target)
     if not isinstance(target, MeasuredTarget):

@@ -198,7 +198,7 @@ def _exec_order(records: list[dict]) -> list[str]:
 def fit_table(
     records: list[dict], geometry: dict[str, LayerGeometry], layers: list[str]
 ) -> LatencyTable:
-    """Fit the table from profiled configuration records (see :mod:`.profile`)."""
+    """Fit the table from profiled configuration records (see :mod:`.profiler`)."""
     compute_pts: dict[tuple[str, str], dict] = defaultdict(lambda: defaultdict(list))
     glue_pts: dict[tuple[str, str], list[tuple[int, float, int]]] = defaultdict(list)
     head_pts: dict[str, list[tuple[float, int]]] = defaultdict(list)

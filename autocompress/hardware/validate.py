@@ -1,0 +1,236 @@
+"""Validation of a latency model against real latency: random policies from the search space,
+each materialised, exported as deployed and measured end to end, compared to the prediction.
+
+Reports the fraction of predictions within ±10 % of the measurement, MAPE and Spearman's rank
+correlation; writes a predicted-vs-measured plot and the pairs as JSON, and logs them to MLflow
+as a run named ``latency-validate``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from ..policy import FLOAT_BITS, CompressionPolicy, LayerPolicy
+from ..search_space import SearchSpace
+
+__all__ = ["ValidationReport", "random_policy", "spearman", "summarize", "validate_latency"]
+
+
+@dataclass
+class ValidationReport:
+    target: str
+    samples: int
+    within_10pct: float
+    mape: float
+    spearman: float
+    pairs: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    artifacts: list[str] = field(default_factory=list)
+    mlflow_run_id: str | None = None
+
+    def summary(self) -> dict:
+        d = asdict(self)
+        d.pop("pairs")
+        return d
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(len(x), dtype=float)
+    for v in np.unique(x):  # ties share their mean rank
+        tie = x == v
+        ranks[tie] = ranks[tie].mean()
+    return ranks
+
+
+def spearman(a, b) -> float:
+    """Spearman's rank correlation (Pearson correlation of the ranks, ties averaged)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if len(a) < 2:
+        return float("nan")
+    ra, rb = _ranks(a), _ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def summarize(predicted, measured) -> tuple[float, float, float]:
+    """(fraction within ±10 %, mean absolute percentage error, Spearman) of predictions."""
+    p, m = np.asarray(predicted, float), np.asarray(measured, float)
+    err = np.abs(p - m) / m
+    return float(np.mean(err <= 0.10)), float(np.mean(err)), spearman(p, m)
+
+
+def random_policy(space: SearchSpace, rng: random.Random) -> CompressionPolicy:
+    """Each layer's sparsity, bits and keep ratio drawn uniformly from its choices."""
+    return CompressionPolicy(
+        {
+            name: LayerPolicy(
+                sparsity=rng.choice(ch.sparsity),
+                bits=rng.choice(ch.bits),
+                keep_ratio=rng.choice(ch.keep_ratio),
+            )
+            for name, ch in space.layers.items()
+        }
+    )
+
+
+def _plot(pairs: list[dict], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    meas = np.array([p["measured_ms"] for p in pairs])
+    pred = np.array([p["predicted_ms"] for p in pairs])
+    lo, hi = min(meas.min(), pred.min()) * 0.9, max(meas.max(), pred.max()) * 1.1
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    line = np.linspace(lo, hi, 50)
+    ax.fill_between(line, line * 0.9, line * 1.1, color="tab:green", alpha=0.15, label="±10 %")
+    ax.plot(line, line, color="tab:green", lw=1)
+    int8 = np.array([p["int8_layers"] > 0 for p in pairs])
+    ax.scatter(meas[~int8], pred[~int8], s=18, label="all FP32")
+    ax.scatter(meas[int8], pred[int8], s=18, marker="^", label="with INT8 layers")
+    ax.set(xlabel="measured latency (ms)", ylabel="predicted latency (ms)", title=title)
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _log_mlflow(cfg, report: ValidationReport, paths: list[Path]) -> str:
+    from ..tracking import Tracker
+
+    tracker = Tracker(cfg.tracking, cfg.name, cfg.output_dir / "mlartifacts")
+    client = tracker.client
+    run = client.create_run(
+        tracker.experiment_id,
+        run_name="latency-validate",
+        tags={"autocompress.role": "latency-validate", "latency.target": report.target},
+    )
+    rid = run.info.run_id
+    client.log_param(rid, "target", report.target)
+    client.log_param(rid, "samples", report.samples)
+    for key in ("within_10pct", "mape", "spearman", "seconds"):
+        value = getattr(report, key)
+        if np.isfinite(value):
+            client.log_metric(rid, key, float(value))
+    for p in paths:
+        client.log_artifact(rid, str(p), "latency")
+    client.set_terminated(rid, "FINISHED")
+    return rid
+
+
+def validate_latency(
+    cfg,
+    samples: int,
+    *,
+    seed: int = 0,
+    track: bool = True,
+    log: Callable[[str], None] = print,
+) -> ValidationReport:
+    """Compare the experiment's latency model with measurements of ``samples`` random policies
+    (measured on the CPU with ONNX Runtime, the deployed form: FP32 / INT8 QDQ)."""
+    from itertools import islice
+
+    from ..compress.apply import apply_policy, calibrate, materialize
+    from ..search.run import prepare
+    from ..training import batches
+    from .deploy import export_deployed
+    from .latency import make_latency_model
+    from .measure import cpu_busy_fraction, make_session, measurement_lock, time_session
+    from .targets import MeasuredTarget, load_target
+
+    if samples < 2:
+        raise ConfigError(f"--samples must be at least 2 (got {samples})")
+    t0 = time.perf_counter()
+    prep = prepare(cfg, log=log)
+    target = load_target(cfg.latency.target)
+    runtime = target.runtime if isinstance(target, MeasuredTarget) else None
+    threads = runtime.threads if runtime else 2
+    example = prep.data.example_input(cfg.latency.batch_size)
+    model = prep.baseline.model.eval()
+    latency_model = make_latency_model(
+        cfg, model, prep.space, example, reference_ms=prep.baseline.metrics.latency_ms, log=log
+    )
+    calib = [x for x, _ in islice(batches(prep.data.train, 32, shuffle=True, seed=seed), 4)]
+    feed_x = next(iter(batches(prep.data.val, example.shape[0], shuffle=False, seed=0)))[0]
+    rng = random.Random(seed)
+    busy = cpu_busy_fraction(0.5)
+    if busy > 0.25:
+        log(f"latency validate: the CPU is {busy:.0%} busy with other work: timings will be noisy")
+    pairs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(samples):
+            policy = random_policy(prep.space, rng)
+            compressed = apply_policy(
+                model,
+                policy,
+                example=example,
+                round_to=cfg.compression.round_to,
+                importance=cfg.compression.importance,
+            )
+            calibrate(compressed, calib)
+            predicted = latency_model.predict(compressed, policy)
+            plain, bits = materialize(compressed)
+            path = export_deployed(
+                plain, example, Path(tmp) / "model.onnx", int8_layers=bits, calibration=calib
+            )
+            sess = make_session(path, threads=threads)
+            feed = {sess.get_inputs()[0].name: feed_x.numpy().astype("float32")}
+            with measurement_lock():
+                kw = (
+                    {"warmup": runtime.warmup, "repeats": runtime.repeats,
+                     "rounds": runtime.rounds, "tolerance": runtime.tolerance}
+                    if runtime else {"rounds": 3}
+                )
+                measured = time_session(sess, feed, **kw)
+            err = (predicted - measured) / measured
+            pairs.append(
+                {
+                    "sample": i,
+                    "predicted_ms": round(predicted, 5),
+                    "measured_ms": round(measured, 5),
+                    "error": round(err, 4),
+                    "int8_layers": len(bits),
+                    "summary": policy.summary(),
+                    "keep_ratio": {n: lp.keep_ratio for n, lp in policy.items()},
+                    "bits": {n: lp.bits for n, lp in policy.items() if lp.bits != FLOAT_BITS},
+                }
+            )
+            log(
+                f"[{i + 1}/{samples}] predicted {predicted:.4f} ms, measured {measured:.4f} ms "
+                f"({err:+.1%}), {len(bits)} INT8 layers"
+            )
+    within, mape, rho = summarize(
+        [p["predicted_ms"] for p in pairs], [p["measured_ms"] for p in pairs]
+    )
+    report = ValidationReport(
+        latency_model.name, samples, within, mape, rho, pairs, time.perf_counter() - t0
+    )
+    out = cfg.output_dir / "latency"
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"validate-{latency_model.name}"
+    json_path = out / f"{stem}.json"
+    json_path.write_text(json.dumps(asdict(report), indent=2))
+    title = f"{cfg.name} on {latency_model.name}: {within:.0%} within ±10 %"
+    png = _plot(pairs, out / f"{stem}.png", title)
+    report.artifacts = [str(json_path), str(png)]
+    if track:
+        report.mlflow_run_id = _log_mlflow(cfg, report, [json_path, png])
+    json_path.write_text(json.dumps(asdict(report), indent=2))
+    return report

@@ -1,0 +1,1 @@
+"""sensitivity (work in progress)."""
