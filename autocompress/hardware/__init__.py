@@ -1,14 +1,74 @@
-"""Hardware targets: measured latency (ONNX Runtime) and latency models used by the search."""
+"""Hardware targets: measured latency (ONNX Runtime), the profiler and latency table of measured
+targets, analytic targets, the deployed form (FP32 / INT8 QDQ ONNX) and latency validation."""
 
-from .latency import LatencyModel, ProxyLatencyModel, count_macs, make_latency_model
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .deploy import export_deployed
+from .latency import (
+    LatencyModel,
+    ProxyLatencyModel,
+    TableLatencyModel,
+    available_targets,
+    count_macs,
+    make_latency_model,
+)
 from .measure import export_onnx, measure_onnx_latency, measure_torch_model_latency
+from .targets import load_target
+from .validate import ValidationReport, validate_latency
+
+if TYPE_CHECKING:
+    from ..config import ExperimentConfig
 
 __all__ = [
     "LatencyModel",
     "ProxyLatencyModel",
+    "TableLatencyModel",
+    "ValidationReport",
+    "available_targets",
     "count_macs",
+    "export_deployed",
     "export_onnx",
+    "load_target",
     "make_latency_model",
     "measure_onnx_latency",
     "measure_torch_model_latency",
+    "profile",
+    "validate_latency",
 ]
+
+
+def profile(
+    cfg: ExperimentConfig, *, force: bool = False, log: Callable[[str], None] = print
+) -> TableLatencyModel:
+    """Build (or load from the cache) the latency table of the experiment's measured target.
+
+    Latency does not depend on the weights, so the model is built untrained (no baseline
+    training); the table is the one a search of the same config then loads.
+    """
+    from ..data import load_data
+    from ..errors import ConfigError
+    from ..models import build_model
+    from ..search_space import load_search_space
+    from .latency import load_or_profile
+    from .targets import MeasuredTarget
+
+    target = load_target(cfg.latency.target)
+    if not isinstance(target, MeasuredTarget):
+        raise ConfigError(
+            f"latency target {target.name!r} is {target.kind}: nothing to measure "
+            f"(profiling applies to measured targets such as cpu-onnxruntime)"
+        )
+    data = load_data(cfg.data)
+    model = build_model(
+        cfg.model.name,
+        num_classes=cfg.model.num_classes,
+        in_channels=data.input_shape[0],
+        kwargs=cfg.model.kwargs,
+        checkpoint=cfg.model.checkpoint,
+    ).eval()
+    space = load_search_space(cfg.search_space).resolve(model)
+    example = data.example_input(cfg.latency.batch_size)
+    return load_or_profile(cfg, model, space, example, force=force, log=log)

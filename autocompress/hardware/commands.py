@@ -29,9 +29,6 @@ def _profile(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     result = profile(cfg, force=args.force)
-    if isinstance(result, dict):
-        print(json.dumps(result))
-        return 0
     fit = result.table.meta.get("fit", {})
     print(
         f"latency table for {cfg.name} on {result.name}: {fit.get('configs')} configurations, "

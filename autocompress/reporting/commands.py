@@ -3,88 +3,14 @@
 ``add_commands(sub, experiment_parser)`` adds parsers to the CLI's sub-parser set and returns
 ``{command name: handler(args) -> exit code}``; ``experiment_parser(sub, name, help)`` makes a
 parser that already takes the experiment file and ``--set`` overrides.
-
-- ``autocompress latency profile EXP.yaml [--force]``: build (or load) the latency table;
-- ``autocompress latency validate EXP.yaml --samples K [--seed S] [--json] [--no-track]``;
-- ``autocompress latency targets``: the shipped target presets.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 from collections.abc import Callable
 
 __all__ = ["add_commands"]
 
 
-def _load(args: argparse.Namespace):
-    from ..config import load_experiment
-
-    return load_experiment(args.experiment, list(args.overrides))
-
-
-def _profile(args: argparse.Namespace) -> int:
-    from . import profile
-
-    cfg = _load(args)
-    result = profile(cfg, force=args.force)
-    if isinstance(result, dict):
-        print(json.dumps(result))
-        return 0
-    fit = result.table.meta.get("fit", {})
-    print(
-        f"latency table for {cfg.name} on {result.name}: {fit.get('configs')} configurations, "
-        f"in-sample {fit.get('within_10pct', 0):.0%} within ±10 %, "
-        f"MAPE {fit.get('mape', 0):.1%}; stored in {result.path}"
-    )
-    return 0
-
-
-def _validate(args: argparse.Namespace) -> int:
-    from .validate import validate_latency
-
-    cfg = _load(args)
-    report = validate_latency(cfg, args.samples, seed=args.seed, track=not args.no_track)
-    print(
-        f"{report.target}: {report.within_10pct:.0%} of {report.samples} predictions within "
-        f"±10 %, MAPE {report.mape:.1%}, Spearman {report.spearman:.3f} "
-        f"({report.seconds:.0f} s); plot and pairs: {', '.join(report.artifacts)}"
-    )
-    if args.json:
-        print(json.dumps(report.summary()))
-    return 0
-
-
-def _targets(args: argparse.Namespace) -> int:
-    from .targets import available_targets, load_target
-
-    for name in available_targets():
-        t = load_target(name)
-        print(f"{name:16s} {t.kind:9s} {t.description}")
-    return 0
-
-
 def add_commands(sub, experiment_parser: Callable) -> dict[str, Callable]:
-    parser = sub.add_parser(
-        "latency",
-        help="hardware latency: profile the table, validate the model, list targets",
-        description="Hardware latency model of the experiment's latency.target.",
-    )
-    lsub = parser.add_subparsers(dest="latency_command", metavar="SUBCOMMAND", required=True)
-    p = experiment_parser(lsub, "profile", "measure and store the latency table of the target")
-    p.add_argument("--force", action="store_true", help="profile again even if cached")
-    p = experiment_parser(
-        lsub, "validate", "compare predicted with measured latency of random policies"
-    )
-    p.add_argument("--samples", type=int, default=20, help="random policies (default 20)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random policies")
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
-    lsub.add_parser("targets", help="list the target presets", description="Target presets.")
-    handlers = {"profile": _profile, "validate": _validate, "targets": _targets}
-
-    def dispatch(args: argparse.Namespace) -> int:
-        return handlers[args.latency_command](args)
-
-    return {"latency": dispatch}
+    return {}
