@@ -9,6 +9,7 @@ setup:
 
 quick: setup
 	.venv/bin/autocompress search $(EXPERIMENT)
+	.venv/bin/autocompress export $(EXPERIMENT) --knee
 
 lint: setup
 	.venv/bin/ruff check autocompress tests

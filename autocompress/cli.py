@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
 
-from .errors import AutocompressError
+from .errors import AutocompressError, ConfigError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -44,6 +45,14 @@ def _build_parser() -> argparse.ArgumentParser:
     p = _experiment_parser(sub, "search", "run (or resume) the compression search")
     p.add_argument("--storage", help="Optuna storage URL (default: SQLite in output_dir)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite in output_dir)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes on this machine (needs a shared "
+        "storage: --storage journal or postgresql://...)",
+    )
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p = _experiment_parser(sub, "status", "trials done/failed/running and the current front")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p = _experiment_parser(sub, "pick", "choose a model from the Pareto front")
@@ -82,8 +91,6 @@ def _criteria(args: argparse.Namespace):
     from .export.pick import PickCriteria
 
     if args.min_accuracy is not None and not 0 <= args.min_accuracy <= 1:
-        from .errors import ConfigError
-
         raise ConfigError(f"--min-accuracy {args.min_accuracy}: give a fraction from 0 to 1")
     return PickCriteria(
         max_latency_ms=args.max_latency_ms,
@@ -149,11 +156,18 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from .search import search
 
     cfg = _load(args)
-    result = search(cfg)
+    if args.workers < 1:
+        raise ConfigError(f"--workers {args.workers}: give 1 or more")
+    result = search(cfg, workers=args.workers, worker=args.worker)
+    if args.worker:
+        return EXIT_OK
     print(
         f"done: {result.n_complete} complete, {result.n_failed} failed trials in "
-        f"{result.seconds:.0f} s; Pareto front ({len(result.front)} points):"
+        f"{result.seconds:.0f} s; hypervolume {result.hypervolume:.4f}"
     )
+    for f in result.failures[-10:]:
+        print(f"  trial {f['trial']} failed: {f['reason'][:200]}")
+    print(f"Pareto front ({len(result.front)} points):")
     print(_front_table(result.front))
     print(
         f"MLflow: mlflow ui --backend-store-uri {cfg.tracking}  (parent run {result.parent_run_id})"
@@ -205,6 +219,10 @@ _COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # MLflow's database-migration chatter is not for users (set before mlflow is imported).
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    for name in ("alembic", "mlflow"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)  # progress lines show up when piped
     parser = _build_parser()

@@ -130,6 +130,11 @@ class SearchConfig(_Strict):
     seed: int = 0
     timeout: float | None = Field(None, gt=0, description="seconds")
     population_size: int | None = Field(None, ge=2, description="NSGA-II population")
+    heartbeat_interval: int = Field(30, ge=1, description="seconds between worker heartbeats")
+    grace_period: int | None = Field(
+        None, ge=1, description="seconds without heartbeat before a trial counts as lost"
+    )
+    retries: int = Field(1, ge=0, description="re-runs of a trial whose worker was lost")
 
 
 class ObjectiveConfig(_Strict):

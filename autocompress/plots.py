@@ -1,32 +1,185 @@
-"""Figures of a search: the Pareto front as interactive HTML (plotly) and PNG (matplotlib).
+"""Figures of a search, its trials and its exports: plotly (interactive ``.html``) and matplotlib
+(``.png``, drawn on a pyplot-free ``Figure`` so it is cheap and thread-safe).
 
-Plot data comes in as plain rows (dicts), computed elsewhere; this module only renders.
+Plot data comes in as plain rows, dicts and lists, computed elsewhere; this module only renders.
+
+- ``pareto_html`` / ``pareto_png``: accuracy against each cost objective, the front highlighted;
+  the HTML hover shows the trial number, its metrics and its per-layer policy.
+- ``policy_png`` / ``policy_html``: one trial's per-layer sparsity, keep ratio and bits (cheap:
+  logged for every trial).
+- ``hypervolume_png``: hypervolume of the front after each trial.
+- ``heatmap_png``: a sensitivity table (layers x settings -> accuracy change).
+- ``latency_png``: predicted against measured latency of an exported model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import html
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-__all__ = ["pareto_html", "pareto_png"]
+__all__ = [
+    "heatmap_png",
+    "hypervolume_png",
+    "latency_png",
+    "pareto_html",
+    "pareto_png",
+    "policy_html",
+    "policy_layers",
+    "policy_lines",
+    "policy_png",
+    "policy_table_html",
+]
 
 _AXES = [("latency_ms", "latency (ms)"), ("size_kb", "size (KB)")]
+_FLOAT_BITS = 32
+_GREY, _RED, _BLUE, _GREEN = "#b0b0b0", "#d62728", "#1f77b4", "#2ca02c"
 
 
 def _panels(rows: Sequence[dict]) -> list[tuple[str, str]]:
     return [(k, label) for k, label in _AXES if rows and rows[0].get(k) is not None]
 
 
+def _figure(width: float, height: float, dpi: int = 100):
+    """A matplotlib Figure with an Agg canvas, without pyplot's global state."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=dpi)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: Path, dpi: int | None = None) -> Path:
+    fig.savefig(path, dpi=dpi or fig.dpi)
+    return Path(path)
+
+
+# -- policies --------------------------------------------------------------------------------
+def policy_layers(policy: Mapping[str, Any]) -> list[dict]:
+    """``{"layers": {name: {sparsity, bits, keep_ratio}}}`` (or the bare layer mapping) as one
+    row per layer, in policy order."""
+    layers = policy.get("layers", policy) if isinstance(policy, Mapping) else {}
+    return [
+        {
+            "layer": name,
+            "sparsity": float(lp.get("sparsity", 0.0)),
+            "bits": int(lp.get("bits", _FLOAT_BITS)),
+            "keep_ratio": float(lp.get("keep_ratio", 1.0)),
+        }
+        for name, lp in layers.items()
+        if isinstance(lp, Mapping)
+    ]
+
+
+def _bits_text(bits: int) -> str:
+    return "fp32" if bits == _FLOAT_BITS else f"{bits}b"
+
+
+def policy_lines(policy: Mapping[str, Any] | None) -> list[str]:
+    """Compact per-layer lines, e.g. ``features.0: sparsity 0.25, 6b, keep 1.00``."""
+    return [
+        f"{r['layer']}: sparsity {r['sparsity']:.2f}, {_bits_text(r['bits'])}"
+        + (f", keep {r['keep_ratio']:.2f}" if r["keep_ratio"] < 1.0 else "")
+        for r in policy_layers(policy or {})
+    ]
+
+
+def policy_png(policy: Mapping[str, Any], path: Path, *, title: str) -> Path:
+    """Per-layer bars: sparsity and kept channels (0-1) on top, weight bits below."""
+    rows = policy_layers(policy)
+    n = max(len(rows), 1)
+    fig = _figure(min(max(4.0, 0.55 * n + 2.0), 16.0), 4.2, dpi=80)
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    x = list(range(len(rows)))
+    w = 0.4
+    top.bar([i - w / 2 for i in x], [r["sparsity"] for r in rows], w, color=_RED, label="sparsity")
+    top.bar(
+        [i + w / 2 for i in x], [r["keep_ratio"] for r in rows], w, color=_BLUE, label="keep ratio"
+    )
+    top.set_ylim(0, 1.05)
+    top.set_ylabel("fraction")
+    top.legend(loc="upper left", fontsize=7, ncol=2, frameon=False, bbox_to_anchor=(0, 1.18))
+    top.grid(axis="y", alpha=0.3)
+    # 32-bit (float) layers are drawn as a full bar labelled fp32
+    heights = [9.0 if r["bits"] == _FLOAT_BITS else r["bits"] for r in rows]
+    colours = [_GREY if r["bits"] == _FLOAT_BITS else _GREEN for r in rows]
+    bars = bottom.bar(x, heights, 0.6, color=colours)
+    for bar, r in zip(bars, rows, strict=True):
+        bottom.annotate(
+            _bits_text(r["bits"]),
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=7,
+        )
+    bottom.set_ylim(0, 11)
+    bottom.set_yticks([2, 4, 6, 8])
+    bottom.set_ylabel("weight bits")
+    bottom.set_xticks(x, [r["layer"] for r in rows], rotation=30, ha="right", fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.subplots_adjust(left=0.1, right=0.98, top=0.84, bottom=0.25, hspace=0.15)
+    return _save(fig, path)
+
+
+_POLICY_CSS = (
+    "body{font:13px system-ui,sans-serif;margin:12px;color:#222}"
+    "table{border-collapse:collapse}td,th{padding:3px 8px;border-bottom:1px solid #eee;"
+    "text-align:left}.bar{display:inline-block;height:10px;vertical-align:middle;margin-right:6px}"
+    ".num{font-variant-numeric:tabular-nums}"
+)
+
+
+def policy_table_html(policy: Mapping[str, Any]) -> str:
+    """The per-layer policy as an HTML table with inline bars (no script, no external file)."""
+    out = ["<table><tr><th>layer</th><th>sparsity</th><th>keep ratio</th><th>weight bits</th></tr>"]
+    for r in policy_layers(policy):
+        sp, kr = r["sparsity"], r["keep_ratio"]
+        out.append(
+            f"<tr><td>{html.escape(r['layer'])}</td>"
+            f'<td class="num"><span class="bar" style="width:{60 * sp:.0f}px;'
+            f'background:{_RED}"></span>{sp:.2f}</td>'
+            f'<td class="num"><span class="bar" style="width:{60 * kr:.0f}px;'
+            f'background:{_BLUE}"></span>{kr:.2f}</td>'
+            f'<td class="num">{_bits_text(r["bits"])}</td></tr>'
+        )
+    out.append("</table>")
+    return "".join(out)
+
+
+def policy_html(policy: Mapping[str, Any], path: Path, *, title: str) -> Path:
+    """A small self-contained page with the per-layer table (a few KB, no plotly.js)."""
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_POLICY_CSS}</style></head><body><h3>{html.escape(title)}</h3>"
+        f"{policy_table_html(policy)}</body></html>"
+    )
+    Path(path).write_text(page)
+    return Path(path)
+
+
+# -- the Pareto front ------------------------------------------------------------------------
+def _hover(r: dict) -> str:
+    lines = [f"<b>trial {r['trial']}</b>" + ("  (Pareto)" if r.get("pareto") else "")]
+    if r.get("compression_ratio"):
+        lines.append(f"compression {r['compression_ratio']:.1f}x")
+    if r.get("summary"):
+        lines.append(html.escape(r["summary"]))
+    lines += [html.escape(s) for s in policy_lines(r.get("policy"))[:12]]
+    return "<br>".join(lines)
+
+
 def pareto_html(rows: Sequence[dict], path: Path, *, title: str) -> Path:
     """Accuracy against each cost objective; front points highlighted; hover shows the trial
-    number and its policy summary."""
+    number, its compression ratio, its policy summary and the per-layer policy."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     panels = _panels(rows)
     fig = make_subplots(rows=1, cols=max(len(panels), 1), subplot_titles=[p[1] for p in panels])
     for col, (key, label) in enumerate(panels, start=1):
-        for on_front, colour, name in ((False, "#b0b0b0", "trial"), (True, "#d62728", "Pareto")):
+        for on_front, colour, name in ((False, _GREY, "trial"), (True, _RED, "Pareto")):
             pts = [r for r in rows if bool(r.get("pareto")) == on_front]
             fig.add_trace(
                 go.Scatter(
@@ -37,42 +190,37 @@ def pareto_html(rows: Sequence[dict], path: Path, *, title: str) -> Path:
                     legendgroup=name,
                     showlegend=col == 1,
                     marker={"color": colour, "size": 10 if on_front else 7},
-                    text=[f"trial {r['trial']}<br>{r.get('summary', '')}" for r in pts],
-                    hovertemplate="%{text}<br>accuracy %{y:.4f}<br>" + label + " %{x:.3f}",
+                    text=[_hover(r) for r in pts],
+                    hovertemplate="%{text}<br>accuracy %{y:.4f}<br>"
+                    + label
+                    + " %{x:.3f}<extra></extra>",
                 ),
                 row=1,
                 col=col,
             )
         fig.update_xaxes(title_text=label, row=1, col=col)
         fig.update_yaxes(title_text="validation accuracy", row=1, col=col)
-    fig.update_layout(title=title, template="plotly_white", height=480)
+    fig.update_layout(title=title, template="plotly_white", height=480, hovermode="closest")
     fig.write_html(str(path), include_plotlyjs=True, full_html=True)
-    return path
+    return Path(path)
 
 
 def pareto_png(rows: Sequence[dict], path: Path, *, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """The same panels as ``pareto_html``, with the front's trial numbers written next to it."""
     panels = _panels(rows)
-    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(6 * max(len(panels), 1), 4.5))
-    axes = axes if hasattr(axes, "__len__") else [axes]
+    n = max(len(panels), 1)
+    fig = _figure(6 * n, 4.5, dpi=120)
+    axes = fig.subplots(1, n, squeeze=False)[0]
     for ax, (key, label) in zip(axes, panels, strict=False):
         rest = [r for r in rows if not r.get("pareto")]
         front = sorted((r for r in rows if r.get("pareto")), key=lambda r: r[key])
         ax.scatter(
-            [r[key] for r in rest],
-            [r["val_accuracy"] for r in rest],
-            c="#b0b0b0",
-            s=18,
-            label="trial",
+            [r[key] for r in rest], [r["val_accuracy"] for r in rest], c=_GREY, s=18, label="trial"
         )
         ax.scatter(
             [r[key] for r in front],
             [r["val_accuracy"] for r in front],
-            c="#d62728",
+            c=_RED,
             s=36,
             label="Pareto",
         )
@@ -90,6 +238,86 @@ def pareto_png(rows: Sequence[dict], path: Path, *, title: str) -> Path:
         ax.legend(loc="lower right")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
+
+
+# -- search progress, sensitivity, export -------------------------------------------------------
+def hypervolume_png(history: Sequence[Mapping[str, Any]], path: Path, *, title: str) -> Path:
+    """Hypervolume of the front after each complete trial (``{"trial", "hypervolume",
+    "front_size"}`` rows, in trial order); the front size on a second axis."""
+    fig = _figure(6.5, 3.6, dpi=100)
+    ax = fig.subplots()
+    x = [h["trial"] for h in history]
+    ax.step(x, [h["hypervolume"] for h in history], where="post", color=_BLUE, lw=2)
+    ax.plot(x, [h["hypervolume"] for h in history], "o", color=_BLUE, ms=3)
+    ax.set_xlabel("trial")
+    ax.set_ylabel("hypervolume (normalised)", color=_BLUE)
+    ax.grid(alpha=0.3)
+    ax2 = ax.twinx()
+    ax2.step(x, [h["front_size"] for h in history], where="post", color=_GREY, lw=1)
+    ax2.set_ylabel("points on the front", color="#707070")
+    ax2.set_ylim(bottom=0)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def heatmap_png(
+    layers: Sequence[str],
+    columns: Sequence[str],
+    values: Sequence[Sequence[float | None]],
+    path: Path,
+    *,
+    title: str,
+    label: str = "accuracy change (points)",
+) -> Path:
+    """A layers x settings table as a diverging heat map (red: accuracy lost), cells labelled."""
+    import numpy as np
+
+    data = np.array([[np.nan if v is None else float(v) for v in row] for row in values])
+    fig = _figure(
+        min(max(4.5, 0.8 * len(columns) + 2.5), 16), min(max(2.5, 0.35 * len(layers) + 1.5), 14)
+    )
+    ax = fig.subplots()
+    finite = data[np.isfinite(data)]
+    span = float(np.abs(finite).max()) if finite.size else 1.0
+    im = ax.imshow(data, cmap="RdBu", vmin=-span or -1, vmax=span or 1, aspect="auto")
+    ax.set_xticks(range(len(columns)), list(columns), rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(layers)), list(layers), fontsize=8)
+    if data.size <= 400:
+        for i in range(data.shape[0]):
+            for j in range(data.shape[1]):
+                if np.isfinite(data[i, j]):
+                    ax.text(j, i, f"{data[i, j]:.1f}", ha="center", va="center", fontsize=7)
+    fig.colorbar(im, ax=ax, label=label)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def latency_png(
+    *, predicted_ms: float, measured_ms: float, baseline_ms: float | None, path: Path, title: str
+) -> Path:
+    """Predicted against measured latency of an exported model, next to the baseline."""
+    names = ["predicted", "measured"] + (["baseline (FP32)"] if baseline_ms else [])
+    vals = [predicted_ms, measured_ms] + ([baseline_ms] if baseline_ms else [])
+    fig = _figure(5.0, 3.2, dpi=100)
+    ax = fig.subplots()
+    bars = ax.barh(names, vals, color=[_BLUE, _RED, _GREY][: len(vals)])
+    for bar, v in zip(bars, vals, strict=True):
+        ax.annotate(
+            f"{v:.4f} ms",
+            (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+            xytext=(3, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=8,
+        )
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(vals) * 1.35 if max(vals) > 0 else 1)
+    ax.set_xlabel("latency (ms)")
+    if measured_ms > 0:
+        title = f"{title}\npredicted / measured = {predicted_ms / measured_ms:.2f}"
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -36,6 +36,22 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+def _check_server(uri: str, timeout: float = 10.0) -> None:
+    """Fail fast (instead of MLflow's minutes of retries) when a tracking server is not there."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout)
+    except urllib.error.HTTPError:
+        return  # something answers; MLflow will say what is wrong
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise AutocompressError(
+            f"MLflow tracking server {mask_secrets(uri)} is not reachable ({reason})"
+        ) from None
+
+
 class Tracker:
     """Thin wrapper over ``mlflow.MlflowClient`` for the search's runs."""
 
@@ -45,6 +61,8 @@ class Tracker:
 
         self._Metric, self._Param, self._RunTag = Metric, Param, RunTag
         self.tracking_uri = tracking_uri
+        if tracking_uri.startswith(("http://", "https://")):
+            _check_server(tracking_uri)
         try:
             self.client = mlflow.MlflowClient(tracking_uri=tracking_uri)
             exp = self.client.get_experiment_by_name(experiment)
@@ -103,7 +121,7 @@ class Tracker:
         self._log(
             rid, params=flatten(config), metrics={f"baseline_{k}": v for k, v in baseline.items()}
         )
-        self.client.log_dict(rid, dict(config), "config.json")
+        self.client.log_dict(rid, json.loads(mask_secrets(json.dumps(config))), "config.json")
         return rid
 
     def finish_search(self, run_id: str, status: str = "FINISHED") -> None:
@@ -154,7 +172,3 @@ class Tracker:
             filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
             max_results=10000,
         )
-
-    def write_json(self, path: Path, data: Any) -> Path:
-        path.write_text(json.dumps(data, indent=2, default=str))
-        return path

@@ -224,8 +224,10 @@ def fit_table(
     for (layer, key), pts in glue_pts.items():
         a, b = _line([c for c, _, _ in pts], [g for _, g, _ in pts])
         glue[layer][key] = [a, b, float(np.median([n for *_, n in pts]))]
-    head = {p: [float(np.median([u for u, _ in v])), float(np.median([n for _, n in v]))]
-            for p, v in head_pts.items()}
+    head = {
+        p: [float(np.median([u for u, _ in v])), float(np.median([n for _, n in v]))]
+        for p, v in head_pts.items()
+    }
     table = LatencyTable(_exec_order(records), dict(compute), dict(glue), head, [0.0] * 6)
     x = np.array([table.features(_chans(r), r["precision"]) for r in records])
     y = np.array([r["wall_ms"] * 1e3 for r in records])

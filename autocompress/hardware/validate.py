@@ -194,9 +194,14 @@ def validate_latency(
             feed = {sess.get_inputs()[0].name: feed_x.numpy().astype("float32")}
             with measurement_lock():
                 kw = (
-                    {"warmup": runtime.warmup, "repeats": runtime.repeats,
-                     "rounds": runtime.rounds, "tolerance": runtime.tolerance}
-                    if runtime else {"rounds": 3}
+                    {
+                        "warmup": runtime.warmup,
+                        "repeats": runtime.repeats,
+                        "rounds": runtime.rounds,
+                        "tolerance": runtime.tolerance,
+                    }
+                    if runtime
+                    else {"rounds": 3}
                 )
                 measured = time_session(sess, feed, **kw)
             err = (predicted - measured) / measured

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -23,11 +27,15 @@ __all__ = [
     "constraints_of",
     "front_rows",
     "load_study",
+    "check_storage",
     "open_study",
+    "storage_kind",
+    "wait_for_attr",
     "trial_rows",
 ]
 
 CONSTRAINTS_ATTR = "constraints"
+StaleCallback = Callable[[optuna.Study, FrozenTrial], None]
 
 
 def constraints_of(trial: FrozenTrial) -> list[float]:
@@ -72,40 +80,97 @@ class StudyInfo:
         return len(self.study.get_trials(deepcopy=False, states=states))
 
 
-def _storage(cfg: ExperimentConfig):
+def storage_kind(cfg: ExperimentConfig) -> str:
+    """``sqlite`` (one process), ``journal`` (processes on one machine) or ``rdb`` (server)."""
+    url = cfg.optuna_storage
+    if url.startswith("journal"):
+        return "journal"
+    return "sqlite" if url.startswith("sqlite:") else "rdb"
+
+
+def _storage(cfg: ExperimentConfig, on_stale: StaleCallback | None = None):
+    """The Optuna storage the config names. RDB storages (SQLite, PostgreSQL, MySQL) get a
+    heartbeat so that trials of a killed worker are failed (and retried) by a live one."""
     url = cfg.optuna_storage
     try:
+        if storage_kind(cfg) == "journal":
+            from optuna.storages import JournalStorage
+            from optuna.storages.journal import JournalFileBackend
+
+            rest = url.removeprefix("journal").removeprefix(":").removeprefix("//")
+            path = Path(rest) if rest else cfg.output_dir / "optuna.journal"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(str(path)))
         if url.startswith("sqlite:///"):
             cfg.output_dir.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.RDBStorage(url) if "://" in url else url
+        s = cfg.search
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs={"pool_pre_ping": True} if storage_kind(cfg) == "rdb" else None,
+            heartbeat_interval=s.heartbeat_interval,
+            grace_period=s.grace_period,
+            heartbeat_stale_trial_callback=on_stale,
+        )
     except Exception as exc:  # noqa: BLE001 - bad URL, unreachable server, missing driver
         raise AutocompressError(
-            f"storage {mask_secrets(url)}: cannot open ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''})"
+            f"storage {mask_secrets(url)}: cannot open ({type(exc).__name__}: {_first_line(exc)})"
         ) from None
 
 
-def open_study(cfg: ExperimentConfig, space_params: dict) -> StudyInfo:
-    """Create the study, or load it to resume; refuse a study made for another space."""
+def check_storage(cfg: ExperimentConfig) -> None:
+    """Connect to the configured storage once (errors as one line, before any long work)."""
+    _storage(cfg)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = mask_secrets(str(exc)).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def open_study(
+    cfg: ExperimentConfig, space_params: dict, on_stale: StaleCallback | None = None
+) -> tuple[StudyInfo, bool]:
+    """Create the study, or load it to resume or to join other workers; refuse a study made
+    for another space. Returns ``(info, created)``: exactly one process creates a study (the
+    storage enforces unique names), and that one sets it up."""
     objectives = cfg.objectives.enabled()
     fp = _space_fingerprint(cfg, space_params)
-    study = optuna.create_study(
-        study_name=cfg.study_name,
-        storage=_storage(cfg),
-        directions=[OBJECTIVES[o].direction for o in objectives],
-        sampler=_sampler(cfg),
-        load_if_exists=True,
-    )
-    old = study.user_attrs.get("space_fingerprint")
-    if old is None:
-        study.set_user_attr("space_fingerprint", fp)
-        study.set_user_attr("objectives", objectives)
-    elif old != fp:
-        raise ConfigError(
-            f"{cfg.source}: study {cfg.study_name!r} in {mask_secrets(cfg.optuna_storage)} "
-            "was made for another search space or objectives; choose another name or output_dir"
+    storage = _storage(cfg, on_stale)
+    kw = {"study_name": cfg.study_name, "storage": storage, "sampler": _sampler(cfg)}
+    try:
+        study = optuna.create_study(
+            directions=[OBJECTIVES[o].direction for o in objectives], load_if_exists=False, **kw
         )
-    return StudyInfo(study, objectives)
+        created = True
+        study.set_user_attr("objectives", objectives)
+        study.set_user_attr("space_fingerprint", fp)
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(**kw)
+        created = False
+    except Exception as exc:  # noqa: BLE001 - the server went away between connect and use
+        raise AutocompressError(
+            f"storage {mask_secrets(cfg.optuna_storage)}: {type(exc).__name__}: {_first_line(exc)}"
+        ) from None
+    if not created:
+        old = wait_for_attr(study, "space_fingerprint")
+        if old != fp:
+            raise ConfigError(
+                f"{cfg.source}: study {cfg.study_name!r} in {mask_secrets(cfg.optuna_storage)} "
+                "was made for another search space or objectives; choose another name or "
+                "output_dir"
+            )
+    return StudyInfo(study, objectives), created
+
+
+def wait_for_attr(study: optuna.Study, key: str, timeout: float = 120.0):
+    """A study user attribute another worker is about to set (polls the storage)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = study.user_attrs.get(key)
+        if value is not None or time.monotonic() > deadline:
+            return value
+        time.sleep(0.5)
 
 
 def load_study(cfg: ExperimentConfig) -> StudyInfo:

@@ -1,0 +1,7 @@
+"""``python -m autocompress`` = the ``autocompress`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

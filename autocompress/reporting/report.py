@@ -1,0 +1,330 @@
+"""``autocompress report``: one self-contained HTML page (and the same as Markdown with PNG files)
+about a search: baseline, progress, the Pareto front as a plot and a table, hypervolume over
+trials, the sensitivity heat map when present, and the exported model with its verification.
+
+Everything is read from what the search and export stored (the Optuna study, ``output_dir``);
+nothing is recomputed, so it also works while a search runs. By default the HTML is also logged
+on the search's MLflow parent run as ``report/report.html``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import plots
+from ..config import ExperimentConfig
+from ..tracking import mask_secrets
+from .history import hypervolume_history
+from .sensitivity import SensitivityTable, find_sensitivity
+
+__all__ = ["ReportData", "ReportFiles", "collect", "render_markdown", "write_report"]
+
+
+@dataclass
+class ReportData:
+    """What the report shows, gathered from the study and ``output_dir``."""
+
+    name: str
+    source: str
+    output_dir: Path
+    status: dict  # autocompress.status(): complete / failed / running / elapsed_s / n_trials
+    objectives: list[str]
+    baseline: dict | None
+    rows: list[dict]  # every complete trial (trial_rows), with "pareto"
+    front: list[dict]
+    history: list[dict]
+    knee: int | None  # trial number of the front's knee
+    sensitivity: SensitivityTable | None
+    exports: list[dict]  # verification.json of each export, oldest first, + "dir"
+    tracking: str  # masked
+    parent_run_id: str | None
+    generated: str = field(default_factory=lambda: _dt.datetime.now().strftime("%Y-%m-%d %H:%M"))
+
+    @property
+    def exported(self) -> dict | None:
+        """The most recent export (the picked model)."""
+        return self.exports[-1] if self.exports else None
+
+
+@dataclass
+class ReportFiles:
+    html: Path
+    markdown: Path
+    figures: dict[str, Path]
+    mlflow_logged: bool = False
+
+
+def _exports(output_dir: Path) -> list[dict]:
+    found = []
+    for path in (output_dir / "export").glob("trial-*/verification.json"):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        data["dir"] = str(path.parent)
+        data["_mtime"] = path.stat().st_mtime
+        found.append(data)
+    return sorted(found, key=lambda d: d.pop("_mtime"))
+
+
+def _baseline(info, output_dir: Path) -> dict | None:
+    base = info.study.user_attrs.get("baseline")
+    if base:
+        return dict(base)
+    path = output_dir / "pareto" / "pareto_front.json"
+    try:
+        return json.loads(path.read_text()).get("baseline")
+    except (OSError, ValueError):
+        return None
+
+
+def collect(cfg: ExperimentConfig) -> ReportData:
+    """Read the study and the output folder (safe while a search runs)."""
+    import numpy as np
+
+    from ..api import status
+    from ..search.pareto import knee_index
+    from ..search.study import front_rows, load_study, trial_rows
+
+    st = status(cfg)
+    info = load_study(cfg)
+    rows = trial_rows(info)
+    front = front_rows(info, rows)
+    on_front = {r["trial"] for r in front}
+    for r in rows:
+        r["pareto"] = r["trial"] in on_front
+    baseline = _baseline(info, cfg.output_dir)
+    history = hypervolume_history(rows, info.objectives, baseline) if baseline else []
+    knee = None
+    if front:
+        knee = front[knee_index(np.array([r["values"] for r in front]), info.directions)]["trial"]
+    return ReportData(
+        name=cfg.name,
+        source=str(cfg.source or ""),
+        output_dir=cfg.output_dir,
+        status={k: v for k, v in st.items() if k != "front"},
+        objectives=list(info.objectives),
+        baseline=baseline,
+        rows=rows,
+        front=front,
+        history=history,
+        knee=knee,
+        sensitivity=find_sensitivity(cfg.output_dir),
+        exports=_exports(cfg.output_dir),
+        tracking=mask_secrets(cfg.tracking),
+        parent_run_id=info.study.user_attrs.get("mlflow_parent_run_id"),
+    )
+
+
+def fmt_seconds(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def _figures(data: ReportData, folder: Path) -> dict[str, Path]:
+    """The PNG figures the Markdown report links and the HTML report embeds."""
+    figs: dict[str, Path] = {}
+    if data.rows:
+        title = f"{data.name}: {len(data.rows)} trials, {len(data.front)} on the Pareto front"
+        figs["pareto"] = plots.pareto_png(data.rows, folder / "pareto_front.png", title=title)
+    if data.history:
+        figs["hypervolume"] = plots.hypervolume_png(
+            data.history, folder / "hypervolume.png", title="hypervolume of the front"
+        )
+    if data.sensitivity is not None:
+        s = data.sensitivity
+        figs["sensitivity"] = plots.heatmap_png(
+            s.layers, s.columns, s.values, folder / "sensitivity_heatmap.png", title="sensitivity"
+        )
+    exp = data.exported
+    if exp and exp.get("measured_latency_ms") is not None:
+        figs["latency"] = plots.latency_png(
+            predicted_ms=exp["predicted_latency_ms"],
+            measured_ms=exp["measured_latency_ms"],
+            baseline_ms=exp.get("baseline_latency_ms"),
+            path=folder / "export_latency.png",
+            title=f"trial {exp['trial']}: latency on the target",
+        )
+        pol = exp.get("policy") or {}
+        figs["export_policy"] = plots.policy_png(
+            pol, folder / "export_policy.png", title=f"trial {exp['trial']}: per-layer policy"
+        )
+    return figs
+
+
+def _num(v: Any, spec: str) -> str:
+    return "–" if v is None else format(v, spec)
+
+
+def baseline_rows(b: dict) -> list[tuple[str, str]]:
+    return [
+        ("validation accuracy", _num(b.get("val_accuracy"), ".4f")),
+        ("test accuracy", _num(b.get("test_accuracy"), ".4f")),
+        ("latency (ONNX Runtime, measured)", _num(b.get("latency_ms"), ".4f") + " ms"),
+        ("packed size", _num(b.get("size_kb"), ".1f") + " KB"),
+        ("FP32 state_dict", _num(b.get("fp32_state_dict_bytes"), "d") + " bytes"),
+        ("parameters", _num(b.get("params"), "d")),
+    ]
+
+
+def export_rows(e: dict) -> list[tuple[str, str]]:
+    drop = (e["baseline_test_accuracy"] - e["test_accuracy"]) * 100
+    return [
+        ("test accuracy (deployed ONNX)", f"{e['test_accuracy']:.4f}"),
+        ("test accuracy (compressed torch model)", f"{e['torch_test_accuracy']:.4f}"),
+        ("baseline test accuracy", f"{e['baseline_test_accuracy']:.4f} (drop {drop:.2f} points)"),
+        ("validation accuracy during the search", f"{e['val_accuracy_search']:.4f}"),
+        (
+            "latency measured / predicted",
+            f"{e['measured_latency_ms']:.4f} / {e['predicted_latency_ms']:.4f} ms",
+        ),
+        ("baseline latency, speed-up", f"{e['baseline_latency_ms']:.4f} ms, {e['speedup']:.2f}x"),
+        ("packed bytes (ratio)", f"{e['packed_bytes']} ({e['compression_ratio']:.1f}x)"),
+        ("packed file reloads bit-exact", str(e["packed_reload_exact"])),
+        ("INT8 layers", ", ".join(e.get("int8_layers") or []) or "none"),
+        (
+            "registered model",
+            " ".join(f"{k}={v}" for k, v in e.get("registered_model", {}).items()) or "–",
+        ),
+    ]
+
+
+def summary_line(d: ReportData) -> str:
+    st = d.status
+    hv = f", hypervolume {d.history[-1]['hypervolume']:.4f}" if d.history else ""
+    return (
+        f"{st['complete']} of {st['n_trials']} trials complete, {st['failed']} failed, "
+        f"{st['running']} running; {fmt_seconds(st['elapsed_s'])} of trials; "
+        f"{len(d.front)} on the Pareto front{hv}"
+    )
+
+
+def front_table_rows(d: ReportData) -> list[list[str]]:
+    """Cells of the front table: trial, accuracy (and change), latency, size, ratio, policy."""
+    base = d.baseline or {}
+    out = []
+    for r in d.front:
+        delta = ""
+        if base.get("val_accuracy") is not None and r["val_accuracy"] is not None:
+            delta = f" ({(r['val_accuracy'] - base['val_accuracy']) * 100:+.2f})"
+        marks = "".join(
+            m
+            for m, on in (
+                (" knee", r["trial"] == d.knee),
+                (" exported", d.exported is not None and r["trial"] == d.exported["trial"]),
+            )
+            if on
+        )
+        out.append(
+            [
+                f"{r['trial']}{marks}",
+                f"{_num(r['val_accuracy'], '.4f')}{delta}",
+                _num(r["latency_ms"], ".3f"),
+                _num(r["size_kb"], ".1f"),
+                _num(r["compression_ratio"], ".1f") + "x",
+                r["summary"],
+            ]
+        )
+    return out
+
+
+FRONT_HEADER = [
+    "trial",
+    "val accuracy (change, points)",
+    "latency ms",
+    "size KB",
+    "ratio",
+    "policy",
+]
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    def esc(s: str) -> str:
+        return str(s).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return lines + ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+
+
+def render_markdown(d: ReportData, figures: dict[str, Path], folder: Path) -> str:
+    """The report as Markdown; figures are linked relative to ``folder``."""
+
+    def img(key: str, alt: str) -> list[str]:
+        return [f"![{alt}]({figures[key].relative_to(folder)})", ""] if key in figures else []
+
+    lines = [
+        f"# Compression search report: {d.name}",
+        "",
+        f"{summary_line(d)}.",
+        "",
+        f"Experiment `{d.source}`, output `{d.output_dir}`, generated {d.generated}.",
+        "",
+    ]
+    lines += ["## Baseline", ""]
+    if d.baseline:
+        lines += _md_table(["metric", "value"], [list(r) for r in baseline_rows(d.baseline)])
+    else:
+        lines.append("No baseline recorded yet.")
+    lines += ["", "## Pareto front", ""] + img("pareto", "Pareto front")
+    lines += _md_table(FRONT_HEADER, front_table_rows(d)) if d.front else ["No front yet."]
+    lines += ["", "## Hypervolume over trials", ""] + img("hypervolume", "hypervolume")
+    lines += ["## Sensitivity", ""]
+    lines += img("sensitivity", "sensitivity heat map") or ["No sensitivity analysis found.", ""]
+    lines += ["## Exported model", ""]
+    e = d.exported
+    if e:
+        lines += [f"Trial {e['trial']}, files in `{e['dir']}`.", ""]
+        lines += _md_table(["metric", "value"], [list(r) for r in export_rows(e)])
+        lines += [""] + img("latency", "latency") + img("export_policy", "policy")
+        lines += _md_table(
+            ["layer", "sparsity", "bits", "keep ratio"],
+            [
+                [r["layer"], f"{r['sparsity']:.2f}", str(r["bits"]), f"{r['keep_ratio']:.2f}"]
+                for r in plots.policy_layers(e.get("policy") or {})
+            ],
+        )
+    else:
+        knee = f" (the knee of the front is trial {d.knee})" if d.knee is not None else ""
+        lines.append(f"No model exported yet: `autocompress export {d.source} --knee`{knee}.")
+    lines += [
+        "",
+        "## MLflow",
+        "",
+        f"Tracking URI `{d.tracking}`, parent run "
+        f"`{d.parent_run_id}`: `autocompress ui {d.source}`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_report(
+    cfg: ExperimentConfig, out_dir: Path | None = None, *, log_to_mlflow: bool = True
+) -> ReportFiles:
+    """Write ``report.html`` (self-contained) and ``report.md`` (+ PNGs) into ``out_dir``
+    (default ``output_dir/report``); log the HTML on the MLflow parent run if asked and known."""
+    from .html_report import render_html
+
+    data = collect(cfg)
+    folder = Path(out_dir) if out_dir else cfg.output_dir / "report"
+    folder.mkdir(parents=True, exist_ok=True)
+    figures = _figures(data, folder)
+    md = folder / "report.md"
+    md.write_text(render_markdown(data, figures, folder))
+    page = folder / "report.html"
+    page.write_text(render_html(data, figures))
+    files = ReportFiles(page, md, figures)
+    if log_to_mlflow and data.parent_run_id:
+        from .figures import _best_effort
+
+        def log() -> bool:
+            from ..tracking import Tracker
+
+            Tracker(cfg.tracking, cfg.name).log_artifacts(data.parent_run_id, [page], "report")
+            return True
+
+        files.mlflow_logged = _best_effort("logging the report to MLflow", log, False)
+    return files

@@ -1,0 +1,212 @@
+"""``autocompress ui``: the MLflow UI on an experiment's tracking backend.
+
+Starts the venv's ``mlflow ui`` (found next to ``sys.executable``) bound to 127.0.0.1 by default,
+with one worker and MLflow's job runner off (it is only needed for GenAI features), waits until
+it answers, prints the URL of the experiment's runs table, and runs until Ctrl-C. With an
+``http(s)://`` tracking URI there is a server already: it only prints the URL.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import AutocompressError
+from ..tracking import mask_secrets
+
+__all__ = ["UiServer", "experiment_url", "find_mlflow", "free_port", "serve", "start_ui"]
+
+LOCAL_HOST = "127.0.0.1"
+
+
+def find_mlflow() -> str:
+    """The ``mlflow`` executable of this Python environment (else the one on PATH)."""
+    local = Path(sys.executable).parent / "mlflow"
+    if local.is_file() and os.access(local, os.X_OK):
+        return str(local)
+    found = shutil.which("mlflow")
+    if found is None:
+        raise AutocompressError("mlflow executable not found next to Python or on PATH")
+    return found
+
+
+def free_port(host: str = LOCAL_HOST) -> int:
+    """A TCP port that is free on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host if host not in ("0.0.0.0", "") else "", 0))
+        return int(s.getsockname()[1])
+
+
+def _browse_host(host: str) -> str:
+    return LOCAL_HOST if host in ("0.0.0.0", "::", "") else host
+
+
+def experiment_url(base: str, experiment_id: str | None) -> str:
+    """The runs table of an experiment, in the UI's model-training (not GenAI) view."""
+    base = base.rstrip("/")
+    if experiment_id is None:
+        return f"{base}/#/?workflowType=machine_learning"
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def experiment_id(tracking_uri: str, name: str) -> str | None:
+    """The id of experiment ``name`` in that backend, or None if there is none yet."""
+    import mlflow
+
+    try:
+        exp = mlflow.MlflowClient(tracking_uri=tracking_uri).get_experiment_by_name(name)
+    except Exception:  # noqa: BLE001 - unreachable or empty backend: the UI still starts
+        return None
+    return exp.experiment_id if exp else None
+
+
+@dataclass
+class UiServer:
+    """A running ``mlflow ui`` process and where to reach it."""
+
+    process: subprocess.Popen
+    url: str
+    log_path: Path | None = None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Terminate the server and its worker processes (its own process group)."""
+        if self.process.poll() is not None:
+            return
+        import signal
+
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(5)
+
+
+def ui_command(
+    tracking_uri: str,
+    *,
+    host: str,
+    port: int,
+    workers: int = 1,
+    allowed_hosts: str | None = None,
+    executable: str | None = None,
+) -> list[str]:
+    """The ``mlflow ui`` command line."""
+    cmd = [executable or find_mlflow(), "ui", "--backend-store-uri", tracking_uri]
+    cmd += ["--host", host, "--port", str(port), "--workers", str(workers)]
+    return cmd + (["--allowed-hosts", allowed_hosts] if allowed_hosts else [])
+
+
+def _wait_until_up(proc: subprocess.Popen, url: str, timeout: float, log_path: Path | None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = ""
+            if log_path and log_path.is_file():
+                tail = ": " + " | ".join(log_path.read_text().strip().splitlines()[-3:])
+            raise AutocompressError(f"mlflow ui exited with code {proc.returncode}{tail}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    raise AutocompressError(f"mlflow ui did not answer at {url} within {timeout:.0f} s")
+
+
+def start_ui(
+    tracking_uri: str,
+    *,
+    host: str = LOCAL_HOST,
+    port: int | None = None,
+    cwd: Path | None = None,
+    log_path: Path | None = None,
+    timeout: float = 120.0,
+    allowed_hosts: str | None = None,
+    executable: str | None = None,
+) -> UiServer:
+    """Start ``mlflow ui`` in its own process group and wait until it answers ``/health``.
+    Its output goes to ``log_path`` (else is discarded)."""
+    port = port or free_port(host)
+    cmd = ui_command(
+        tracking_uri, host=host, port=port, allowed_hosts=allowed_hosts, executable=executable
+    )
+    env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    out = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    finally:
+        if log_path:
+            out.close()
+    server = UiServer(proc, f"http://{_browse_host(host)}:{port}", log_path)
+    try:
+        _wait_until_up(proc, server.url, timeout, log_path)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def serve(
+    tracking_uri: str,
+    experiment: str,
+    *,
+    host: str = LOCAL_HOST,
+    port: int | None = None,
+    cwd: Path | None = None,
+    allowed_hosts: str | None = None,
+    executable: str | None = None,
+    log=print,
+) -> int:
+    """Start the UI, print its URL, block until Ctrl-C; returns 130 then (0 if the server ends
+    by itself)."""
+    if tracking_uri.startswith(("http://", "https://")):
+        exp_id = experiment_id(tracking_uri, experiment)
+        log(f"MLflow server: {experiment_url(mask_secrets(tracking_uri), exp_id)}")
+        return 0
+    exp_id = experiment_id(tracking_uri, experiment)
+    log(f"starting the MLflow UI on {mask_secrets(tracking_uri)} ...")
+    server = start_ui(
+        tracking_uri,
+        host=host,
+        port=port,
+        cwd=cwd,
+        allowed_hosts=allowed_hosts,
+        executable=executable,
+    )
+    try:
+        log(f"MLflow UI: {experiment_url(server.url, exp_id)}")
+        if exp_id is None:
+            log(f"(no experiment {experiment!r} there yet: run 'autocompress search' first)")
+        if host != LOCAL_HOST:
+            log(f"bound to {host}: reachable from other machines, without authentication")
+            log("Ctrl-C to stop")
+        else:
+            log("Ctrl-C to stop")
+        server.process.wait()
+        return 0
+    except KeyboardInterrupt:
+        log("stopping the MLflow UI")
+        return 130
+    finally:
+        server.stop()

@@ -1,0 +1,177 @@
+"""The trial loop of one worker: Optuna objective (policy → compressed model → metrics → MLflow
+nested run), exact trial budget across workers, lost-worker handling, progress lines."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+
+import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.study import MaxTrialsCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from ..config import ExperimentConfig
+from ..metrics import OBJECTIVES
+from ..search_space import SearchSpace
+from ..tracking import Tracker
+from .objective import TrialEvaluator, suggest_policy
+from .study import CONSTRAINTS_ATTR, StudyInfo, front_rows
+
+__all__ = ["make_stale_callback", "run_trials"]
+
+_POLL_S = 1.0
+
+
+def make_stale_callback(tracker: Tracker, retries: int) -> Callable:
+    """For a trial whose worker stopped sending heartbeats: end its MLflow run KILLED, then let
+    Optuna re-enqueue the same parameters (up to ``retries`` times)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=retries)
+
+    def on_stale(study: optuna.Study, trial: FrozenTrial) -> None:
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id:
+            try:
+                tracker.end_trial(run_id, "KILLED", tags={"fail_reason": "worker lost"})
+            except Exception:  # noqa: BLE001 - tracking must not stop the search
+                pass
+        retry(study, trial)
+
+    return on_stale
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+class _Progress:
+    """Prints one line per finished trial: counter, metrics, front size, best, ETA."""
+
+    def __init__(self, info: StudyInfo, n_trials: int, log) -> None:
+        self.info, self.n_trials, self.log = info, n_trials, log
+        self.t0 = time.perf_counter()
+        self.done_here = 0
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.state == TrialState.PRUNED:
+            return  # a surplus trial: nothing was evaluated
+        complete = self.info.count(TrialState.COMPLETE)
+        self.done_here += 1
+        elapsed = time.perf_counter() - self.t0
+        eta = elapsed / self.done_here * max(self.n_trials - complete, 0)
+        head = f"[trial {trial.number:3d} | {complete}/{self.n_trials} done]"
+        if trial.state == TrialState.COMPLETE:
+            m = trial.user_attrs["metrics"]
+            body = (
+                f"acc {m['val_accuracy']:.4f}  lat {m['latency_ms']:.3f} ms  "
+                f"size {m['size_kb']:.1f} KB ({m['compression_ratio']:.1f}x)"
+            )
+        else:
+            body = f"{trial.state.name}: {trial.user_attrs.get('fail_reason', 'see log')}"
+        front = front_rows(self.info)
+        best = (
+            f"front {len(front)} pts, best acc {front[0]['val_accuracy']:.4f}, "
+            f"smallest {min(r['size_kb'] for r in front):.1f} KB"
+            if front
+            else "front empty"
+        )
+        self.log(f"{head} {body} | {best} | {_fmt_time(elapsed)} elapsed, ETA {_fmt_time(eta)}")
+
+
+def _wait_for_budget(study: optuna.Study, number: int, n_total: int) -> bool:
+    """True when trial ``number`` is needed to reach ``n_total`` complete trials.
+
+    Trials are served in number order: trial k runs when the complete trials plus the running
+    trials numbered below k are fewer than the budget. While those running trials may still
+    fail (or their worker may be lost), wait and see instead of running a surplus trial.
+    """
+    while True:
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+        complete = sum(t.state == TrialState.COMPLETE for t in trials)
+        ahead = sum(t.state == TrialState.RUNNING and t.number < number for t in trials)
+        if complete >= n_total:
+            return False
+        if complete + ahead < n_total:
+            return True
+        fail_stale_trials(study)
+        time.sleep(_POLL_S)
+
+
+def run_trials(
+    info: StudyInfo,
+    cfg: ExperimentConfig,
+    space: SearchSpace,
+    evaluator: TrialEvaluator,
+    tracker: Tracker,
+    parent: str,
+    *,
+    log,
+) -> None:
+    """Run trials until the study holds ``cfg.search.n_trials`` complete ones (or timeout)."""
+    n_total = cfg.search.n_trials
+    bounds = {o: getattr(cfg.objectives, o).bound for o in info.objectives}
+
+    def objective(trial: optuna.Trial):
+        if not _wait_for_budget(trial.study, trial.number, n_total):
+            trial.study.stop()
+            raise optuna.TrialPruned("surplus: the study already has its trials")
+        policy = suggest_policy(trial, space)
+        trial.set_user_attr("policy", policy.to_dict())
+        params = space.params_from_policy(policy)
+        run_id = tracker.start_trial(
+            parent, trial.number, params, policy.to_dict(), policy.summary()
+        )
+        trial.set_user_attr("mlflow_run_id", run_id)
+        try:
+            metrics = evaluator(policy, seed=cfg.search.seed + trial.number)
+            values = [metrics.value(o) for o in info.objectives]
+            if not all(math.isfinite(v) for v in values):
+                raise ValueError(f"non-finite objective values {values}")
+        except KeyboardInterrupt:
+            tracker.end_trial(run_id, "KILLED", tags={"fail_reason": "interrupted"})
+            raise
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            trial.set_user_attr("fail_reason", reason)
+            tracker.end_trial(run_id, "FAILED", tags={"fail_reason": reason[:5000]})
+            raise
+        cons = [OBJECTIVES[o].violation(metrics.value(o), bounds[o]) for o in info.objectives]
+        trial.set_user_attr(CONSTRAINTS_ATTR, cons)
+        trial.set_user_attr("metrics", metrics.to_dict())
+        tracker.end_trial(
+            run_id,
+            "FINISHED",
+            metrics=metrics.to_dict(),
+            tags={"feasible": str(all(c <= 0 for c in cons)).lower()},
+        )
+        return values
+
+    failures = {"n": 0}
+
+    def stop_on_failures(study: optuna.Study, trial: FrozenTrial) -> None:
+        failures["n"] = failures["n"] + 1 if trial.state == TrialState.FAIL else 0
+        if failures["n"] >= max(5, n_total // 2):
+            log(f"stopping: {failures['n']} trials in a row failed")
+            study.stop()
+
+    remaining = n_total - info.count(TrialState.COMPLETE)
+    if remaining <= 0:
+        log(f"study already has {n_total} complete trials: nothing to run")
+        return
+    log(f"searching: {remaining} more trials to reach {n_total} ({cfg.search.sampler})")
+    info.study.optimize(
+        objective,
+        n_trials=None,
+        timeout=cfg.search.timeout,
+        catch=(Exception,),
+        callbacks=[
+            MaxTrialsCallback(n_total, states=(TrialState.COMPLETE,)),
+            _Progress(info, n_total, log),
+            stop_on_failures,
+        ],
+    )

@@ -1,0 +1,79 @@
+"""The deployed form: FP32 ONNX, or QDQ INT8 with exactly the named layers quantised."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from autocompress.errors import ModelError
+from autocompress.hardware.deploy import _scope_to_module, export_deployed, onnx_layer_nodes
+from autocompress.hardware.measure import make_session
+from autocompress.models import TinyCNN
+
+
+class _Nested(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU())
+        self.block = nn.ModuleDict(
+            {"down": nn.Sequential(nn.Conv2d(4, 8, 3, stride=2, padding=1), nn.ReLU())}
+        )
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.block["down"](self.stem(x))
+        return self.head(x.mean((2, 3)))
+
+
+def test_scope_names_map_to_module_names():
+    assert _scope_to_module("/features/features.3/Conv") == "features.3"
+    assert _scope_to_module("/layer1/layer1.0/conv1/Conv") == "layer1.0.conv1"
+    assert (
+        _scope_to_module("/layer2/layer2.0/downsample/downsample.0/Conv") == "layer2.0.downsample.0"
+    )
+    assert _scope_to_module("/fc/Gemm") == "fc"
+
+
+def test_every_layer_of_a_nested_model_is_found(tmp_path):
+    model = _Nested().eval()
+    path = export_deployed(model, torch.zeros(1, 1, 8, 8), tmp_path / "m.onnx")
+    nodes = onnx_layer_nodes(onnx.load(str(path)), model)
+    assert set(nodes) == {"stem.0", "block.down.0", "head"}
+
+
+def _quantized_layers(path, model) -> set[str]:
+    """Layers whose weight input comes from a DequantizeLinear node."""
+    m = onnx.load(str(path))
+    dq_out = {o for n in m.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    by_name = {n.name: n for n in m.graph.node}
+    return {
+        layer
+        for layer, node in onnx_layer_nodes(m, model).items()
+        if by_name[node].input[1] in dq_out
+    }
+
+
+def test_int8_export_quantizes_exactly_the_named_layers(tmp_path):
+    model = TinyCNN().eval()
+    x = torch.randn(2, 1, 28, 28)
+    fp32 = export_deployed(model, x, tmp_path / "fp32.onnx")
+    assert _quantized_layers(fp32, model) == set()
+    q = export_deployed(model, x, tmp_path / "q.onnx", int8_layers=["conv2"], calibration=[x])
+    assert _quantized_layers(q, model) == {"conv2"}
+    q2 = export_deployed(model, x, tmp_path / "q2.onnx", int8_layers=["conv1", "fc"])
+    assert _quantized_layers(q2, model) == {"conv1", "fc"}
+    sess = make_session(q, threads=1)
+    out = sess.run(None, {"input": x.numpy()})[0]
+    ref = model(x).detach().numpy()
+    assert out.shape == (2, 10)
+    assert np.abs(out - ref).max() < 0.5 * np.abs(ref).max() + 1e-3
+
+
+def test_unknown_int8_layer_is_an_error(tmp_path):
+    with pytest.raises(ModelError, match="nope"):
+        export_deployed(
+            TinyCNN(), torch.zeros(1, 1, 28, 28), tmp_path / "x.onnx", int8_layers=["nope"]
+        )

@@ -1,0 +1,90 @@
+"""The latency table: fit from profiled records, JSON round trip, monotone predictions."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from autocompress.hardware.table import LatencyTable, _grid_from_points, fit_table
+from autocompress.hardware.validate import spearman, summarize
+
+LAYERS = ["a", "b"]
+
+
+def _truth(chans: dict, prec: dict) -> float:
+    """A made-up additive latency (us): compute ~ channels, INT8 cheaper, boundaries cost."""
+    us = 5.0
+    for name in LAYERS:
+        cin, cout = chans[name]
+        us += (0.02 if prec[name] == "fp32" else 0.01) * cin * cout + 1.0
+    us += 3.0 * (prec["a"] != prec["b"])
+    return us
+
+
+def _records() -> list[dict]:
+    out = []
+    for ka, kb, pa, pb in itertools.product(
+        (4, 8, 16), (4, 8, 16), ("fp32", "int8"), ("fp32", "int8")
+    ):
+        chans = {"a": (1, ka), "b": (ka, kb)}
+        prec = {"a": pa, "b": pb}
+        comp = {
+            n: (0.02 if prec[n] == "fp32" else 0.01) * chans[n][0] * chans[n][1] for n in LAYERS
+        }
+        out.append(
+            {
+                "wall_ms": _truth(chans, prec) / 1e3,
+                "channels": {n: list(c) for n, c in chans.items()},
+                "precision": prec,
+                "blocks": [
+                    [None, 0.0, 0.0, 0],
+                    ["a", comp["a"], 3.0 if pa != pb else 1.0, 1],
+                    ["b", comp["b"], 1.0, 1],
+                ],
+            }
+        )
+    return out
+
+
+def test_table_reproduces_an_additive_latency_and_round_trips(tmp_path):
+    records = _records()
+    table = fit_table(records, {}, LAYERS)
+    assert table.order == LAYERS
+    assert table.meta["fit"]["within_10pct"] == 1.0
+    for r in records:
+        chans = {n: tuple(c) for n, c in r["channels"].items()}
+        assert table.predict_ms(chans, r["precision"]) == pytest.approx(r["wall_ms"], rel=0.02)
+    again = LatencyTable.load(table.save(tmp_path / "t.json"))
+    chans, prec = {"a": (1, 8), "b": (8, 16)}, {"a": "int8", "b": "fp32"}
+    assert again.predict_ms(chans, prec) == table.predict_ms(chans, prec)
+
+
+def test_prediction_is_monotone_in_channel_count():
+    table = fit_table(_records(), {}, LAYERS)
+    for prec in ({"a": "fp32", "b": "fp32"}, {"a": "int8", "b": "fp32"}):
+        for kb in (4, 8, 16):
+            preds = [table.predict_ms({"a": (1, ka), "b": (ka, kb)}, prec) for ka in range(2, 20)]
+            assert all(np.diff(preds) >= -1e-12), preds
+        preds = [table.predict_ms({"a": (1, 8), "b": (8, kb)}, prec) for kb in range(2, 20)]
+        assert all(np.diff(preds) >= -1e-12)
+
+
+def test_grid_fills_missing_cells_and_is_monotone():
+    points = {(4, 4): [1.0], (4, 8): [2.0], (8, 4): [2.2], (8, 8): [1.9]}  # (8, 8) is noisy
+    grid = _grid_from_points(points)
+    arr = np.asarray(grid.us)
+    assert (np.diff(arr, axis=0) >= 0).all() and (np.diff(arr, axis=1) >= 0).all()
+    assert grid(6, 6) == pytest.approx(np.mean(arr))  # bilinear at the centre
+    sparse = _grid_from_points({(4, 4): [1.0], (8, 8): [4.0], (4, 8): [2.0]})
+    assert sparse(8, 4) > 0
+
+
+def test_summary_statistics():
+    within, mape, rho = summarize([1.0, 2.0, 3.4], [1.0, 2.1, 3.0])
+    assert within == pytest.approx(2 / 3)
+    assert mape == pytest.approx((0 + 0.1 / 2.1 + 0.4 / 3) / 3)
+    assert rho == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 1, 2], [1, 2, 3]) == pytest.approx(np.sqrt(3) / 2)
