@@ -90,7 +90,8 @@ def policy_png(policy: Mapping[str, Any], path: Path, *, title: str) -> Path:
     """Per-layer bars: sparsity and kept channels (0-1) on top, weight bits below."""
     rows = policy_layers(policy)
     n = max(len(rows), 1)
-    fig = _figure(min(max(4.0, 0.55 * n + 2.0), 16.0), 4.2, dpi=80)
+    width = min(max(5.0, 0.6 * n + 2.0), 16.0)
+    fig = _figure(width, 4.2, dpi=80)
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2]})
     x = list(range(len(rows)))
     w = 0.4
@@ -119,7 +120,9 @@ def policy_png(policy: Mapping[str, Any], path: Path, *, title: str) -> Path:
     bottom.set_ylabel("weight bits")
     bottom.set_xticks(x, [r["layer"] for r in rows], rotation=30, ha="right", fontsize=7)
     fig.suptitle(title, fontsize=9)
-    fig.subplots_adjust(left=0.1, right=0.98, top=0.84, bottom=0.25, hspace=0.15)
+    fig.subplots_adjust(
+        left=0.7 / width, right=1 - 0.15 / width, top=0.84, bottom=0.25, hspace=0.15
+    )
     return _save(fig, path)
 
 

@@ -50,10 +50,10 @@ def _packed_layer(name: str, weight: torch.Tensor, sparsity: float, bits: int) -
 def layer_bytes(
     model: nn.Module, space: SearchSpace, *, log: Callable[[str], None] = print
 ) -> dict[str, dict]:
-    """Per layer: ``{"sparsity": [...], "bits": [...], "bytes": [[...]]}``, the bytes the
-    layer's weight adds to the packed file at each (sparsity, bits) of its choices (float
-    layers store every weight as float32, pruned or not). Sparsity levels between the packed
-    points are interpolated linearly."""
+    """Per layer: ``{"sparsity": [...], "bits": [...], "bytes": [[...]], "raw": n}``, the bytes
+    the layer's weight adds to the packed file at each (sparsity, bits) of its choices (float
+    layers store every weight as float32, pruned or not) and as the uncompressed baseline
+    stores it. Sparsity levels between the packed points are interpolated linearly."""
     layers = compressible_layers(model)
     out: dict[str, dict] = {}
     n_packed = 0
@@ -62,7 +62,8 @@ def layer_bytes(
         sp = sorted(set(ch.sparsity))
         bits = sorted(set(ch.bits))
         table = np.zeros((len(sp), len(bits)))
-        raw = 4.0 * w.numel() + len(name) + 40  # float32 array and its header entry
+        prefix = f"{name}." if name else ""
+        raw = len(pack_state({prefix + "weight": w.detach().numpy()})) - len(pack_state({}))
         for j, b in enumerate(bits):
             if b == FLOAT_BITS:
                 table[:, j] = raw
@@ -71,7 +72,7 @@ def layer_bytes(
             got = [_packed_layer(name, w, s, b) for s in pts]
             n_packed += len(pts)
             table[:, j] = np.interp(sp, pts, got)
-        out[name] = {"sparsity": sp, "bits": bits, "bytes": table.tolist()}
+        out[name] = {"sparsity": sp, "bits": bits, "bytes": table.tolist(), "raw": raw}
     log(f"sensitivity: packed {n_packed} (layer, sparsity, bits) points for the size estimate")
     return out
 
@@ -111,7 +112,9 @@ def latency_deltas(
                 entry["sparsity"] = {f"{v:g}": 0.0 for v in sp}
                 break
         for k in sorted(set(ch.keep_ratio)):
-            pruned = model if k == 1.0 else _apply(CompressionPolicy({name: LayerPolicy(keep_ratio=k)}))
+            pruned = (
+                model if k == 1.0 else _apply(CompressionPolicy({name: LayerPolicy(keep_ratio=k)}))
+            )
             for b in sorted(set(ch.bits)):
                 pol = CompressionPolicy({name: LayerPolicy(bits=b, keep_ratio=k)})
                 entry["bits_keep"][f"{b}|{k:g}"] = float(latency_model.predict(pruned, pol)) - base
