@@ -169,9 +169,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
         print(f"  trial {f['trial']} failed: {f['reason'][:200]}")
     print(f"Pareto front ({len(result.front)} points):")
     print(_front_table(result.front))
-    print(
-        f"MLflow: mlflow ui --backend-store-uri {cfg.tracking}  (parent run {result.parent_run_id})"
-    )
+    print(f"MLflow: autocompress ui {args.experiment}  (parent run {result.parent_run_id})")
+    print(f"report: autocompress report {args.experiment}")
     return EXIT_OK
 
 

@@ -91,7 +91,7 @@ def policy_png(policy: Mapping[str, Any], path: Path, *, title: str) -> Path:
     rows = policy_layers(policy)
     n = max(len(rows), 1)
     width = min(max(5.0, 0.6 * n + 2.0), 16.0)
-    fig = _figure(width, 4.2, dpi=80)
+    fig = _figure(width, 4.2, dpi=96)
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2]})
     x = list(range(len(rows)))
     w = 0.4

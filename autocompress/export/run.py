@@ -24,6 +24,7 @@ from ..errors import AutocompressError
 from ..hardware.latency import make_latency_model
 from ..hardware.measure import export_onnx, measure_onnx_latency
 from ..policy import CompressionPolicy
+from ..reporting.figures import log_export_figures
 from ..search.objective import TrialEvaluator
 from ..search.run import prepare
 from ..tracking import Tracker
@@ -257,4 +258,5 @@ def export(cfg: ExperimentConfig, criteria: PickCriteria, *, log=print) -> Expor
         tracker.log_artifacts(run_id, [packed_path, fp32_path, report_md, report_json], "export")
         if deployed != fp32_path:
             tracker.log_artifacts(run_id, [Path(deployed)], "export")
+    log_export_figures(tracker, run_id, result.to_dict(), out)
     return result

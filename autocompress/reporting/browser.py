@@ -2,10 +2,8 @@
 
 No Python dependency and no browser download: it runs the system's ``chromium`` (Debian's
 package) with ``--remote-debugging-pipe`` (requests on fd 3, replies on fd 4, NUL-separated
-JSON), so it can wait for text to appear, click, hover and take screenshots.
-
-:func:`check_mlflow_ui` opens an MLflow UI on a finished search and checks that the experiment,
-the trial runs (nested under the search's run) and the Pareto artifact are visible.
+JSON), so it can wait for text to appear, click, hover and take screenshots. The checks of the
+MLflow UI that use it are in :mod:`.uicheck`.
 """
 
 from __future__ import annotations
@@ -18,11 +16,10 @@ import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Chromium", "UiCheck", "check_mlflow_ui", "find_chromium", "pareto_hover_screenshot"]
+__all__ = ["CHROMIUM_FLAGS", "Chromium", "find_chromium"]
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -206,127 +203,3 @@ class Chromium:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-@dataclass
-class UiCheck:
-    """What was checked in the MLflow UI, and the screenshots taken."""
-
-    checks: dict[str, bool] = field(default_factory=dict)
-    screenshots: list[Path] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return bool(self.checks) and all(self.checks.values())
-
-    def describe(self) -> str:
-        return "\n".join(f"  [{'ok' if v else 'FAIL'}] {k}" for k, v in self.checks.items())
-
-
-_CLOSE_ASSISTANT = """Array.from(document.querySelectorAll('button[aria-label="Close"]')).find(
-  b => { let p = b; for (let i = 0; i < 8 && p; i++) { p = p.parentElement;
-    if (p && p.innerText && p.innerText.startsWith('MLflow Assistant')) return true; }
-    return false; })"""
-
-
-def _expander(run_name: str) -> str:
-    """The expander button in the run-name cell of ``run_name``."""
-    return (
-        f"(() => {{ const a = Array.from(document.querySelectorAll('a')).find("
-        f"a => a.innerText.trim() === {json.dumps(run_name)}); if (!a) return null; "
-        "const cell = a.closest('.ag-cell') || a.parentElement; "
-        "return cell.querySelector('button'); })()"
-    )
-
-
-def _artifact_node(name: str) -> str:
-    """The clickable entry of artifact ``name`` in the run's artifact tree."""
-    sel = json.dumps(f'[data-testid="artifact-tree-node"][artifact-name="{name}"]')
-    return f"(document.querySelector({sel}) || {{}}).parentElement"
-
-
-def check_mlflow_ui(
-    browser: Chromium,
-    base_url: str,
-    *,
-    experiment_id: str,
-    experiment_name: str,
-    parent_run_id: str,
-    trial_names: list[str],
-    out_dir: Path,
-    timeout: float = 60.0,
-) -> UiCheck:
-    """Open the runs table, expand the search's run, then open its Pareto artifacts; record
-    each check and save ``mlflow_runs.png``, ``mlflow_pareto.png`` (and
-    ``mlflow_pareto_html.png``) in ``out_dir``."""
-    from .ui import experiment_url
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    res = UiCheck()
-    parent_name = f"search-{experiment_name}"
-    browser.open(experiment_url(base_url, experiment_id))
-    res.checks[f"experiment {experiment_name!r} and run {parent_name!r} listed"] = (
-        browser.wait_for_text(experiment_name, parent_name, timeout=timeout)
-    )
-    browser.click(_CLOSE_ASSISTANT)
-    shown = trial_names[: min(len(trial_names), 8)]
-    expanded = browser.click(_expander(parent_name)) and browser.wait_for_text(
-        *shown, timeout=timeout
-    )
-    res.checks[f"trial runs {', '.join(shown)} shown nested under {parent_name!r}"] = expanded
-    time.sleep(0.5)
-    res.screenshots.append(browser.screenshot(out_dir / "mlflow_runs.png"))
-
-    base = f"{base_url}/#/experiments/{experiment_id}/runs/{parent_run_id}/artifacts/pareto"
-    browser.open(f"{base}/pareto_front.png?workflowType=machine_learning")
-    listed = browser.wait_for_text(
-        "pareto_front.html", "pareto_front.png", "pareto_front.csv", timeout=timeout
-    )
-    res.checks["Pareto artifacts pareto/pareto_front.{csv,html,png} listed"] = listed
-    img = (  # the viewer shows the fetched artifact as a blob: image
-        "Array.from(document.images).some(i => (i.src.includes('pareto_front.png') || "
-        "i.src.startsWith('blob:')) && i.complete && i.naturalWidth > 300)"
-    )
-    res.checks["Pareto plot image displayed"] = browser.wait_for(img, timeout)
-    browser.click(_CLOSE_ASSISTANT)
-    time.sleep(0.3)
-    res.screenshots.append(browser.screenshot(out_dir / "mlflow_pareto.png"))
-
-    browser.click(
-        _artifact_node("pareto_front.html")
-    )  # the viewer follows clicks, not hash changes
-    frame = "document.querySelector('iframe.mlflow-html-iframe, iframe') !== null"
-    res.checks["interactive Pareto plot (HTML) embedded"] = browser.wait_for(frame, timeout)
-    time.sleep(2.0)  # plotly draws inside the frame
-    browser.click(_CLOSE_ASSISTANT)
-    res.screenshots.append(browser.screenshot(out_dir / "mlflow_pareto_html.png"))
-    return res
-
-
-def pareto_hover_screenshot(
-    browser: Chromium, html_path: Path, png_path: Path, *, trial: int | None = None
-) -> bool:
-    """Open a ``pareto_front.html`` file, hover one Pareto point (``trial``'s, else the
-    middle one) and save the screenshot with its tooltip; True if the tooltip names a trial."""
-    browser.open(Path(html_path).resolve().as_uri())
-    if not browser.wait_for("document.querySelectorAll('.scatterlayer .point').length > 0", 30):
-        return False
-    # trace order per panel: trials, Pareto; hover the first panel's Pareto trace
-    head = json.dumps(f"<b>trial {trial if trial is not None else -1}<")
-    pos = browser.evaluate(
-        f"""(() => {{
-        const gd = document.querySelector('.js-plotly-plot');
-        const tr = gd.data.findIndex(t => t.name === 'Pareto');
-        const texts = gd.data[tr].text;
-        let i = texts.findIndex(t => t.startsWith({head}));
-        if (i < 0) i = Math.floor(texts.length / 2);
-        const traces = document.querySelectorAll('.scatterlayer .trace');
-        const r = traces[tr].querySelectorAll('.point')[i].getBoundingClientRect();
-        return [r.x + r.width / 2, r.y + r.height / 2];
-    }})()"""
-    )
-    browser.hover(pos[0], pos[1])
-    ok = browser.wait_for("document.querySelector('.hoverlayer .hovertext') !== null", 5)
-    browser.screenshot(png_path)
-    return ok

@@ -3,8 +3,9 @@
 - per trial (at its start, so running trials show it too): ``policy_layers.png`` and
   ``policy_layers.html`` next to ``policy.json`` — :func:`log_trial_chart`;
 - per search (at its end, on the parent run): ``pareto/hypervolume.{png,json}``, the metric
-  series ``hypervolume_by_trial`` (step = trial number) and, when a sensitivity table is found,
-  ``sensitivity/sensitivity_heatmap.png`` — :func:`log_search_figures`;
+  series ``hypervolume_by_trial`` (step = trial number) and, when a sensitivity table is found
+  but the sensitivity stage drew no heat map itself, ``sensitivity/sensitivity_heatmap.png`` —
+  :func:`log_search_figures`;
 - per export (under the trial's run): ``export/latency.png``, predicted against measured latency
   — :func:`log_export_figures`.
 
@@ -37,6 +38,7 @@ __all__ = [
 
 TRIAL_CHART = "policy_layers"
 HV_METRIC = "hypervolume_by_trial"
+HEATMAP = "sensitivity_heatmap.png"
 
 
 def _best_effort(what: str, fn: Callable[[], Any], default: Any = None) -> Any:
@@ -96,10 +98,16 @@ def log_trial_chart(tracker, run_id: str, policy: Mapping[str, Any], *, title: s
 
 # -- per search --------------------------------------------------------------------------------
 def _log_metric_series(tracker, run_id: str, key: str, points: list[tuple[int, float]]) -> None:
+    """Log ``(step, value)`` points, skipping those already logged (a resumed search)."""
     from mlflow.entities import Metric
 
+    done = {(m.step, m.value) for m in tracker.client.get_metric_history(run_id, key)}
     now = int(time.time() * 1000)
-    metrics = [Metric(key, float(v), now, int(step)) for step, v in points]
+    metrics = [
+        Metric(key, float(v), now, int(step))
+        for step, v in points
+        if (int(step), float(v)) not in done
+    ]
     for i in range(0, len(metrics), 500):
         tracker.client.log_batch(run_id, metrics=metrics[i : i + 500])
 
@@ -131,17 +139,17 @@ def log_search_figures(
     paths += _best_effort("hypervolume over trials", hv, [])
 
     def heat() -> list[Path]:
-        table = find_sensitivity(out_dir.parent)
-        if table is None:
-            return []
         folder = out_dir.parent / "sensitivity"
-        folder.mkdir(parents=True, exist_ok=True)
+        table = find_sensitivity(out_dir.parent)
+        if table is None or (folder / HEATMAP).is_file():  # none, or the stage logged its own
+            return []
         fig = plots.heatmap_png(
             table.layers,
             table.columns,
             table.values,
-            folder / "sensitivity_heatmap.png",
+            folder / HEATMAP,
             title=f"{title}: per-layer sensitivity",
+            label=table.label,
         )
         tracker.log_artifacts(run_id, [fig], "sensitivity")
         return [fig]

@@ -182,10 +182,11 @@ def render_html(d: ReportData, figures: dict[str, Path]) -> str:
             f"{_img(figures['hypervolume'], 'hypervolume over trials')}</section>"
         )
     if "sensitivity" in figures:
-        src = d.sensitivity.source if d.sensitivity else None
+        src = d.sensitivity.source if d.sensitivity else figures["sensitivity"].name
+        what = d.sensitivity.label if d.sensitivity else "sensitivity"
         parts.append(
-            "<section><h2>Sensitivity</h2><p class='sub'>Validation accuracy change (points) "
-            f"when one layer alone is compressed; from <code>{esc(str(src))}</code>.</p>"
+            f"<section><h2>Sensitivity</h2><p class='sub'>{esc(what.capitalize())} when one "
+            f"layer alone is compressed; from <code>{esc(str(src))}</code>.</p>"
             f"{_img(figures['sensitivity'], 'sensitivity heat map')}</section>"
         )
     else:

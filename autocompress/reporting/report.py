@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,10 +136,18 @@ def _figures(data: ReportData, folder: Path) -> dict[str, Path]:
         figs["hypervolume"] = plots.hypervolume_png(
             data.history, folder / "hypervolume.png", title="hypervolume of the front"
         )
-    if data.sensitivity is not None:
+    drawn = data.output_dir / "sensitivity" / "sensitivity_heatmap.png"  # the stage's own
+    if drawn.is_file():
+        figs["sensitivity"] = Path(shutil.copy(drawn, folder / drawn.name))
+    elif data.sensitivity is not None:
         s = data.sensitivity
         figs["sensitivity"] = plots.heatmap_png(
-            s.layers, s.columns, s.values, folder / "sensitivity_heatmap.png", title="sensitivity"
+            s.layers,
+            s.columns,
+            s.values,
+            folder / "sensitivity_heatmap.png",
+            title="sensitivity",
+            label=s.label,
         )
     exp = data.exported
     if exp and exp.get("measured_latency_ms") is not None:

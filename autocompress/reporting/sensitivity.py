@@ -8,8 +8,11 @@ JSON shapes (the first that fits wins):
 - ``{"rows": [{"layer": ..., "knob": "sparsity", "value": 0.5, "delta": d}, ...]}`` (records;
   ``delta_accuracy`` or ``accuracy_drop`` (sign flipped) also accepted).
 
-Values are accuracy changes as fractions (``-0.02``) or points; they are shown in points.
-Looked for, in order: ``output_dir/sensitivity/*.json``, ``output_dir/cache/sensitivity*.json``.
+Values are accuracy changes as fractions (``-0.02``) or points; they are shown in points. A
+top-level ``"metric"`` other than ``"drop"`` (e.g. ``"loss"``, ``"estimate"``: the sensitivity
+stage's score when accuracy drops were not measured) is kept for the colour-bar label.
+Looked for, in order: ``output_dir/sensitivity/sensitivity.json`` (what the sensitivity stage
+writes), the other ``output_dir/sensitivity/*.json``, ``output_dir/cache/sensitivity*.json``.
 """
 
 from __future__ import annotations
@@ -34,6 +37,14 @@ class SensitivityTable:
     columns: list[str]
     values: list[list[float | None]]
     source: Path | None = None
+    metric: str | None = None
+
+    @property
+    def label(self) -> str:
+        """What the cells are, for a colour bar."""
+        if self.metric in (None, "drop", "accuracy"):
+            return "accuracy change (points)"
+        return f"sensitivity ({self.metric}, negated)"
 
 
 def _label(knob: str, value: Any) -> str:
@@ -93,16 +104,20 @@ def sensitivity_table(data: Any, source: Path | None = None) -> SensitivityTable
     flat = [v for row in cells.values() for v in row.values()]
     scale = 100.0 if flat and max(abs(v) for v in flat) <= 1.0 else 1.0  # fractions -> points
     values = [[None if c not in row else row[c] * scale for c in columns] for row in cells.values()]
-    return SensitivityTable(list(cells), columns, values, source)
+    metric = data.get("metric") if isinstance(data, Mapping) else None
+    return SensitivityTable(list(cells), columns, values, source, metric)
 
 
 def find_sensitivity(output_dir: Path) -> SensitivityTable | None:
     """The first readable sensitivity table under ``output_dir`` (see the module docstring)."""
     output_dir = Path(output_dir)
-    candidates = sorted((output_dir / "sensitivity").glob("*.json")) + sorted(
-        (output_dir / "cache").glob("sensitivity*.json")
-    )
+    folder = output_dir / "sensitivity"
+    first = folder / "sensitivity.json"
+    candidates = [first] + [p for p in sorted(folder.glob("*.json")) if p != first]
+    candidates += sorted((output_dir / "cache").glob("sensitivity*.json"))
     for path in candidates:
+        if not path.is_file():
+            continue
         try:
             table = sensitivity_table(json.loads(path.read_text()), path)
         except (OSError, ValueError):

@@ -1,13 +1,16 @@
 """``autocompress ui``: the MLflow UI on an experiment's tracking backend.
 
 Starts the venv's ``mlflow ui`` (found next to ``sys.executable``) bound to 127.0.0.1 by default,
-with one worker and MLflow's job runner off (it is only needed for GenAI features), waits until
-it answers, prints the URL of the experiment's runs table, and runs until Ctrl-C. With an
-``http(s)://`` tracking URI there is a server already: it only prints the URL.
+with one worker and MLflow's job runner off (only needed for GenAI features), waits until it
+answers, prints the URL of the experiment's runs table and runs until Ctrl-C. The URL opens a
+trade-off view (trials sorted by accuracy, metrics and policy in one line each), stored as an
+MLflow "shared view" experiment tag. With an ``http(s)://`` tracking URI a server exists
+already: it only prints the URL.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -22,7 +25,16 @@ from pathlib import Path
 from ..errors import AutocompressError
 from ..tracking import mask_secrets
 
-__all__ = ["UiServer", "experiment_url", "find_mlflow", "free_port", "serve", "start_ui"]
+__all__ = [
+    "UiServer",
+    "experiment_url",
+    "find_mlflow",
+    "free_port",
+    "runs_view_state",
+    "serve",
+    "set_runs_view",
+    "start_ui",
+]
 
 LOCAL_HOST = "127.0.0.1"
 
@@ -49,12 +61,52 @@ def _browse_host(host: str) -> str:
     return LOCAL_HOST if host in ("0.0.0.0", "::", "") else host
 
 
-def experiment_url(base: str, experiment_id: str | None) -> str:
-    """The runs table of an experiment, in the UI's model-training (not GenAI) view."""
+VIEW_KEY = "autocompress"
+_VIEW_TAG = "mlflow.sharedViewState."
+_DESCRIPTION = "attributes.`Description`"
+
+
+def runs_view_state() -> dict:
+    """An MLflow "shared view" of the runs table made for a search: trials sorted by validation
+    accuracy (not nested under the search's run), their one-line description (metrics and
+    policy) and the ``pareto`` tag as columns."""
+    return {
+        "selectedColumns": [
+            _DESCRIPTION,
+            "tags.`pareto`",
+            "metrics.`val_accuracy`",
+            "metrics.`latency_ms`",
+            "metrics.`size_kb`",
+        ],
+        "columnWidths": {_DESCRIPTION: 560},
+        "orderByKey": "metrics.`val_accuracy`",
+        "orderByAsc": False,
+        "searchFilter": "",
+    }
+
+
+def set_runs_view(tracking_uri: str, experiment_id: str) -> bool:
+    """Store :func:`runs_view_state` as the experiment tag the UI reads for
+    ``?viewStateShareKey=autocompress``; False if the backend refused (e.g. read-only)."""
+    import mlflow
+
+    try:
+        mlflow.MlflowClient(tracking_uri=tracking_uri).set_experiment_tag(
+            experiment_id, _VIEW_TAG + VIEW_KEY, json.dumps(runs_view_state())
+        )
+    except Exception:  # noqa: BLE001 - the plain runs table still works
+        return False
+    return True
+
+
+def experiment_url(base: str, experiment_id: str | None, *, view: bool = False) -> str:
+    """The runs table of an experiment in the UI's model-training (not GenAI) mode; with
+    ``view``, in the trade-off view that :func:`set_runs_view` stored."""
     base = base.rstrip("/")
     if experiment_id is None:
         return f"{base}/#/?workflowType=machine_learning"
-    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    url = f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    return url + (f"&viewStateShareKey={VIEW_KEY}" if view else "")
 
 
 def experiment_id(tracking_uri: str, name: str) -> str | None:
@@ -180,11 +232,11 @@ def serve(
 ) -> int:
     """Start the UI, print its URL, block until Ctrl-C; returns 130 then (0 if the server ends
     by itself)."""
-    if tracking_uri.startswith(("http://", "https://")):
-        exp_id = experiment_id(tracking_uri, experiment)
-        log(f"MLflow server: {experiment_url(mask_secrets(tracking_uri), exp_id)}")
-        return 0
     exp_id = experiment_id(tracking_uri, experiment)
+    view = exp_id is not None and set_runs_view(tracking_uri, exp_id)
+    if tracking_uri.startswith(("http://", "https://")):
+        log(f"MLflow server: {experiment_url(mask_secrets(tracking_uri), exp_id, view=view)}")
+        return 0
     log(f"starting the MLflow UI on {mask_secrets(tracking_uri)} ...")
     server = start_ui(
         tracking_uri,
@@ -195,7 +247,9 @@ def serve(
         executable=executable,
     )
     try:
-        log(f"MLflow UI: {experiment_url(server.url, exp_id)}")
+        log(f"MLflow UI: {experiment_url(server.url, exp_id, view=view)}")
+        if view:
+            log(f"  (all runs, nested: {experiment_url(server.url, exp_id)})")
         if exp_id is None:
             log(f"(no experiment {experiment!r} there yet: run 'autocompress search' first)")
         if host != LOCAL_HOST:
@@ -203,7 +257,9 @@ def serve(
             log("Ctrl-C to stop")
         else:
             log("Ctrl-C to stop")
-        server.process.wait()
+        while server.process.poll() is None:
+            time.sleep(0.5)  # not a blocking wait(): Ctrl-C must get through at once
+        log(f"the MLflow UI stopped by itself (exit code {server.process.returncode})")
         return 0
     except KeyboardInterrupt:
         log("stopping the MLflow UI")

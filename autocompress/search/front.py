@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..config import ExperimentConfig
 from ..plots import pareto_html, pareto_png
+from ..reporting.figures import trial_description
 from ..tracking import Tracker
 from .pareto import hypervolume, to_minimization
 from .study import StudyInfo, front_rows, trial_rows
@@ -57,7 +58,11 @@ def write_front(
     for r in rows:
         r["pareto"] = r["trial"] in on_front
         if r["mlflow_run_id"]:
-            tracker.set_tags(r["mlflow_run_id"], {"pareto": str(r["pareto"]).lower()})
+            note = trial_description(r["policy"] or {}, r, pareto=r["pareto"])
+            tracker.set_tags(
+                r["mlflow_run_id"],
+                {"pareto": str(r["pareto"]).lower(), "mlflow.note.content": note},
+            )
     out = cfg.output_dir / "pareto"
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "pareto_front.csv"

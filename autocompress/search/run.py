@@ -25,6 +25,7 @@ from ..config import ExperimentConfig
 from ..data import DataBundle, load_data
 from ..errors import AutocompressError, ConfigError
 from ..hardware.latency import make_latency_model
+from ..reporting.figures import log_search_figures, search_description
 from ..search_space import SearchSpace, load_search_space
 from ..tracking import Tracker, mask_secrets
 from .front import front_hypervolume, write_front
@@ -189,6 +190,17 @@ def search(
         if not worker:
             front, paths = write_front(info, cfg, tracker, parent, baseline)
             hv = front_hypervolume(front, info.objectives, info.directions, baseline)
+            paths += log_search_figures(
+                tracker, parent, info, baseline, cfg.output_dir / "pareto", title=cfg.name
+            )
+            note = search_description(
+                cfg.name,
+                n_complete=info.count(TrialState.COMPLETE),
+                n_failed=info.count(TrialState.FAIL),
+                front_size=len(front),
+                hypervolume=hv,
+            )
+            tracker.set_tags(parent, {"mlflow.note.content": note})
             tracker.log_search_metrics(
                 parent,
                 {

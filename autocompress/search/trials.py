@@ -15,6 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..config import ExperimentConfig
 from ..metrics import OBJECTIVES
+from ..reporting.figures import log_trial_chart, trial_description
 from ..search_space import SearchSpace
 from ..tracking import Tracker
 from .objective import TrialEvaluator, suggest_policy
@@ -127,6 +128,9 @@ def run_trials(
             parent, trial.number, params, policy.to_dict(), policy.summary()
         )
         trial.set_user_attr("mlflow_run_id", run_id)
+        log_trial_chart(
+            tracker, run_id, policy.to_dict(), title=f"trial {trial.number}: {policy.summary()}"
+        )
         try:
             metrics = evaluator(policy, seed=cfg.search.seed + trial.number)
             values = [metrics.value(o) for o in info.objectives]
@@ -147,7 +151,10 @@ def run_trials(
             run_id,
             "FINISHED",
             metrics=metrics.to_dict(),
-            tags={"feasible": str(all(c <= 0 for c in cons)).lower()},
+            tags={
+                "feasible": str(all(c <= 0 for c in cons)).lower(),
+                "mlflow.note.content": trial_description(policy.to_dict(), metrics.to_dict()),
+            },
         )
         return values
 
