@@ -41,12 +41,17 @@ __all__ = [
 
 
 def profile(
-    cfg: ExperimentConfig, *, force: bool = False, log: Callable[[str], None] = print
+    cfg: ExperimentConfig,
+    *,
+    force: bool = False,
+    target=None,
+    log: Callable[[str], None] = print,
 ) -> TableLatencyModel:
     """Build (or load from the cache) the latency table of the experiment's measured target.
 
     Latency does not depend on the weights, so the model is built untrained (no baseline
-    training); the table is the one a search of the same config then loads.
+    training); the table is the one a search of the same config then loads. ``target``
+    overrides the named preset (same key, e.g. a larger profiling budget).
     """
     from ..data import load_data
     from ..errors import ConfigError
@@ -55,7 +60,7 @@ def profile(
     from .latency import load_or_profile
     from .targets import MeasuredTarget
 
-    target = load_target(cfg.latency.target)
+    target = target or load_target(cfg.latency.target)
     if not isinstance(target, MeasuredTarget):
         raise ConfigError(
             f"latency target {target.name!r} is {target.kind}: nothing to measure "
@@ -71,4 +76,4 @@ def profile(
     ).eval()
     space = load_search_space(cfg.search_space).resolve(model)
     example = data.example_input(cfg.latency.batch_size)
-    return load_or_profile(cfg, model, space, example, force=force, log=log)
+    return load_or_profile(cfg, model, space, example, force=force, target=target, log=log)

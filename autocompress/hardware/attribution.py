@@ -83,23 +83,30 @@ class Block:
 
 
 def attribute(nodes: list[NodeTime], aliases: dict[str, list[list[str]]]) -> list[Block]:
-    """Blocks in execution order; raises ModelError if a layer has no compute node."""
+    """Blocks in execution order; raises ModelError if a layer has no compute node.
+
+    A compute node goes to the layer with the longest alias that starts its name (then the
+    shallowest); layers left without a node take the remaining compute nodes in order when
+    their numbers agree.
+    """
     compute = [i for i, n in enumerate(nodes) if is_compute(n.op_type)]
+    best: dict[int, tuple[tuple[int, int], str]] = {}
+    for layer, levels in aliases.items():
+        for level, names in enumerate(levels):
+            for alias in names:
+                for i in compute:
+                    score = (len(alias), -level)
+                    if _matches(nodes[i].name, alias) and (i not in best or score > best[i][0]):
+                        best[i] = (score, layer)
     owner: dict[int, str] = {}
-    depth = max((len(v) for v in aliases.values()), default=0)
-    for level in range(depth):
-        for layer, levels in aliases.items():
-            if layer in owner.values() or level >= len(levels):
-                continue
-            hits = [
-                i
-                for i in compute
-                if i not in owner and any(_matches(nodes[i].name, a) for a in levels[level])
-            ]
-            if len(hits) == 1:
-                owner[hits[0]] = layer
+    for i, (_, layer) in sorted(best.items(), key=lambda kv: kv[1][0], reverse=True):
+        if layer not in owner.values():
+            owner[i] = layer
     missing = [layer for layer in aliases if layer not in owner.values()]
-    if missing:
+    free = [i for i in compute if i not in owner]
+    if missing and len(free) == len(missing):
+        owner.update(zip(free, missing, strict=True))
+    elif missing:
         raise ModelError(
             f"profile attribution: no ONNX Runtime node found for layer(s) {', '.join(missing)}"
         )

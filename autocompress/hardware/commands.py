@@ -4,7 +4,8 @@
 ``{command name: handler(args) -> exit code}``; ``experiment_parser(sub, name, help)`` makes a
 parser that already takes the experiment file and ``--set`` overrides.
 
-- ``autocompress latency profile EXP.yaml [--force]``: build (or load) the latency table;
+- ``autocompress latency profile EXP.yaml [--force] [--max-configs N] [--max-seconds S]``:
+  build (or load) the latency table (a larger budget than the preset's for big models);
 - ``autocompress latency validate EXP.yaml --samples K [--seed S] [--json] [--no-track]``;
 - ``autocompress latency targets``: the shipped target presets.
 """
@@ -26,15 +27,21 @@ def _load(args: argparse.Namespace):
 
 def _profile(args: argparse.Namespace) -> int:
     from . import profile
+    from .latency import describe_fit
+    from .targets import MeasuredTarget, load_target
 
     cfg = _load(args)
-    result = profile(cfg, force=args.force)
-    fit = result.table.meta.get("fit", {})
-    print(
-        f"latency table for {cfg.name} on {result.name}: {fit.get('configs')} configurations, "
-        f"in-sample {fit.get('within_10pct', 0):.0%} within ±10 %, "
-        f"MAPE {fit.get('mape', 0):.1%}; stored in {result.path}"
-    )
+    target = load_target(cfg.latency.target)
+    budget = {
+        k: v
+        for k, v in (("max_configs", args.max_configs), ("max_seconds", args.max_seconds))
+        if v is not None
+    }
+    if budget and isinstance(target, MeasuredTarget):
+        target = target.model_copy(update={"profile": target.profile.model_copy(update=budget)})
+    result = profile(cfg, force=args.force, target=target)
+    print(f"latency table for {cfg.name} on {result.name}: {describe_fit(result.table)}")
+    print(f"stored in {result.path}")
     return 0
 
 
@@ -71,6 +78,8 @@ def add_commands(sub, experiment_parser: Callable) -> dict[str, Callable]:
     lsub = parser.add_subparsers(dest="latency_command", metavar="SUBCOMMAND", required=True)
     p = experiment_parser(lsub, "profile", "measure and store the latency table of the target")
     p.add_argument("--force", action="store_true", help="profile again even if cached")
+    p.add_argument("--max-configs", type=int, help="configurations to measure at most")
+    p.add_argument("--max-seconds", type=float, help="time budget of the profile")
     p = experiment_parser(
         lsub, "validate", "compare predicted with measured latency of random policies"
     )

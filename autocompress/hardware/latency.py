@@ -20,7 +20,7 @@ from torch import nn
 from ..policy import FLOAT_BITS, CompressionPolicy, compressible_layers
 from .layers import channels, precisions
 from .table import LatencyTable
-from .targets import AnalyticTarget, MeasuredTarget, available_targets, load_target
+from .targets import AnalyticTarget, MeasuredTarget, Runtime, available_targets, load_target
 
 if TYPE_CHECKING:
     from ..config import ExperimentConfig
@@ -97,14 +97,36 @@ class TableLatencyModel:
     precision from the policy (< 32 bits = INT8), looked up in the profiled table. Unstructured
     sparsity and sub-8-bit weights get no credit (the CPU kernels give none)."""
 
-    def __init__(self, name: str, table: LatencyTable, path: Path | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        table: LatencyTable,
+        path: Path | None = None,
+        runtime: Runtime | None = None,
+    ) -> None:
         self.name = name
         self.table = table
         self.path = path
+        self.runtime = runtime or Runtime()
+        self.threads = self.runtime.threads  # what measurements of this target must use
 
     def predict(self, model: nn.Module, policy: CompressionPolicy) -> float:
         chans = channels(model)
         return self.table.predict_ms(chans, precisions(policy, chans))
+
+
+def describe_fit(table: LatencyTable) -> str:
+    """One line on how well the table fits its own measurements (cross-validated)."""
+    fit = table.meta.get("fit", {})
+    head = f"{fit.get('configs', 0)} configurations"
+    if "seconds" in table.meta:
+        head += f" profiled in {table.meta['seconds']:.0f} s"
+    if "cv_within_10pct" in fit:
+        return (
+            f"{head}, cross-validated {fit['cv_within_10pct']:.0%} within ±10 %, "
+            f"MAPE {fit['cv_mape']:.1%}"
+        )
+    return f"{head}, in-sample {fit.get('within_10pct', 0):.0%} within ±10 %"
 
 
 def _cache_path(cfg: ExperimentConfig, target: str, key: str) -> Path:
@@ -118,12 +140,14 @@ def load_or_profile(
     example: torch.Tensor,
     *,
     force: bool = False,
+    target: MeasuredTarget | None = None,
     log: Callable[[str], None] = print,
 ) -> TableLatencyModel:
-    """The measured target's table from ``output_dir/cache``, or profiled now and stored."""
+    """The measured target's table from ``output_dir/cache``, or profiled now and stored
+    (``target`` overrides the preset ``cfg.latency.target`` names, e.g. a larger budget)."""
     from .profiler import profile_model, table_key
 
-    target = load_target(cfg.latency.target)
+    target = target or load_target(cfg.latency.target)
     if not isinstance(target, MeasuredTarget):
         raise ValueError(f"latency target {target.name!r} is not measured")
     key = table_key(model, space, example, target, cfg.compression.round_to)
@@ -131,8 +155,8 @@ def load_or_profile(
     if path.is_file() and not force:
         try:
             table = LatencyTable.load(path)
-            log(f"latency table: cached {path.name} ({table.meta.get('fit', {})})")
-            return TableLatencyModel(target.name, table, path)
+            log(f"latency table: cached {path.name}: {describe_fit(table)}")
+            return TableLatencyModel(target.name, table, path, target.runtime)
         except (ValueError, KeyError, TypeError) as exc:
             log(f"latency table: {path.name} unreadable ({exc}): profiling again")
     table = profile_model(
@@ -146,12 +170,8 @@ def load_or_profile(
     )
     table.meta["key"] = key
     table.save(path)
-    fit = table.meta["fit"]
-    log(
-        f"latency table: {fit['configs']} configurations in {table.meta['seconds']:.0f} s, "
-        f"in-sample {fit['within_10pct']:.0%} within ±10 %, MAPE {fit['mape']:.1%} -> {path}"
-    )
-    return TableLatencyModel(target.name, table, path)
+    log(f"latency table: {describe_fit(table)} -> {path}")
+    return TableLatencyModel(target.name, table, path, target.runtime)
 
 
 def make_latency_model(

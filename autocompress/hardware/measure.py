@@ -30,12 +30,15 @@ __all__ = [
     "make_session",
     "measure_onnx_latency",
     "measure_torch_model_latency",
+    "measure_passes",
     "measurement_lock",
     "profile_onnx_nodes",
+    "random_feed",
     "time_session",
 ]
 
 _LOCK_PATH = Path(tempfile.gettempdir()) / "autocompress-measure.lock"
+_HELD = {"depth": 0}
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> Path:
@@ -59,9 +62,17 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> Pa
 
 @contextlib.contextmanager
 def measurement_lock(timeout: float = 3600.0) -> Iterator[None]:
-    """Hold the machine-wide measurement lock (an ``flock`` on a file in the temp folder)."""
+    """Hold the machine-wide measurement lock (an ``flock`` on a file in the temp folder);
+    re-entrant within a process."""
     import fcntl
 
+    if _HELD["depth"]:
+        _HELD["depth"] += 1
+        try:
+            yield
+        finally:
+            _HELD["depth"] -= 1
+        return
     with open(_LOCK_PATH, "a+") as fh:
         deadline = time.monotonic() + timeout
         while True:
@@ -72,9 +83,11 @@ def measurement_lock(timeout: float = 3600.0) -> Iterator[None]:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"measurement lock {_LOCK_PATH} held too long") from None
                 time.sleep(0.2)
+        _HELD["depth"] = 1
         try:
             yield
         finally:
+            _HELD["depth"] = 0
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
@@ -117,9 +130,13 @@ def make_session(path: str | Path, *, threads: int = 2, profile_prefix: str | No
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
+def random_feed(input_shape: tuple[int, ...], name: str = "input") -> dict[str, np.ndarray]:
+    """The input every latency measurement uses: seeded standard-normal values."""
+    return {name: np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)}
+
+
 def _input(sess, input_shape: tuple[int, ...]) -> dict[str, np.ndarray]:
-    x = np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)
-    return {sess.get_inputs()[0].name: x}
+    return random_feed(input_shape, sess.get_inputs()[0].name)
 
 
 def time_session(
@@ -130,24 +147,76 @@ def time_session(
     repeats: int = 50,
     rounds: int = 5,
     tolerance: float = 0.03,
+    round_seconds: float | None = None,
 ) -> float:
     """Milliseconds per run: median of ``repeats`` runs after ``warmup``, repeated in rounds
     until the two lowest round medians agree within ``tolerance`` (at most ``rounds``); the lower
-    one is returned (interference from other processes only ever adds time)."""
+    one is returned (interference from other processes only ever adds time). With
+    ``round_seconds``, a round has fewer runs when they would take longer (at least 5)."""
+    t0 = time.perf_counter()
     for _ in range(warmup):
         sess.run(None, feed)
+    if round_seconds is not None and warmup:
+        per_run = (time.perf_counter() - t0) / warmup
+        repeats = max(5, min(repeats, int(round_seconds / max(per_run, 1e-6))))
     medians: list[float] = []
     for _ in range(max(rounds, 1)):
         times = []
         for _ in range(repeats):
-            t0 = time.perf_counter()
+            t1 = time.perf_counter()
             sess.run(None, feed)
-            times.append((time.perf_counter() - t0) * 1e3)
+            times.append((time.perf_counter() - t1) * 1e3)
         medians.append(statistics.median(times))
         low = sorted(medians)[:2]
         if len(low) == 2 and low[1] <= low[0] * (1 + tolerance):
             break
     return min(medians)
+
+
+def measure_passes(
+    paths: list[Path],
+    feed: dict[str, np.ndarray],
+    *,
+    threads: int,
+    passes: int = 3,
+    deadline: float | None = None,
+    min_passes: int = 2,
+    agree: float = 0.05,
+    retries: int = 3,
+    **timing,
+) -> list[float]:
+    """End-to-end milliseconds of several ONNX models, each timed once per pass and passes
+    separated in time (every model once before any model again); the minimum over the passes
+    is kept, so a burst of load from other processes spoils at most one of them. Models whose
+    two best passes differ by more than ``agree`` are timed again (at most ``retries`` more
+    passes over them). Passes after ``min_passes`` stop at ``deadline`` (``perf_counter``)."""
+    times: list[list[float]] = [[] for _ in paths]
+
+    def one_pass(which: list[int]) -> None:
+        for i in which:
+            sess = make_session(paths[i], threads=threads)
+            with measurement_lock():
+                times[i].append(time_session(sess, feed, **timing))
+
+    everyone = list(range(len(paths)))
+    for k in range(max(passes, 1)):
+        if k >= min_passes and deadline is not None and time.perf_counter() > deadline:
+            break
+        one_pass(everyone)
+    for _ in range(retries):
+        noisy = [i for i, t in enumerate(times) if _spread(t) > agree]
+        if not noisy:
+            break
+        one_pass(noisy)
+    return [min(t) for t in times]
+
+
+def _spread(values: list[float]) -> float:
+    """Relative gap between the two lowest values (0 with fewer than two)."""
+    if len(values) < 2:
+        return 0.0
+    low = sorted(values)[:2]
+    return (low[1] - low[0]) / low[0]
 
 
 def measure_onnx_latency(

@@ -18,7 +18,7 @@ import platform
 import random
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -28,16 +28,16 @@ from ..policy import FLOAT_BITS, CompressionPolicy, LayerPolicy, compressible_la
 from ..search_space import SearchSpace
 from .measure import (
     cpu_busy_fraction,
-    make_session,
+    measure_passes,
     measurement_lock,
     onnx_fingerprint_env,
     profile_onnx_nodes,
-    time_session,
+    random_feed,
 )
 from .table import TABLE_VERSION, LatencyTable, fit_table
 from .targets import MeasuredTarget
 
-__all__ = ["design_policies", "machine_fingerprint", "measure_config", "profile_model"]
+__all__ = ["design_policies", "machine_fingerprint", "profile_model", "table_key"]
 
 
 def machine_fingerprint() -> dict[str, str]:
@@ -79,29 +79,24 @@ def _choices(space: SearchSpace, layers: list[str]) -> dict[str, tuple[list[floa
     return out
 
 
+def _int8_share(space: SearchSpace, name: str) -> float:
+    ch = space.layers.get(name)
+    if ch is None:
+        return 0.0
+    return sum(b != FLOAT_BITS for b in ch.bits) / len(ch.bits)
+
+
 def design_policies(
-    space: SearchSpace, layers: list[str], *, n_random: int, seed: int = 0
-) -> list[CompressionPolicy]:
-    """The profiling design (see the module docstring); the first policy is the baseline."""
+    space: SearchSpace, layers: list[str], *, seed: int = 0
+) -> Iterator[CompressionPolicy]:
+    """The profiling design (see the module docstring): the baseline, the covering design, then
+    random configurations without end (drawn like the search draws policies)."""
     choices = _choices(space, layers)
     n_keep = max(len(k) for k, _ in choices.values())
     mixed = any(len(p) > 1 for _, p in choices.values())
-    designs: list[dict[str, tuple[int, int]]] = []  # layer -> (keep index, precision index)
-    designs.append({n: (0, 0) for n in layers})
-    for q in range(2 if mixed else 1):
-        for i in range(n_keep * n_keep):
-            a, b = i % n_keep, i // n_keep
-            designs.append({n: ((a, b)[j % 2], (j + q) % 2) for j, n in enumerate(layers)})
-    if mixed:
-        for prec in (0, 1):
-            for a in range(n_keep):
-                designs.append({n: (a, prec) for n in layers})
-    rng = random.Random(seed)
-    for _ in range(n_random):
-        designs.append({n: (rng.randrange(n_keep), rng.randrange(2)) for n in layers})
-    policies, seen = [], set()
-    for d in designs:
-        pol = CompressionPolicy(
+
+    def build(d: dict[str, tuple[int, int]]) -> CompressionPolicy:
+        return CompressionPolicy(
             {
                 n: LayerPolicy(
                     keep_ratio=choices[n][0][k % len(choices[n][0])],
@@ -110,43 +105,59 @@ def design_policies(
                 for n, (k, p) in d.items()
             }
         )
-        if pol not in seen:
-            seen.add(pol)
-            policies.append(pol)
-    return policies
+
+    yield build({n: (0, 0) for n in layers})
+    for q in range(2 if mixed else 1):
+        for i in range(n_keep * n_keep):
+            a, b = i % n_keep, i // n_keep
+            yield build({n: ((a, b)[j % 2], (j + q) % 2) for j, n in enumerate(layers)})
+    if mixed:
+        for prec in (0, 1):
+            for a in range(n_keep):
+                yield build({n: (a, prec) for n in layers})
+    # random configurations drawn as the search draws them: uniform over each layer's choices,
+    # so a layer with bits [2..8, 32] is INT8 in 6 of 7 draws
+    p_int8 = {n: _int8_share(space, n) for n in layers}
+    rng = random.Random(seed)
+    while True:
+        yield build(
+            {n: (rng.randrange(len(choices[n][0])), int(rng.random() < p_int8[n])) for n in layers}
+        )
 
 
-def measure_config(
-    model: nn.Module, example: torch.Tensor, target: MeasuredTarget, int8_layers, tmp: Path
-) -> dict:
-    """Export a plain model as deployed; its profiled blocks and its end-to-end latency."""
+def _profile_config(
+    model: nn.Module, example: torch.Tensor, target: MeasuredTarget, int8_layers, path: Path
+) -> list[list]:
+    """Export a plain model as deployed to ``path``; its profiled blocks."""
     import onnx
 
     from .attribution import attribute, layer_aliases
     from .deploy import export_deployed
 
-    path = export_deployed(model, example, tmp / "config.onnx", int8_layers=int8_layers)
-    rt = target.runtime
-    shape = tuple(example.shape)
+    export_deployed(model, example, path, int8_layers=int8_layers)
     with measurement_lock():
-        busy = cpu_busy_fraction(0.05)
-        nodes = profile_onnx_nodes(path, shape, threads=rt.threads, runs=target.profile.runs)
-        sess = make_session(path, threads=rt.threads)
-        feed = {sess.get_inputs()[0].name: example.detach().numpy().astype("float32")}
-        wall = time_session(
-            sess,
-            feed,
-            warmup=rt.warmup,
-            repeats=rt.repeats,
-            rounds=rt.rounds,
-            tolerance=rt.tolerance,
+        nodes = profile_onnx_nodes(
+            path, tuple(example.shape), threads=target.runtime.threads, runs=target.profile.runs
         )
     blocks = attribute(nodes, layer_aliases(onnx.load(str(path)), model))
-    return {
-        "wall_ms": wall,
-        "busy": round(busy, 3),
-        "blocks": [[b.layer, b.compute_us, b.glue_us, b.glue_nodes] for b in blocks],
-    }
+    return [[b.layer, b.compute_us, b.glue_us, b.glue_nodes] for b in blocks]
+
+
+def _probe_channels(
+    model: nn.Module, space: SearchSpace, example: torch.Tensor, round_to: int
+) -> list:
+    """Channel counts two design policies produce (how pruning couples layers is part of what
+    the table is valid for)."""
+    from ..compress.apply import apply_policy
+    from .layers import channels
+
+    layers = list(compressible_layers(model))
+    design = design_policies(space, layers)
+    probes = [next(design) for _ in range(3)][1:]
+    return [
+        sorted(channels(apply_policy(model, p, example=example, round_to=round_to)).items())
+        for p in probes
+    ]
 
 
 def table_key(
@@ -156,7 +167,8 @@ def table_key(
     target: MeasuredTarget,
     round_to: int,
 ) -> str:
-    """Cache key: target settings, machine, architecture, input shape, the space's choices."""
+    """Cache key: target settings, machine, architecture, input shape, the space's choices and
+    the channel counts pruning gives for two probe policies."""
     layers = list(compressible_layers(model))
     payload = {
         "version": TABLE_VERSION,
@@ -166,6 +178,7 @@ def table_key(
         "input": list(example.shape),
         "choices": {n: list(map(list, c)) for n, c in _choices(space, layers).items()},
         "round_to": round_to,
+        "probes": _probe_channels(model, space, example, round_to),
     }
     text = json.dumps(payload, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -182,49 +195,86 @@ def profile_model(
     log: Callable[[str], None] = print,
     seed: int = 0,
 ) -> LatencyTable:
-    """Measure the design on ``target`` and fit the latency table (no caching here)."""
+    """Measure configurations on ``target`` within its budget and fit the table (no cache).
+
+    Phase 1 exports configurations (the covering design first, then random ones) until
+    ``max_configs`` or 65 % of ``max_seconds`` (but at least ``min_configs``), and profiles the
+    design and every ``profile_every``-th random one; phase 2 times every exported model end
+    to end in ``passes`` passes (at least two).
+    """
     from ..compress.apply import apply_policy, materialize
-    from .layers import channels, layer_geometry
+    from .deploy import export_deployed
+    from .layers import channels
 
     t0 = time.perf_counter()
+    budget = target.profile
     model = model.eval()
     layers = list(compressible_layers(model))
-    policies = design_policies(space, layers, n_random=target.profile.random_configs, seed=seed)
-    n_design = len(policies) - target.profile.random_configs
     busy = cpu_busy_fraction(0.5)
-    if busy > 0.25:
-        log(f"latency profile: the CPU is {busy:.0%} busy with other work: timings will be noisy")
+    if busy > 0.3:
+        log(f"latency profile: other processes keep the CPU {busy:.0%} busy: timings may be noisy")
     log(
-        f"latency profile: {len(policies)} configurations of {len(layers)} layers on "
-        f"{target.name} ({target.runtime.threads} threads)"
+        f"latency profile: {target.name} ({target.runtime.threads} thread(s)), {len(layers)} "
+        f"layers, up to {budget.max_configs} configurations in ~{budget.max_seconds:.0f} s"
     )
-    records = []
+    records, paths, seen = [], [], set()
+    repeated = 0
+    n_keep = max(len(space.layers[n].keep_ratio) if n in space.layers else 1 for n in layers)
+    n_design = 1 + 2 * n_keep * n_keep + 2 * n_keep  # baseline, covering, uniform precision
     with tempfile.TemporaryDirectory() as tmp:
-        for i, policy in enumerate(policies):
-            late = time.perf_counter() - t0 > target.profile.max_seconds
-            if i >= n_design and late and len(records) >= n_design:
-                log(f"latency profile: time budget reached after {i} configurations")
+        for policy in design_policies(space, layers, seed=seed):
+            elapsed = time.perf_counter() - t0
+            full = len(records) >= budget.max_configs or repeated >= 50
+            late = elapsed > 0.65 * budget.max_seconds and len(records) >= budget.min_configs
+            if full or late:
                 break
             compressed = apply_policy(
                 model, policy, example=example, round_to=round_to, importance=importance
             )
             plain, bits = materialize(compressed)
-            rec = measure_config(plain, example, target, list(bits), Path(tmp))
-            rec["channels"] = {n: list(c) for n, c in channels(plain).items()}
-            rec["precision"] = {n: ("int8" if n in bits else "fp32") for n in layers}
+            chans = channels(plain)
+            signature = (tuple(sorted(chans.items())), tuple(sorted(bits)))
+            if signature in seen:  # coupled layers: another policy gave the same deployed model
+                repeated += 1
+                continue
+            seen.add(signature)
+            repeated = 0
+            path = Path(tmp) / f"config-{len(records)}.onnx"
+            rec = {
+                "channels": {n: list(c) for n, c in chans.items()},
+                "precision": {n: ("int8" if n in bits else "fp32") for n in layers},
+            }
+            if len(records) < n_design or len(records) % budget.profile_every == 0:
+                rec["blocks"] = _profile_config(plain, example, target, list(bits), path)
+            else:  # timed end to end only: it informs the calibration, not the profile prior
+                export_deployed(plain, example, path, int8_layers=list(bits))
             records.append(rec)
-            if (i + 1) % 10 == 0 or i + 1 == len(policies):
-                log(
-                    f"latency profile: {i + 1}/{len(policies)} configurations, "
-                    f"{time.perf_counter() - t0:.0f} s"
-                )
-    geometry = layer_geometry(model, example)
-    table = fit_table(records, geometry, layers)
+            paths.append(path)
+            if len(records) % 50 == 0:
+                log(f"latency profile: {len(records)} configurations profiled, {elapsed:.0f} s")
+        log(
+            f"latency profile: timing {len(records)} configurations end to end "
+            f"({target.runtime.passes} passes), {time.perf_counter() - t0:.0f} s"
+        )
+        feed = random_feed(tuple(example.shape))
+        walls = measure_passes(
+            paths,
+            feed,
+            threads=target.runtime.threads,
+            passes=target.runtime.passes,
+            deadline=t0 + budget.max_seconds,
+            **target.runtime.timing(),
+        )
+    for rec, wall in zip(records, walls, strict=True):
+        rec["wall_ms"] = round(wall, 6)
+    table = fit_table(records, layers, ridge=budget.ridge)
     table.meta.update(
         {
             "target": target.name,
+            "threads": target.runtime.threads,
             "machine": machine_fingerprint(),
             "input": list(example.shape),
+            "cpu_busy_at_start": round(busy, 3),
             "seconds": round(time.perf_counter() - t0, 1),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }

@@ -1,17 +1,30 @@
-"""The latency table of a measured target and the predictor built on it.
+"""The latency table of a measured target, fitted from profiled configurations.
 
-Per layer and precision, a grid over (in channels, out channels) of the layer's compute-node
-time profiled inside whole-model runs (cells the design did not visit are filled by a bilinear
-least-squares surface; the grid is made monotone, and queries between grid points are
-interpolated bilinearly). Per layer and precision context (its own and the next layer's), the
-glue after it (activations, pooling, Quantize/DequantizeLinear, layout changes) as a line in its
-output channels, plus the glue's node count. A last linear calibration maps these profiled sums
-to end-to-end latency measured without the profiler (whose per-node overhead inflates tiny
-nodes), fitted on the same configurations with non-negative weights.
+The table is per layer, in microseconds of end-to-end latency:
+
+- ``compute[layer][precision]``: a grid over (in channels, out channels), bilinear in between
+  and linearly extended outside, made monotone (more channels never cost less);
+- ``glue[layer]["<precision>><next layer's precision>"]``: ``[a, b]``, the cost ``a + b * out
+  channels`` of what runs after the layer up to the next one (activations, pooling,
+  Quantize/DequantizeLinear, layout changes: boundaries between FP32 and INT8 regions cost);
+- ``head[first layer's precision]`` and ``const``: what runs before the first layer and the
+  per-run overhead.
+
+It is fitted in two steps. (1) A prior from the in-graph profile: each cell of a compute grid is
+the median profiled time of the layer's node in whole-model runs (cells never visited are filled
+by a bilinear least-squares surface), glue is a line fitted to the profiled glue nodes; a linear
+calibration with non-negative weights maps the profiled sums to the end-to-end latency measured
+without the profiler (whose per-node overhead inflates tiny nodes). (2) A ridge regression of the
+remaining relative error of every configuration (profiled or only timed end to end) onto its
+cells and glue contexts (shrunk to the prior where few configurations inform a cell), folded back
+into the table. Measured cells need not be monotone (e.g. channel counts that suit the kernels'
+vector width run faster); the table is projected onto monotone grids all the same, so that the
+search never sees removing channels as a slow-down (it costs ~2 points of accuracy here).
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 from collections import defaultdict
@@ -20,16 +33,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .layers import LayerGeometry
-
 __all__ = ["TABLE_VERSION", "LatencyTable", "fit_table"]
 
-TABLE_VERSION = 1
-_FEATURES = ("const", "compute_fp32", "compute_int8", "glue_us", "glue_nodes", "boundaries")
+TABLE_VERSION = 2
+_PRIOR = ("const", "compute_fp32", "compute_int8", "glue_us", "glue_nodes", "boundaries")
 
 
 @dataclass
-class _Grid:
+class Grid:
     """Monotone grid of microseconds over (cin, cout), bilinear in between."""
 
     cin: list[int]
@@ -39,14 +50,36 @@ class _Grid:
     def __call__(self, cin: float, cout: float) -> float:
         return max(_bilinear(self.cin, self.cout, np.asarray(self.us), cin, cout), 0.0)
 
+    def add(self, cin: int, cout: int, delta: float) -> None:
+        self.ensure(cin, cout)
+        self.us[self.cin.index(cin)][self.cout.index(cout)] += delta
+
+    def ensure(self, cin: int, cout: int) -> None:
+        """Put ``cin``/``cout`` on the axes (new rows/columns interpolated)."""
+        if cin not in self.cin:
+            axis = sorted([*self.cin, cin])
+            self.us = [[self(ci, co) for co in self.cout] for ci in axis]
+            self.cin = axis
+        if cout not in self.cout:
+            axis = sorted([*self.cout, cout])
+            self.us = [[self(ci, co) for co in axis] for ci in self.cin]
+            self.cout = axis
+
+    def make_monotone(self) -> None:
+        """Project onto grids non-decreasing in both axes: the mean of the smallest monotone
+        grid above the values and the largest one below them."""
+        arr = np.maximum(np.asarray(self.us, float), 0.0)
+        upper = np.maximum.accumulate(np.maximum.accumulate(arr, axis=0), axis=1)
+        flipped = np.minimum.accumulate(np.minimum.accumulate(arr[::-1, ::-1], axis=0), axis=1)
+        self.us = ((upper + flipped[::-1, ::-1]) / 2).round(3).tolist()
+
 
 def _interp_weights(axis: list[int], x: float) -> tuple[int, int, float]:
     if len(axis) == 1:
         return 0, 0, 0.0
     j = int(np.searchsorted(axis, x, side="right")) - 1
     j = min(max(j, 0), len(axis) - 2)
-    t = (x - axis[j]) / (axis[j + 1] - axis[j])
-    return j, j + 1, float(t)
+    return j, j + 1, float((x - axis[j]) / (axis[j + 1] - axis[j]))
 
 
 def _bilinear(xs: list[int], ys: list[int], grid: np.ndarray, x: float, y: float) -> float:
@@ -57,7 +90,7 @@ def _bilinear(xs: list[int], ys: list[int], grid: np.ndarray, x: float, y: float
     return float(top * (1 - tx) + bottom * tx)
 
 
-def _grid_from_points(points: dict[tuple[int, int], list[float]]) -> _Grid:
+def _grid_from_points(points: dict[tuple[int, int], list[float]]) -> Grid:
     cins = sorted({c for c, _ in points})
     couts = sorted({c for _, c in points})
     grid = np.full((len(cins), len(couts)), np.nan)
@@ -72,8 +105,9 @@ def _grid_from_points(points: dict[tuple[int, int], list[float]]) -> _Grid:
         for i, j in zip(*np.where(np.isnan(grid)), strict=True):
             row = np.array([1.0, cins[i], couts[j], cins[i] * couts[j]])[:cols]
             grid[i, j] = max(float(row @ coef), 0.0)
-    grid = np.maximum.accumulate(np.maximum.accumulate(grid, axis=0), axis=1)
-    return _Grid(cins, couts, grid.round(3).tolist())
+    out = Grid(cins, couts, grid.tolist())
+    out.make_monotone()
+    return out
 
 
 def _line(xs: list[float], ys: list[float]) -> tuple[float, float]:
@@ -87,63 +121,66 @@ def _line(xs: list[float], ys: list[float]) -> tuple[float, float]:
     return float(a), float(b)
 
 
-def _nnls_free_intercept(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Least squares with a free first coefficient and the others >= 0 (exhaustive over the
+def _nnls_free_intercept(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted least squares, free first coefficient, the others >= 0 (exhaustive over the
     active sets: there are only a handful of features)."""
     k = x.shape[1]
+    xw, yw = x * w[:, None], y * w
     best, best_err = np.zeros(k), np.inf
     for r in range(k):
         for subset in itertools.combinations(range(1, k), r):
             cols = [0, *subset]
-            coef = np.linalg.lstsq(x[:, cols], y, rcond=None)[0]
+            coef = np.linalg.lstsq(xw[:, cols], yw, rcond=None)[0]
             if (coef[1:] < 0).any():
                 continue
-            err = float(np.sum((x[:, cols] @ coef - y) ** 2))
+            err = float(np.sum((xw[:, cols] @ coef - yw) ** 2))
             if err < best_err:
                 best, best_err = np.zeros(k), err
                 best[cols] = coef
     return best
 
 
+def _context(prec: dict[str, str], order: list[str], i: int) -> str:
+    nxt = prec[order[i + 1]] if i + 1 < len(order) else "end"
+    return f"{prec[order[i]]}>{nxt}"
+
+
 @dataclass
 class LatencyTable:
-    """Everything the predictor needs, JSON round-trippable."""
+    """Per-layer latency table (see the module docstring); JSON round-trippable."""
 
     order: list[str]
-    compute: dict[str, dict[str, _Grid]]
-    glue: dict[str, dict[str, list[float]]]  # layer -> "p>next" -> [a, b, nodes]
-    head: dict[str, list[float]]  # first layer's precision -> [us, nodes]
-    calibration: list[float]
+    compute: dict[str, dict[str, Grid]]
+    glue: dict[str, dict[str, list[float]]]
+    head: dict[str, float]
+    const: float = 0.0
     records: list[dict] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
 
-    # -- prediction -------------------------------------------------------------------------
-    def features(self, chans: dict[str, tuple[int, int]], prec: dict[str, str]) -> np.ndarray:
-        f = dict.fromkeys(_FEATURES, 0.0)
-        f["const"] = 1.0
-        first = prec[self.order[0]]
-        f["glue_us"], f["glue_nodes"] = self.head.get(first, [0.0, 0.0])
-        for i, name in enumerate(self.order):
-            p = prec[name]
-            nxt = prec[self.order[i + 1]] if i + 1 < len(self.order) else "end"
-            cin, cout = chans[name]
-            f[f"compute_{p}"] += self.compute[name][p](cin, cout)
-            a, b, nodes = self._glue(name, p, nxt)
-            f["glue_us"] += a + b * cout
-            f["glue_nodes"] += nodes
-            f["boundaries"] += float(nxt not in (p, "end"))
-        return np.array([f[k] for k in _FEATURES])
-
-    def _glue(self, name: str, p: str, nxt: str) -> list[float]:
-        options = self.glue[name]
-        key = f"{p}>{nxt}"
+    def _glue(self, name: str, key: str) -> list[float]:
+        options = self.glue.get(name, {})
         if key in options:
             return options[key]
-        same = [v for k, v in options.items() if k.startswith(f"{p}>")]
-        return same[0] if same else next(iter(options.values()))
+        same = [v for k, v in options.items() if k.split(">")[0] == key.split(">")[0]]
+        return same[0] if same else next(iter(options.values()), [0.0, 0.0])
+
+    def _compute(self, name: str, p: str) -> Grid | None:
+        grids = self.compute.get(name, {})
+        return grids.get(p) or next(iter(grids.values()), None)
+
+    def predict_us(self, chans: dict[str, tuple[int, int]], prec: dict[str, str]) -> float:
+        first = prec.get(self.order[0], "fp32") if self.order else "fp32"
+        total = self.const + self.head.get(first, 0.0)
+        for i, name in enumerate(self.order):
+            cin, cout = chans[name]
+            grid = self._compute(name, prec[name])
+            total += grid(cin, cout) if grid is not None else 0.0
+            a, b = self._glue(name, _context(prec, self.order, i))
+            total += a + b * cout
+        return max(total, 0.0)
 
     def predict_ms(self, chans: dict[str, tuple[int, int]], prec: dict[str, str]) -> float:
-        return max(float(self.features(chans, prec) @ np.asarray(self.calibration)), 0.0) / 1e3
+        return self.predict_us(chans, prec) / 1e3
 
     # -- (de)serialisation ------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -151,12 +188,12 @@ class LatencyTable:
             "version": TABLE_VERSION,
             "meta": self.meta,
             "order": self.order,
+            "const": self.const,
+            "head": self.head,
             "compute": {
                 n: {p: g.__dict__ for p, g in grids.items()} for n, grids in self.compute.items()
             },
             "glue": self.glue,
-            "head": self.head,
-            "calibration": dict(zip(_FEATURES, self.calibration, strict=True)),
             "records": self.records,
         }
 
@@ -167,11 +204,11 @@ class LatencyTable:
         return cls(
             order=list(d["order"]),
             compute={
-                n: {p: _Grid(**g) for p, g in grids.items()} for n, grids in d["compute"].items()
+                n: {p: Grid(**g) for p, g in grids.items()} for n, grids in d["compute"].items()
             },
             glue=d["glue"],
             head=d["head"],
-            calibration=[float(d["calibration"][k]) for k in _FEATURES],
+            const=float(d["const"]),
             records=d.get("records", []),
             meta=d.get("meta", {}),
         )
@@ -188,21 +225,25 @@ class LatencyTable:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
+def _chans(record: dict) -> dict[str, tuple[int, int]]:
+    return {n: (int(c[0]), int(c[1])) for n, c in record["channels"].items()}
+
+
 def _exec_order(records: list[dict]) -> list[str]:
+    """The most common order of the layers' blocks in the profiles."""
     orders: dict[tuple, int] = defaultdict(int)
     for r in records:
         orders[tuple(b[0] for b in r["blocks"] if b[0] is not None)] += 1
     return list(max(orders, key=orders.__getitem__))
 
 
-def fit_table(
-    records: list[dict], geometry: dict[str, LayerGeometry], layers: list[str]
-) -> LatencyTable:
-    """Fit the table from profiled configuration records (see :mod:`.profiler`)."""
+def _prior(records: list[dict], layers: list[str]) -> LatencyTable:
+    """Step 1: the profiled table and its calibration to end-to-end latency."""
     compute_pts: dict[tuple[str, str], dict] = defaultdict(lambda: defaultdict(list))
-    glue_pts: dict[tuple[str, str], list[tuple[int, float, int]]] = defaultdict(list)
-    head_pts: dict[str, list[tuple[float, int]]] = defaultdict(list)
-    for r in records:
+    glue_pts: dict[tuple[str, str], list[tuple[int, float, float]]] = defaultdict(list)
+    head_pts: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    profiled = [r for r in records if r.get("blocks")]
+    for r in profiled:
         prec, chans, blocks = r["precision"], r["channels"], r["blocks"]
         for i, (layer, comp_us, glue_us, glue_n) in enumerate(blocks):
             nxt_layer = blocks[i + 1][0] if i + 1 < len(blocks) else None
@@ -213,36 +254,159 @@ def fit_table(
             cin, cout = chans[layer]
             compute_pts[(layer, prec[layer])][(cin, cout)].append(comp_us)
             glue_pts[(layer, f"{prec[layer]}>{nxt}")].append((cout, glue_us, glue_n))
-    compute: dict[str, dict[str, _Grid]] = defaultdict(dict)
+    grids: dict[str, dict[str, Grid]] = defaultdict(dict)
     for (layer, p), pts in compute_pts.items():
-        compute[layer][p] = _grid_from_points(pts)
-    for layer in layers:  # a precision never profiled for a layer borrows the other one
-        for p, q in (("fp32", "int8"), ("int8", "fp32")):
-            if p not in compute[layer] and q in compute[layer]:
-                compute[layer][p] = compute[layer][q]
-    glue: dict[str, dict[str, list[float]]] = defaultdict(dict)
+        grids[layer][p] = _grid_from_points(pts)
+    glue_raw: dict[str, dict[str, tuple[float, float, float]]] = defaultdict(dict)
     for (layer, key), pts in glue_pts.items():
         a, b = _line([c for c, _, _ in pts], [g for _, g, _ in pts])
-        glue[layer][key] = [a, b, float(np.median([n for *_, n in pts]))]
-    head = {
-        p: [float(np.median([u for u, _ in v])), float(np.median([n for _, n in v]))]
+        glue_raw[layer][key] = (a, b, float(np.median([n for *_, n in pts])))
+    head_raw = {
+        p: (float(np.median([u for u, _ in v])), float(np.median([n for _, n in v])))
         for p, v in head_pts.items()
     }
-    table = LatencyTable(_exec_order(records), dict(compute), dict(glue), head, [0.0] * 6)
-    x = np.array([table.features(_chans(r), r["precision"]) for r in records])
+    order = _exec_order(profiled)
+    for r in records:  # a precision only timed end to end starts from the profiled one
+        for name in order:
+            p = r["precision"][name]
+            if p not in grids[name]:
+                grids[name][p] = copy.deepcopy(next(iter(grids[name].values())))
+
+    def features(r: dict) -> np.ndarray:
+        prec, chans = r["precision"], _chans(r)
+        f = dict.fromkeys(_PRIOR, 0.0)
+        f["const"] = 1.0
+        f["glue_us"], f["glue_nodes"] = head_raw.get(prec[order[0]], (0.0, 0.0))
+        for i, name in enumerate(order):
+            p, key = prec[name], _context(prec, order, i)
+            grid = grids[name].get(p) or next(iter(grids[name].values()))
+            f[f"compute_{p}"] += grid(*chans[name])
+            a, b, n = glue_raw[name].get(key) or next(iter(glue_raw[name].values()))
+            f["glue_us"] += a + b * chans[name][1]
+            f["glue_nodes"] += n
+            f["boundaries"] += float(key.split(">")[1] not in (p, "end"))
+        return np.array([f[k] for k in _PRIOR])
+
+    x = np.array([features(r) for r in records])
     y = np.array([r["wall_ms"] * 1e3 for r in records])
-    table.calibration = _nnls_free_intercept(x, y).round(6).tolist()
-    pred = x @ np.asarray(table.calibration)
-    err = np.abs(pred - y) / y
-    table.records = records
-    table.meta["fit"] = {
-        "configs": len(records),
-        "within_10pct": round(float(np.mean(err <= 0.10)), 4),
-        "mape": round(float(np.mean(err)), 4),
+    c = dict(zip(_PRIOR, _nnls_free_intercept(x, y, 1.0 / y), strict=True))
+    for layer in grids:
+        for p, grid in grids[layer].items():
+            grid.us = (np.asarray(grid.us) * c[f"compute_{p}"]).tolist()
+    glue = {
+        layer: {
+            key: [
+                c["glue_us"] * a
+                + c["glue_nodes"] * n
+                + c["boundaries"] * float(key.split(">")[1] not in (key.split(">")[0], "end")),
+                c["glue_us"] * b,
+            ]
+            for key, (a, b, n) in opts.items()
+        }
+        for layer, opts in glue_raw.items()
     }
-    table.meta["geometry"] = {n: g.__dict__ for n, g in geometry.items()}
+    head = {p: c["glue_us"] * u + c["glue_nodes"] * n for p, (u, n) in head_raw.items()}
+    table = LatencyTable(order, dict(grids), glue, head, const=c["const"])
+    table.meta["calibration"] = {k: round(float(v), 6) for k, v in c.items()}
     return table
 
 
-def _chans(record: dict) -> dict[str, tuple[int, int]]:
-    return {n: (int(c[0]), int(c[1])) for n, c in record["channels"].items()}
+def _keys(r: dict, order: list[str]) -> list[tuple]:
+    prec, chans = r["precision"], _chans(r)
+    out = []
+    for i, name in enumerate(order):
+        out.append(("cell", name, prec[name], *chans[name]))
+        out.append(("glue", name, _context(prec, order, i)))
+    return out
+
+
+def _refine(table: LatencyTable, records: list[dict], ridge: float) -> None:
+    """Step 2: ridge regression of the relative residuals onto cells and glue contexts."""
+    keys = sorted({k for r in records for k in _keys(r, table.order)}, key=str)
+    index = {k: i for i, k in enumerate(keys)}
+    x = np.zeros((len(records), len(keys)))
+    for row, r in enumerate(records):
+        for k in _keys(r, table.order):
+            x[row, index[k]] = 1.0
+    y = np.array([r["wall_ms"] * 1e3 for r in records])
+    base = np.array([table.predict_us(_chans(r), r["precision"]) for r in records])
+    w = 1.0 / y
+    a = x * w[:, None]
+    penalty = ridge * float(np.mean(w**2)) * np.eye(len(keys))
+    delta = np.linalg.solve(a.T @ a + penalty, a.T @ ((y - base) * w))
+    for k, d in zip(keys, delta, strict=True):
+        if k[0] == "cell":
+            _, name, p, cin, cout = k
+            table.compute[name][p].add(cin, cout, float(d))
+        else:
+            options = table.glue.setdefault(k[1], {})
+            options.setdefault(k[2], list(table._glue(k[1], k[2])))[0] += float(d)
+    for grids in table.compute.values():
+        for grid in grids.values():
+            grid.make_monotone()
+
+
+def _score(table: LatencyTable, records: list[dict]) -> tuple[float, float]:
+    y = np.array([r["wall_ms"] for r in records])
+    p = np.array([table.predict_ms(_chans(r), r["precision"]) for r in records])
+    err = np.abs(p - y) / y
+    return float(np.mean(err <= 0.10)), float(np.mean(err))
+
+
+def _fit(records: list[dict], layers: list[str], ridge: float) -> LatencyTable:
+    table = _prior(records, layers)
+    if ridge > 0:
+        _refine(table, records, ridge)
+    return table
+
+
+def _cross_validate(
+    records: list[dict], layers: list[str], ridge: float, folds: int
+) -> tuple[float, float]:
+    idx = np.random.default_rng(0).permutation(len(records))
+    hits, errs = [], []
+    for k in range(folds):
+        test = set(idx[k::folds].tolist())
+        sub = _fit([r for i, r in enumerate(records) if i not in test], layers, ridge)
+        for i in test:
+            r = records[i]
+            e = abs(sub.predict_ms(_chans(r), r["precision"]) - r["wall_ms"]) / r["wall_ms"]
+            hits.append(e <= 0.10)
+            errs.append(e)
+    return float(np.mean(hits)), float(np.mean(errs))
+
+
+RIDGES = (0.0, 3.0, 10.0, 30.0, 100.0)
+
+
+def fit_table(
+    records: list[dict], layers: list[str], *, ridge: float | None = None, folds: int = 5
+) -> LatencyTable:
+    """Fit the table from profiled configuration records (see :mod:`.profiler`).
+
+    ``ridge`` is the shrinkage of step 2 (0: the calibrated profile alone); ``None`` picks it
+    from :data:`RIDGES` by ``folds``-fold cross-validation (lowest MAPE). ``meta["fit"]`` holds
+    the in-sample and cross-validated accuracy of the chosen fit.
+    """
+    can_cv = folds > 1 and len(records) >= 5 * folds
+    scores: dict[float, tuple[float, float]] = {}
+    if can_cv:
+        for r in RIDGES if ridge is None else (ridge,):
+            scores[r] = _cross_validate(records, layers, r, folds)
+        ridge = min(scores, key=lambda r: scores[r][1])
+    elif ridge is None:
+        ridge = 0.0
+    table = _fit(records, layers, ridge)
+    within, mape = _score(table, records)
+    fit = {
+        "configs": len(records),
+        "ridge": ridge,
+        "within_10pct": round(within, 4),
+        "mape": round(mape, 4),
+    }
+    if can_cv:
+        fit["cv_within_10pct"] = round(scores[ridge][0], 4)
+        fit["cv_mape"] = round(scores[ridge][1], 4)
+    table.meta["fit"] = fit
+    table.records = records
+    return table

@@ -41,17 +41,35 @@ class Credit(_Strict):
 
 
 class Runtime(_Strict):
-    threads: int = Field(2, ge=1)
+    """How one model is timed (see :func:`~autocompress.hardware.measure.time_session`)."""
+
+    threads: int = Field(1, ge=1)
     warmup: int = Field(20, ge=0)
     repeats: int = Field(100, ge=1)
     rounds: int = Field(6, ge=1)
     tolerance: float = Field(0.02, gt=0)
+    round_seconds: float = Field(0.05, gt=0)
+    passes: int = Field(3, ge=1)
+
+    def timing(self) -> dict:
+        return {
+            "warmup": self.warmup,
+            "repeats": self.repeats,
+            "rounds": self.rounds,
+            "tolerance": self.tolerance,
+            "round_seconds": self.round_seconds,
+        }
 
 
 class ProfileSettings(_Strict):
-    runs: int = Field(60, ge=1)
-    random_configs: int = Field(24, ge=0)
-    max_seconds: float = Field(80.0, gt=0)
+    """The profiler's budget: configurations measured and the time to stop adding more."""
+
+    runs: int = Field(20, ge=1)
+    profile_every: int = Field(3, ge=1)
+    min_configs: int = Field(40, ge=1)
+    max_configs: int = Field(320, ge=1)
+    max_seconds: float = Field(85.0, gt=0)
+    ridge: float | None = Field(None, ge=0, description="None: chosen by cross-validation")
 
 
 class MeasuredTarget(_Strict):
@@ -64,7 +82,7 @@ class MeasuredTarget(_Strict):
 
     def digest(self) -> str:
         """Hash of what changes measurements (not the profiling budget)."""
-        payload = json.dumps({"runtime": self.runtime.model_dump()}, sort_keys=True)
+        payload = json.dumps({"threads": self.runtime.threads}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 

@@ -1,1 +1,43 @@
-"""sensitivity (work in progress)."""
+"""Per-layer sensitivity analysis that shapes and warm-starts the search (issue #3).
+
+- :func:`analyze`: every layer of the search space compressed alone at each level, no
+  fine-tune, scored on a fixed validation subset (cached), plus a cheap estimator (Hessian trace
+  or Fisher) and its rank agreement with the sweep;
+- :func:`shape_space`: per layer, the choices within a tolerance of single-layer drop;
+- :func:`warm_start` / :func:`proxy_front`: knapsack allocations under size or latency
+  budgets, and the two-stage search's proxy front (predicted drop as accuracy objective);
+- :class:`SensitivityStage`: the four calls a search makes.
+"""
+
+from .allocate import Candidate, knapsack, proxy_front, spread, warm_start
+from .analysis import analyze, cache_key, check_additivity, make_proxy, real_costs, size_error
+from .proxy import PolicyCodec, ProxyModel
+from .settings import SensitivitySettings, settings_for
+from .shaping import describe_shaping, shape_space, shaping_report
+from .stage import SensitivityStage
+from .table import LevelResult, SensitivityTable, spearman
+
+__all__ = [
+    "Candidate",
+    "LevelResult",
+    "PolicyCodec",
+    "ProxyModel",
+    "SensitivitySettings",
+    "SensitivityStage",
+    "SensitivityTable",
+    "analyze",
+    "cache_key",
+    "check_additivity",
+    "describe_shaping",
+    "knapsack",
+    "make_proxy",
+    "proxy_front",
+    "real_costs",
+    "settings_for",
+    "shape_space",
+    "shaping_report",
+    "size_error",
+    "spearman",
+    "spread",
+    "warm_start",
+]

@@ -111,7 +111,7 @@ def latency_deltas(
             if s == sp[-1] and abs(d) < 1e-12:
                 entry["sparsity"] = {f"{v:g}": 0.0 for v in sp}
                 break
-        for k in sorted(set(ch.keep_ratio)):
+        for k in sorted(set(ch.keep_ratio) | {1.0}):
             pruned = (
                 model if k == 1.0 else _apply(CompressionPolicy({name: LayerPolicy(keep_ratio=k)}))
             )

@@ -89,7 +89,10 @@ def hessian_traces(
                 totals[j] += float((h * v).sum())
         chunks += 1
     denom = max(chunks * samples, 1)
-    return {n: float(totals[j]) / denom / p.numel() for j, (n, p) in enumerate(zip(names, params))}
+    return {
+        n: float(totals[j]) / denom / p.numel()
+        for j, (n, p) in enumerate(zip(names, params, strict=True))
+    }
 
 
 def fisher_diagonals(

@@ -8,8 +8,10 @@ tables, vectorised over thousands of policies (no model is compressed).
   plus the change in other float state (BatchNorm, biases);
 - latency: the latency model's baseline plus the per-layer deltas.
 
-Channel removal of layers coupled in one group (e.g. a residual stream) is decided by the group's
-first layer in module order that asks for it; the proxy applies the same rule.
+Channel removal follows the compressor's rule, read off the measured shapes: layers are pruned in
+module order and a layer is skipped when its pruning group overlaps one already pruned (the
+structure record says whether groups are the layers whose output channels change, or every layer
+the removal touches, consumers included).
 """
 
 from __future__ import annotations
@@ -75,21 +77,21 @@ class PolicyCodec:
         return row
 
 
-def _groups(structure: dict, layers: list[str]) -> dict[str, list[str]]:
-    """Layers coupled with each layer for channel removal (from the measured shapes), in
-    module order."""
-    order = {n: i for i, n in enumerate(structure.get("numel", layers))}
-    out = {}
-    for name, levels in structure.get("keep", {}).items():
-        members = {name}
-        for rec in levels.values():
-            members |= set(rec.get("out_changed", []))
-        out[name] = sorted(members, key=lambda n: order.get(n, 0))
-    return out
+def _skip_sets(structure: dict, name: str, value: float) -> set[str]:
+    rec = structure.get("keep", {}).get(name, {}).get(f"{value:g}")
+    if rec is None:
+        return {name}
+    if structure.get("skip_rule") == "touched":
+        return {name, *rec["numel"]}
+    return {name, *rec["out_changed"]}
 
 
 class ProxyModel:
-    """Vectorised predicted drop / size / latency of policies of one space."""
+    """Vectorised predicted drop / size / latency of policies of one space.
+
+    Per layer, keep-ratio arrays have one extra last entry: "no channel removed" (used when
+    the compressor skips the layer's removal, or for keep 1.0).
+    """
 
     def __init__(
         self,
@@ -105,70 +107,75 @@ class ProxyModel:
         self.base_bytes = float(base_bytes)
         self.latency = latency
         st = table.structure
-        n_layers = len(self.codec.layers)
         names = self.codec.layers
-        self._drop: list[list[np.ndarray]] = []
+        col = {n: j for j, n in enumerate(names)}
+        self._drop: list[list[np.ndarray]] = []  # per layer: drops of s, b, k (+ identity)
         self._bytes: list[np.ndarray] = []  # per layer: bytes at (sparsity, bits), full size
         self._raw: list[float] = []  # per layer: bytes as the baseline stores it
-        self._ratio: list[list[np.ndarray]] = []  # per layer, per keep index: ratio per layer
-        self._other: list[np.ndarray] = []  # per layer, per keep index: extra float bytes
+        self._ratio: list[np.ndarray] = []  # per layer: (keep + identity, layers) weight ratios
+        self._other: list[np.ndarray] = []  # per layer: extra float bytes per keep (+ identity)
+        self._skip: list[np.ndarray] = []  # per layer: (keep + identity, layers) group masks
         self._lat_s: list[np.ndarray] = []
-        self._lat_bk: list[np.ndarray] = []
-        groups = _groups(st, names)
-        self._earlier: list[list[int]] = []
+        self._lat_bk: list[np.ndarray] = []  # (bits, keep + identity)
         for i, name in enumerate(names):
             s, b, k = self.codec.choices(i)
+            kk = (*k, 1.0)
             self._drop.append(
                 [
                     np.array([max(table.score(name, d, v, metric), 0.0) for v in vals])
-                    for d, vals in (("sparsity", s), ("bits", b), ("keep_ratio", k))
+                    for d, vals in (("sparsity", s), ("bits", b), ("keep_ratio", kk))
                 ]
             )
             nb = st["bytes"][name]
-            grid = np.asarray(nb["bytes"])
             si = [nb["sparsity"].index(v) for v in s]
             bi = [nb["bits"].index(v) for v in b]
-            self._bytes.append(grid[np.ix_(si, bi)])
+            self._bytes.append(np.asarray(nb["bytes"])[np.ix_(si, bi)])
             self._raw.append(float(nb["raw"]))
-            ratios, other = [], []
-            for kv in k:
-                r = np.ones(n_layers)
-                extra = 0.0
+            ratio = np.ones((len(kk), len(names)))
+            other = np.zeros(len(kk))
+            skip = np.zeros((len(kk), len(names)), dtype=bool)
+            for m, kv in enumerate(kk):
                 rec = st.get("keep", {}).get(name, {}).get(f"{kv:g}")
-                if rec is not None:
-                    for j, n2 in enumerate(names):
-                        if n2 in rec["numel"]:
-                            r[j] = rec["numel"][n2] / st["numel"][n2]
-                    extra = 4.0 * (rec["other_floats"] - st["other_floats"])
-                ratios.append(r)
-                other.append(extra)
-            self._ratio.append(ratios)
-            self._other.append(np.asarray(other))
-            members = groups.get(name, [name])
-            self._earlier.append(
-                [names.index(m) for m in members[: members.index(name)] if m in names]
-            )
+                if kv >= 1.0 or rec is None:
+                    continue
+                for n2, numel in rec["numel"].items():
+                    if n2 in col:
+                        ratio[m, col[n2]] = numel / st["numel"][n2]
+                other[m] = 4.0 * (rec["other_floats"] - st["other_floats"])
+                for n2 in _skip_sets(st, name, kv):
+                    if n2 in col:
+                        skip[m, col[n2]] = True
+            self._ratio.append(ratio)
+            self._other.append(other)
+            self._skip.append(skip)
             if latency is not None:
                 le = latency[name]
                 self._lat_s.append(np.array([le["sparsity"].get(f"{v:g}", 0.0) for v in s]))
                 self._lat_bk.append(
-                    np.array([[le["bits_keep"][f"{bv}|{kv:g}"] for kv in k] for bv in b])
+                    np.array([[le["bits_keep"][f"{bv}|{kv:g}"] for kv in kk] for bv in b])
                 )
 
-    def _effective_keep(self, rows: np.ndarray) -> np.ndarray:
-        """Keep indices after the group rule (a layer's removal is ignored when an earlier
-        coupled layer already removes channels)."""
-        keep = rows[:, 2::3].copy()
-        for i, earlier in enumerate(self._earlier):
-            for j in earlier:
-                keep[rows[:, 3 * j + 2] > 0, i] = 0
-        return keep
+    def effective_keep(self, rows: np.ndarray) -> np.ndarray:
+        """Per row and layer, the keep index the compressor really applies (the identity
+        index ``len(keep choices)`` where it removes nothing)."""
+        n = len(rows)
+        eff = np.zeros((n, len(self.codec.layers)), dtype=int)
+        done = np.zeros((n, len(self.codec.layers)), dtype=bool)
+        for i in range(len(self.codec.layers)):
+            k = rows[:, 3 * i + 2]
+            ident = len(self.codec.choices(i)[2])
+            prunes = self._skip[i][k].any(axis=1)  # keep < 1 and known
+            clash = np.any(done & self._skip[i][k], axis=1)
+            apply = prunes & ~clash
+            eff[:, i] = np.where(apply, k, ident)
+            done |= np.where(apply[:, None], self._skip[i][k], False)
+        return eff
 
     def evaluate(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """``{"drop", "size" (bytes), "latency" (ms or NaN)}`` for each row."""
         rows = np.atleast_2d(rows)
         n = len(rows)
-        keep = self._effective_keep(rows)
+        keep = self.effective_keep(rows)
         drop = np.zeros(n)
         log_ratio = np.zeros((n, len(self.codec.layers)))
         other = np.zeros(n)
@@ -176,8 +183,7 @@ class ProxyModel:
         for i in range(len(self.codec.layers)):
             ds, db, dk = self._drop[i]
             drop += ds[rows[:, 3 * i]] + db[rows[:, 3 * i + 1]] + dk[keep[:, i]]
-            ratios = np.stack(self._ratio[i])  # (keep levels, layers)
-            log_ratio += np.log(ratios[keep[:, i]])
+            log_ratio += np.log(self._ratio[i][keep[:, i]])
             other += self._other[i][keep[:, i]]
             if self.latency is not None:
                 latency += self._lat_s[i][rows[:, 3 * i]]
@@ -188,3 +194,29 @@ class ProxyModel:
             full = self._bytes[i][rows[:, 3 * i], rows[:, 3 * i + 1]]
             size += full * frac[:, i] - self._raw[i]
         return {"drop": drop, "size": size, "latency": latency}
+
+    def separable(self, kind: str) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+        """Per layer: every (sparsity, bits, keep) index triple, its cost counted as if layers
+        were independent (``size``: own bytes after its own channel removal plus the change in
+        other float state, relative to the baseline; ``latency``: the latency delta) and its
+        summed sensitivity. The knapsack works on these."""
+        if kind == "latency" and self.latency is None:
+            raise ValueError("latency costs need the latency deltas of a latency model")
+        combos, costs, values = [], [], []
+        for i in range(len(self.codec.layers)):
+            ns, nb, nk = self.codec.sizes[3 * i : 3 * i + 3]
+            grid = np.meshgrid(np.arange(ns), np.arange(nb), np.arange(nk), indexing="ij")
+            s, b, k = (g.ravel() for g in grid)
+            ds, db, dk = self._drop[i]
+            values.append(ds[s] + db[b] + dk[k])
+            if kind == "size":
+                own = self._ratio[i][:, i]
+                costs.append(self._bytes[i][s, b] * own[k] + self._other[i][k] - self._raw[i])
+            else:
+                costs.append(self._lat_s[i][s] + self._lat_bk[i][b, k])
+            combos.append(np.stack([s, b, k], axis=1))
+        return combos, costs, values
+
+    def base(self, kind: str) -> float:
+        """The baseline's cost that :meth:`separable` costs are relative to."""
+        return self.base_bytes if kind == "size" else float(self.latency["base"])

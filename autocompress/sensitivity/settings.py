@@ -26,8 +26,9 @@ class SensitivitySettings:
 
     enabled: bool = True
     method: Literal["sweep", "hessian", "fisher"] = "sweep"
-    estimator: Literal["hessian", "fisher"] | None = "hessian"
+    estimator: Literal["hessian", "fisher"] | None = "fisher"
     images: int = 1000
+    bn_batches: int = 2
     max_points: int | None = None
     estimator_images: int = 256
     estimator_samples: int = 16
@@ -52,6 +53,8 @@ class SensitivitySettings:
             problems.append(f"estimator {self.estimator!r}: allowed {', '.join(ESTIMATORS)}")
         if self.images < 10:
             problems.append(f"images {self.images}: at least 10")
+        if self.bn_batches < 0:
+            problems.append(f"bn_batches {self.bn_batches}: at least 0 (0 = no re-estimation)")
         if self.max_points is not None and self.max_points < 2:
             problems.append(f"max_points {self.max_points}: at least 2 (or null for all)")
         if self.estimator_images < 1 or self.estimator_samples < 1:
@@ -83,7 +86,7 @@ class SensitivitySettings:
 
     def cache_fields(self) -> dict[str, Any]:
         """The settings that change what the table holds (part of its cache key)."""
-        keep = ("method", "estimator", "images", "max_points", "seed")
+        keep = ("method", "estimator", "images", "bn_batches", "max_points", "seed")
         est = ("estimator_images", "estimator_samples")
         d = {k: getattr(self, k) for k in keep}
         if self.method != "sweep" or self.estimator is not None:

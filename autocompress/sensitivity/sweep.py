@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -24,7 +24,16 @@ from ..compress.apply import CompressWeight, apply_policy
 from ..compress.quantization import ActFakeQuant
 from ..policy import CompressionPolicy, LayerPolicy, compressible_layers
 from ..search_space import SearchSpace
-from .table import IDENTITY, LevelResult, harsh_order
+from .batchnorm import (
+    BNState,
+    batch_statistics,
+    batchnorms,
+    batchnorms_after,
+    corrected_statistics,
+    train_mode,
+)
+from .replay import ModuleTrace, call_order
+from .table import IDENTITY, LevelResult, harsh_order, interpolate_levels
 
 __all__ = ["SweepData", "levels_of", "model_structure", "run_sweep"]
 
@@ -33,12 +42,14 @@ _TRACE_BUDGET = 256 * 2**20  # bytes of recorded module outputs per batch
 
 @dataclass
 class SweepData:
-    """The fixed inputs of a sweep: validation subset, calibration batches, example input."""
+    """The fixed inputs of a sweep: validation subset, activation-calibration batches, example
+    input, and the batches BatchNorm statistics are re-estimated on (none: no re-estimation)."""
 
     x: torch.Tensor
     y: torch.Tensor
     calib: list[torch.Tensor]
     example: torch.Tensor
+    bn: list[torch.Tensor] = field(default_factory=list)
 
 
 def levels_of(space: SearchSpace) -> list[tuple[str, str, float]]:
@@ -75,72 +86,6 @@ def model_structure(model: nn.Module) -> dict:
     """Weight elements and output channels per compressible layer, other float elements."""
     numel, out, other = _weight_floats(model)
     return {"numel": numel, "out": out, "other_floats": other, "keep": {}}
-
-
-class _Trace:
-    """Records the outputs of every leaf module of a forward pass (by module name, in call
-    order) and replays them: a wrapped model in ``replay`` mode returns the recorded output for
-    its first ``cut`` leaf calls instead of computing them. Recorded outputs are cloned (in-place
-    ops may change them later in the recorded pass); replayed ones are handed out as they are
-    unless a pass was seen to modify them in place (``dirty``), after which they are cloned."""
-
-    def __init__(self) -> None:
-        self.entries: list[tuple[str, torch.Tensor]] = []
-        self.versions: list[int] = []
-        self.mode, self.cut, self.pos, self.copy = "off", 0, 0, False
-        self._wrapped: list[nn.Module] = []
-
-    def wrap(self, model: nn.Module) -> None:
-        for name, m in model.named_modules():
-            if next(m.children(), None) is None:
-                m.forward = self._wrap(name, m.forward)
-                self._wrapped.append(m)
-
-    def unwrap(self) -> None:
-        for m in self._wrapped:
-            m.__dict__.pop("forward", None)
-        self._wrapped = []
-
-    def _wrap(self, name: str, orig: Callable) -> Callable:
-        def forward(*args, **kwargs):
-            if self.mode == "record":
-                out = orig(*args, **kwargs)
-                if not isinstance(out, torch.Tensor):
-                    raise TypeError(f"{name}: non-tensor module output")
-                self.entries.append((name, out.clone()))
-                return out
-            if self.mode == "replay":
-                pos = self.pos
-                self.pos += 1
-                if pos < self.cut:
-                    recorded, out = self.entries[pos]
-                    if recorded != name:
-                        raise RuntimeError("module call order differs from the recorded one")
-                    return out.clone() if self.copy else out
-            return orig(*args, **kwargs)
-
-        return forward
-
-    def record(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        self.entries, self.mode = [], "record"
-        try:
-            return model(x)
-        finally:
-            self.mode = "off"
-            self.versions = [t._version for _, t in self.entries]
-
-    def replay(self, model: nn.Module, x: torch.Tensor, cut: int) -> torch.Tensor:
-        self.mode, self.cut, self.pos = "replay", cut, 0
-        try:
-            return model(x)
-        finally:
-            self.mode = "off"
-
-    def dirty(self) -> bool:
-        return any(t._version != v for (_, t), v in zip(self.entries, self.versions, strict=True))
-
-    def first_call(self, names: set[str]) -> int:
-        return next((i for i, (n, _) in enumerate(self.entries) if n in names), 0)
 
 
 @torch.no_grad()
@@ -197,12 +142,21 @@ def _changed_leaves(model: nn.Module, ref: nn.Module) -> set[str]:
 
 class _Variant:
     """One level to score: a weight computed on the fly and swapped into the shared working
-    model (sparsity, bits), or a separate model with channels removed (keep_ratio)."""
+    model (sparsity, bits), or a separate model with channels removed (keep_ratio); with BN
+    re-estimation, the running statistics of the BatchNorm layers after the change."""
 
     def __init__(self, key: tuple[str, str, float], model: nn.Module, changed: set[str]) -> None:
         self.key, self.model, self.changed = key, model, changed
+        self.shared = key[1] != "keep_ratio"
         self.order: torch.Tensor | None = None  # weight indices by magnitude (sparsity levels)
         self.quant: ActFakeQuant | None = None  # calibrated input quantiser (bits levels)
+        self.cut = 0  # position of the first changed leaf call
+        self.bns: dict[str, nn.Module] = {}
+        self.bn_state: BNState | None = None  # re-estimated statistics (shared model only)
+
+    def locate(self, order: list[str]) -> None:
+        self.cut = next((i for i, n in enumerate(order) if n in self.changed), 0)
+        self.bns = batchnorms_after(self.model, order, self.cut)
 
     def _weight(self, w: torch.Tensor) -> torch.Tensor:
         """The value ``CompressWeight`` gives this layer at this level (as ``apply_policy``)."""
@@ -212,10 +166,8 @@ class _Variant:
         bits = int(self.key[2]) if self.key[1] == "bits" else 32
         return CompressWeight(mask.view_as(w), bits)(w)
 
-    def run(self, trace: _Trace, x: torch.Tensor, use_replay: bool) -> torch.Tensor:
-        layer = (
-            None if self.key[1] == "keep_ratio" else compressible_layers(self.model)[self.key[0]]
-        )
+    def run(self, trace: ModuleTrace | None, x: torch.Tensor) -> torch.Tensor:
+        layer = compressible_layers(self.model)[self.key[0]] if self.shared else None
         saved, hook = None, None
         if layer is not None:
             saved = layer.weight.data
@@ -224,14 +176,53 @@ class _Variant:
                 q = self.quant
                 hook = layer.register_forward_pre_hook(lambda m, a: (q(a[0]), *a[1:]))
         try:
-            if use_replay:
-                return trace.replay(self.model, x, trace.first_call(self.changed))
+            if trace is not None:
+                return trace.replay(self.model, x, self.cut)
             return self.model(x)
         finally:
             if layer is not None:
                 layer.weight.data = saved
                 if hook is not None:
                     hook.remove()
+
+    def score(self, trace: ModuleTrace | None, x: torch.Tensor, base_bn: BNState) -> torch.Tensor:
+        """Logits of this level, with its re-estimated BatchNorm statistics when it has them."""
+        if self.bn_state is not None:
+            self.bn_state.load(self.bns)
+        try:
+            return self.run(trace, x)
+        finally:
+            if self.bn_state is not None:
+                base_bn.load(self.bns)
+
+    def reestimate(self, trace, x: torch.Tensor, first: bool, base_bn: BNState) -> None:
+        """One batch of BatchNorm re-estimation (cumulative average over the batches)."""
+        if not self.bns:
+            return
+        if self.shared and self.bn_state is not None:
+            self.bn_state.load(self.bns)
+        try:
+            with train_mode(self.model, self.bns, reset=first):
+                self.run(trace, x)
+        finally:
+            if self.shared:
+                self.bn_state = BNState(self.bns)
+                base_bn.load(self.bns)
+
+    def finalize(self, refs: dict[str, nn.Module], base_bn: BNState, base_est: dict) -> None:
+        """Turn the re-estimated statistics into corrected ones (see :mod:`.batchnorm`)."""
+        for n, m in self.bns.items():
+            if self.shared:
+                mean, var, count = self.bn_state.values[n]
+            else:
+                mean, var = m.running_mean, m.running_var
+            orig = base_bn.values[n]
+            cm, cv = corrected_statistics(m, (mean, var), refs[n], orig[:2], base_est[n])
+            if self.shared:
+                self.bn_state.values[n] = (cm, cv, count)
+            else:
+                m.running_mean.copy_(cm)
+                m.running_var.copy_(cv)
 
 
 def _weight_variants(work: nn.Module, todo: list, data: SweepData) -> list[_Variant]:
@@ -270,6 +261,27 @@ def _record_structure(structure: dict, key, pruned: nn.Module) -> None:
     }
 
 
+def _skip_rule(model: nn.Module, structure: dict, example, importance: str, round_to: int) -> str:
+    """How the compressor treats two layers' channel removals when the second consumes the
+    first's output: ``out`` (both pruned: only layers sharing output channels are coupled) or
+    ``touched`` (the second is skipped: every layer the first's removal touches is coupled)."""
+    keep = structure["keep"]
+    for p, levels in keep.items():
+        value, rec = min(levels.items(), key=lambda kv: float(kv[0]))
+        for q in rec["numel"]:
+            if q != p and q in keep and q not in rec["out_changed"]:
+                qv = min(keep[q], key=float)
+                policy = CompressionPolicy(
+                    {p: LayerPolicy(keep_ratio=float(value)), q: LayerPolicy(keep_ratio=float(qv))}
+                )
+                pruned = apply_policy(
+                    model, policy, example=example, importance=importance, round_to=round_to
+                )
+                out_q = compressible_layers(pruned)[q].weight.shape[0]
+                return "touched" if out_q == structure["out"][q] else "out"
+    return "out"
+
+
 def _chunks(model: nn.Module, keep_todo: list) -> list[list]:
     """Channel-removal levels in groups whose models fit the memory budget together."""
     per_model = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -279,75 +291,67 @@ def _chunks(model: nn.Module, keep_todo: list) -> list[list]:
 
 def _measure(model, todo, data, *, importance, round_to, structure, log):
     """Scores of all levels: batch by batch, the baseline pass is recorded once and each level
-    replays it up to the first module it changes."""
+    replays it up to the first module it changes (after re-estimating, on ``data.bn``, the
+    statistics of the BatchNorm layers after that module)."""
     work = copy.deepcopy(model).eval()
+    order = call_order(work, data.x[:2])
     weight_variants = _weight_variants(work, [t for t in todo if t[1] != "keep_ratio"], data)
+    refs = batchnorms(work)
+    base_bn = BNState(refs)
+    base_est = batch_statistics(work, data.bn, work) if data.bn else {}
     scores = {t: _Scores() for t in todo}
     base = _Scores()
-    trace = _Trace()
+    trace: ModuleTrace | None = ModuleTrace()
     trace.wrap(work)
     try:
         try:
             with torch.no_grad():
                 trace.record(work, data.x[:2])
             per_image = sum(t.numel() * t.element_size() for _, t in trace.entries) / 2
-            bs, use_replay = int(min(500, max(16, _TRACE_BUDGET // max(per_image, 1)))), True
+            bs = int(min(500, max(16, _TRACE_BUDGET // max(per_image, 1))))
         except TypeError:
-            bs, use_replay = 250, False
+            bs, trace = 250, None
         for c, chunk in enumerate(_chunks(model, [t for t in todo if t[1] == "keep_ratio"])):
             variants = weight_variants if c == 0 else []
             for key in chunk:
                 v = _keep_variant(model, key, data, importance, round_to)
                 _record_structure(structure, key, v.model)
-                trace.wrap(v.model)
+                if trace is not None:
+                    trace.wrap(v.model)
                 variants.append(v)
+            for v in variants:
+                v.locate(order)
             with torch.no_grad():
+                for b, xb in enumerate(data.bn):
+                    if trace is not None:
+                        with train_mode(work):
+                            trace.record(work, xb)
+                    for v in variants:
+                        v.reestimate(trace, xb, b == 0, base_bn)
+                if data.bn:
+                    for v in variants:
+                        v.finalize(refs, base_bn, base_est)
                 for i in range(0, len(data.x), bs):
                     x, y = data.x[i : i + bs], data.y[i : i + bs]
-                    logits = trace.record(work, x) if use_replay else work(x)
+                    logits = trace.record(work, x) if trace is not None else work(x)
                     if c == 0:
                         base.add(logits, y)
-                    if use_replay and i == 0 and variants:
+                    if trace is not None and i == 0 and variants:
                         check = trace.replay(work, x, len(trace.entries) - 1)
                         if not torch.allclose(check, logits, atol=1e-5, rtol=1e-4):
                             log("sensitivity: module replay disagrees with the model: full passes")
-                            use_replay = False
+                            trace.unwrap()
+                            trace = None
                     for v in variants:
-                        out = v.run(trace, x, use_replay)
-                        if use_replay and trace.dirty():
+                        out = v.score(trace, x, base_bn)
+                        if trace is not None and trace.dirty():
                             trace.copy = True
                             trace.record(work, x)
                         scores[v.key].add(out, y)
     finally:
-        trace.unwrap()
+        if trace is not None:
+            trace.unwrap()
     return {t: s.result() for t, s in scores.items()}, base.result()
-
-
-def _interpolate(rows: list[LevelResult], all_levels: list[tuple[str, str, float]]) -> list:
-    """Fill levels that were not measured by linear interpolation in the level's value between
-    the measured neighbours (the identity, at zero, below the gentlest)."""
-    got = {(r.layer, r.dim, r.value): r for r in rows}
-    out = []
-    for name, dim, value in all_levels:
-        if (name, dim, value) in got:
-            out.append(got[(name, dim, value)])
-            continue
-        pts = sorted(
-            [(abs(v - IDENTITY[dim]), r) for (n, d, v), r in got.items() if n == name and d == dim],
-            key=lambda p: p[0],
-        )
-        pos = abs(value - IDENTITY[dim])
-        lo = max((p for p in pts if p[0] < pos), default=None, key=lambda p: p[0])
-        hi = min((p for p in pts if p[0] > pos), default=None, key=lambda p: p[0])
-        vals = []
-        for attr in ("acc_drop", "loss_increase"):
-            a = (0.0, 0.0) if lo is None else (lo[0], getattr(lo[1], attr))
-            b = (hi[0], getattr(hi[1], attr)) if hi is not None else a
-            t = 0.0 if b[0] == a[0] else (pos - a[0]) / (b[0] - a[0])
-            va, vb = (math.nan if v is None else v for v in (a[1], b[1]))
-            vals.append(va + t * (vb - va))
-        out.append(LevelResult(name, dim, value, vals[0], vals[1], measured=False))
-    return out
 
 
 def run_sweep(
@@ -383,10 +387,12 @@ def run_sweep(
         structure=structure,
         log=log,
     )
+    if structure["keep"]:
+        structure["skip_rule"] = _skip_rule(model, structure, data.example, importance, round_to)
     rows = []
     for key, (acc, loss) in scores.items():
         drop = 100.0 * (base_acc - acc)
         rows.append(LevelResult(*key, acc_drop=drop, loss_increase=loss - base_loss))
         if not math.isfinite(loss):
             rows[-1] = LevelResult(*key, acc_drop=drop, loss_increase=None)
-    return _interpolate(rows, all_levels), structure, (base_acc, base_loss)
+    return interpolate_levels(rows, all_levels), structure, (base_acc, base_loss)

@@ -24,6 +24,7 @@ __all__ = [
     "LevelResult",
     "SensitivityTable",
     "harsh_order",
+    "interpolate_levels",
     "level_label",
     "spearman",
 ]
@@ -172,6 +173,35 @@ class SensitivityTable:
                 + ([] if r.measured else ["interpolated"])
             )
         return buf.getvalue()
+
+
+def interpolate_levels(
+    rows: list[LevelResult], all_levels: list[tuple[str, str, float]]
+) -> list[LevelResult]:
+    """Fill levels that were not measured by linear interpolation in the level's value between
+    the measured neighbours (the identity, at zero, below the gentlest)."""
+    got = {(r.layer, r.dim, r.value): r for r in rows}
+    out = []
+    for name, dim, value in all_levels:
+        if (name, dim, value) in got:
+            out.append(got[(name, dim, value)])
+            continue
+        pts = sorted(
+            [(abs(v - IDENTITY[dim]), r) for (n, d, v), r in got.items() if n == name and d == dim],
+            key=lambda p: p[0],
+        )
+        pos = abs(value - IDENTITY[dim])
+        lo = max((p for p in pts if p[0] < pos), default=None, key=lambda p: p[0])
+        hi = min((p for p in pts if p[0] > pos), default=None, key=lambda p: p[0])
+        vals = []
+        for attr in ("acc_drop", "loss_increase"):
+            a = (0.0, 0.0) if lo is None else (lo[0], getattr(lo[1], attr))
+            b = (hi[0], getattr(hi[1], attr)) if hi is not None else a
+            t = 0.0 if b[0] == a[0] else (pos - a[0]) / (b[0] - a[0])
+            va, vb = (math.nan if v is None else v for v in (a[1], b[1]))
+            vals.append(va + t * (vb - va))
+        out.append(LevelResult(name, dim, value, vals[0], vals[1], measured=False))
+    return out
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:

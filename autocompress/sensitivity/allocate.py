@@ -1,0 +1,232 @@
+"""Policies derived from the sensitivity table, before the sampler takes over.
+
+- :func:`knapsack` / :func:`warm_start`: per budget (size or latency, spread along the front),
+  the per-layer choice of sparsity, bits and keep ratio that minimises the summed sensitivity
+  under that budget (HAWQ-V3 style multiple-choice knapsack, by dynamic programming), checked
+  against the real cost of the compressed model and tightened until it fits.
+- :func:`proxy_front`: the two-stage search's first stage — thousands of policies scored by
+  the proxy (predicted drop, estimated size and latency) with a small evolutionary search, and
+  the front's candidates spread out for the real evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .proxy import ProxyModel
+
+__all__ = ["Candidate", "knapsack", "proxy_front", "spread", "warm_start"]
+
+_BINS = 2000
+_TIE = 1e-3  # accuracy points per whole budget: prefer the cheaper of equally sensitive options
+
+
+@dataclass
+class Candidate:
+    """A policy (as a codec row) with its predictions and, when measured, real costs."""
+
+    row: np.ndarray
+    predicted: dict[str, float]
+    real: dict[str, float] = field(default_factory=dict)
+    budget: float | None = None
+    kind: str = "size"  # what the budget is in ("size" bytes, "latency" ms), or "proxy"
+
+    def attrs(self) -> dict:
+        """JSON-ready summary (Optuna user attribute of the enqueued trial)."""
+        out = {"kind": self.kind, **{f"predicted_{k}": v for k, v in self.predicted.items()}}
+        out.update({f"real_{k}": v for k, v in self.real.items()})
+        if self.budget is not None:
+            out["budget"] = self.budget
+        return {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in out.items()
+        }
+
+
+def knapsack(costs: list[np.ndarray], values: list[np.ndarray], budget: float) -> list[int] | None:
+    """Per group, the index of one option so that the summed cost is at most ``budget`` and the
+    summed value is smallest (costs rounded up to 1/2000 of the slack). None if infeasible."""
+    mins = [float(c.min()) for c in costs]
+    slack = budget - sum(mins)
+    if slack < 0:
+        return None
+    width = max(slack / _BINS, 1e-12)
+    bins = [
+        np.ceil((c - m) / width - 1e-9).astype(np.int64) for c, m in zip(costs, mins, strict=True)
+    ]
+    dp = np.zeros(_BINS + 1)
+    choices = []
+    for cb, val in zip(bins, values, strict=True):
+        new = np.full(_BINS + 1, np.inf)
+        arg = np.zeros(_BINS + 1, dtype=np.int64)
+        for j in np.argsort(cb, kind="stable"):
+            c = int(cb[j])
+            if c > _BINS:
+                continue
+            cand = np.full(_BINS + 1, np.inf)
+            cand[c:] = dp[: _BINS + 1 - c] + val[j]
+            better = cand < new
+            new[better] = cand[better]
+            arg[better] = j
+        dp = new
+        choices.append(arg)
+    if not np.isfinite(dp[_BINS]):
+        return None
+    cap, picks = _BINS, []
+    for cb, arg in zip(reversed(bins), reversed(choices), strict=True):
+        j = int(arg[cap])
+        picks.append(j)
+        cap -= int(cb[j])
+    return picks[::-1]
+
+
+def _solve(proxy: ProxyModel, budget_kind: str, budget: float, offset: float) -> np.ndarray | None:
+    combos, costs, values = proxy.separable(budget_kind)
+    span = max(sum(float(c.max() - c.min()) for c in costs), 1e-12)
+    values = [v + _TIE * (c - c.min()) / span for v, c in zip(values, costs, strict=True)]
+    picks = knapsack(costs, values, budget - offset)
+    if picks is None:
+        return None
+    return np.concatenate([combos[i][j] for i, j in enumerate(picks)])
+
+
+def _range(proxy: ProxyModel, kind: str) -> tuple[float, float]:
+    """Cheapest total cost of the separable model, and the cheapest cost at which the summed
+    sensitivity is as small as it gets (more budget buys nothing)."""
+    _, costs, _ = proxy.separable(kind)
+    off = proxy.base(kind)
+    lo = off + sum(float(c.min()) for c in costs)
+    top = _solve(proxy, kind, off + sum(float(c.max()) for c in costs), off)
+    hi = off + _separable_cost(proxy, kind, top) if top is not None else lo
+    return lo, hi
+
+
+def _separable_cost(proxy: ProxyModel, kind: str, row: np.ndarray) -> float:
+    combos, costs, _ = proxy.separable(kind)
+    total = 0.0
+    for i, (combo, cost) in enumerate(zip(combos, costs, strict=True)):
+        j = np.flatnonzero((combo == row[3 * i : 3 * i + 3]).all(axis=1))[0]
+        total += float(cost[j])
+    return total
+
+
+def warm_start(
+    proxy: ProxyModel,
+    *,
+    n: int,
+    kind: str = "size",
+    measure: Callable | None = None,
+    budgets: list[float] | None = None,
+    tries: int = 4,
+) -> list[Candidate]:
+    """Knapsack allocations for ``n`` budgets spread geometrically between the cheapest policy
+    of the space and the cheapest one of least summed sensitivity (or the given ``budgets``, in
+    bytes or ms), the cheapest budget first.
+
+    With ``measure`` (``policy -> {"size": bytes, "latency": ms}``), each allocation's real
+    cost is checked and its budget tightened (up to ``tries`` times) until the real cost fits;
+    an allocation that never fits is dropped.
+    """
+    if kind == "latency" and proxy.latency is None:
+        raise ValueError("latency budgets need the latency deltas (a latency model)")
+    lo, hi = _range(proxy, kind)
+    if budgets is None:
+        lo = max(lo, 1e-9)
+        budgets = [lo * (hi / lo) ** (i / max(n - 1, 1)) for i in range(n)] if hi > lo else [hi]
+    out: list[Candidate] = []
+    seen: set[bytes] = set()
+    for budget in budgets:
+        target = budget
+        for _ in range(tries):
+            row = _solve(proxy, kind, target, proxy.base(kind))
+            if row is None:
+                break
+            pred = {k: float(v[0]) for k, v in proxy.evaluate(row).items()}
+            cand = Candidate(row, pred, budget=budget, kind=kind)
+            if measure is None:
+                break
+            cand.real = measure(proxy.codec.policy(row))
+            if cand.real[kind] <= budget:
+                break
+            target *= budget / cand.real[kind] * 0.99
+            row = None
+        if row is not None and row.tobytes() not in seen:
+            seen.add(row.tobytes())
+            out.append(cand)
+    return out
+
+
+# -- stage one of the two-stage search ------------------------------------------------------
+def _objectives(pred: dict[str, np.ndarray], names: list[str]) -> np.ndarray:
+    key = {"accuracy": "drop", "size": "size", "latency": "latency"}
+    return np.stack([pred[key[n]] for n in names], axis=1)
+
+
+def _nondominated(v: np.ndarray) -> np.ndarray:
+    le = np.all(v[:, None, :] <= v[None, :, :], axis=2)
+    lt = np.any(v[:, None, :] < v[None, :, :], axis=2)
+    dominated = np.any(le & lt, axis=0)
+    return np.flatnonzero(~dominated)
+
+
+def proxy_front(
+    proxy: ProxyModel,
+    *,
+    objectives: list[str],
+    n_policies: int,
+    seed: int = 0,
+    seeds: list[np.ndarray] = (),
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Non-dominated policies (rows, objective values) found by evaluating ``n_policies``
+    policies with the proxy: random ones, the ``seeds``, then uniform crossover + mutation of
+    front members. Returns (rows, values, number evaluated)."""
+    rng = np.random.default_rng(seed)
+    codec = proxy.codec
+    batch = max(50, min(500, n_policies // 8))
+    rows = np.concatenate([codec.random(batch, rng), *[np.atleast_2d(s) for s in seeds]])
+    rows = np.unique(rows, axis=0)
+    vals = _objectives(proxy.evaluate(rows), objectives)
+    keep = _nondominated(vals)
+    arch, arch_v = rows[keep], vals[keep]
+    done = len(rows)
+    n_genes = rows.shape[1]
+    while done < n_policies:
+        m = min(batch, n_policies - done)
+        a = arch[rng.integers(0, len(arch), m)]
+        b = arch[rng.integers(0, len(arch), m)]
+        child = np.where(rng.random((m, n_genes)) < 0.5, a, b)
+        mutate = rng.random((m, n_genes)) < 1.5 / n_genes
+        mutate[np.arange(m), rng.integers(0, n_genes, m)] = True
+        step = rng.choice([-1, 1], size=(m, n_genes))
+        child = np.where(mutate, np.clip(child + step, 0, codec.sizes - 1), child)
+        cvals = _objectives(proxy.evaluate(child), objectives)
+        done += m
+        allr = np.concatenate([arch, child])
+        allv = np.concatenate([arch_v, cvals])
+        allr, idx = np.unique(allr, axis=0, return_index=True)
+        allv = allv[idx]
+        keep = _nondominated(allv)
+        arch, arch_v = allr[keep], allv[keep]
+    return arch, arch_v, done
+
+
+def spread(values: np.ndarray, k: int, *, first: list[int] = ()) -> list[int]:
+    """``k`` indices of ``values`` spread over the (min-max normalised) objective space by
+    farthest-point sampling, starting from ``first`` and the most accurate point."""
+    if len(values) == 0 or k <= 0:
+        return []
+    lo, hi = values.min(axis=0), values.max(axis=0)
+    norm = (values - lo) / np.where(hi > lo, hi - lo, 1.0)
+    chosen = list(dict.fromkeys(first)) or [int(np.argmin(values[:, 0]))]
+    dist = np.min(np.linalg.norm(norm[:, None, :] - norm[chosen][None, :, :], axis=2), axis=1)
+    while len(chosen) < min(k, len(values)):
+        j = int(np.argmax(dist))
+        if dist[j] <= 0:
+            break
+        chosen.append(j)
+        dist = np.minimum(dist, np.linalg.norm(norm - norm[j], axis=1))
+    return chosen[:k]

@@ -1,0 +1,162 @@
+"""BatchNorm statistics after compression, corrected rather than re-estimated from scratch.
+
+Compressing a layer shifts the distribution every later BatchNorm layer sees; its running
+statistics, fixed at training time, no longer normalise it (which is most of the damage channel
+removal and aggressive pruning do before any fine-tuning, and what a trial's fine-tune repairs
+first). Re-estimating them on a few batches alone adds the sampling noise of those batches to
+every level. Instead, each BatchNorm layer gets its trained statistics moved by the change the
+compression causes on the same batches::
+
+    mean' = mean + (batch_mean(compressed) - batch_mean(baseline))
+    var'  = var  * batch_var(compressed) / batch_var(baseline)
+
+so an unchanged layer keeps its statistics exactly. Batch statistics are measured with every
+BatchNorm layer normalising by its batch (train mode), for the baseline and the compressed model
+alike. Channels of a pruned BatchNorm layer are matched to the baseline's by their affine
+parameters (copied by channel removal).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+__all__ = [
+    "BNState",
+    "batch_statistics",
+    "batchnorms",
+    "batchnorms_after",
+    "corrected_statistics",
+    "train_mode",
+]
+
+_BN = nn.modules.batchnorm._BatchNorm
+
+
+def batchnorms(model: nn.Module) -> dict[str, nn.Module]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, _BN) and m.track_running_stats}
+
+
+def batchnorms_after(model: nn.Module, order: list[str], cut: int) -> dict[str, nn.Module]:
+    """BatchNorm layers of ``model`` whose first call comes at or after position ``cut``."""
+    first: dict[str, int] = {}
+    for i, n in enumerate(order):
+        first.setdefault(n, i)
+    return {n: m for n, m in batchnorms(model).items() if first.get(n, -1) >= cut}
+
+
+class BNState:
+    """Running statistics of some BatchNorm layers, to swap in and out of a shared model."""
+
+    def __init__(self, bns: dict[str, nn.Module]) -> None:
+        self.values = {
+            n: (m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
+            for n, m in bns.items()
+        }
+
+    def load(self, bns: dict[str, nn.Module]) -> None:
+        for n, m in bns.items():
+            mean, var, count = self.values[n]
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+            m.num_batches_tracked.copy_(count)
+
+
+@contextmanager
+def train_mode(model: nn.Module, collect: dict[str, nn.Module] | None = None, reset: bool = False):
+    """Every BatchNorm layer of ``model`` normalises by its batch; those in ``collect``
+    accumulate the batches' statistics (cumulative average; ``reset`` starts afresh), the others
+    keep their running statistics. Modes and momenta are restored on exit."""
+    collect = collect or {}
+    bns = batchnorms(model)
+    others = {n: m for n, m in bns.items() if n not in collect}
+    kept = BNState(others)
+    momenta = {n: m.momentum for n, m in bns.items()}
+    modes = {n: m.training for n, m in bns.items()}
+    for n, m in bns.items():
+        if n in collect:
+            if reset:
+                m.reset_running_stats()
+            m.momentum = None
+        else:
+            m.momentum = 0.0
+        m.train()
+    try:
+        yield
+    finally:
+        for n, m in bns.items():
+            m.momentum = momenta[n]
+            m.train(modes[n])
+        kept.load(others)
+
+
+@torch.no_grad()
+def batch_statistics(
+    model: nn.Module, batches: list[torch.Tensor], run: Callable[[torch.Tensor], object]
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Mean and variance each BatchNorm layer of ``model`` sees over ``batches`` with all of
+    them in train mode (``run(x)`` does the forward pass); the model is left as it was."""
+    bns = batchnorms(model)
+    saved = BNState(bns)
+    try:
+        with train_mode(model, bns, reset=True):
+            for x in batches:
+                run(x)
+        return {n: (m.running_mean.clone(), m.running_var.clone()) for n, m in bns.items()}
+    finally:
+        saved.load(bns)
+
+
+def _channels(ref: nn.Module, new: nn.Module) -> torch.Tensor | None:
+    """Index of each of ``new``'s channels among ``ref``'s (None when it cannot be told)."""
+    if new.num_features == ref.num_features:
+        return torch.arange(ref.num_features)
+    if not (ref.affine and new.affine):
+        return None
+    same = (new.weight[:, None] == ref.weight[None, :]) & (new.bias[:, None] == ref.bias[None, :])
+    if not bool((same.sum(1) == 1).all()):
+        return None
+    return same.float().argmax(1)
+
+
+@torch.no_grad()
+def corrected_statistics(
+    new: nn.Module,
+    estimate: tuple[torch.Tensor, torch.Tensor],
+    ref: nn.Module,
+    ref_stats: tuple[torch.Tensor, torch.Tensor],
+    ref_estimate: tuple[torch.Tensor, torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Running (mean, var) for ``new`` (see the module docstring); the plain ``estimate`` when
+    its channels cannot be matched to ``ref``'s."""
+    idx = _channels(ref, new)
+    if idx is None:
+        return estimate
+    mean0, var0 = ref_stats[0][idx], ref_stats[1][idx]
+    bmean, bvar = ref_estimate[0][idx], ref_estimate[1][idx]
+    mean = mean0 + (estimate[0] - bmean)
+    var = var0 * estimate[1] / bvar.clamp_min(1e-12)
+    return mean, var
+
+
+@torch.no_grad()
+def correct_batchnorm(model: nn.Module, reference: nn.Module, batches: list[torch.Tensor]) -> None:
+    """Move every BatchNorm layer of ``model`` (a compressed copy of ``reference``) to the
+    corrected statistics measured on ``batches``."""
+    bns, refs = batchnorms(model), batchnorms(reference)
+    if not batches or not bns:
+        return
+    model.eval()
+    reference.eval()
+    est = batch_statistics(model, batches, model)
+    ref_est = batch_statistics(reference, batches, reference)
+    for n, m in bns.items():
+        if n not in refs:
+            continue
+        r = refs[n]
+        mean, var = corrected_statistics(m, est[n], r, (r.running_mean, r.running_var), ref_est[n])
+        m.running_mean.copy_(mean)
+        m.running_var.copy_(var)

@@ -1,0 +1,138 @@
+"""Files of the sensitivity stage (CSV table, heat maps in HTML and PNG, JSON summaries) and
+their logging to MLflow; every artifact name contains ``sensitivity``."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .table import SensitivityTable
+
+__all__ = ["heatmap_html", "heatmap_png", "log_files", "write_json", "write_table"]
+
+_TITLE = {
+    "drop": "accuracy drop (points)",
+    "loss": "loss increase (nats)",
+    "estimate": "estimated loss increase",
+}
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return _json_safe(obj.item())
+    if isinstance(obj, np.ndarray):
+        return _json_safe(obj.tolist())
+    return obj
+
+
+def write_json(path: Path, data: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_json_safe(data), indent=2, default=str))
+    return path
+
+
+def write_table(table: SensitivityTable, out_dir: Path) -> list[Path]:
+    """``sensitivity.csv`` (one row per layer level), ``sensitivity_table.json`` (the whole
+    table) and ``sensitivity.json``: records ``{layer, knob, value, delta}`` with the accuracy
+    change as a fraction, the shape the HTML report's heat map reads."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path = out_dir / "sensitivity.csv"
+    csv_path.write_text(table.to_csv())
+    metric = _metric(table)
+    records = [
+        {
+            "layer": r.layer,
+            "knob": r.dim,
+            "value": int(r.value) if r.dim == "bits" else r.value,
+            "delta": -table.score(r.layer, r.dim, r.value, metric) / 100.0,
+        }
+        for r in table.rows
+    ]
+    return [
+        csv_path,
+        write_json(out_dir / "sensitivity.json", {"metric": metric, "rows": records}),
+        write_json(out_dir / "sensitivity_table.json", table.to_dict()),
+    ]
+
+
+def _metric(table: SensitivityTable) -> str:
+    return "drop" if table.has("drop") else "loss" if table.has("loss") else "estimate"
+
+
+def heatmap_html(table: SensitivityTable, path: Path, *, title: str) -> Path:
+    """Layers x levels, coloured by accuracy drop; hover adds loss increase and estimate."""
+    import plotly.graph_objects as go
+
+    metric = _metric(table)
+    layers, cols, z = table.matrix(metric)
+    _, _, loss = table.matrix("loss")
+    _, _, est = table.matrix("estimate")
+    hover = [
+        [
+            f"{layers[i]} {cols[j]}<br>{_TITLE[metric]} {z[i, j]:.3g}<br>"
+            f"loss +{loss[i, j]:.3g}<br>estimate {est[i, j]:.3g}"
+            for j in range(len(cols))
+        ]
+        for i in range(len(layers))
+    ]
+    text = [["" if np.isnan(v) else f"{v:.1f}" for v in row] for row in z]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=cols,
+            y=layers,
+            text=text,
+            texttemplate="%{text}",
+            hovertext=hover,
+            hoverinfo="text",
+            colorscale="Reds",
+            colorbar={"title": _TITLE[metric]},
+        )
+    )
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(title=title, template="plotly_white", height=200 + 28 * len(layers))
+    fig.write_html(str(path), include_plotlyjs=True, full_html=True)
+    return path
+
+
+def heatmap_png(table: SensitivityTable, path: Path, *, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = _metric(table)
+    layers, cols, z = table.matrix(metric)
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(cols) + 3), max(3, 0.35 * len(layers) + 2)))
+    cmap = matplotlib.colormaps["Reds"].with_extremes(bad="#e8e8e8")
+    im = ax.imshow(np.ma.masked_invalid(z), cmap=cmap, aspect="auto", vmin=0)
+    ax.set_xticks(range(len(cols)), cols, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(layers)), layers, fontsize=7)
+    if len(layers) * len(cols) <= 900:
+        top = np.nanmax(z) if np.isfinite(z).any() else 1.0
+        for i in range(len(layers)):
+            for j in range(len(cols)):
+                if np.isfinite(z[i, j]):
+                    colour = "white" if z[i, j] > 0.6 * top else "black"
+                    ax.text(j, i, f"{z[i, j]:.1f}", ha="center", va="center", fontsize=6, c=colour)
+    fig.colorbar(im, ax=ax, label=_TITLE[metric])
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def log_files(tracker, run_id: str, paths: list[Path]) -> None:
+    """Log files under the run's ``sensitivity/`` artifact folder."""
+    tracker.log_artifacts(run_id, paths, "sensitivity")

@@ -1,0 +1,172 @@
+"""The measured sweep and its cache: values equal what ``apply_policy`` gives, the cache is
+reused, a fragile layer shows up as fragile."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_config
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from autocompress import load_experiment
+from autocompress.compress.apply import apply_policy, calibrate
+from autocompress.policy import CompressionPolicy, LayerPolicy
+from autocompress.search.run import prepare
+from autocompress.search_space import LayerChoices, SearchSpace
+from autocompress.sensitivity import SensitivitySettings, analyze, cache_key
+from autocompress.sensitivity import analysis as analysis_mod
+from autocompress.sensitivity.batchnorm import correct_batchnorm
+from autocompress.sensitivity.sweep import SweepData, run_sweep
+from autocompress.training import evaluate
+
+QUIET = {"log": lambda *_: None}
+
+
+@pytest.fixture(scope="module")
+def prep(tmp_path_factory, fmnist_root):
+    tmp = tmp_path_factory.mktemp("sens")
+    cfg = load_experiment(tiny_config(tmp, fmnist_root, baseline__epochs=4))
+    return prepare(cfg, **QUIET)
+
+
+def _scores_by_hand(model, key, data, round_to=1, bn=False):
+    name, dim, value = key
+    lp = LayerPolicy(**{dim: int(value) if dim == "bits" else value})
+    comp = apply_policy(
+        model, CompressionPolicy({name: lp}), example=data.example, round_to=round_to
+    )
+    calibrate(comp, data.calib)
+    if bn:
+        correct_batchnorm(comp, model, data.bn)
+    return evaluate(comp, TensorDataset(data.x, data.y))
+
+
+def test_sweep_equals_apply_policy(prep):
+    data = analysis_mod.sweep_data(prep, SensitivitySettings(images=150, bn_batches=0))
+    rows, _, (base_acc, base_loss) = run_sweep(prep.baseline.model, prep.space, data, **QUIET)
+    assert {r.layer for r in rows} == set(prep.space.layers)
+    for r in rows:
+        if (r.layer, r.dim, r.value) in {("conv2", "bits", 2.0), ("conv1", "sparsity", 0.8)}:
+            acc, loss = _scores_by_hand(prep.baseline.model, (r.layer, r.dim, r.value), data)
+            assert r.acc_drop == pytest.approx(100 * (base_acc - acc), abs=1e-9)
+            assert r.loss_increase == pytest.approx(loss - base_loss, rel=1e-4, abs=1e-6)
+
+
+class _Shared(nn.Module):
+    """One ReLU module called twice and a functional op between layers (replay must follow
+    the call order, not the module list)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 3, padding=1)
+        self.bn = nn.BatchNorm2d(6)
+        self.conv2 = nn.Conv2d(6, 8, 3, stride=2, padding=1)
+        self.act = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.act(self.bn(self.conv1(x)))
+        x = self.act(self.conv2(x) + 0.1)
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("bn", [False, True])
+def test_sweep_replay_with_reused_modules_and_channel_removal(bn):
+    torch.manual_seed(0)
+    model = _Shared().eval()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-0.2, 0.2)
+    x, y = torch.randn(96, 1, 12, 12), torch.randint(0, 10, (96,))
+    extra = torch.randn(64, 1, 12, 12)
+    data = SweepData(x, y, [x[:32], x[32:64]], x[:2], [extra[:32], extra[32:]] if bn else [])
+    space = SearchSpace(
+        {
+            "conv1": LayerChoices((0.0, 0.6), (3, 32), (1.0, 0.5)),
+            "conv2": LayerChoices((0.0, 0.7), (2, 32)),
+            "fc": LayerChoices((0.0, 0.5), (4, 32)),
+        }
+    )
+    rows, structure, (base_acc, base_loss) = run_sweep(model, space, data, **QUIET)
+    assert len(rows) == 7
+    for r in rows:
+        acc, loss = _scores_by_hand(model, (r.layer, r.dim, r.value), data, bn=bn)
+        assert r.loss_increase == pytest.approx(loss - base_loss, rel=1e-4, abs=1e-5), r
+    # removing conv1's channels shrinks conv1 (outputs) and conv2 (inputs)
+    rec = structure["keep"]["conv1"]["0.5"]
+    assert rec["numel"]["conv1"] == 27 and rec["numel"]["conv2"] == 8 * 3 * 9
+    assert rec["out_changed"] == ["conv1"]
+
+
+def test_cache_is_reused_and_keyed(prep, monkeypatch):
+    settings = SensitivitySettings(images=120)
+    first = analyze(prep, settings, **QUIET)
+    assert first.meta["cached"] is False
+
+    def boom(*a, **k):
+        raise AssertionError("measured again instead of using the cache")
+
+    monkeypatch.setattr(analysis_mod, "run_sweep", boom)
+    second = analyze(prep, settings, **QUIET)
+    assert second.meta["cached"] is True
+    assert second.to_dict()["rows"] == first.to_dict()["rows"]
+    # another subset or grid is another key
+    assert cache_key(prep, settings.with_(images=100)) != cache_key(prep, settings)
+    narrower = SearchSpace({n: c for n, c in list(prep.space.layers.items())[:2]})
+    other = type(prep)(prep.cfg, prep.data, prep.baseline, narrower)
+    assert cache_key(other, settings) != cache_key(prep, settings)
+
+
+def _silence_conv1_channel0(model: nn.Module) -> None:
+    """conv1's channel 0 is zero after its BatchNorm and ReLU from now on."""
+    with torch.no_grad():
+        model.bn1.weight[0] = 0.0
+        model.bn1.bias[0] = -1.0
+
+
+def _make_conv2_fragile_to_quantisation(model: nn.Module) -> None:
+    """conv2's weights reading the silenced channel never matter; make them huge: the function
+    is unchanged, but each output channel's quantisation scale is now set by a weight that
+    carries no signal and every useful weight rounds to zero at any bit-width."""
+    with torch.no_grad():
+        model.conv2.weight[:, 0] = 1e4
+
+
+def test_fragile_layer_is_measured_fragile_and_narrowed(prep, tmp_path):
+    from autocompress.sensitivity import shape_space
+
+    model = prep.baseline.model
+    x = analysis_mod.sweep_data(prep, SensitivitySettings()).x
+    _silence_conv1_channel0(model)
+    try:
+        with torch.no_grad():
+            before = model(x)
+        _make_conv2_fragile_to_quantisation(model)
+        with torch.no_grad():
+            assert torch.allclose(model(x), before, atol=1e-4)
+        settings = SensitivitySettings(images=200, estimator=None, fix_insensitive=False, seed=99)
+        table = analyze(prep, settings, force=True, **QUIET)
+        for b in (2, 4, 8):
+            assert table.score("conv2", "bits", b) > 5.0
+        shaped = shape_space(prep.space, table, settings)
+        assert shaped.layers["conv2"].bits == (32,)
+        assert set(shaped.layers["conv1"].bits) <= set(prep.space.layers["conv1"].bits)
+    finally:
+        prep.baseline.model.load_state_dict(torch.load(prep.baseline.checkpoint))
+
+
+def test_estimator_only_table_shapes_by_loss(prep):
+    from autocompress.sensitivity import make_proxy, shape_space
+
+    settings = SensitivitySettings(method="fisher", max_loss_increase=0.01, images=50)
+    table = analyze(prep, settings, **QUIET)
+    assert all(r.acc_drop is None and r.estimate is not None for r in table.rows)
+    assert table.has("loss") and not table.has("drop")
+    shaped = shape_space(prep.space, table, settings)
+    for name, ch in prep.space.layers.items():
+        assert set(shaped.layers[name].bits) <= set(ch.bits)
+    proxy = make_proxy(prep, shaped, table, settings)
+    assert proxy.metric == "loss"
+    rows = proxy.codec.random(20, np.random.default_rng(0))
+    assert np.isfinite(proxy.evaluate(rows)["drop"]).all()
