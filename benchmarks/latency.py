@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,6 +56,33 @@ def _config(model: str, target: str):
     return load_experiment(EXPERIMENTS[model], overrides), overrides
 
 
+def _repeatability(previous: Path, res: dict) -> dict | None:
+    """How the measurements of the same policies (same seed) moved since the previous run."""
+    if not previous.is_file():
+        return None
+    old = json.loads(previous.read_text())
+    if (
+        old.get("model") != res["model"]
+        or old.get("command", "").split("--seed")[1:] != res["command"].split("--seed")[1:]
+    ):
+        return None
+    shifts = [
+        b["measured_ms"] / a["measured_ms"] - 1
+        for a, b in zip(old.get("pairs", []), res["pairs"], strict=False)
+        if a.get("bits") == b.get("bits") and a.get("channels") == b.get("channels")
+    ]
+    if not shifts:
+        return None
+    arr = np.asarray(shifts)
+    return {
+        "previous_date": old.get("date", "?"),
+        "samples": len(shifts),
+        "median_shift": float(np.median(arr)),
+        "median_abs_shift": float(np.median(np.abs(arr))),
+        "max_abs_shift": float(np.abs(arr).max()),
+    }
+
+
 def _markdown(res: dict) -> str:
     v, t = res["validation"], res["table"]
     lines = [
@@ -80,6 +108,21 @@ def _markdown(res: dict) -> str:
         f"| validation time | {v['seconds']:.0f} s |",
         f"| CPU busy with other processes at start (profile / validate) | "
         f"{res['busy']['profile']:.0%} / {res['busy']['validate']:.0%} |",
+    ]
+    rep = res.get("repeatability")
+    if rep:
+        lines.append(
+            f"| the same {rep['samples']} policies measured in the previous run "
+            f"({rep['previous_date']}): "
+            f"median shift of this run | {rep['median_shift']:+.1%} "
+            f"(absolute shift: median {rep['median_abs_shift']:.1%}, "
+            f"max {rep['max_abs_shift']:.1%}) |"
+        )
+    lines += [
+        "",
+        "Latency is measured on a shared 2-core machine: when other processes load it, the "
+        "absolute level of every measurement moves (the repeatability row shows by how much "
+        "between two runs of the same policies), the ranking much less (Spearman).",
         "",
         "Commands:",
         "",
@@ -150,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     res["validation"].pop("artifacts", None)
     out = REPO / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
+    res["repeatability"] = _repeatability(out / f"latency-{args.model}.json", res)
     (out / f"latency-{args.model}.json").write_text(json.dumps(res, indent=2) + "\n")
     (out / f"latency-{args.model}.md").write_text(_markdown(res))
     print(_markdown(res))

@@ -177,3 +177,14 @@ def test_materialize_bakes_weights_and_drops_quantizers():
     )
     # only the activation fake-quant differs between the two
     assert torch.allclose(plain(x), cm(x), atol=0.5)
+
+
+def test_consumer_of_a_pruned_layer_keeps_its_own_ratio():
+    model = build_model("small_cnn").eval()
+    x = torch.randn(1, 1, 28, 28)
+    policy = CompressionPolicy(
+        {"features.0": LayerPolicy(keep_ratio=0.5), "features.3": LayerPolicy(keep_ratio=0.5)}
+    )
+    cm = apply_policy(model, policy, example=x)
+    assert cm.features[0].out_channels == 12
+    assert cm.features[3].in_channels == 12 and cm.features[3].out_channels == 24

@@ -94,7 +94,9 @@ def prune_channels(
         else:
             fn, channels = tp.prune_linear_out_channels, layer.out_features
         group = graph.get_pruning_group(layer, fn, idxs=list(range(channels)))
-        members = {dep.target.module for dep, _ in group}
+        members = {  # layers whose outputs this group removes (consumers' inputs don't count)
+            dep.target.module for dep, _ in group if graph.is_out_channel_pruning_fn(dep.handler)
+        }
         if members & done:
             continue  # coupled with a layer already decided
         n_remove = channels - _kept(channels, lp.keep_ratio, round_to)

@@ -25,6 +25,7 @@ from ..config import ExperimentConfig
 from ..data import DataBundle, load_data
 from ..errors import AutocompressError, ConfigError
 from ..hardware.latency import make_latency_model
+from ..policy import CompressionPolicy
 from ..reporting.figures import log_search_figures, search_description
 from ..search_space import SearchSpace, load_search_space
 from ..tracking import Tracker, mask_secrets
@@ -151,6 +152,9 @@ def search(
     latency_model = make_latency_model(
         cfg, prep.baseline.model, space, example, reference_ms=bm.latency_ms, log=log
     )
+    # The baseline on the trials' scale (the target's threads), next to its direct measurement.
+    baseline["measured_latency_ms"] = bm.latency_ms
+    baseline["latency_ms"] = latency_model.predict(prep.baseline.model, CompressionPolicy())
     evaluator = TrialEvaluator(cfg, prep.baseline, prep.data, latency_model)
 
     on_stale = make_stale_callback(tracker, cfg.search.retries)
