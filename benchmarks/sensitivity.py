@@ -12,9 +12,9 @@ time, the cheap estimators' Spearman against the sweep, the additivity check (pr
 measured drop of sampled policies, no fine-tune), the size estimate's error; for the two-stage
 runs, Spearman of the predicted drop vs the real (fine-tuned) drop over their trials.
 
-Runs go to ``runs/bench-sensitivity/<model>/<variant>-s<seed>``; results are appended to
-``benchmarks/results/sensitivity_<model>.json`` after every run (a re-run skips finished runs)
-and summarised in ``benchmarks/results/sensitivity.md``.
+Runs go to ``runs/bench-sensitivity/<model>/<variant>-s<seed>`` (``--work-dir``); results are
+appended to ``benchmarks/results/sensitivity_<model>.json`` after every run (a re-run skips
+finished runs) and summarised in ``benchmarks/results/sensitivity.md``.
 
     .venv/bin/python benchmarks/sensitivity.py --model small_cnn --seeds 0 1 2
     .venv/bin/python benchmarks/sensitivity.py --report          # only rewrite the Markdown
@@ -35,6 +35,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
+WORK = REPO / "runs" / "bench-sensitivity"  # --work-dir
 
 # The reference point, fixed before any run: normalised (1 - accuracy, latency / baseline,
 # size / baseline), with the accuracy coordinate at 5 points below the baseline's validation
@@ -169,12 +170,18 @@ def _front_metrics(rows: list[dict], baseline: dict) -> dict:
     }
 
 
-def _baseline_checkpoint(spec: dict, log) -> Path:
+def _baseline_checkpoint(model: str, spec: dict, log) -> Path:
+    """The experiment's baseline (trained once in its own output_dir, or found there), copied
+    into the benchmark's folder so that every run uses the same bytes."""
     import autocompress as ac
     from autocompress.search.run import prepare
 
-    base = ac.load_experiment(REPO / spec["experiment"], spec["overrides"])
-    return Path(prepare(base, log=log).baseline.checkpoint)
+    dest = WORK / model / "baseline.pt"
+    if not dest.is_file():
+        base = ac.load_experiment(REPO / spec["experiment"], spec["overrides"])
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(prepare(base, log=log).baseline.checkpoint, dest)
+    return dest
 
 
 def _shared_table(model: str, spec: dict, ckpt: Path, log) -> tuple[Path, dict]:
@@ -189,7 +196,7 @@ def _shared_table(model: str, spec: dict, ckpt: Path, log) -> tuple[Path, dict]:
         size_error,
     )
 
-    out = REPO / "runs" / "bench-sensitivity" / model / "shared"
+    out = WORK / model / "shared"
     cfg = ac.load_experiment(
         REPO / spec["experiment"],
         [*spec["overrides"], f"model.checkpoint={ckpt}", f"output_dir={out}"],
@@ -224,7 +231,7 @@ def run_one(
 
     spec = MODELS[model]
     settings = {**spec["sensitivity"], **VARIANTS[variant]}
-    out = REPO / "runs" / "bench-sensitivity" / model / f"{variant}-s{seed}"
+    out = WORK / model / f"{variant}-s{seed}"
     if out.exists():
         shutil.rmtree(out)
     (out / "cache").mkdir(parents=True)
@@ -404,7 +411,10 @@ def main(argv=None) -> int:
     p.add_argument("--rerun", action="store_true", help="run again runs already in the JSON")
     p.add_argument("--trials", type=int, help="trials per search (default: the model's)")
     p.add_argument("--results", type=Path, default=RESULTS, help="folder for JSON and Markdown")
+    p.add_argument("--work-dir", type=Path, help="folder for the runs (runs/bench-sensitivity)")
     args = p.parse_args(argv)
+    global WORK
+    WORK = (args.work_dir or WORK).resolve()
     results = args.results
     if args.report:
         print(write_report(results))
@@ -422,7 +432,7 @@ def main(argv=None) -> int:
         print(msg, flush=True)
 
     spec = MODELS[args.model]
-    ckpt = _baseline_checkpoint(spec, log)
+    ckpt = _baseline_checkpoint(args.model, spec, log)
     table, extra = _shared_table(args.model, spec, ckpt, log)
     data["shared"] = extra
     path.write_text(json.dumps(data, indent=1))
