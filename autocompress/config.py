@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
 
@@ -28,6 +35,7 @@ __all__ = [
     "ObjectiveConfig",
     "ObjectivesConfig",
     "SearchConfig",
+    "SensitivityConfig",
     "load_experiment",
     "read_yaml",
     "validation_message",
@@ -167,6 +175,48 @@ class LatencyConfig(_Strict):
         return v
 
 
+class SensitivityConfig(_Strict):
+    """Per-layer sensitivity: measured once per checkpoint (cached), then it narrows the search
+    space, warm-starts the study and, with ``two_stage``, scores thousands of policies without
+    fine-tuning to pick the candidates the real search evaluates. Mirrors
+    :class:`autocompress.sensitivity.SensitivitySettings` field for field."""
+
+    enabled: bool = Field(True, description="run before the search (cached per checkpoint)")
+    method: Literal["sweep", "hessian", "fisher"] = Field(
+        "sweep", description="sweep: measured drops; hessian/fisher: estimated loss increases"
+    )
+    estimator: Literal["hessian", "fisher"] | None = Field(
+        "fisher", description="cheap estimator reported next to the sweep (rank agreement)"
+    )
+    images: int = Field(1000, ge=10, description="fixed validation images of the sweep")
+    bn_batches: int = Field(2, ge=0, description="BatchNorm re-estimation batches per level")
+    max_points: int | None = Field(None, ge=2, description="levels per dimension (null: all)")
+    estimator_images: int = Field(256, ge=1)
+    estimator_samples: int = Field(16, ge=1, description="Hutchinson probes")
+    seed: int = 0
+    shape: bool = Field(True, description="narrow each layer's choices to the tolerance")
+    max_drop: float = Field(2.0, ge=0, description="max single-layer accuracy drop (points)")
+    max_loss_increase: float | None = Field(None, ge=0)
+    fix_insensitive: bool = Field(True, description="fix free layers at their most aggressive")
+    fix_drop: float = Field(0.2, ge=0, description="'free': every level drops at most this")
+    warm_start: int = Field(4, ge=0, description="knapsack allocations enqueued first")
+    budget: Literal["size", "latency"] = "size"
+    two_stage: bool = Field(False, description="proxy front first, its candidates evaluated")
+    proxy_policies: int = Field(4000, ge=10)
+    proxy_candidates: int | None = Field(None, ge=1)
+    proxy_metric: Literal["drop", "loss"] = "drop"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SensitivityConfig:
+        from .sensitivity.settings import SensitivitySettings
+
+        try:
+            SensitivitySettings.from_mapping(self)
+        except ConfigError as exc:
+            raise ValueError(str(exc).removeprefix("sensitivity: ")) from None
+        return self
+
+
 class ExperimentConfig(_Strict):
     """A whole experiment, as read from one YAML file."""
 
@@ -180,6 +230,7 @@ class ExperimentConfig(_Strict):
     compression: CompressionConfig = Field(default_factory=CompressionConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
+    sensitivity: SensitivityConfig = Field(default_factory=SensitivityConfig)
     search_space: Path
     output_dir: Path
     tracking_uri: str | None = None

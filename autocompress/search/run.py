@@ -28,6 +28,8 @@ from ..hardware.latency import make_latency_model
 from ..policy import CompressionPolicy
 from ..reporting.figures import log_search_figures, search_description
 from ..search_space import SearchSpace, load_search_space
+from ..sensitivity.settings import settings_for
+from ..sensitivity.stage import SensitivityStage
 from ..tracking import Tracker, mask_secrets
 from .front import front_hypervolume, write_front
 from .objective import TrialEvaluator
@@ -146,11 +148,17 @@ def search(
         f"{bm.latency_ms:.3f} ms (ONNX Runtime), {bm.size_bytes / 1024:.1f} KB packed, "
         f"{bm.params} params"
     )
-    space = prep.space
-    log(f"search space: {len(space)} layers, {space.cardinality:.3g} policies ({cfg.search_space})")
+    log(
+        f"search space: {len(prep.space)} layers, {prep.space.cardinality:.3g} policies "
+        f"({cfg.search_space})"
+    )
+    # Sensitivity (cached per checkpoint): the shaped space is the study's space.
+    sens = SensitivityStage.start(prep, settings_for(cfg), log=log)
+    space = sens.space if sens is not None else prep.space
     example = prep.data.example_input(cfg.latency.batch_size)
+    # The latency table covers the whole (unshaped) space: export and validate reuse it.
     latency_model = make_latency_model(
-        cfg, prep.baseline.model, space, example, reference_ms=bm.latency_ms, log=log
+        cfg, prep.baseline.model, prep.space, example, reference_ms=bm.latency_ms, log=log
     )
     # The baseline on the trials' scale (the target's threads), next to its direct measurement.
     baseline["measured_latency_ms"] = bm.latency_ms
@@ -180,6 +188,17 @@ def search(
     if created:
         # Anchor: the least aggressive policy, so the front reaches the accurate end.
         study.enqueue_trial(space.extreme(aggressive=False), user_attrs={"anchor": True})
+        if sens is not None:
+            # Warm start (and the two-stage proxy's candidates) before the sampler takes over.
+            for params, attrs in sens.initial_trials(
+                latency_model,
+                objectives=info.objectives,
+                n_trials=cfg.search.n_trials,
+                seed=cfg.search.seed,
+            ):
+                study.enqueue_trial(params, user_attrs=attrs)
+    if sens is not None and not worker:
+        sens.log(tracker, parent)
 
     status = "FINISHED"
     try:
@@ -192,6 +211,8 @@ def search(
         raise
     finally:
         if not worker:
+            if sens is not None:
+                sens.finish(study, tracker, parent, bm.val_accuracy)
             front, paths = write_front(info, cfg, tracker, parent, baseline)
             hv = front_hypervolume(front, info.objectives, info.directions, baseline)
             paths += log_search_figures(
