@@ -227,6 +227,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get("AUTOCOMPRESS_DEBUG") == "1"
+    if os.environ.get("AUTOCOMPRESS_THREADS", "").isdigit():
+        # Share the cores with other jobs: torch threads beyond the free cores spin and stall.
+        import torch
+
+        torch.set_num_threads(max(1, int(os.environ["AUTOCOMPRESS_THREADS"])))
     try:
         return _COMMANDS[args.command](args)
     except KeyboardInterrupt:

@@ -171,16 +171,14 @@ def _front_metrics(rows: list[dict], baseline: dict) -> dict:
 
 
 def _baseline_checkpoint(model: str, spec: dict, log) -> Path:
-    """The experiment's baseline (trained once in its own output_dir, or found there), copied
-    into the benchmark's folder so that every run uses the same bytes."""
-    import autocompress as ac
-    from autocompress.search.run import prepare
+    """The shared baseline of ``benchmarks/common.py``, copied into the benchmark's folder so
+    that every run uses the same bytes."""
+    from common import baseline_checkpoint
 
     dest = WORK / model / "baseline.pt"
     if not dest.is_file():
-        base = ac.load_experiment(REPO / spec["experiment"], spec["overrides"])
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(prepare(base, log=log).baseline.checkpoint, dest)
+        shutil.copy(baseline_checkpoint(model, log=log), dest)
     return dest
 
 
