@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -35,8 +36,8 @@ TOLERANCE_POINTS = 1.0
 # per-trial fine-tunes; the picked models still get a longer distilled fine-tune at export.
 REDUCED = {
     "resnet18": [
-        "search.n_trials=16",
-        "finetune.steps=40",
+        "search.n_trials=12",
+        "finetune.steps=20",
         "finetune.batch_size=64",
         "data.train_subset=4000",
         "data.val_subset=1000",
@@ -66,11 +67,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", choices=sorted(EXPERIMENTS), default="small_cnn")
     p.add_argument("--trials", type=int, help="override search.n_trials")
-    p.add_argument("--max-exports", type=int, default=4, help="per criterion")
+    p.add_argument("--max-exports", type=int, default=3, help="per criterion")
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--output-dir", type=Path, help="default: the experiment's own output_dir")
     p.add_argument("--reduced", action="store_true", help="the 2-core budget of REDUCED")
     args = p.parse_args()
+    if os.environ.get("AUTOCOMPRESS_THREADS", "").isdigit():
+        import torch
+
+        torch.set_num_threads(int(os.environ["AUTOCOMPRESS_THREADS"]))
     overrides = [f"model.checkpoint={baseline_checkpoint(args.model)}"]
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir.resolve()}")
