@@ -175,8 +175,9 @@ class SensitivityStage:
             "sensitivity_levels": float(len(self.table.rows)),
             "sensitivity_space_before": float(self.prep.space.cardinality),
             "sensitivity_space_after": float(self.space.cardinality),
-            "sensitivity_warm_start": float(len(self.warm)),
         }
+        if self.proxy is not None:  # initial_trials ran (a new study), not a resumed one
+            out["sensitivity_warm_start"] = float(len(self.warm))
         agree = m.get("agreement", {})
         if "spearman_drop" in agree:
             out["sensitivity_estimator_spearman"] = float(agree["spearman_drop"])
