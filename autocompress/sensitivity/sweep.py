@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -282,6 +283,26 @@ def _skip_rule(model: nn.Module, structure: dict, example, importance: str, roun
     return "out"
 
 
+class _Progress:
+    """A line at every tenth of the sweep: levels scored, elapsed, ETA."""
+
+    def __init__(self, total: int, log: Callable[[str], None]) -> None:
+        self.total, self.done, self.log = total, 0, log
+        self.t0, self.next = time.perf_counter(), 0.1
+
+    def step(self) -> None:
+        self.done += 1
+        frac = self.done / max(self.total, 1)
+        if frac >= self.next and frac < 1.0:
+            el = time.perf_counter() - self.t0
+            self.log(
+                f"sensitivity: {100 * frac:.0f}% of the sweep, {el:.0f} s elapsed, "
+                f"ETA {el * (1 - frac) / frac:.0f} s"
+            )
+            while self.next <= frac:
+                self.next += 0.1
+
+
 def _chunks(model: nn.Module, keep_todo: list) -> list[list]:
     """Channel-removal levels in groups whose models fit the memory budget together."""
     per_model = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -301,6 +322,7 @@ def _measure(model, todo, data, *, importance, round_to, structure, log):
     base_est = batch_statistics(work, data.bn, work) if data.bn else {}
     scores = {t: _Scores() for t in todo}
     base = _Scores()
+    progress = _Progress(len(todo) * max(1, math.ceil(len(data.x) / 500)), log)
     trace: ModuleTrace | None = ModuleTrace()
     trace.wrap(work)
     try:
@@ -311,6 +333,7 @@ def _measure(model, todo, data, *, importance, round_to, structure, log):
             bs = int(min(500, max(16, _TRACE_BUDGET // max(per_image, 1))))
         except TypeError:
             bs, trace = 250, None
+        progress.total = len(todo) * math.ceil(len(data.x) / bs)
         for c, chunk in enumerate(_chunks(model, [t for t in todo if t[1] == "keep_ratio"])):
             variants = weight_variants if c == 0 else []
             for key in chunk:
@@ -348,6 +371,7 @@ def _measure(model, todo, data, *, importance, round_to, structure, log):
                             trace.copy = True
                             trace.record(work, x)
                         scores[v.key].add(out, y)
+                        progress.step()
     finally:
         if trace is not None:
             trace.unwrap()
