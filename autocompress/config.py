@@ -197,7 +197,11 @@ class SensitivityConfig(_Strict):
     shape: bool = Field(True, description="narrow each layer's choices to the tolerance")
     max_drop: float = Field(2.0, ge=0, description="max single-layer accuracy drop (points)")
     max_loss_increase: float | None = Field(None, ge=0)
-    fix_insensitive: bool = Field(True, description="fix free layers at their most aggressive")
+    fix_insensitive: bool = Field(
+        False,
+        description="fix free layers at their most aggressive (risky on residual networks: "
+        "blocks harmless alone are not harmless together)",
+    )
     fix_drop: float = Field(0.2, ge=0, description="'free': every level drops at most this")
     warm_start: int = Field(4, ge=0, description="knapsack allocations enqueued first")
     budget: Literal["size", "latency"] = "size"

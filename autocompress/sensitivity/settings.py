@@ -36,7 +36,7 @@ class SensitivitySettings:
     shape: bool = True
     max_drop: float = 2.0
     max_loss_increase: float | None = None
-    fix_insensitive: bool = True
+    fix_insensitive: bool = False
     fix_drop: float = 0.2
     warm_start: int = 4
     budget: Literal["size", "latency"] = "size"
