@@ -32,7 +32,7 @@ from autocompress.export.run import export
 
 ROOT = REPO
 TOLERANCE_POINTS = 1.0
-MAX_VAL_DROP = 5.0  # points below the best validation accuracy on the front
+MAX_VAL_DROP = 12.0  # below the front's best validation accuracy (short per-trial fine-tunes)
 
 
 def cfg_baseline_val(front: list[dict]) -> float:

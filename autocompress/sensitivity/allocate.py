@@ -50,14 +50,20 @@ class Candidate:
 def knapsack(costs: list[np.ndarray], values: list[np.ndarray], budget: float) -> list[int] | None:
     """Per group, the index of one option so that the summed cost is at most ``budget`` and the
     summed value is smallest (costs rounded up to 1/2000 of the slack). None if infeasible."""
-    mins = [float(c.min()) for c in costs]
+    # An option without a finite cost or value (e.g. no size estimate) is never chosen.
+    ok = [np.isfinite(c) & np.isfinite(v) for c, v in zip(costs, values, strict=True)]
+    if not all(o.any() for o in ok):
+        return None
+    mins = [float(c[o].min()) for c, o in zip(costs, ok, strict=True)]
     slack = budget - sum(mins)
     if slack < 0:
         return None
     width = max(slack / _BINS, 1e-12)
-    bins = [
-        np.ceil((c - m) / width - 1e-9).astype(np.int64) for c, m in zip(costs, mins, strict=True)
-    ]
+    bins = []
+    for c, m, o in zip(costs, mins, ok, strict=True):
+        b = np.full(len(c), _BINS + 1, dtype=np.int64)
+        b[o] = np.minimum(np.ceil((c[o] - m) / width - 1e-9), _BINS + 1).astype(np.int64)
+        bins.append(b)
     dp = np.zeros(_BINS + 1)
     choices = []
     for cb, val in zip(bins, values, strict=True):
