@@ -143,6 +143,11 @@ class SearchConfig(_Strict):
         None, ge=1, description="seconds without heartbeat before a trial counts as lost"
     )
     retries: int = Field(1, ge=0, description="re-runs of a trial whose worker was lost")
+    report_test_accuracy: bool = Field(
+        False,
+        description="also score each trial on the test split (metric test_accuracy; for "
+        "benchmarks only: never an objective, the sampler does not see it)",
+    )
 
 
 class ObjectiveConfig(_Strict):

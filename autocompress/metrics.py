@@ -39,6 +39,7 @@ class TrialMetrics:
     compression_ratio: float
     weight_sparsity: float
     finetune_loss: float
+    test_accuracy: float | None = None  # only with search.report_test_accuracy (benchmarks)
 
     @property
     def size_kb(self) -> float:
@@ -48,6 +49,6 @@ class TrialMetrics:
         return float(getattr(self, OBJECTIVES[objective].metric))
 
     def to_dict(self) -> dict[str, float]:
-        d = asdict(self)
+        d = {k: v for k, v in asdict(self).items() if v is not None}
         d["size_kb"] = self.size_kb
         return d

@@ -73,6 +73,10 @@ class TrialEvaluator:
         acc, val_loss = evaluate(model, self.data.val)
         ref = ModelRef.from_config(self.cfg, self.data.input_shape)
         size = len(pack_model(model, ref, policy, round_to=self.cfg.compression.round_to))
+        # Benchmarks only (search.report_test_accuracy): stored, never seen by the sampler.
+        test_acc = None
+        if self.cfg.search.report_test_accuracy:
+            test_acc, _ = evaluate(model, self.data.test)
         return TrialMetrics(
             val_accuracy=acc,
             val_loss=val_loss,
@@ -81,6 +85,7 @@ class TrialEvaluator:
             compression_ratio=self.baseline.metrics.fp32_state_dict_bytes / size,
             weight_sparsity=weight_sparsity(model),
             finetune_loss=ft_loss,
+            test_accuracy=test_acc,
         )
 
     def __call__(self, policy: CompressionPolicy, *, seed: int = 0) -> TrialMetrics:
