@@ -132,7 +132,7 @@ def _cfg(model: str, out: Path, ckpt: Path, extra: list[str] = ()):
     )
 
 
-def _shared(model: str, ckpt: Path) -> dict:
+def _shared(model: str, ckpt: Path, sensitivity: bool = True) -> dict:
     """Once per model: the latency table and the sensitivity table (both cached in
     ``<work>/<model>/shared/cache`` and copied into every run), the baseline on every axis."""
     from autocompress.hardware.latency import make_latency_model
@@ -165,7 +165,7 @@ def _shared(model: str, ckpt: Path) -> dict:
         log=_log,
     )
     lat_s = time.perf_counter() - t0
-    table = analyze(prep, settings_for(cfg), log=_log)
+    table = analyze(prep, settings_for(cfg), log=_log) if sensitivity else None
     test_acc, _ = evaluate(prep.baseline.model, prep.data.test)
     return {
         "cache": str(cache),
@@ -177,7 +177,7 @@ def _shared(model: str, ckpt: Path) -> dict:
         },
         "latency_target": cfg.latency.target,
         "latency_table_seconds_this_call": lat_s,
-        "sensitivity_seconds": table.meta.get("seconds"),
+        "sensitivity_seconds": table.meta.get("seconds") if table else None,
         "n_test": len(prep.data.test),
     }
 
@@ -791,7 +791,10 @@ def main(argv=None) -> int:
     for model in args.model:
         trials = args.trials or MODELS[model]["trials"]
         ckpt = baseline_checkpoint(model, log=_log)
-        shared = _shared(model, ckpt)
+        shared = _shared(model, ckpt, sensitivity="autocompress" in args.methods)
+        old = data["shared"].get(model, {})
+        if shared["sensitivity_seconds"] is None:
+            shared["sensitivity_seconds"] = old.get("sensitivity_seconds")
         data["shared"][model] = shared
         path.write_text(json.dumps(data, indent=1))
         for seed in args.seeds:
