@@ -69,7 +69,9 @@ def test_shaping_cuts_at_the_first_level_over_tolerance_and_fixes_free_ones():
         ("b", "bits", 6): 0.05,
         ("b", "bits", 3): 0.1,  # everything free: fixed at 3 bits
     }
-    shaped = shape_space(SPACE, _table(drops), SensitivitySettings(max_drop=2.0, fix_drop=0.2, fix_insensitive=True))
+    shaped = shape_space(
+        SPACE, _table(drops), SensitivitySettings(max_drop=2.0, fix_drop=0.2, fix_insensitive=True)
+    )
     a, b = shaped.layers["a"], shaped.layers["b"]
     assert a.sparsity == (0.0, 0.25)
     assert a.bits == (4, 8, 32)
