@@ -111,7 +111,9 @@ def test_profile_builds_a_table_that_is_cached_and_monotone(
                 )
                 compressed = apply_policy(model, policy, example=example)
                 preds.append(again.predict(compressed, policy))
-            assert preds == sorted(preds), (layer, bits, preds)
+            # non-decreasing in the kept channels (up to float rounding)
+            ok = all(b >= a * (1 - 1e-9) for a, b in zip(preds, preds[1:], strict=False))
+            assert ok, (layer, bits, preds)
             assert preds[0] > 0
 
 

@@ -172,6 +172,7 @@ def test_report_shows_baseline_front_and_export(done, tmp_path):
         shutil.rmtree(cfg.output_dir / "export")
 
     sens = cfg.output_dir / "sensitivity"
+    shutil.rmtree(sens, ignore_errors=True)  # the search's own stage: replaced by a fake table
     sens.mkdir()
     records = [{"layer": "conv1", "knob": "bits", "value": 4, "delta": -0.02}]
     (sens / "sensitivity.json").write_text(json.dumps({"metric": "drop", "rows": records}))
