@@ -107,6 +107,9 @@ def main() -> None:
             f"{r['mean_trial_seconds']:.1f} | {r['wall_seconds']:.0f} | "
             f"{r['load_average_after'][0]:.2f} |"
         )
+    notes = RESULTS / "workers-notes.md"  # the reading, written by hand, survives re-runs
+    if notes.is_file():
+        lines += ["", notes.read_text().rstrip()]
     (RESULTS / "workers.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
