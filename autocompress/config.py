@@ -121,6 +121,15 @@ class ExportConfig(_Strict):
 
     finetune: FinetuneConfig = Field(default_factory=_export_finetune)
     calibration_batches: int = Field(8, ge=1, description="training batches for INT8 calibration")
+    int8_weight_range: Literal["auto", "full", "reduced"] = Field(
+        "auto", description="INT8 weights on -127..127 or -64..64; auto: -64..64 if U8S8 saturates"
+    )
+    max_int8_gap: float = Field(
+        0.5,
+        ge=0,
+        description="points of validation accuracy the INT8 ONNX model may lose against the "
+        "FP32 ONNX model of the same weights before the FP32 one is deployed instead",
+    )
     registered_model: str | None = Field(None, description="Model Registry name (default: name)")
     alias: str = "picked"
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -12,7 +13,9 @@ from conftest import tiny_config
 from autocompress import load_experiment, search
 from autocompress.cli import main
 from autocompress.data import load_data
+from autocompress.export import run as export_run
 from autocompress.export.artifact import load_packed_model
+from autocompress.models import TinyCNN
 from autocompress.training import batches
 
 KEYS = (
@@ -45,7 +48,9 @@ def test_export_json_artifacts_and_registry(searched, capsys):
         assert key in out, key
     assert out["trial"] == 1
     assert out["packed_reload_exact"] is True
+    assert out["deployed_form"] in ("int8-qdq", "fp32")
     art = out["artifacts"]
+    assert (out["deployed_form"] == "fp32") == (art["onnx_deployed"] == art["onnx_fp32"])
     # the deployed ONNX model runs in ONNX Runtime and agrees with the packed torch model
     model, _ = load_packed_model(art["packed"])
     cfg = load_experiment(searched)
@@ -54,7 +59,7 @@ def test_export_json_artifacts_and_registry(searched, capsys):
         ref = model(x).numpy()
     sess = ort.InferenceSession(art["onnx_fp32"], providers=["CPUExecutionProvider"])
     got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
-    if out["int8_layers"]:
+    if any(lp["bits"] < 32 for lp in out["policy"]["layers"].values()):
         # fp32 export drops activation fake-quant: close, not equal
         assert np.abs(got - ref).max() < 0.5 * np.abs(ref).max()
     else:
@@ -77,3 +82,26 @@ def test_pick_json(searched, capsys):
     assert main(["pick", str(searched), "--knee", "--json"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["choice"]["trial"] in range(3) and out["qualifying"] >= 1
+
+
+@pytest.mark.parametrize(("int8_acc", "form"), [(0.80, "fp32"), (0.898, "int8-qdq")])
+def test_int8_model_that_loses_accuracy_is_not_deployed(
+    tmp_path, fmnist_root, monkeypatch, int8_acc, form
+):
+    """The INT8 ONNX model is deployed only within ``export.max_int8_gap`` (0.5 points) of the
+    FP32 ONNX model's validation accuracy; otherwise the FP32 model is, and the report says why."""
+    cfg = load_experiment(tiny_config(tmp_path, fmnist_root))
+    data = load_data(cfg.data)
+
+    def fake_accuracy(path, ds, **_):
+        assert ds is data.val  # decided on validation data, never on the test split
+        return int8_acc if "int8" in Path(path).name else 0.90
+
+    monkeypatch.setattr(export_run, "onnx_accuracy", fake_accuracy)
+    said = []
+    dep = export_run._deploy(TinyCNN().eval(), {"conv2": 4}, data, tmp_path, cfg, log=said.append)
+    assert dep.form == form
+    if form == "fp32":
+        assert dep.path == dep.fp32 and "10.00 points" in dep.fallback and said
+    else:
+        assert dep.path.name == "model_int8.onnx" and not dep.fallback and not said

@@ -53,6 +53,9 @@ class ExportResult:
     packed_reload_exact: bool
     int8_layers: list[str]
     seconds: float
+    deployed_form: str = "fp32"  # "int8-qdq" or "fp32"
+    int8_reduce_range: bool = False  # INT8 weights on -64..64 (U8S8 saturation workaround)
+    int8_fallback: str = ""  # why the INT8 model was not deployed, when it was not
     artifacts: dict[str, str] = field(default_factory=dict)
     registered_model: dict[str, str] = field(default_factory=dict)
 
@@ -76,17 +79,37 @@ def onnx_accuracy(path: str | Path, ds, *, batch_size: int = 256, threads: int =
     return correct / max(total, 1)
 
 
+@dataclass
+class _Deployed:
+    fp32: Path
+    path: Path
+    form: str
+    reduce_range: bool = False
+    fallback: str = ""
+
+
+def _reduce_range(cfg: ExperimentConfig) -> bool:
+    from ..hardware.deploy import u8s8_saturates
+
+    mode = cfg.export.int8_weight_range
+    return u8s8_saturates() if mode == "auto" else mode == "reduced"
+
+
 def _deploy(
     plain: torch.nn.Module,
     int8: dict[str, int],
     data: DataBundle,
     out: Path,
     cfg: ExperimentConfig,
-) -> tuple[Path, Path]:
+    *,
+    log=print,
+) -> _Deployed:
+    """FP32 ONNX always; INT8 QDQ for the quantised layers, deployed only when its validation
+    accuracy stays within ``export.max_int8_gap`` points of the compressed torch model's."""
     example = data.example_input(cfg.latency.batch_size)
     fp32 = export_onnx(plain, example, out / "model_fp32.onnx")
     if not int8:
-        return fp32, fp32
+        return _Deployed(fp32, fp32, "fp32")
     from ..hardware.deploy import export_deployed
 
     bs = cfg.data.batch_size
@@ -96,10 +119,33 @@ def _deploy(
             batches(data.train, bs, shuffle=True, seed=1), cfg.export.calibration_batches
         )
     ]
+    reduce = _reduce_range(cfg)
     deployed = export_deployed(
-        plain, example, out / "model_int8.onnx", int8_layers=sorted(int8), calibration=calib
+        plain,
+        example,
+        out / "model_int8.onnx",
+        int8_layers=sorted(int8),
+        calibration=calib,
+        reduce_range=reduce,
     )
-    return fp32, deployed
+    ref_acc = onnx_accuracy(fp32, data.val)
+    int8_acc = onnx_accuracy(deployed, data.val)
+    gap = 100 * (ref_acc - int8_acc)
+    if gap > cfg.export.max_int8_gap:
+        why = (
+            f"INT8 ONNX model lost {gap:.2f} points of validation accuracy against the FP32 one "
+            f"(export.max_int8_gap: {cfg.export.max_int8_gap}); deploying the FP32 ONNX model"
+        )
+        log(f"warning: {why}")
+        return _Deployed(fp32, fp32, "fp32", reduce, why)
+    return _Deployed(fp32, deployed, "int8-qdq", reduce)
+
+
+def _form(r: ExportResult) -> str:
+    if r.deployed_form != "int8-qdq":
+        return f"FP32 ({r.int8_fallback})" if r.int8_fallback else "FP32"
+    rng = "weights on -64..64 (U8S8 saturation workaround)" if r.int8_reduce_range else "-127..127"
+    return f"INT8 QDQ, {rng}"
 
 
 def _report_md(r: ExportResult, cfg: ExperimentConfig) -> str:
@@ -121,6 +167,7 @@ def _report_md(r: ExportResult, cfg: ExperimentConfig) -> str:
         f"| FP32 state_dict bytes | {r.fp32_state_dict_bytes} |",
         f"| compression ratio | {r.compression_ratio:.1f}x |",
         f"| packed file reloads bit-exact | {r.packed_reload_exact} |",
+        f"| deployed ONNX form | {_form(r)} |",
         "",
         "## Policy",
         "",
@@ -197,7 +244,8 @@ def export(cfg: ExperimentConfig, criteria: PickCriteria, *, log=print) -> Expor
 
     plain, int8 = materialize(model)
     log(f"exporting ONNX ({len(int8)} INT8 layers) and measuring on the target")
-    fp32_path, deployed = _deploy(plain, int8, data, out, cfg)
+    dep = _deploy(plain, int8, data, out, cfg, log=log)
+    fp32_path, deployed = dep.fp32, dep.path
     onnx_acc = onnx_accuracy(deployed, data.test)
     threads = getattr(latency_model, "threads", 2)
     measured = measure_onnx_latency(deployed, tuple(example.shape), threads=threads, repeats=100)
@@ -219,8 +267,11 @@ def export(cfg: ExperimentConfig, criteria: PickCriteria, *, log=print) -> Expor
         compression_ratio=baseline.metrics.fp32_state_dict_bytes / packed,
         speedup=base_ms / measured,
         packed_reload_exact=exact,
-        int8_layers=sorted(int8),
+        int8_layers=sorted(int8) if dep.form == "int8-qdq" else [],
         seconds=0.0,
+        deployed_form=dep.form,
+        int8_reduce_range=dep.reduce_range,
+        int8_fallback=dep.fallback,
         artifacts={
             "packed": str(packed_path),
             "onnx_fp32": str(fp32_path),

@@ -9,7 +9,12 @@ import torch
 from torch import nn
 
 from autocompress.errors import ModelError
-from autocompress.hardware.deploy import _scope_to_module, export_deployed, onnx_layer_nodes
+from autocompress.hardware.deploy import (
+    _scope_to_module,
+    export_deployed,
+    onnx_layer_nodes,
+    u8s8_saturates,
+)
 from autocompress.hardware.measure import make_session
 from autocompress.models import TinyCNN
 
@@ -77,3 +82,44 @@ def test_unknown_int8_layer_is_an_error(tmp_path):
         export_deployed(
             TinyCNN(), torch.zeros(1, 1, 28, 28), tmp_path / "x.onnx", int8_layers=["nope"]
         )
+
+
+def test_reduced_weight_range_avoids_u8s8_saturation(tmp_path):
+    """Weights on a 1-bit grid (every int8 code at +-max) times large non-negative inputs: the
+    pattern that saturates ORT's int16 pair sums on AVX2 CPUs without VNNI. With the reduced
+    weight range the INT8 layer must stay within 2 % of float on any CPU."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 8, 3, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.sign(torch.randn_like(conv.weight)) * 0.1)
+    model = nn.Sequential(conv).eval()
+    x = torch.rand(4, 16, 8, 8) * 4
+    ref = model(x).detach().numpy()
+    path = export_deployed(
+        model, x, tmp_path / "r.onnx", int8_layers=["0"], calibration=[x], reduce_range=True
+    )
+    out = make_session(path, threads=1).run(None, {"input": x.numpy()})[0]
+    assert np.abs(out - ref).max() < 0.02 * np.abs(ref).max()
+    codes = [
+        onnx.numpy_helper.to_array(t)
+        for t in onnx.load(str(path)).graph.initializer
+        if t.name.endswith("_quantized") and t.data_type == onnx.TensorProto.INT8
+    ]
+    assert codes and max(int(np.abs(c).max()) for c in codes) <= 64
+
+
+@pytest.mark.parametrize(
+    ("machine", "flags", "expected"),
+    [
+        ("x86_64", "fpu sse avx avx2", True),
+        ("x86_64", "fpu avx2 avx512f avx512_vnni", False),
+        ("x86_64", "fpu avx2 avx_vnni", False),
+        ("aarch64", "fp asimd", False),
+    ],
+)
+def test_u8s8_saturation_detection(tmp_path, monkeypatch, machine, flags, expected):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    monkeypatch.setattr("autocompress.hardware.deploy.platform.machine", lambda: machine)
+    assert u8s8_saturates(cpuinfo) is expected
+    assert u8s8_saturates(tmp_path / "missing") is (machine == "x86_64")
