@@ -218,6 +218,17 @@ class SensitivityConfig(_Strict):
     )
     fix_drop: float = Field(0.2, ge=0, description="'free': every level drops at most this")
     warm_start: int = Field(4, ge=0, description="knapsack allocations enqueued first")
+    warm_start_max_drop: float | None = Field(
+        10.0,
+        ge=0,
+        description="measured drop (points, whole policy, before fine-tune) a warm-start policy "
+        "may have; above it the budget is loosened (null: trust the summed per-layer drops)",
+    )
+    uniform_start: list[int] = Field(
+        default_factory=lambda: [8, 4],
+        description="bit-widths of uniform policies enqueued first, each at the highest "
+        "sparsity that passes warm_start_max_drop",
+    )
     budget: Literal["size", "latency"] = "size"
     two_stage: bool = Field(False, description="proxy front first, its candidates evaluated")
     proxy_policies: int = Field(4000, ge=10)

@@ -189,6 +189,24 @@ class SearchSpace:
             params[key] = getattr(policy.layers.get(layer, LayerPolicy()), dim)
         return params
 
+    def uniform_policy(self, sparsity: float, bits: int) -> CompressionPolicy:
+        """Every layer at ``sparsity`` and ``bits`` (its nearest allowed choice, ties to the
+        gentler one) and its largest keep ratio: what a one-line uniform config gives."""
+
+        def near(opts, v):
+            return min(opts, key=lambda o: (abs(o - v), o))
+
+        return CompressionPolicy(
+            {
+                name: LayerPolicy(
+                    sparsity=float(near(ch.sparsity, sparsity)),
+                    bits=int(near(ch.bits, bits)),
+                    keep_ratio=float(max(ch.keep_ratio)),
+                )
+                for name, ch in self.layers.items()
+            }
+        )
+
     def extreme(self, *, aggressive: bool) -> dict:
         """Params of the least (or most) aggressive policy of the space."""
         out = {}

@@ -193,24 +193,9 @@ def _new_run_dir(model: str, method: str, seed: int, shared: dict) -> Path:
 
 
 # -- the uniform grid -----------------------------------------------------------------------
-def _nearest(options, value):
-    return min(options, key=lambda o: (abs(o - value), o))
-
-
 def uniform_policy(space, sparsity: float, bits: int):
     """Every layer at ``sparsity`` and ``bits`` (its nearest allowed choice), keep_ratio 1."""
-    from autocompress.policy import CompressionPolicy, LayerPolicy
-
-    return CompressionPolicy(
-        {
-            name: LayerPolicy(
-                sparsity=float(_nearest(ch.sparsity, sparsity)),
-                bits=int(_nearest(ch.bits, bits)),
-                keep_ratio=1.0 if 1.0 in ch.keep_ratio else max(ch.keep_ratio),
-            )
-            for name, ch in space.layers.items()
-        }
-    )
+    return space.uniform_policy(sparsity, bits)
 
 
 def grid_points(model: str, n: int) -> list[tuple[float, int]]:

@@ -5,12 +5,22 @@
   or Fisher) and its rank agreement with the sweep;
 - :func:`shape_space`: per layer, the choices within a tolerance of single-layer drop;
 - :func:`warm_start` / :func:`proxy_front`: knapsack allocations under size or latency
-  budgets, and the two-stage search's proxy front (predicted drop as accuracy objective);
+  budgets, checked by the measured drop of the whole policy (:func:`policy_drop`), the
+  checked uniform corners (:func:`uniform_corners`), and the two-stage search's proxy front
+  (predicted drop as accuracy objective);
 - :class:`SensitivityStage`: the four calls a search makes.
 """
 
-from .allocate import Candidate, knapsack, proxy_front, spread, warm_start
-from .analysis import analyze, cache_key, check_additivity, make_proxy, real_costs, size_error
+from .allocate import Candidate, knapsack, proxy_front, spread, uniform_corners, warm_start
+from .analysis import (
+    analyze,
+    cache_key,
+    check_additivity,
+    make_proxy,
+    policy_drop,
+    real_costs,
+    size_error,
+)
 from .proxy import PolicyCodec, ProxyModel
 from .settings import SensitivitySettings, settings_for
 from .shaping import describe_shaping, shape_space, shaping_report
@@ -32,6 +42,7 @@ __all__ = [
     "knapsack",
     "make_proxy",
     "proxy_front",
+    "policy_drop",
     "real_costs",
     "settings_for",
     "shape_space",
@@ -39,5 +50,6 @@ __all__ = [
     "size_error",
     "spearman",
     "spread",
+    "uniform_corners",
     "warm_start",
 ]

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import numpy as np
 
 from .proxy import ProxyModel
 
-__all__ = ["Candidate", "knapsack", "proxy_front", "spread", "warm_start"]
+__all__ = ["Candidate", "knapsack", "proxy_front", "spread", "uniform_corners", "warm_start"]
 
 _BINS = 2000
 _TIE = 1e-3  # accuracy points per whole budget: prefer the cheaper of equally sensitive options
@@ -33,7 +34,8 @@ class Candidate:
     predicted: dict[str, float]
     real: dict[str, float] = field(default_factory=dict)
     budget: float | None = None
-    kind: str = "size"  # what the budget is in ("size" bytes, "latency" ms), or "proxy"
+    kind: str = "size"  # what the budget is in ("size" bytes, "latency" ms), "proxy", "uniform"
+    loosened: int = 0  # times the budget was loosened because the measured drop was too large
 
     def attrs(self) -> dict:
         """JSON-ready summary (Optuna user attribute of the enqueued trial)."""
@@ -41,6 +43,8 @@ class Candidate:
         out.update({f"real_{k}": v for k, v in self.real.items()})
         if self.budget is not None:
             out["budget"] = self.budget
+        if self.loosened:
+            out["loosened"] = self.loosened
         return {
             k: (None if isinstance(v, float) and not math.isfinite(v) else v)
             for k, v in out.items()
@@ -90,10 +94,17 @@ def knapsack(costs: list[np.ndarray], values: list[np.ndarray], budget: float) -
     return picks[::-1]
 
 
-def _solve(proxy: ProxyModel, budget_kind: str, budget: float, offset: float) -> np.ndarray | None:
+def _solve(
+    proxy: ProxyModel, budget_kind: str, budget: float, offset: float, *, gentle: bool = False
+) -> np.ndarray | None:
+    """Knapsack row; equally sensitive options are broken towards the cheaper one, or with
+    ``gentle`` towards the more expensive (less compressed) one."""
     combos, costs, values = proxy.separable(budget_kind)
     span = max(sum(float(c.max() - c.min()) for c in costs), 1e-12)
-    values = [v + _TIE * (c - c.min()) / span for v, c in zip(values, costs, strict=True)]
+    values = [
+        v + _TIE * ((c.max() - c) if gentle else (c - c.min())) / span
+        for v, c in zip(values, costs, strict=True)
+    ]
     picks = knapsack(costs, values, budget - offset)
     if picks is None:
         return None
@@ -120,6 +131,32 @@ def _separable_cost(proxy: ProxyModel, kind: str, row: np.ndarray) -> float:
     return total
 
 
+def _fit(
+    proxy: ProxyModel,
+    kind: str,
+    budget: float,
+    measure: Callable | None,
+    tries: int,
+    gentle: bool = False,
+) -> Candidate | None:
+    """The knapsack allocation for ``budget``; with ``measure``, its budget tightened (up to
+    ``tries`` times) until the real cost fits. None when nothing fits."""
+    target = budget
+    for _ in range(tries):
+        row = _solve(proxy, kind, target, proxy.base(kind), gentle=gentle)
+        if row is None:
+            return None
+        pred = {k: float(v[0]) for k, v in proxy.evaluate(row).items()}
+        cand = Candidate(row, pred, budget=budget, kind=kind)
+        if measure is None:
+            return cand
+        cand.real = measure(proxy.codec.policy(row))
+        if cand.real[kind] <= budget:
+            return cand
+        target *= budget / cand.real[kind] * 0.99
+    return None
+
+
 def warm_start(
     proxy: ProxyModel,
     *,
@@ -128,6 +165,9 @@ def warm_start(
     measure: Callable | None = None,
     budgets: list[float] | None = None,
     tries: int = 4,
+    check: Callable | None = None,
+    max_drop: float | None = None,
+    loosen: int = 6,
 ) -> list[Candidate]:
     """Knapsack allocations for ``n`` budgets spread geometrically between the cheapest policy
     of the space and the cheapest one of least summed sensitivity (or the given ``budgets``, in
@@ -136,6 +176,13 @@ def warm_start(
     With ``measure`` (``policy -> {"size": bytes, "latency": ms}``), each allocation's real
     cost is checked and its budget tightened (up to ``tries`` times) until the real cost fits;
     an allocation that never fits is dropped.
+
+    With ``check`` (``policy -> accuracy drop in points`` of the whole compressed model) and
+    ``max_drop``, the summed per-layer drops are not trusted: an allocation whose measured drop
+    exceeds ``max_drop`` has its budget loosened towards the cost of the uncompressed model in
+    ``loosen`` equal steps on a log scale (equally sensitive options now broken towards the
+    less compressed one) until it passes; it is dropped if it never does. Layers interact (residual
+    networks above all), so a sum of small drops can be a large one.
     """
     if kind == "latency" and proxy.latency is None:
         raise ValueError("latency budgets need the latency deltas (a latency model)")
@@ -143,26 +190,54 @@ def warm_start(
     if budgets is None:
         lo = max(lo, 1e-9)
         budgets = [lo * (hi / lo) ** (i / max(n - 1, 1)) for i in range(n)] if hi > lo else [hi]
+    top = proxy.base(kind) + sum(float(c.max()) for c in proxy.separable(kind)[1])
     out: list[Candidate] = []
     seen: set[bytes] = set()
     for budget in budgets:
-        target = budget
-        for _ in range(tries):
-            row = _solve(proxy, kind, target, proxy.base(kind))
-            if row is None:
+        cand = None
+        ratio = (top / budget) ** (1 / (loosen + 1)) if 0 < budget < top else 1.0
+        for step in range(loosen + 1 if check is not None and max_drop is not None else 1):
+            cand = _fit(proxy, kind, budget, measure, tries, gentle=step > 0)
+            if cand is None or check is None or max_drop is None:
                 break
-            pred = {k: float(v[0]) for k, v in proxy.evaluate(row).items()}
-            cand = Candidate(row, pred, budget=budget, kind=kind)
-            if measure is None:
+            cand.real["drop"] = float(check(proxy.codec.policy(cand.row)))
+            cand.loosened = step
+            if cand.real["drop"] <= max_drop:
                 break
-            cand.real = measure(proxy.codec.policy(row))
-            if cand.real[kind] <= budget:
+            cand = None
+            if ratio <= 1.0:
                 break
-            target *= budget / cand.real[kind] * 0.99
-            row = None
-        if row is not None and row.tobytes() not in seen:
-            seen.add(row.tobytes())
+            budget *= ratio
+        if cand is not None and cand.row.tobytes() not in seen:
+            seen.add(cand.row.tobytes())
             out.append(cand)
+    return out
+
+
+def uniform_corners(space, bits: list[int], check: Callable, max_drop: float) -> list[dict]:
+    """Per bit-width, the uniform policy (every layer the same sparsity and bits, no channel
+    removal) of the highest sparsity whose measured drop is at most ``max_drop``, found by
+    bisection over the space's sparsity levels (drop grows with sparsity). Returns dicts with
+    ``bits``, ``sparsity``, ``policy`` and measured ``drop``; a bit-width none of whose levels
+    passes gives none, and a policy already found is not repeated."""
+    levels = sorted({v for ch in space.layers.values() for v in ch.sparsity})
+    out = []
+    seen: set[str] = set()
+    for b in bits:
+        lo, hi, best = 0, len(levels) - 1, None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            pol = space.uniform_policy(levels[mid], b)
+            drop = float(check(pol))
+            if drop <= max_drop:
+                best = {"bits": b, "sparsity": levels[mid], "policy": pol, "drop": drop}
+                lo = mid + 1
+            else:
+                hi = mid - 1
+        key = None if best is None else json.dumps(best["policy"].to_dict(), sort_keys=True)
+        if key is not None and key not in seen:
+            seen.add(key)
+            out.append(best)
     return out
 
 

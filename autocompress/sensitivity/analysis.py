@@ -40,6 +40,7 @@ __all__ = [
     "cache_key",
     "check_additivity",
     "make_proxy",
+    "policy_drop",
     "real_costs",
     "size_error",
     "sweep_data",
@@ -229,6 +230,35 @@ def real_costs(prep: Prepared, latency_model=None) -> Callable[[CompressionPolic
     return measure
 
 
+def policy_drop(
+    prep: Prepared, settings: SensitivitySettings
+) -> Callable[[CompressionPolicy], float]:
+    """``policy -> accuracy drop (points)`` of the whole compressed model before any fine-tune,
+    measured as the sweep measures one layer: activation ranges calibrated, BatchNorm statistics
+    re-estimated, scored on the sweep's fixed validation images."""
+    data = sweep_data(prep, settings)
+    comp = prep.cfg.compression
+    with torch.no_grad():
+        logits = prep.baseline.model.eval()(data.x)
+        base_acc = float((logits.argmax(1) == data.y).float().mean())
+
+    def drop(policy: CompressionPolicy) -> float:
+        model = apply_policy(
+            prep.baseline.model,
+            policy,
+            example=data.example,
+            importance=comp.importance,
+            round_to=comp.round_to,
+        )
+        calibrate(model, data.calib)
+        correct_batchnorm(model, prep.baseline.model, data.bn)
+        with torch.no_grad():
+            acc = float((model(data.x).argmax(1) == data.y).float().mean())
+        return 100.0 * (base_acc - acc)
+
+    return drop
+
+
 def make_proxy(
     prep: Prepared,
     space: SearchSpace,
@@ -291,25 +321,8 @@ def check_additivity(
         for m in ("drop", "loss")
         if table.has(m)
     }
-    data = sweep_data(prep, settings)
-    comp = prep.cfg.compression
-    real = []
-    with torch.no_grad():
-        logits = prep.baseline.model.eval()(data.x)
-        base_acc = float((logits.argmax(1) == data.y).float().mean())
-    for row in rows:
-        model = apply_policy(
-            prep.baseline.model,
-            proxy.codec.policy(row),
-            example=data.example,
-            importance=comp.importance,
-            round_to=comp.round_to,
-        )
-        calibrate(model, data.calib)
-        correct_batchnorm(model, prep.baseline.model, data.bn)
-        with torch.no_grad():
-            acc = float((model(data.x).argmax(1) == data.y).float().mean())
-        real.append(100.0 * (base_acc - acc))
+    drop = policy_drop(prep, settings)
+    real = [drop(proxy.codec.policy(row)) for row in rows]
     rho = {m: spearman(p, real) for m, p in preds.items()}
     log(f"sensitivity: predicted vs measured drop of {n} policies: Spearman {rho}")
     return {

@@ -39,6 +39,8 @@ class SensitivitySettings:
     fix_insensitive: bool = False
     fix_drop: float = 0.2
     warm_start: int = 4
+    warm_start_max_drop: float | None = 10.0
+    uniform_start: tuple[int, ...] = (8, 4)
     budget: Literal["size", "latency"] = "size"
     two_stage: bool = False
     proxy_policies: int = 4000
@@ -63,6 +65,11 @@ class SensitivitySettings:
             problems.append("max_drop and fix_drop are accuracy points, at least 0")
         if self.max_loss_increase is not None and self.max_loss_increase < 0:
             problems.append(f"max_loss_increase {self.max_loss_increase}: at least 0")
+        if self.warm_start_max_drop is not None and self.warm_start_max_drop < 0:
+            problems.append(f"warm_start_max_drop {self.warm_start_max_drop}: at least 0")
+        bad = [b for b in self.uniform_start if not (2 <= b <= 8 or b == 32)]
+        if bad:
+            problems.append(f"uniform_start {bad[0]}: bits are 2..8 or 32")
         if self.warm_start < 0 or self.proxy_policies < 10:
             problems.append("warm_start must be >= 0 and proxy_policies >= 10")
         if self.proxy_candidates is not None and self.proxy_candidates < 1:
@@ -111,7 +118,10 @@ class SensitivitySettings:
             raise ConfigError(
                 f"sensitivity: unknown key {unknown[0]!r}; allowed keys: {', '.join(sorted(names))}"
             )
-        return cls(**dict(data))
+        data = dict(data)
+        if "uniform_start" in data:
+            data["uniform_start"] = tuple(data["uniform_start"])
+        return cls(**data)
 
     def with_(self, **changes: Any) -> SensitivitySettings:
         return replace(self, **changes)

@@ -8,6 +8,7 @@ drop ranked the trials' real, fine-tuned drops).
 from __future__ import annotations
 
 import csv
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,8 +19,8 @@ from optuna.trial import TrialState
 
 from ..policy import CompressionPolicy
 from ..search_space import SearchSpace
-from .allocate import Candidate, proxy_front, spread, warm_start
-from .analysis import analyze, make_proxy, real_costs
+from .allocate import Candidate, proxy_front, spread, uniform_corners, warm_start
+from .analysis import analyze, make_proxy, policy_drop, real_costs
 from .proxy import ProxyModel
 from .report import heatmap_html, heatmap_png, log_files, write_json, write_table
 from .settings import SensitivitySettings
@@ -36,6 +37,10 @@ __all__ = ["SensitivityStage"]
 _CANDIDATE_MAX_DROP = 25.0  # proxy-stage candidates: predicted drop at most this (points)
 
 
+def _key(policy: CompressionPolicy) -> str:
+    return json.dumps(policy.to_dict(), sort_keys=True)
+
+
 class SensitivityStage:
     """State shared by the sensitivity call sites of one search."""
 
@@ -46,6 +51,7 @@ class SensitivityStage:
         self.space: SearchSpace = shape_space(prep.space, table, settings)
         self.proxy: ProxyModel | None = None
         self.warm: list[Candidate] = []
+        self.uniform: list[dict] = []
         self.stage1: dict[str, Any] = {}
         self.out_dir: Path = prep.cfg.output_dir / "sensitivity"
         self._front_rows: list[dict] = []
@@ -77,22 +83,48 @@ class SensitivityStage:
         self, latency_model=None, *, objectives: list[str], n_trials: int, seed: int = 0
     ) -> list[tuple[dict, dict]]:
         """``(params, user_attrs)`` to enqueue before the sampler takes over: the warm-start
-        knapsack allocations (``user_attrs["warm_start"]``), and with ``two_stage`` the proxy
-        front's candidates (``user_attrs["proxy_stage"]``), warm-start ones first."""
+        knapsack allocations and the uniform corners (``user_attrs["warm_start"]``), and with
+        ``two_stage`` the proxy front's candidates (``user_attrs["proxy_stage"]``), warm-start
+        ones first."""
         s = self.settings
         lat = latency_model if "latency" in objectives else None
         self.proxy = make_proxy(self.prep, self.space, self.table, s, latency_model=lat)
         kind = s.budget if self.proxy.latency is not None else "size"
         measure = real_costs(self.prep, lat)
+        check = policy_drop(self.prep, s) if s.warm_start_max_drop is not None else None
         n_warm = s.warm_start
-        self.warm = warm_start(self.proxy, n=n_warm, kind=kind, measure=measure) if n_warm else []
+        self.warm = (
+            warm_start(
+                self.proxy,
+                n=n_warm,
+                kind=kind,
+                measure=measure,
+                check=check,
+                max_drop=s.warm_start_max_drop,
+            )
+            if n_warm
+            else []
+        )
         for c in self.warm:
+            checked = (
+                f", measured drop before fine-tune {c.real['drop']:.2f}"
+                + (f" (budget loosened {c.loosened}x)" if c.loosened else "")
+                if "drop" in c.real
+                else ""
+            )
             self._log(
                 f"sensitivity: warm start for {kind} budget {c.budget:.4g}: predicted drop "
-                f"{c.predicted['drop']:.2f}, size {c.real.get('size', float('nan')) / 1024:.1f} "
-                f"KB (estimated {c.predicted['size'] / 1024:.1f})"
+                f"{c.predicted['drop']:.2f}{checked}, size "
+                f"{c.real.get('size', float('nan')) / 1024:.1f} KB "
+                f"(estimated {c.predicted['size'] / 1024:.1f})"
+            )
+        if n_warm and len(self.warm) < n_warm:
+            self._log(
+                f"sensitivity: {n_warm - len(self.warm)} warm-start allocation(s) dropped "
+                "(duplicate, or over the cost or warm_start_max_drop even at looser budgets)"
             )
         out = [(self.proxy.codec.params(c.row), {"warm_start": c.attrs()}) for c in self.warm]
+        out += self._uniform(check)
         if not s.two_stage:
             return out
         t0 = time.perf_counter()
@@ -103,7 +135,7 @@ class SensitivityStage:
             seed=seed,
             seeds=[c.row for c in self.warm],
         )
-        k = max((s.proxy_candidates or n_trials - 1) - len(self.warm), 0)
+        k = max((s.proxy_candidates or n_trials - 1) - len(out), 0)
         warm_keys = {c.row.tobytes() for c in self.warm}
         first = [i for i, r in enumerate(rows) if r.tobytes() in warm_keys]
         # Candidates where a model may still be useful, spread on log scales (relative steps
@@ -140,6 +172,35 @@ class SensitivityStage:
             out.append((self.proxy.codec.params(rows[i]), {"proxy_stage": cand.attrs()}))
         return out
 
+    def _uniform(self, check) -> list[tuple[dict, dict]]:
+        """The uniform corners (``uniform_start``), checked like the warm start."""
+        s = self.settings
+        if not s.uniform_start:
+            return []
+        if check is None:
+            check = policy_drop(self.prep, s)
+        limit = s.warm_start_max_drop if s.warm_start_max_drop is not None else float("inf")
+        warm = {_key(self.proxy.codec.policy(c.row)) for c in self.warm}
+        out = []
+        for corner in uniform_corners(self.space, list(s.uniform_start), check, limit):
+            pol, drop = corner["policy"], corner["drop"]
+            if _key(pol) in warm:
+                continue
+            self._log(
+                f"sensitivity: uniform start at {corner['bits']} bits, sparsity "
+                f"{corner['sparsity']:.2f} ({pol.summary()}): measured drop before fine-tune "
+                f"{drop:.2f}"
+            )
+            attrs = {
+                "kind": "uniform",
+                "bits": corner["bits"],
+                "sparsity": corner["sparsity"],
+                "real_drop": drop,
+            }
+            self.uniform.append(attrs | {"policy": pol.to_dict()})
+            out.append((self.space.params_from_policy(pol), {"warm_start": attrs}))
+        return out
+
     # -- MLflow -------------------------------------------------------------------------------
     def files(self) -> list[Path]:
         """Write the stage's files into ``output_dir/sensitivity`` and return them."""
@@ -155,8 +216,9 @@ class SensitivityStage:
                 shaping_report(self.prep.space, self.space) | {"settings": self.settings.to_dict()},
             ),
         ]
-        if self.warm:
+        if self.warm or self.uniform:
             warm = [{"params": self.proxy.codec.params(c.row), **c.attrs()} for c in self.warm]
+            warm += self.uniform
             paths.append(write_json(d / "sensitivity_warm_start.json", warm))
         if self._front_rows:
             p = d / "sensitivity_proxy_front.csv"
@@ -178,6 +240,7 @@ class SensitivityStage:
         }
         if self.proxy is not None:  # initial_trials ran (a new study), not a resumed one
             out["sensitivity_warm_start"] = float(len(self.warm))
+            out["sensitivity_uniform_start"] = float(len(self.uniform))
         agree = m.get("agreement", {})
         if "spearman_drop" in agree:
             out["sensitivity_estimator_spearman"] = float(agree["spearman_drop"])

@@ -21,6 +21,7 @@ from autocompress.sensitivity import (
     make_proxy,
     real_costs,
     size_error,
+    uniform_corners,
     warm_start,
 )
 from autocompress.tracking import Tracker
@@ -73,6 +74,58 @@ def test_warm_start_under_latency_budget(prep, stage):
     measure = real_costs(prep, lat)
     for c in warm_start(proxy, n=3, kind="latency", measure=measure):
         assert measure(proxy.codec.policy(c.row))["latency"] <= c.budget * (1 + 1e-9)
+
+
+def test_checked_warm_start_loosens_until_the_measured_drop_passes(prep, stage):
+    """A fake whole-policy check that fails every policy under 60 % of the baseline's bytes: the
+    allocations for tighter budgets are loosened until they pass, or dropped."""
+    proxy = make_proxy(prep, stage.space, stage.table, SETTINGS)
+    measure = real_costs(prep)
+    base = prep.baseline.metrics.size_bytes
+    budgets = [0.3 * base, 0.45 * base, 0.9 * base]
+
+    def check(policy):
+        return 0.0 if measure(policy)["size"] >= 0.6 * base else 50.0
+
+    unchecked = warm_start(proxy, n=3, budgets=budgets, measure=measure)
+    assert any(measure(proxy.codec.policy(c.row))["size"] < 0.6 * base for c in unchecked)
+    cands = warm_start(proxy, n=3, budgets=budgets, measure=measure, check=check, max_drop=5.0)
+    assert cands
+    for c in cands:
+        assert c.real["drop"] <= 5.0
+        assert measure(proxy.codec.policy(c.row))["size"] >= 0.6 * base
+        assert c.real["size"] <= c.budget
+    assert any(c.loosened for c in cands)
+    never = warm_start(
+        proxy, n=3, budgets=budgets, measure=measure, check=lambda p: 99.0, max_drop=5.0
+    )
+    assert never == []
+
+
+def test_uniform_corners_take_the_highest_sparsity_that_passes(stage):
+    space = stage.space
+    levels = sorted({v for ch in space.layers.values() for v in ch.sparsity})
+    calls = []
+
+    def check(policy):  # drop grows with the (uniform) sparsity, and more with fewer bits
+        lp = next(iter(policy.values()))
+        calls.append(policy)
+        return 10 * lp.sparsity * (8 / min(lp.bits, 8))
+
+    corners = uniform_corners(space, [8, 4], check, max_drop=5.0)
+    assert corners and len(calls) <= 2 * (len(levels).bit_length() + 1)  # bisection
+    for corner in corners:
+        pol, drop = corner["policy"], corner["drop"]
+        assert drop <= 5.0
+        first = next(iter(pol.values()))
+        for name, lp in pol.items():
+            ch = space.layers[name]
+            assert lp.keep_ratio == max(ch.keep_ratio)
+            assert lp.sparsity in ch.sparsity and lp.bits in ch.bits
+        higher = [v for v in levels if v > first.sparsity]
+        if higher:  # the next level up fails the check
+            assert check(space.uniform_policy(higher[0], first.bits)) > 5.0
+    assert uniform_corners(space, [8], lambda p: 99.0, max_drop=5.0) == []
 
 
 def test_size_estimate_is_close_to_packed_bytes(prep):
