@@ -105,7 +105,7 @@ def _deploy(
     log=print,
 ) -> _Deployed:
     """FP32 ONNX always; INT8 QDQ for the quantised layers, deployed only when its validation
-    accuracy stays within ``export.max_int8_gap`` points of the compressed torch model's."""
+    accuracy stays within ``export.max_int8_gap`` points of the FP32 ONNX model's."""
     example = data.example_input(cfg.latency.batch_size)
     fp32 = export_onnx(plain, example, out / "model_fp32.onnx")
     if not int8:

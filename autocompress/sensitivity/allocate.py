@@ -234,11 +234,15 @@ def uniform_corners(space, bits: list[int], check: Callable, max_drop: float) ->
                 lo = mid + 1
             else:
                 hi = mid - 1
-        key = None if best is None else json.dumps(best["policy"].to_dict(), sort_keys=True)
-        if key is not None and key not in seen:
-            seen.add(key)
+        if best is not None and policy_key(best["policy"]) not in seen:
+            seen.add(policy_key(best["policy"]))
             out.append(best)
     return out
+
+
+def policy_key(policy) -> str:
+    """A hashable identity of a policy (its canonical JSON)."""
+    return json.dumps(policy.to_dict(), sort_keys=True)
 
 
 # -- stage one of the two-stage search ------------------------------------------------------

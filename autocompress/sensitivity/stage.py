@@ -8,7 +8,6 @@ drop ranked the trials' real, fine-tuned drops).
 from __future__ import annotations
 
 import csv
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +18,7 @@ from optuna.trial import TrialState
 
 from ..policy import CompressionPolicy
 from ..search_space import SearchSpace
-from .allocate import Candidate, proxy_front, spread, uniform_corners, warm_start
+from .allocate import Candidate, policy_key, proxy_front, spread, uniform_corners, warm_start
 from .analysis import analyze, make_proxy, policy_drop, real_costs
 from .proxy import ProxyModel
 from .report import heatmap_html, heatmap_png, log_files, write_json, write_table
@@ -35,10 +34,6 @@ if TYPE_CHECKING:
 __all__ = ["SensitivityStage"]
 
 _CANDIDATE_MAX_DROP = 25.0  # proxy-stage candidates: predicted drop at most this (points)
-
-
-def _key(policy: CompressionPolicy) -> str:
-    return json.dumps(policy.to_dict(), sort_keys=True)
 
 
 class SensitivityStage:
@@ -180,11 +175,11 @@ class SensitivityStage:
         if check is None:
             check = policy_drop(self.prep, s)
         limit = s.warm_start_max_drop if s.warm_start_max_drop is not None else float("inf")
-        warm = {_key(self.proxy.codec.policy(c.row)) for c in self.warm}
+        warm = {policy_key(self.proxy.codec.policy(c.row)) for c in self.warm}
         out = []
         for corner in uniform_corners(self.space, list(s.uniform_start), check, limit):
             pol, drop = corner["policy"], corner["drop"]
-            if _key(pol) in warm:
+            if policy_key(pol) in warm:
                 continue
             self._log(
                 f"sensitivity: uniform start at {corner['bits']} bits, sparsity "
