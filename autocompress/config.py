@@ -219,7 +219,7 @@ class SensitivityConfig(_Strict):
     fix_drop: float = Field(0.2, ge=0, description="'free': every level drops at most this")
     warm_start: int = Field(4, ge=0, description="knapsack allocations enqueued first")
     warm_start_max_drop: float | None = Field(
-        10.0,
+        2.0,
         ge=0,
         description="measured drop (points, whole policy, before fine-tune) a warm-start policy "
         "may have; above it the budget is loosened (null: trust the summed per-layer drops)",
@@ -227,7 +227,7 @@ class SensitivityConfig(_Strict):
     uniform_start: list[int] = Field(
         default_factory=lambda: [8, 4],
         description="bit-widths of uniform policies enqueued first, each at the highest "
-        "sparsity that passes warm_start_max_drop",
+        "sparsity that passes warm_start_max_drop (and the lowest passing one also dense)",
     )
     budget: Literal["size", "latency"] = "size"
     two_stage: bool = Field(False, description="proxy front first, its candidates evaluated")

@@ -260,6 +260,23 @@ def _run_search(model: str, method: str, seed: int, trials: int, ckpt: Path, sha
     return _study_rows(cfg), wall
 
 
+def _commit() -> str | None:
+    """The code version a run measured (short hash, ``+dirty`` with uncommitted changes)."""
+    try:
+        git = ["git", "-C", str(Path(__file__).resolve().parent.parent)]
+        head = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        )
+        dirty = subprocess.run(
+            [*git, "status", "--porcelain", "--", "autocompress"], capture_output=True, text=True
+        )
+    except OSError:
+        return None
+    if head.returncode:
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
 def _import_nni():
     try:
         import nni  # noqa: F401
@@ -789,6 +806,7 @@ def main(argv=None) -> int:
                 if key in done and not args.rerun:
                     continue
                 _log(f"=== {model} seed {seed} {method} ({trials} trials)")
+                commit = _commit()
                 if method == "nni_uniform":
                     rows, wall = _run_nni(model, seed, trials, ckpt, shared)
                 else:
@@ -800,6 +818,7 @@ def main(argv=None) -> int:
                     "n_trials": len(rows),
                     "wall_seconds": wall,
                     "threads": args.threads,
+                    "commit": commit,
                     **run_metrics(rows, shared["baseline"]),
                     "trials": rows,
                 }

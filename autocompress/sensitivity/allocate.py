@@ -214,29 +214,46 @@ def warm_start(
     return out
 
 
-def uniform_corners(space, bits: list[int], check: Callable, max_drop: float) -> list[dict]:
+def uniform_corners(
+    space, bits: list[int], check: Callable, max_drop: float, *, dense: bool = True
+) -> list[dict]:
     """Per bit-width, the uniform policy (every layer the same sparsity and bits, no channel
     removal) of the highest sparsity whose measured drop is at most ``max_drop``, found by
-    bisection over the space's sparsity levels (drop grows with sparsity). Returns dicts with
+    bisection over the space's sparsity levels (drop grows with sparsity). With ``dense``, also
+    the lowest passing bit-width at the lowest sparsity level (pure quantisation): on residual
+    networks it is often the best trade-off a short fine-tune keeps. Returns dicts with
     ``bits``, ``sparsity``, ``policy`` and measured ``drop``; a bit-width none of whose levels
     passes gives none, and a policy already found is not repeated."""
     levels = sorted({v for ch in space.layers.values() for v in ch.sparsity})
-    out = []
-    seen: set[str] = set()
+    drops: dict[tuple[int, float], float] = {}
+
+    def measured(b: int, level: float) -> dict:
+        pol = space.uniform_policy(level, b)
+        if (b, level) not in drops:
+            drops[b, level] = float(check(pol))
+        return {"bits": b, "sparsity": level, "policy": pol, "drop": drops[b, level]}
+
+    found = []
     for b in bits:
         lo, hi, best = 0, len(levels) - 1, None
         while lo <= hi:
             mid = (lo + hi) // 2
-            pol = space.uniform_policy(levels[mid], b)
-            drop = float(check(pol))
-            if drop <= max_drop:
-                best = {"bits": b, "sparsity": levels[mid], "policy": pol, "drop": drop}
-                lo = mid + 1
+            corner = measured(b, levels[mid])
+            if corner["drop"] <= max_drop:
+                best, lo = corner, mid + 1
             else:
                 hi = mid - 1
-        if best is not None and policy_key(best["policy"]) not in seen:
-            seen.add(policy_key(best["policy"]))
-            out.append(best)
+        if best is not None:
+            found.append(best)
+    if dense and found:
+        corner = measured(min(c["bits"] for c in found), levels[0])
+        if corner["drop"] <= max_drop:
+            found.append(corner)
+    out, seen = [], set()
+    for corner in found:
+        if policy_key(corner["policy"]) not in seen:
+            seen.add(policy_key(corner["policy"]))
+            out.append(corner)
     return out
 
 

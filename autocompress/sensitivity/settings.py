@@ -39,7 +39,7 @@ class SensitivitySettings:
     fix_insensitive: bool = False
     fix_drop: float = 0.2
     warm_start: int = 4
-    warm_start_max_drop: float | None = 10.0
+    warm_start_max_drop: float | None = 2.0
     uniform_start: tuple[int, ...] = (8, 4)
     budget: Literal["size", "latency"] = "size"
     two_stage: bool = False

@@ -24,6 +24,7 @@ from autocompress.sensitivity import (
     uniform_corners,
     warm_start,
 )
+from autocompress.sensitivity.allocate import policy_key
 from autocompress.tracking import Tracker
 
 QUIET = {"log": lambda *_: None}
@@ -112,7 +113,7 @@ def test_uniform_corners_take_the_highest_sparsity_that_passes(stage):
         calls.append(policy)
         return 10 * lp.sparsity * (8 / min(lp.bits, 8))
 
-    corners = uniform_corners(space, [8, 4], check, max_drop=5.0)
+    corners = uniform_corners(space, [8, 4], check, max_drop=5.0, dense=False)
     assert corners and len(calls) <= 2 * (len(levels).bit_length() + 1)  # bisection
     for corner in corners:
         pol, drop = corner["policy"], corner["drop"]
@@ -126,6 +127,35 @@ def test_uniform_corners_take_the_highest_sparsity_that_passes(stage):
         if higher:  # the next level up fails the check
             assert check(space.uniform_policy(higher[0], first.bits)) > 5.0
     assert uniform_corners(space, [8], lambda p: 99.0, max_drop=5.0) == []
+
+
+def test_uniform_corners_add_the_dense_corner_at_the_lowest_passing_bits(stage):
+    space = stage.space
+    levels = sorted({v for ch in space.layers.values() for v in ch.sparsity})
+    calls = []
+
+    def check(policy):
+        lp = next(iter(policy.values()))
+        calls.append((lp.bits, lp.sparsity))
+        return 10 * lp.sparsity * (8 / min(lp.bits, 8))
+
+    sparse = uniform_corners(space, [8, 4], check, max_drop=5.0, dense=False)
+    calls.clear()
+    corners = uniform_corners(space, [8, 4], check, max_drop=5.0)
+    keys = [policy_key(c["policy"]) for c in corners]
+    assert len(keys) == len(set(keys))  # no policy twice
+    lowest = min(c["bits"] for c in sparse)
+    dense = [c for c in corners if c["sparsity"] == levels[0]]
+    assert [c["bits"] for c in dense] == [lowest]
+    assert all(lp.sparsity == levels[0] for lp in dense[0]["policy"].values())
+    assert len(calls) == len(set(calls))  # each (bits, sparsity) measured once
+    # a dense corner that fails the check is not added
+    strict = uniform_corners(space, [8, 4], lambda p: 99.0 if _dense(p, levels) else 0.0, 5.0)
+    assert all(c["sparsity"] != levels[0] for c in strict)
+
+
+def _dense(policy, levels) -> bool:
+    return all(lp.sparsity == levels[0] for lp in policy.values())
 
 
 def test_size_estimate_is_close_to_packed_bytes(prep):
