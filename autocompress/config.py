@@ -110,6 +110,11 @@ class FinetuneConfig(_Strict):
     distill_weight: float = Field(0.0, ge=0.0, le=1.0, description="weight of the teacher loss")
     temperature: float = Field(4.0, gt=0.0)
     full_train: bool = Field(False, description="use the whole training part, not train_subset")
+    correct_batchnorm: bool = Field(
+        True,
+        description="before the fine-tune, move every BatchNorm layer's statistics by the shift "
+        "compression causes on the calibration batches (as the sensitivity sweep does)",
+    )
 
 
 def _export_finetune() -> FinetuneConfig:

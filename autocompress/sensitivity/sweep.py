@@ -22,10 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..compress.apply import CompressWeight, apply_policy
-from ..compress.quantization import ActFakeQuant
-from ..policy import CompressionPolicy, LayerPolicy, compressible_layers
-from ..search_space import SearchSpace
-from .batchnorm import (
+from ..compress.batchnorm import (
     BNState,
     batch_statistics,
     batchnorms,
@@ -33,6 +30,9 @@ from .batchnorm import (
     corrected_statistics,
     train_mode,
 )
+from ..compress.quantization import ActFakeQuant
+from ..policy import CompressionPolicy, LayerPolicy, compressible_layers
+from ..search_space import SearchSpace
 from .replay import ModuleTrace, call_order
 from .table import IDENTITY, LevelResult, harsh_order, interpolate_levels
 

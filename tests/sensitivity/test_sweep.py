@@ -12,12 +12,12 @@ from torch.utils.data import TensorDataset
 
 from autocompress import load_experiment
 from autocompress.compress.apply import apply_policy, calibrate
+from autocompress.compress.batchnorm import correct_batchnorm
 from autocompress.policy import CompressionPolicy, LayerPolicy
 from autocompress.search.run import prepare
 from autocompress.search_space import LayerChoices, SearchSpace
 from autocompress.sensitivity import SensitivitySettings, analyze, cache_key
 from autocompress.sensitivity import analysis as analysis_mod
-from autocompress.sensitivity.batchnorm import correct_batchnorm
 from autocompress.sensitivity.sweep import SweepData, run_sweep
 from autocompress.training import evaluate
 
