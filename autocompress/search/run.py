@@ -190,12 +190,19 @@ def search(
         study.enqueue_trial(space.extreme(aggressive=False), user_attrs={"anchor": True})
         if sens is not None:
             # Warm start (and the two-stage proxy's candidates) before the sampler takes over.
-            for params, attrs in sens.initial_trials(
+            initial = sens.initial_trials(
                 latency_model,
                 objectives=info.objectives,
                 n_trials=cfg.search.n_trials,
                 seed=cfg.search.seed,
-            ):
+            )
+            room = max(cfg.search.n_trials - 1, 0)  # the anchor takes one trial
+            if len(initial) > room:
+                log(
+                    f"sensitivity: {len(initial) - room} of {len(initial)} warm-start trial(s) "
+                    f"not enqueued: search.n_trials={cfg.search.n_trials} leaves room for {room}"
+                )
+            for params, attrs in initial[:room]:
                 study.enqueue_trial(params, user_attrs=attrs)
     if sens is not None and not worker:
         sens.log(tracker, parent)
