@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import _thread
 import json
+import signal
 import sys
 import threading
 
@@ -91,7 +92,13 @@ def test_serve_prints_url_masks_secrets_and_stops_on_ctrl_c(fake_mlflow, monkeyp
             threading.Timer(0.2, _thread.interrupt_main).start()
 
     uri = "postgresql://user:s3cret@127.0.0.1:1/db"
-    code = ui.serve(uri, "exp", port=ui.free_port(), executable=str(fake_mlflow), log=log)
+    # interrupt_main() does nothing where SIGINT is ignored (a background job of a shell
+    # without job control): give the test the handler an interactive user has.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        code = ui.serve(uri, "exp", port=ui.free_port(), executable=str(fake_mlflow), log=log)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert code == 130
     text = "\n".join(lines)
     assert "s3cret" not in text and "postgresql://user:***@127.0.0.1:1/db" in text
