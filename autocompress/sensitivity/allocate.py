@@ -168,7 +168,6 @@ def warm_start(
     check: Callable | None = None,
     max_drop: float | None = None,
     loosen: int = 6,
-    ceiling: float | None = None,
 ) -> list[Candidate]:
     """Knapsack allocations for ``n`` budgets spread geometrically between the cheapest policy
     of the space and the cheapest one of least summed sensitivity (or the given ``budgets``, in
@@ -184,24 +183,14 @@ def warm_start(
     ``loosen`` equal steps on a log scale (equally sensitive options now broken towards the
     less compressed one) until it passes; it is dropped if it never does. Layers interact (residual
     networks above all), so a sum of small drops can be a large one.
-
-    With ``ceiling`` (a cost in the budget's unit, e.g. that of the most compressed uniform
-    policy that passed the same check), no budget and no loosening goes above it: a per-layer
-    allocation is only worth a trial where it compresses beyond what the uniform policies
-    already reach.
     """
     if kind == "latency" and proxy.latency is None:
         raise ValueError("latency budgets need the latency deltas (a latency model)")
     lo, hi = _range(proxy, kind)
-    if ceiling is not None:
-        hi = max(min(hi, ceiling), lo)
     if budgets is None:
         lo = max(lo, 1e-9)
         budgets = [lo * (hi / lo) ** (i / max(n - 1, 1)) for i in range(n)] if hi > lo else [hi]
     top = proxy.base(kind) + sum(float(c.max()) for c in proxy.separable(kind)[1])
-    if ceiling is not None:
-        top = min(top, max(ceiling, lo))
-        budgets = [min(b, top) for b in budgets]
     out: list[Candidate] = []
     seen: set[bytes] = set()
     for budget in budgets:
@@ -216,9 +205,9 @@ def warm_start(
             if cand.real["drop"] <= max_drop:
                 break
             cand = None
-            if ratio <= 1.0 and step > 0:
-                break  # at the top already: one gentle try at the same budget, then give up
-            budget *= max(ratio, 1.0)
+            if ratio <= 1.0:
+                break
+            budget *= ratio
         if cand is not None and cand.row.tobytes() not in seen:
             seen.add(cand.row.tobytes())
             out.append(cand)

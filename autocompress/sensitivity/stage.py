@@ -87,14 +87,6 @@ class SensitivityStage:
         kind = s.budget if self.proxy.latency is not None else "size"
         measure = real_costs(self.prep, lat)
         check = policy_drop(self.prep, s) if s.warm_start_max_drop is not None else None
-        corners = self._corners(check)
-        # Checked allocations only where they compress beyond the most compressed corner that
-        # passed the same check: below it, that corner (one policy everywhere) already is a trial.
-        ceiling = (
-            min((measure(c["policy"])[kind] for c in corners), default=None)
-            if check is not None
-            else None
-        )
         n_warm = s.warm_start
         self.warm = (
             warm_start(
@@ -104,13 +96,10 @@ class SensitivityStage:
                 measure=measure,
                 check=check,
                 max_drop=s.warm_start_max_drop,
-                ceiling=ceiling,
             )
             if n_warm
             else []
         )
-        keys = {policy_key(c["policy"]) for c in corners}
-        self.warm = [c for c in self.warm if policy_key(self.proxy.codec.policy(c.row)) not in keys]
         for c in self.warm:
             checked = (
                 f", measured drop before fine-tune {c.real['drop']:.2f}"
@@ -130,7 +119,7 @@ class SensitivityStage:
                 "(duplicate, or over the cost or warm_start_max_drop even at looser budgets)"
             )
         out = [(self.proxy.codec.params(c.row), {"warm_start": c.attrs()}) for c in self.warm]
-        out += self._uniform(corners)
+        out += self._uniform(check)
         if not s.two_stage:
             return out
         t0 = time.perf_counter()
@@ -178,7 +167,7 @@ class SensitivityStage:
             out.append((self.proxy.codec.params(rows[i]), {"proxy_stage": cand.attrs()}))
         return out
 
-    def _corners(self, check) -> list[dict]:
+    def _uniform(self, check) -> list[tuple[dict, dict]]:
         """The uniform corners (``uniform_start``), checked like the warm start."""
         s = self.settings
         if not s.uniform_start:
@@ -186,13 +175,12 @@ class SensitivityStage:
         if check is None:
             check = policy_drop(self.prep, s)
         limit = s.warm_start_max_drop if s.warm_start_max_drop is not None else float("inf")
-        return uniform_corners(self.space, list(s.uniform_start), check, limit)
-
-    def _uniform(self, corners: list[dict]) -> list[tuple[dict, dict]]:
-        """The corners as ``(params, user_attrs)`` to enqueue."""
+        warm = {policy_key(self.proxy.codec.policy(c.row)) for c in self.warm}
         out = []
-        for corner in corners:
+        for corner in uniform_corners(self.space, list(s.uniform_start), check, limit):
             pol, drop = corner["policy"], corner["drop"]
+            if policy_key(pol) in warm:
+                continue
             self._log(
                 f"sensitivity: uniform start at {corner['bits']} bits, sparsity "
                 f"{corner['sparsity']:.2f} ({pol.summary()}): measured drop before fine-tune "

@@ -103,26 +103,6 @@ def test_checked_warm_start_loosens_until_the_measured_drop_passes(prep, stage):
     assert never == []
 
 
-def test_warm_start_stays_under_the_ceiling_even_when_loosened(prep, stage):
-    """With a ceiling (the cost of the most compressed uniform policy that passed the check),
-    neither the budgets nor their loosening go above it."""
-    proxy = make_proxy(prep, stage.space, stage.table, SETTINGS)
-    measure = real_costs(prep)
-    base = prep.baseline.metrics.size_bytes
-    budgets = [0.3 * base, 0.45 * base, 0.9 * base]
-
-    def check(policy):  # fails every policy under 60 % of the baseline's bytes
-        return 0.0 if measure(policy)["size"] >= 0.6 * base else 50.0
-
-    kw = {"n": 3, "budgets": budgets, "measure": measure, "check": check, "max_drop": 5.0}
-    top = max(c.real["size"] for c in warm_start(proxy, **kw))
-    assert warm_start(proxy, **kw, ceiling=1.02 * top)
-    for ceiling in (1.02 * top, 0.98 * top):
-        for c in warm_start(proxy, **kw, ceiling=ceiling):
-            assert 0.6 * base <= c.real["size"] <= ceiling
-            assert c.budget <= ceiling
-
-
 def test_uniform_corners_take_the_highest_sparsity_that_passes(stage):
     space = stage.space
     levels = sorted({v for ch in space.layers.values() for v in ch.sparsity})
