@@ -46,7 +46,7 @@ __all__ = [
     "sweep_data",
 ]
 
-_VERSION = 3
+_VERSION = 4  # 4: BatchNorm re-estimation no longer sees in-place edits of replayed outputs
 _CALIB_BATCHES = 4
 
 

@@ -351,6 +351,12 @@ def _measure(model, todo, data, *, importance, round_to, structure, log):
                             trace.record(work, xb)
                     for v in variants:
                         v.reestimate(trace, xb, b == 0, base_bn)
+                        if trace is not None and trace.dirty():
+                            # An in-place op after the cut (a residual add on a replayed
+                            # output) changed the recording: record afresh, copy from now on.
+                            trace.copy = True
+                            with train_mode(work):
+                                trace.record(work, xb)
                 if data.bn:
                     for v in variants:
                         v.finalize(refs, base_bn, base_est)

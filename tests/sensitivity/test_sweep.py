@@ -99,6 +99,53 @@ def test_sweep_replay_with_reused_modules_and_channel_removal(bn):
     assert rec["out_changed"] == ["conv1"]
 
 
+class _Residual(nn.Module):
+    """A residual block whose shortcut conv runs after the main path's last BatchNorm and is
+    added in place to its output (torchvision's ``BasicBlock``): levels of the shortcut conv
+    replay that output, and the in-place add must not leak into the next level's pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(6)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(6, 6, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(6)
+        self.down = nn.Conv2d(1, 6, 1)
+        self.down_bn = nn.BatchNorm2d(6)
+        self.conv3 = nn.Conv2d(6, 6, 3, padding=1)  # the next block: its statistics are
+        self.bn3 = nn.BatchNorm2d(6)  # re-estimated for every level above
+        self.fc = nn.Linear(6, 10)
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        out += self.down_bn(self.down(x))
+        out = self.bn3(self.conv3(self.relu(out)))
+        return self.fc(self.relu(out).mean(dim=(2, 3)))
+
+
+def test_sweep_replay_of_a_residual_block_with_an_in_place_add():
+    torch.manual_seed(0)
+    model = _Residual().eval()
+    with torch.no_grad():
+        for bn in (model.bn1, model.bn2, model.down_bn, model.bn3):
+            bn.running_mean.uniform_(-0.2, 0.2)
+    x, y = torch.randn(96, 1, 12, 12), torch.randint(0, 10, (96,))
+    extra = torch.randn(64, 1, 12, 12)
+    data = SweepData(x, y, [x[:32], x[32:64]], x[:2], [extra[:32], extra[32:]])
+    space = SearchSpace(
+        {
+            "conv2": LayerChoices((0.0, 0.5), (8, 32)),
+            "down": LayerChoices((0.0, 0.3, 0.6), (8, 4, 32)),
+        }
+    )
+    rows, _, (base_acc, base_loss) = run_sweep(model, space, data, **QUIET)
+    assert len(rows) == 6
+    for r in rows:
+        acc, loss = _scores_by_hand(model, (r.layer, r.dim, r.value), data, bn=True)
+        assert r.loss_increase == pytest.approx(loss - base_loss, rel=1e-4, abs=1e-5), r
+
+
 def test_cache_is_reused_and_keyed(prep, monkeypatch):
     settings = SensitivitySettings(images=120)
     first = analyze(prep, settings, **QUIET)
