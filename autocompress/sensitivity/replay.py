@@ -76,6 +76,13 @@ class ModuleTrace:
     def dirty(self) -> bool:
         return any(t._version != v for (_, t), v in zip(self.entries, self.versions, strict=True))
 
+    def repair(self, model: nn.Module, x: torch.Tensor) -> None:
+        """After a replayed pass: if an in-place op after the cut (a residual ``+=`` on a
+        replayed output) edited the recording, record ``x`` afresh and copy from now on."""
+        if self.dirty():
+            self.copy = True
+            self.record(model, x)
+
     def first_call(self, names: set[str]) -> int:
         return next((i for i, (n, _) in enumerate(self.entries) if n in names), 0)
 

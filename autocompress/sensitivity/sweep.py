@@ -351,12 +351,9 @@ def _measure(model, todo, data, *, importance, round_to, structure, log):
                             trace.record(work, xb)
                     for v in variants:
                         v.reestimate(trace, xb, b == 0, base_bn)
-                        if trace is not None and trace.dirty():
-                            # An in-place op after the cut (a residual add on a replayed
-                            # output) changed the recording: record afresh, copy from now on.
-                            trace.copy = True
+                        if trace is not None:
                             with train_mode(work):
-                                trace.record(work, xb)
+                                trace.repair(work, xb)
                 if data.bn:
                     for v in variants:
                         v.finalize(refs, base_bn, base_est)
@@ -373,9 +370,8 @@ def _measure(model, todo, data, *, importance, round_to, structure, log):
                             trace = None
                     for v in variants:
                         out = v.score(trace, x, base_bn)
-                        if trace is not None and trace.dirty():
-                            trace.copy = True
-                            trace.record(work, x)
+                        if trace is not None:
+                            trace.repair(work, x)
                         scores[v.key].add(out, y)
                         progress.step()
     finally:
