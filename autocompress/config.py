@@ -222,7 +222,15 @@ class SensitivityConfig(_Strict):
         "blocks harmless alone are not harmless together)",
     )
     fix_drop: float = Field(0.2, ge=0, description="'free': every level drops at most this")
-    warm_start: int = Field(4, ge=0, description="knapsack allocations enqueued first")
+    warm_start: int = Field(4, ge=0, description="warm-start allocations enqueued first")
+    warm_start_method: Literal["greedy", "knapsack"] = Field(
+        "greedy",
+        description="greedy: from the most compressed passing uniform corner, per-layer moves "
+        "kept only while the measured whole-model drop stays within warm_start_max_drop "
+        "(doubled for each further allocation); knapsack: least summed per-layer drop per "
+        "size or latency budget",
+    )
+    greedy_checks: int = Field(24, ge=1, description="whole-model checks of the greedy chain")
     warm_start_max_drop: float | None = Field(
         2.0,
         ge=0,

@@ -223,7 +223,8 @@ def uniform_corners(
     the lowest passing bit-width at the lowest sparsity level (pure quantisation): on residual
     networks it is often the best trade-off a short fine-tune keeps. Returns dicts with
     ``bits``, ``sparsity``, ``policy`` and measured ``drop``; a bit-width none of whose levels
-    passes gives none, and a policy already found is not repeated."""
+    passes gives none, a policy already found is not repeated, and a corner with more bits but
+    no more sparsity than another is dropped."""
     levels = sorted({v for ch in space.layers.values() for v in ch.sparsity})
     drops: dict[tuple[int, float], float] = {}
 
@@ -251,6 +252,10 @@ def uniform_corners(
             found.append(corner)
     out, seen = [], set()
     for corner in found:
+        # a corner at more bits and no more sparsity than another passing one is left out:
+        # it is the costlier of two policies that both pass
+        if any(c["bits"] < corner["bits"] and c["sparsity"] >= corner["sparsity"] for c in found):
+            continue
         if policy_key(corner["policy"]) not in seen:
             seen.add(policy_key(corner["policy"]))
             out.append(corner)

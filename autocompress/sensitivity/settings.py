@@ -39,6 +39,8 @@ class SensitivitySettings:
     fix_insensitive: bool = False
     fix_drop: float = 0.2
     warm_start: int = 4
+    warm_start_method: Literal["greedy", "knapsack"] = "greedy"
+    greedy_checks: int = 24
     warm_start_max_drop: float | None = 2.0
     uniform_start: tuple[int, ...] = (8, 4)
     budget: Literal["size", "latency"] = "size"
@@ -70,6 +72,12 @@ class SensitivitySettings:
         bad = [b for b in self.uniform_start if not (2 <= b <= 8 or b == 32)]
         if bad:
             problems.append(f"uniform_start {bad[0]}: bits are 2..8 or 32")
+        if self.warm_start_method not in ("greedy", "knapsack"):
+            problems.append(
+                f"warm_start_method {self.warm_start_method!r}: allowed greedy, knapsack"
+            )
+        if self.greedy_checks < 1:
+            problems.append(f"greedy_checks {self.greedy_checks}: at least 1")
         if self.warm_start < 0 or self.proxy_policies < 10:
             problems.append("warm_start must be >= 0 and proxy_policies >= 10")
         if self.proxy_candidates is not None and self.proxy_candidates < 1:

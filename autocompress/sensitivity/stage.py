@@ -20,6 +20,8 @@ from ..policy import CompressionPolicy
 from ..search_space import SearchSpace
 from .allocate import Candidate, policy_key, proxy_front, spread, uniform_corners, warm_start
 from .analysis import analyze, make_proxy, policy_drop, real_costs
+from .greedy import greedy_chain
+from .greedy import relative_cost as _relative_cost
 from .proxy import ProxyModel
 from .report import heatmap_html, heatmap_png, log_files, write_json, write_table
 from .settings import SensitivitySettings
@@ -86,10 +88,14 @@ class SensitivityStage:
         self.proxy = make_proxy(self.prep, self.space, self.table, s, latency_model=lat)
         kind = s.budget if self.proxy.latency is not None else "size"
         measure = real_costs(self.prep, lat)
-        check = policy_drop(self.prep, s) if s.warm_start_max_drop is not None else None
+        greedy = s.warm_start_method == "greedy"
+        check = policy_drop(self.prep, s) if greedy or s.warm_start_max_drop is not None else None
+        corners = self._uniform(check)
         n_warm = s.warm_start
-        self.warm = (
-            warm_start(
+        if greedy and n_warm:
+            self.warm = self._greedy(corners, check, measure)
+        elif n_warm:
+            self.warm = warm_start(
                 self.proxy,
                 n=n_warm,
                 kind=kind,
@@ -97,9 +103,8 @@ class SensitivityStage:
                 check=check,
                 max_drop=s.warm_start_max_drop,
             )
-            if n_warm
-            else []
-        )
+        else:
+            self.warm = []
         for c in self.warm:
             checked = (
                 f", measured drop before fine-tune {c.real['drop']:.2f}"
@@ -107,8 +112,13 @@ class SensitivityStage:
                 if "drop" in c.real
                 else ""
             )
+            what = (
+                f"greedy step within {c.budget:g} points"
+                if c.kind == "greedy"
+                else f"{kind} budget {c.budget:.4g}"
+            )
             self._log(
-                f"sensitivity: warm start for {kind} budget {c.budget:.4g}: predicted drop "
+                f"sensitivity: warm start, {what}: predicted drop "
                 f"{c.predicted['drop']:.2f}{checked}, size "
                 f"{c.real.get('size', float('nan')) / 1024:.1f} KB "
                 f"(estimated {c.predicted['size'] / 1024:.1f})"
@@ -116,10 +126,16 @@ class SensitivityStage:
         if n_warm and len(self.warm) < n_warm:
             self._log(
                 f"sensitivity: {n_warm - len(self.warm)} warm-start allocation(s) dropped "
-                "(duplicate, or over the cost or warm_start_max_drop even at looser budgets)"
+                + (
+                    "(the greedy chain made no progress at that tolerance)"
+                    if greedy
+                    else "(duplicate, or over the cost or warm_start_max_drop even at looser "
+                    "budgets)"
+                )
             )
-        out = [(self.proxy.codec.params(c.row), {"warm_start": c.attrs()}) for c in self.warm]
-        out += self._uniform(check)
+        known = {policy_key(self.proxy.codec.policy(c.row)) for c in self.warm}
+        out = [(p, a) for p, a, pol in corners if policy_key(pol) not in known]
+        out += [(self.proxy.codec.params(c.row), {"warm_start": c.attrs()}) for c in self.warm]
         if not s.two_stage:
             return out
         t0 = time.perf_counter()
@@ -167,20 +183,21 @@ class SensitivityStage:
             out.append((self.proxy.codec.params(rows[i]), {"proxy_stage": cand.attrs()}))
         return out
 
-    def _uniform(self, check) -> list[tuple[dict, dict]]:
-        """The uniform corners (``uniform_start``), checked like the warm start."""
+    def _tolerance(self) -> float:
+        s = self.settings
+        return s.warm_start_max_drop if s.warm_start_max_drop is not None else s.max_drop
+
+    def _uniform(self, check) -> list[tuple[dict, dict, CompressionPolicy]]:
+        """The uniform corners (``uniform_start``), checked like the warm start:
+        ``(params, user_attrs, policy)`` each."""
         s = self.settings
         if not s.uniform_start:
             return []
         if check is None:
             check = policy_drop(self.prep, s)
-        limit = s.warm_start_max_drop if s.warm_start_max_drop is not None else float("inf")
-        warm = {policy_key(self.proxy.codec.policy(c.row)) for c in self.warm}
         out = []
-        for corner in uniform_corners(self.space, list(s.uniform_start), check, limit):
+        for corner in uniform_corners(self.space, list(s.uniform_start), check, self._tolerance()):
             pol, drop = corner["policy"], corner["drop"]
-            if policy_key(pol) in warm:
-                continue
             self._log(
                 f"sensitivity: uniform start at {corner['bits']} bits, sparsity "
                 f"{corner['sparsity']:.2f} ({pol.summary()}): measured drop before fine-tune "
@@ -193,8 +210,29 @@ class SensitivityStage:
                 "real_drop": drop,
             }
             self.uniform.append(attrs | {"policy": pol.to_dict()})
-            out.append((self.space.params_from_policy(pol), {"warm_start": attrs}))
+            out.append((self.space.params_from_policy(pol), {"warm_start": attrs}, pol))
         return out
+
+    def _greedy(self, corners, check, measure) -> list[Candidate]:
+        """The measured greedy chain from the most compressed passing uniform corner (else the
+        least compressed policy), one snapshot per tolerance: ``warm_start_max_drop`` doubled
+        ``warm_start - 1`` times."""
+        s, codec = self.settings, self.proxy.codec
+        starts = [(codec.encode(pol), a["warm_start"]["real_drop"]) for _, a, pol in corners]
+        if not starts:
+            starts = [(codec.encode(CompressionPolicy({})), None)]
+        cost = _relative_cost(self.proxy.evaluate(np.stack([r for r, _ in starts])))
+        row, drop = starts[int(np.argmin(cost))]
+        tol = self._tolerance()
+        return greedy_chain(
+            self.proxy,
+            row,
+            check,
+            tolerances=[tol * 2**k for k in range(s.warm_start)],
+            max_checks=s.greedy_checks,
+            measure=measure,
+            start_drop=drop,
+        )
 
     # -- MLflow -------------------------------------------------------------------------------
     def files(self) -> list[Path]:

@@ -25,6 +25,7 @@ from autocompress.sensitivity import (
     warm_start,
 )
 from autocompress.sensitivity.allocate import policy_key
+from autocompress.sensitivity.greedy import greedy_chain, relative_cost
 from autocompress.tracking import Tracker
 
 QUIET = {"log": lambda *_: None}
@@ -156,6 +157,48 @@ def test_uniform_corners_add_the_dense_corner_at_the_lowest_passing_bits(stage):
 
 def _dense(policy, levels) -> bool:
     return all(lp.sparsity == levels[0] for lp in policy.values())
+
+
+def test_greedy_chain_keeps_only_moves_whose_measured_drop_passes(prep, stage):
+    proxy = make_proxy(prep, stage.space, stage.table, SETTINGS)
+    codec = proxy.codec
+    start = codec.encode(stage.space.uniform_policy(0.0, 8))
+    fragile = codec.layers[0]
+    calls = []
+
+    def check(policy):  # interacting layers: the drop is the square of summed sparsity,
+        calls.append(policy)  # and the first layer alone is fragile beyond 8 bits dense
+        total = sum(lp.sparsity for lp in policy.values())
+        lp = policy[fragile]
+        return total**2 + (50.0 if lp.sparsity > 0 or lp.bits < 8 else 0.0)
+
+    cands = greedy_chain(
+        proxy, start, check, tolerances=[1.0, 2.0, 4.0], max_checks=18, start_drop=0.0
+    )
+    assert cands and len(calls) <= 18
+    costs = list(relative_cost(proxy.evaluate(np.stack([start] + [c.row for c in cands]))))
+    assert costs == sorted(costs, reverse=True) and costs[1] < costs[0]  # compresses further
+    for c in cands:
+        pol = codec.policy(c.row)
+        assert c.real["drop"] == check(pol) <= c.budget  # measured, within its tolerance
+        assert pol[fragile].sparsity == 0 and pol[fragile].bits >= 8
+    # a check nothing passes leaves the start alone: no snapshot
+    assert greedy_chain(proxy, start, lambda p: 99.0, tolerances=[1.0], start_drop=0.0) == []
+
+
+def test_initial_trials_greedy_start_from_the_most_compressed_corner(prep, stage):
+    s = SETTINGS.with_(warm_start=2, greedy_checks=6, uniform_start=(8, 4))
+    st = SensitivityStage(prep, s, stage.table, lambda *_: None)
+    trials = st.initial_trials(objectives=["accuracy", "size"], n_trials=10)
+    kinds = [a["warm_start"]["kind"] for _, a in trials]
+    assert kinds == sorted(kinds, key=lambda k: k != "uniform")  # corners, then the chain
+    for params, _ in trials:
+        _valid(params, st.space)
+    corners = [a["warm_start"] for _, a in trials if a["warm_start"]["kind"] == "uniform"]
+    for a, b in [(a, b) for a in corners for b in corners if a is not b]:
+        assert not (a["bits"] < b["bits"] and a["sparsity"] >= b["sparsity"])  # no dominated
+    for c in st.warm:
+        assert c.kind == "greedy" and c.real["drop"] <= c.budget
 
 
 def test_size_estimate_is_close_to_packed_bytes(prep):
