@@ -220,11 +220,13 @@ def uniform_corners(
     """Per bit-width, the uniform policy (every layer the same sparsity and bits, no channel
     removal) of the highest sparsity whose measured drop is at most ``max_drop``, found by
     bisection over the space's sparsity levels (drop grows with sparsity). With ``dense``, also
-    the lowest passing bit-width at the lowest sparsity level (pure quantisation): on residual
-    networks it is often the best trade-off a short fine-tune keeps. Returns dicts with
-    ``bits``, ``sparsity``, ``policy`` and measured ``drop``; a bit-width none of whose levels
-    passes gives none, a policy already found is not repeated, and a corner with more bits but
-    no more sparsity than another is dropped."""
+    the lowest passing bit-width and the highest of ``bits`` at the lowest sparsity level (pure
+    quantisation): on residual networks the former is often the best trade-off a short
+    fine-tune keeps, and the latter is the front's accurate end. Returns dicts with ``bits``,
+    ``sparsity``, ``policy`` and measured ``drop``; a bit-width none of whose levels passes
+    gives none, a policy already found is not repeated, and a sparse corner with more bits but
+    no more sparsity than another is dropped (the costlier of two passing policies).
+    """
     levels = sorted({v for ch in space.layers.values() for v in ch.sparsity})
     drops: dict[tuple[int, float], float] = {}
 
@@ -247,14 +249,15 @@ def uniform_corners(
         if best is not None:
             found.append(best)
     if dense and found:
-        corner = measured(min(c["bits"] for c in found), levels[0])
-        if corner["drop"] <= max_drop:
-            found.append(corner)
+        for b in dict.fromkeys([max(bits), min(c["bits"] for c in found)]):
+            corner = measured(b, levels[0])
+            if corner["drop"] <= max_drop:
+                found.append(corner)
     out, seen = [], set()
     for corner in found:
-        # a corner at more bits and no more sparsity than another passing one is left out:
-        # it is the costlier of two policies that both pass
-        if any(c["bits"] < corner["bits"] and c["sparsity"] >= corner["sparsity"] for c in found):
+        if corner["sparsity"] > levels[0] and any(
+            c["bits"] < corner["bits"] and c["sparsity"] >= corner["sparsity"] for c in found
+        ):
             continue
         if policy_key(corner["policy"]) not in seen:
             seen.add(policy_key(corner["policy"]))
