@@ -234,13 +234,15 @@ class SensitivityConfig(_Strict):
     warm_start_max_drop: float | None = Field(
         2.0,
         ge=0,
-        description="measured drop (points, whole policy, before fine-tune) a warm-start policy "
-        "may have; above it the budget is loosened (null: trust the summed per-layer drops)",
+        description="measured drop (points, whole policy, before fine-tune) of the uniform "
+        "corners and the first greedy snapshot; a knapsack allocation above it has its budget "
+        "loosened (null: max_drop for greedy and corners; knapsack trusts the summed drops)",
     )
     uniform_start: list[int] = Field(
         default_factory=lambda: [8, 4],
         description="bit-widths of uniform policies enqueued first, each at the highest "
-        "sparsity that passes warm_start_max_drop (and the lowest passing one also dense)",
+        "sparsity that passes warm_start_max_drop, plus dense at the highest and at the lowest "
+        "passing bit-width",
     )
     budget: Literal["size", "latency"] = "size"
     two_stage: bool = Field(False, description="proxy front first, its candidates evaluated")

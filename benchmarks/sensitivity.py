@@ -185,8 +185,9 @@ def _baseline_checkpoint(model: str, spec: dict, log) -> Path:
     return dest
 
 
-def _shared_table(model: str, spec: dict, ckpt: Path, log) -> tuple[Path, dict]:
-    """The sensitivity table computed once (copied into every run's cache), with the checks."""
+def _shared_table(model: str, spec: dict, ckpt: Path, log, old: dict) -> tuple[Path, dict]:
+    """The sensitivity table computed once (copied into every run's cache), with the checks
+    (taken from ``old``, the JSON's record, when it was made for the same table)."""
     import autocompress as ac
     from autocompress.search.run import prepare
     from autocompress.sensitivity import (
@@ -204,13 +205,17 @@ def _shared_table(model: str, spec: dict, ckpt: Path, log) -> tuple[Path, dict]:
     )
     prep = prepare(cfg, log=log)
     settings = SensitivitySettings.from_mapping(spec["sensitivity"])
-    extra: dict = {}
+    table = analyze(prep, settings, log=log)
+    path = out / "cache" / f"sensitivity-{table.meta['key']}.json"
+    if old.get("key") == table.meta["key"] and "additivity_no_finetune" in old:
+        log("sensitivity: table and its checks as recorded in the JSON (same table key)")
+        return path, old
+    extra: dict = {"key": table.meta["key"]}
     other = "hessian" if settings.estimator == "fisher" else "fisher"
     if not spec.get("one_estimator"):
         t = analyze(prep, settings.with_(estimator=other), log=log)
         extra[f"agreement_{other}"] = t.meta.get("agreement")
         extra[f"{other}_seconds"] = t.meta.get("estimator_seconds")
-    table = analyze(prep, settings, log=log)
     extra[f"agreement_{settings.estimator}"] = table.meta.get("agreement")
     extra[f"{settings.estimator}_seconds"] = table.meta.get("estimator_seconds")
     extra["sweep_seconds"] = table.meta.get("sweep_seconds")
@@ -221,7 +226,6 @@ def _shared_table(model: str, spec: dict, ckpt: Path, log) -> tuple[Path, dict]:
     extra["additivity_no_finetune_loss"] = add.get("spearman_loss")
     err = size_error(prep, make_proxy(prep, prep.space, table, settings), n=20)
     extra["size_estimate"] = {k: err[k] for k in ("mean_abs_rel_error", "max_abs_rel_error")}
-    path = out / "cache" / f"sensitivity-{table.meta['key']}.json"
     return path, extra
 
 
@@ -435,7 +439,7 @@ def main(argv=None) -> int:
 
     spec = MODELS[args.model]
     ckpt = _baseline_checkpoint(args.model, spec, log)
-    table, extra = _shared_table(args.model, spec, ckpt, log)
+    table, extra = _shared_table(args.model, spec, ckpt, log, data.get("shared", {}))
     data["shared"] = extra
     path.write_text(json.dumps(data, indent=1))
     for seed in args.seeds:
