@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
@@ -39,6 +40,7 @@ __all__ = [
     "analyze",
     "cache_key",
     "check_additivity",
+    "checks_path",
     "make_proxy",
     "policy_drop",
     "real_costs",
@@ -230,12 +232,41 @@ def real_costs(prep: Prepared, latency_model=None) -> Callable[[CompressionPolic
     return measure
 
 
+def _policy_id(policy: CompressionPolicy) -> str:
+    return json.dumps(policy.to_dict(), sort_keys=True, default=str)
+
+
+def _read_checks(path: Path | None) -> dict[str, float]:
+    if path is None or not path.is_file():
+        return {}
+    try:
+        return {str(k): float(v) for k, v in json.loads(path.read_text())["drops"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return {}  # a damaged cache is measured again, not trusted
+
+
+def _write_checks(path: Path, drops: dict[str, float]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"drops": drops}, indent=1, sort_keys=True))
+    os.replace(tmp, tmp.with_name(path.name))
+
+
+def checks_path(prep: Prepared, key: str) -> Path:
+    """Where the whole-policy checks of the table ``key`` are cached (beside the table)."""
+    return prep.cfg.output_dir / "cache" / f"policy-checks-{key}.json"
+
+
 def policy_drop(
-    prep: Prepared, settings: SensitivitySettings
+    prep: Prepared, settings: SensitivitySettings, *, cache: Path | None = None
 ) -> Callable[[CompressionPolicy], float]:
     """``policy -> accuracy drop (points)`` of the whole compressed model before any fine-tune,
     measured as the sweep measures one layer: activation ranges calibrated, BatchNorm statistics
-    re-estimated, scored on the sweep's fixed validation images."""
+    re-estimated, scored on the sweep's fixed validation images. The measurement is
+    deterministic for a table key, so with ``cache`` (a JSON file, see :func:`checks_path`)
+    each policy is measured once across searches: uniform corners and greedy chains repeated
+    by a re-run or another seed cost nothing."""
+    known = _read_checks(cache)
     data = sweep_data(prep, settings)
     comp = prep.cfg.compression
     with torch.no_grad():
@@ -243,6 +274,14 @@ def policy_drop(
         base_acc = float((logits.argmax(1) == data.y).float().mean())
 
     def drop(policy: CompressionPolicy) -> float:
+        pid = _policy_id(policy)
+        if pid not in known:
+            known[pid] = _measure(policy)
+            if cache is not None:
+                _write_checks(cache, known)
+        return known[pid]
+
+    def _measure(policy: CompressionPolicy) -> float:
         model = apply_policy(
             prep.baseline.model,
             policy,

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from ..policy import CompressionPolicy
 from ..search_space import SearchSpace
 from .allocate import Candidate, policy_key, proxy_front, spread, uniform_corners, warm_start
-from .analysis import analyze, make_proxy, policy_drop, real_costs
+from .analysis import analyze, checks_path, make_proxy, policy_drop, real_costs
 from .greedy import greedy_chain
 from .greedy import relative_cost as _relative_cost
 from .proxy import ProxyModel
@@ -89,7 +89,7 @@ class SensitivityStage:
         kind = s.budget if self.proxy.latency is not None else "size"
         measure = real_costs(self.prep, lat)
         greedy = s.warm_start_method == "greedy"
-        check = policy_drop(self.prep, s) if greedy or s.warm_start_max_drop is not None else None
+        check = self._check() if greedy or s.warm_start_max_drop is not None else None
         corners = self._uniform(check)
         n_warm = s.warm_start
         if greedy and n_warm:
@@ -183,6 +183,12 @@ class SensitivityStage:
             out.append((self.proxy.codec.params(rows[i]), {"proxy_stage": cand.attrs()}))
         return out
 
+    def _check(self):
+        """The whole-policy check, cached beside the table (same key)."""
+        key = self.table.meta.get("key")
+        cache = checks_path(self.prep, key) if key else None
+        return policy_drop(self.prep, self.settings, cache=cache)
+
     def _tolerance(self) -> float:
         s = self.settings
         return s.warm_start_max_drop if s.warm_start_max_drop is not None else s.max_drop
@@ -194,7 +200,7 @@ class SensitivityStage:
         if not s.uniform_start:
             return []
         if check is None:
-            check = policy_drop(self.prep, s)
+            check = self._check()
         out = []
         for corner in uniform_corners(self.space, list(s.uniform_start), check, self._tolerance()):
             pol, drop = corner["policy"], corner["drop"]

@@ -206,6 +206,32 @@ def test_initial_trials_greedy_start_from_the_most_compressed_corner(prep, stage
         assert c.kind == "greedy" and c.real["drop"] <= c.budget
 
 
+def test_whole_policy_checks_are_cached_beside_the_table(prep, stage, monkeypatch):
+    import autocompress.sensitivity.analysis as analysis
+
+    s = SETTINGS.with_(warm_start=2, greedy_checks=4, uniform_start=(4,))
+    first = SensitivityStage(prep, s, stage.table, lambda *_: None)
+    trials = first.initial_trials(objectives=["accuracy", "size"], n_trials=10)
+    path = analysis.checks_path(prep, stage.table.meta["key"])
+    assert path.is_file() and json.loads(path.read_text())["drops"]
+    calls = []
+    real = analysis.correct_batchnorm  # once per measured check
+    monkeypatch.setattr(
+        analysis, "correct_batchnorm", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    again = SensitivityStage(prep, s, stage.table, lambda *_: None)
+    assert again.initial_trials(objectives=["accuracy", "size"], n_trials=10) == trials
+    assert calls == []  # every corner and chain step came from the cache
+    path.write_text("{not json")  # a damaged cache is measured again
+    assert (
+        SensitivityStage(prep, s, stage.table, lambda *_: None).initial_trials(
+            objectives=["accuracy", "size"], n_trials=10
+        )
+        == trials
+    )
+    assert calls
+
+
 def test_size_estimate_is_close_to_packed_bytes(prep):
     proxy = make_proxy(prep, prep.space, stage_table(prep), SETTINGS)
     err = size_error(prep, proxy, n=6)
