@@ -8,6 +8,7 @@ experiment's own output folder: ``runs/<experiment name>/cache``).
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,3 +27,20 @@ def baseline_checkpoint(model: str, log=print) -> Path:
 
     cfg = ac.load_experiment(EXPERIMENTS[model])
     return Path(prepare(cfg, log=log).baseline.checkpoint)
+
+
+def code_version() -> str | None:
+    """The code version a run measured (short hash, ``+dirty`` with uncommitted changes)."""
+    try:
+        git = ["git", "-C", str(Path(__file__).resolve().parents[1])]
+        head = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        )
+        dirty = subprocess.run(
+            [*git, "status", "--porcelain", "--", "autocompress"], capture_output=True, text=True
+        )
+    except OSError:
+        return None
+    if head.returncode:
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")

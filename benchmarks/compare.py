@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import EXPERIMENTS, baseline_checkpoint  # noqa: E402
+from common import EXPERIMENTS, baseline_checkpoint, code_version  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -258,23 +258,6 @@ def _run_search(model: str, method: str, seed: int, trials: int, ckpt: Path, sha
     ac.search(cfg, log=_log)
     wall = time.perf_counter() - t0
     return _study_rows(cfg), wall
-
-
-def _commit() -> str | None:
-    """The code version a run measured (short hash, ``+dirty`` with uncommitted changes)."""
-    try:
-        git = ["git", "-C", str(Path(__file__).resolve().parent.parent)]
-        head = subprocess.run(
-            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        )
-        dirty = subprocess.run(
-            [*git, "status", "--porcelain", "--", "autocompress"], capture_output=True, text=True
-        )
-    except OSError:
-        return None
-    if head.returncode:
-        return None
-    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def _import_nni():
@@ -845,7 +828,7 @@ def main(argv=None) -> int:
                 if key in done and not args.rerun:
                     continue
                 _log(f"=== {model} seed {seed} {method} ({trials} trials)")
-                commit = _commit()
+                commit = code_version()
                 if method == "nni_uniform":
                     rows, wall = _run_nni(model, seed, trials, ckpt, shared)
                 else:

@@ -261,6 +261,9 @@ def run_one(
     if _wired():
         overrides += _settings_overrides(settings)
     cfg = ac.load_experiment(REPO / spec["experiment"], overrides)
+    from common import code_version
+
+    commit = code_version()
     t0 = time.perf_counter()
     _search(cfg, settings, log)
     wall = time.perf_counter() - t0
@@ -275,6 +278,7 @@ def run_one(
         "variant": variant,
         "wall_seconds": wall,
         "checks_reused": reused,
+        "commit": commit,
         "n_complete": len(rows),
         "baseline": baseline,
         **_front_metrics(rows, baseline),
@@ -384,6 +388,17 @@ def _model_section(model: str, data: dict) -> list[str]:
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
     two = [r for r in runs if r.get("proxy_spearman") is not None and r["variant"] == "two_stage"]
     lines.append("")
+    versions: dict[str, list[str]] = {}
+    for r in runs:
+        versions.setdefault(r.get("commit") or "not recorded", []).append(
+            f"{r['variant']} s{r['seed']}"
+        )
+    lines += [
+        "Code version per run: "
+        + "; ".join(f"`{c}`: {', '.join(rs)}" for c, rs in versions.items())
+        + ".",
+        "",
+    ]
     reused = [f"{r['variant']} s{r['seed']}" for r in runs if r.get("checks_reused")]
     if reused:
         lines += [
