@@ -81,69 +81,8 @@ VARIANTS = {
 }
 
 
-def _wired() -> bool:
-    from autocompress.config import ExperimentConfig
-
-    return "sensitivity" in ExperimentConfig.model_fields
-
-
 def _settings_overrides(settings: dict) -> list[str]:
     return [f"sensitivity.{k}={json.dumps(v)}" for k, v in settings.items()]
-
-
-def _search(cfg, settings: dict, log) -> None:
-    """``autocompress.search`` when the config has a ``sensitivity`` section; until then the
-    same steps with the sensitivity call sites, without worker processes."""
-    import autocompress as ac
-
-    if _wired():
-        ac.search(cfg, log=log)
-        return
-    import optuna
-
-    from autocompress.hardware.latency import make_latency_model
-    from autocompress.search.objective import TrialEvaluator
-    from autocompress.search.run import prepare
-    from autocompress.search.study import open_study
-    from autocompress.search.trials import run_trials
-    from autocompress.sensitivity import SensitivitySettings, SensitivityStage
-    from autocompress.tracking import Tracker
-
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    cfg.output_dir.mkdir(parents=True, exist_ok=True)
-    tracker = Tracker(cfg.tracking, cfg.name, cfg.output_dir / "mlartifacts")
-    prep = prepare(cfg, log=log)
-    bm = prep.baseline.metrics
-    sens = SensitivityStage.start(prep, SensitivitySettings.from_mapping(settings), log=log)
-    space = sens.space if sens is not None else prep.space
-    example = prep.data.example_input(cfg.latency.batch_size)
-    latency = make_latency_model(
-        cfg, prep.baseline.model, space, example, reference_ms=bm.latency_ms, log=log
-    )
-    evaluator = TrialEvaluator(cfg, prep.baseline, prep.data, latency)
-    info, created = open_study(cfg, {k: list(v) for k, v in space.choices().items()})
-    parent = tracker.start_search(
-        None, name=cfg.name, config=cfg.to_dict(), baseline=prep.baseline_summary()
-    )
-    info.study.set_user_attr("baseline", prep.baseline_summary())
-    if created:
-        info.study.enqueue_trial(space.extreme(aggressive=False), user_attrs={"anchor": True})
-        if sens is not None:
-            for params, attrs in sens.initial_trials(
-                latency,
-                objectives=info.objectives,
-                n_trials=cfg.search.n_trials,
-                seed=cfg.search.seed,
-            ):
-                info.study.enqueue_trial(params, user_attrs=attrs)
-    if sens is not None:
-        sens.log(tracker, parent)
-    try:
-        run_trials(info, cfg, space, evaluator, tracker, parent, log=log)
-    finally:
-        if sens is not None:
-            sens.finish(info.study, tracker, parent, bm.val_accuracy)
-        tracker.finish_search(parent, "FINISHED")
 
 
 def _front_metrics(rows: list[dict], baseline: dict) -> dict:
@@ -258,14 +197,13 @@ def run_one(
         f"search.n_trials={trials or spec['trials']}",
         f"name=bench-{model}-{variant}-s{seed}",
     ]
-    if _wired():
-        overrides += _settings_overrides(settings)
+    overrides += _settings_overrides(settings)
     cfg = ac.load_experiment(REPO / spec["experiment"], overrides)
     from common import code_version
 
     commit = code_version()
     t0 = time.perf_counter()
-    _search(cfg, settings, log)
+    ac.search(cfg, log=log)
     wall = time.perf_counter() - t0
     if (out / "cache" / checks.name).is_file():
         shutil.copy(out / "cache" / checks.name, checks)
