@@ -186,7 +186,7 @@ def run_one(
     # measured once, reused by the other seeds and variants (recorded as ``checks_reused``).
     checks = table.with_name(table.name.replace("sensitivity-", "policy-checks-", 1))
     reused = 0
-    if checks.is_file():
+    if checks.is_file() and settings.get("enabled", True):
         shutil.copy(checks, out / "cache" / checks.name)
         reused = len(json.loads(checks.read_text()).get("drops", {}))
     overrides = [
@@ -231,12 +231,12 @@ def run_one(
 
 
 # -- report --------------------------------------------------------------------------------
-def _mean_sd(xs: list[float]) -> str:
+def _mean_sd(xs: list[float], spec: str = ".4f") -> str:
     xs = [x for x in xs if x is not None]
     if not xs:
         return "–"
     sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-    return f"{statistics.mean(xs):.4f} ± {sd:.4f}"
+    return f"{statistics.mean(xs):{spec}} ± {sd:{spec}}"
 
 
 def _fmt(x, spec: str = ".3f") -> str:
@@ -311,9 +311,9 @@ def _model_section(model: str, data: dict) -> list[str]:
         lines.append(
             f"| {v} | {_mean_sd([r['hypervolume'] for r in rs])} | "
             f"{_mean_sd([r['hypervolume_search_ref'] for r in rs])} | "
-            f"{_mean_sd([r['best_ratio_1pt'] for r in rs])} | "
-            f"{_mean_sd([r['n_within_5pt'] for r in rs])} | "
-            f"{_mean_sd([r['wall_seconds'] for r in rs])} | {win_txt} |"
+            f"{_mean_sd([r['best_ratio_1pt'] for r in rs], '.1f')} | "
+            f"{_mean_sd([r['n_within_5pt'] for r in rs], '.1f')} | "
+            f"{_mean_sd([r['wall_seconds'] for r in rs], '.0f')} | {win_txt} |"
         )
     lines += ["", "Per seed (hypervolume, ref 5 pt / best ratio at ≤1 pt):", ""]
     lines += ["| seed | " + " | ".join(variants) + " |", "| --- |" + " --- |" * len(variants)]
@@ -337,7 +337,11 @@ def _model_section(model: str, data: dict) -> list[str]:
         + ".",
         "",
     ]
-    reused = [f"{r['variant']} s{r['seed']}" for r in runs if r.get("checks_reused")]
+    reused = [
+        f"{r['variant']} s{r['seed']}"
+        for r in runs
+        if r.get("checks_reused") and VARIANTS[r["variant"]].get("enabled", True)
+    ]
     if reused:
         lines += [
             "Wall time of "
