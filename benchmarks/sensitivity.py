@@ -174,6 +174,7 @@ def run_one(
 ) -> dict:
     import autocompress as ac
     from autocompress.search.study import load_study, trial_rows
+    from autocompress.sensitivity import checks_path
 
     spec = MODELS[model]
     settings = {**spec["sensitivity"], **VARIANTS[variant]}
@@ -184,10 +185,11 @@ def run_one(
     shutil.copy(table, out / "cache" / table.name)
     # The whole-policy checks (uniform corners, greedy chain) are deterministic for a table key:
     # measured once, reused by the other seeds and variants (recorded as ``checks_reused``).
-    checks = table.with_name(table.name.replace("sensitivity-", "policy-checks-", 1))
+    key = table.stem.removeprefix("sensitivity-")
+    checks, run_checks = checks_path(table.parent.parent, key), checks_path(out, key)
     reused = 0
     if checks.is_file() and settings.get("enabled", True):
-        shutil.copy(checks, out / "cache" / checks.name)
+        shutil.copy(checks, run_checks)
         reused = len(json.loads(checks.read_text()).get("drops", {}))
     overrides = [
         *spec["overrides"],
@@ -205,8 +207,8 @@ def run_one(
     t0 = time.perf_counter()
     ac.search(cfg, log=log)
     wall = time.perf_counter() - t0
-    if (out / "cache" / checks.name).is_file():
-        shutil.copy(out / "cache" / checks.name, checks)
+    if run_checks.is_file():
+        shutil.copy(run_checks, checks)
     info = load_study(cfg)
     baseline = info.study.user_attrs["baseline"]
     rows = trial_rows(info)

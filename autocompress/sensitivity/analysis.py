@@ -26,6 +26,7 @@ from ..export.artifact import ModelRef, pack_model
 from ..policy import CompressionPolicy
 from ..search_space import SearchSpace
 from ..training import batches
+from .allocate import policy_key
 from .costs import latency_deltas, layer_bytes
 from .estimators import estimate_levels
 from .proxy import ProxyModel
@@ -232,10 +233,6 @@ def real_costs(prep: Prepared, latency_model=None) -> Callable[[CompressionPolic
     return measure
 
 
-def _policy_id(policy: CompressionPolicy) -> str:
-    return json.dumps(policy.to_dict(), sort_keys=True, default=str)
-
-
 def _read_checks(path: Path | None) -> dict[str, float]:
     if path is None or not path.is_file():
         return {}
@@ -249,12 +246,13 @@ def _write_checks(path: Path, drops: dict[str, float]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps({"drops": drops}, indent=1, sort_keys=True))
-    os.replace(tmp, tmp.with_name(path.name))
+    os.replace(tmp, path)
 
 
-def checks_path(prep: Prepared, key: str) -> Path:
-    """Where the whole-policy checks of the table ``key`` are cached (beside the table)."""
-    return prep.cfg.output_dir / "cache" / f"policy-checks-{key}.json"
+def checks_path(output_dir: Path, key: str) -> Path:
+    """Where an experiment's whole-policy checks of the table ``key`` are cached (beside the
+    table, in ``output_dir/cache``)."""
+    return Path(output_dir) / "cache" / f"policy-checks-{key}.json"
 
 
 def policy_drop(
@@ -274,7 +272,7 @@ def policy_drop(
         base_acc = float((logits.argmax(1) == data.y).float().mean())
 
     def drop(policy: CompressionPolicy) -> float:
-        pid = _policy_id(policy)
+        pid = policy_key(policy)
         if pid not in known:
             known[pid] = _measure(policy)
             if cache is not None:

@@ -186,7 +186,7 @@ class SensitivityStage:
     def _check(self):
         """The whole-policy check, cached beside the table (same key)."""
         key = self.table.meta.get("key")
-        cache = checks_path(self.prep, key) if key else None
+        cache = checks_path(self.prep.cfg.output_dir, key) if key else None
         return policy_drop(self.prep, self.settings, cache=cache)
 
     def _tolerance(self) -> float:

@@ -212,7 +212,7 @@ def test_whole_policy_checks_are_cached_beside_the_table(prep, stage, monkeypatc
     s = SETTINGS.with_(warm_start=2, greedy_checks=4, uniform_start=(4,))
     first = SensitivityStage(prep, s, stage.table, lambda *_: None)
     trials = first.initial_trials(objectives=["accuracy", "size"], n_trials=10)
-    path = analysis.checks_path(prep, stage.table.meta["key"])
+    path = analysis.checks_path(prep.cfg.output_dir, stage.table.meta["key"])
     assert path.is_file() and json.loads(path.read_text())["drops"]
     calls = []
     real = analysis.correct_batchnorm  # once per measured check
