@@ -15,7 +15,7 @@ from torch import nn
 
 from .config import ExperimentConfig
 from .data import DataBundle
-from .export.artifact import ModelRef, pack_model
+from .export.artifact import ModelRef, packed_model_size
 from .hardware.measure import measure_torch_model_latency
 from .models import build_model
 from .policy import CompressionPolicy
@@ -118,8 +118,8 @@ def get_baseline(cfg: ExperimentConfig, data: DataBundle, *, log=print) -> Basel
         val_loss=val_loss,
         test_accuracy=test_acc,
         latency_ms=latency,
-        size_bytes=len(
-            pack_model(model, ModelRef.from_config(cfg, data.input_shape), CompressionPolicy())
+        size_bytes=packed_model_size(
+            model, ModelRef.from_config(cfg, data.input_shape), CompressionPolicy()
         ),
         fp32_state_dict_bytes=state_dict_bytes(model),
         params=sum(p.numel() for p in model.parameters()),

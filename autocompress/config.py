@@ -147,11 +147,29 @@ class CompressionConfig(_Strict):
 
 
 class SearchConfig(_Strict):
-    n_trials: int = Field(20, ge=1)
+    """Two fidelities: ``screen_trials`` policies scored without fine-tune (an Optuna study of
+    their own), whose spread front is promoted into ``n_trials`` fine-tuned trials (the Pareto
+    front, MLflow trial runs, what pick and export see)."""
+
+    n_trials: int = Field(20, ge=1, description="fine-tuned trials (the anchor included)")
+    screen_trials: int = Field(
+        200, ge=0, description="policies screened without fine-tune first (0: no screen)"
+    )
+    screen_images: int = Field(1000, ge=10, description="validation images a policy is screened on")
+    screen_steps: int = Field(
+        0, ge=0, description="fine-tune steps per screened policy (a middle fidelity; 0: none)"
+    )
+    budget_s: float | None = Field(
+        None, gt=0, description="wall-clock seconds for the whole search, every stage charged"
+    )
+    screen_share: float = Field(
+        0.3, gt=0, lt=1, description="with budget_s: the share the screen may use at most"
+    )
     sampler: Literal["nsga2", "tpe", "random"] = "nsga2"
     seed: int = 0
-    timeout: float | None = Field(None, gt=0, description="seconds")
-    population_size: int | None = Field(None, ge=2, description="NSGA-II population")
+    population_size: int | None = Field(
+        None, ge=2, description="NSGA-II population of the study that samples"
+    )
     heartbeat_interval: int = Field(30, ge=1, description="seconds between worker heartbeats")
     grace_period: int | None = Field(
         None, ge=1, description="seconds without heartbeat before a trial counts as lost"
@@ -200,7 +218,11 @@ class SensitivityConfig(_Strict):
     fine-tuning to pick the candidates the real search evaluates. Mirrors
     :class:`autocompress.sensitivity.SensitivitySettings` field for field."""
 
-    enabled: bool = Field(True, description="run before the search (cached per checkpoint)")
+    enabled: bool = Field(
+        False,
+        description="run before the search (cached per checkpoint); off by default: the "
+        "screen explores the unshaped space at a fraction of the sweep's cost",
+    )
     method: Literal["sweep", "hessian", "fisher"] = Field(
         "sweep", description="sweep: measured drops; hessian/fisher: estimated loss increases"
     )

@@ -189,9 +189,11 @@ class SearchSpace:
             params[key] = getattr(policy.layers.get(layer, LayerPolicy()), dim)
         return params
 
-    def uniform_policy(self, sparsity: float, bits: int) -> CompressionPolicy:
-        """Every layer at ``sparsity`` and ``bits`` (its nearest allowed choice, ties to the
-        gentler one) and its largest keep ratio: what a one-line uniform config gives."""
+    def uniform_policy(
+        self, sparsity: float, bits: int, keep_ratio: float | None = None
+    ) -> CompressionPolicy:
+        """Every layer at ``sparsity``, ``bits`` and ``keep_ratio`` (its nearest allowed choice,
+        ties to the gentler one; no keep ratio: the largest): what a one-line config gives."""
 
         def near(opts, v):
             return min(opts, key=lambda o: (abs(o - v), o))
@@ -201,7 +203,11 @@ class SearchSpace:
                 name: LayerPolicy(
                     sparsity=float(near(ch.sparsity, sparsity)),
                     bits=int(near(ch.bits, bits)),
-                    keep_ratio=float(max(ch.keep_ratio)),
+                    keep_ratio=float(
+                        max(ch.keep_ratio)
+                        if keep_ratio is None
+                        else min(ch.keep_ratio, key=lambda o: (abs(o - keep_ratio), -o))
+                    ),
                 )
                 for name, ch in self.layers.items()
             }

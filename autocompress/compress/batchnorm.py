@@ -143,16 +143,23 @@ def corrected_statistics(
 
 
 @torch.no_grad()
-def correct_batchnorm(model: nn.Module, reference: nn.Module, batches: list[torch.Tensor]) -> None:
+def correct_batchnorm(
+    model: nn.Module,
+    reference: nn.Module,
+    batches: list[torch.Tensor],
+    *,
+    reference_estimate: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> None:
     """Move every BatchNorm layer of ``model`` (a compressed copy of ``reference``) to the
-    corrected statistics measured on ``batches``."""
+    corrected statistics measured on ``batches``. ``reference_estimate``: the reference's
+    :func:`batch_statistics` on the same batches, when the caller already has them."""
     bns, refs = batchnorms(model), batchnorms(reference)
     if not batches or not bns:
         return
     model.eval()
     reference.eval()
     est = batch_statistics(model, batches, model)
-    ref_est = batch_statistics(reference, batches, reference)
+    ref_est = reference_estimate or batch_statistics(reference, batches, reference)
     for n, m in bns.items():
         if n not in refs:
             continue

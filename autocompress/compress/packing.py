@@ -162,10 +162,11 @@ def _sparse_streams(skips: np.ndarray, b: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _choose_encoding(
     value_hist: np.ndarray, skips: np.ndarray, q: int, bits: int, huffman: bool
-) -> tuple[int, list[np.ndarray | None]]:
-    """Index width ``b`` (0 = dense) and per-stream Huffman lengths of the smallest encoding."""
+) -> tuple[int, list[np.ndarray | None], list[np.ndarray]]:
+    """Index width ``b`` (0 = dense), per-stream Huffman lengths and per-stream symbol
+    histograms of the smallest encoding."""
     best_cost, lens = _stream_plan(value_hist, bits, huffman)
-    best: tuple[int, list[np.ndarray | None]] = (0, [lens])
+    best: tuple[int, list[np.ndarray | None], list[np.ndarray]] = (0, [lens], [value_hist])
     if "dense" not in _ENCODINGS:
         best_cost = np.inf
     if "sparse" not in _ENCODINGS:
@@ -185,34 +186,55 @@ def _choose_encoding(
         val_cost, val_lens = _stream_plan(val_hist, bits, huffman)
         cost = idx_cost + val_cost + 12  # ~12 more header bytes for the extra fields
         if cost < best_cost:
-            best_cost, best = cost, (b, [idx_lens, val_lens])
+            best_cost, best = cost, (b, [idx_lens, val_lens], [idx_hist, val_hist])
     return best
 
 
-def _pack_quantized(name: str, qt: QuantizedTensor, huffman: bool) -> tuple[dict, list[bytes]]:
+def _stream_bytes(hist: np.ndarray, width: int, lengths: np.ndarray | None) -> int:
+    """Exact length of a stream's payload, from its symbol histogram (no encoding)."""
+    if lengths is None:
+        return (int(hist.sum()) * width + 7) // 8
+    return (HuffmanTable(lengths).encoded_bits(hist) + 7) // 8
+
+
+def _pack_quantized(
+    name: str, qt: QuantizedTensor, huffman: bool, encode: bool = True
+) -> tuple[dict, list[bytes | int]]:
+    """Header entry and payload chunks; with ``encode=False`` each stream's chunk is only its
+    exact length in bytes (the header is the same: it records lengths, not contents)."""
     qt.validate(name)
     bits, q = int(qt.bits), qt.qmax
     flat = qt.codes.ravel()
     symbols = (flat.astype(np.int16) + q).astype(np.uint8)
     positions = np.flatnonzero(flat)
     skips = np.diff(positions, prepend=-1) - 1  # zeros before each non-zero
-    b, plans = _choose_encoding(np.bincount(symbols, minlength=2 * q + 1), skips, q, bits, huffman)
+    value_hist = np.bincount(symbols, minlength=2 * q + 1)
+    b, plans, hists = _choose_encoding(value_hist, skips, q, bits, huffman)
     entry: dict[str, Any] = {"n": name, "k": "q", "s": list(qt.shape), "b": bits}
     entry["cd"] = np.dtype(qt.codes.dtype).str
-    chunks = [np.ascontiguousarray(qt.scales, dtype="<f4").tobytes()]
-    if b == 0:
-        streams = [(symbols, bits)]
-    else:
-        idx, slots = _sparse_streams(skips, b)
-        vals = np.full(idx.size, q, dtype=np.uint8)  # fillers carry a zero value
-        vals[slots] = symbols[positions]
-        streams = [(idx, b), (vals, bits)]
-        entry.update(ib=b, ne=int(idx.size))
+    chunks: list[bytes | int] = [np.ascontiguousarray(qt.scales, dtype="<f4").tobytes()]
+    widths = [bits] if b == 0 else [b, bits]
+    if b != 0:
+        entry.update(ib=b, ne=int(hists[0].sum()))
+    streams: list[np.ndarray | None] = [None] * len(widths)
+    if encode:
+        if b == 0:
+            streams = [symbols]
+        else:
+            idx, slots = _sparse_streams(skips, b)
+            vals = np.full(idx.size, q, dtype=np.uint8)  # fillers carry a zero value
+            vals[slots] = symbols[positions]
+            streams = [idx, vals]
     entry["st"] = []
-    for (sym, width), lengths in zip(streams, plans, strict=True):
-        data, spec = _encode_stream(sym, width, lengths)
-        entry["st"].append([len(data), *spec])
-        chunks.append(data)
+    for sym, width, lengths, hist in zip(streams, widths, plans, hists, strict=True):
+        spec = [] if lengths is None else [HuffmanTable(lengths).to_string()]
+        if sym is None:
+            chunk: bytes | int = _stream_bytes(hist, width, lengths)
+            entry["st"].append([chunk, *spec])
+        else:
+            chunk, spec = _encode_stream(sym, width, lengths)
+            entry["st"].append([len(chunk), *spec])
+        chunks.append(chunk)
     return entry, chunks
 
 
@@ -258,13 +280,42 @@ def _unpack_quantized(entry: dict, data: bytes, offset: int) -> tuple[QuantizedT
 # -------------------------------------------------------------------------------- public API
 
 
-def _pack_raw(name: str, value: Any) -> tuple[dict, list[bytes]]:
+def _pack_raw(name: str, value: Any, encode: bool = True) -> tuple[dict, list[bytes | int]]:
     arr = np.asarray(value)
     if arr.dtype.kind not in "biufc":
         raise ValueError(f"tensor {name!r}: unsupported dtype {arr.dtype} (numeric arrays only)")
     shape = list(arr.shape)  # before ascontiguousarray, which turns 0-d into 1-d
+    entry = {"n": name, "k": "raw", "s": shape, "d": arr.dtype.newbyteorder("<").str}
+    if not encode:
+        return entry, [arr.nbytes]
     arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
-    return {"n": name, "k": "raw", "s": shape, "d": arr.dtype.str}, [arr.tobytes()]
+    return entry, [arr.tobytes()]
+
+
+def _layout(
+    tensors: Mapping[str, np.ndarray | QuantizedTensor],
+    metadata: dict | None,
+    huffman: bool,
+    encode: bool,
+) -> tuple[bytes, list[bytes | int]]:
+    """Prefix + header, and the payload chunks (or, without ``encode``, their lengths)."""
+    entries: list[dict] = []
+    payload: list[bytes | int] = []
+    for name, value in tensors.items():
+        if not isinstance(name, str):
+            raise ValueError(f"tensor names must be strings, got {name!r}")
+        if isinstance(value, QuantizedTensor):
+            entry, chunks = _pack_quantized(name, value, huffman, encode)
+        else:
+            entry, chunks = _pack_raw(name, value, encode)
+        entries.append(entry)
+        payload.extend(chunks)
+    try:
+        text = json.dumps({"meta": metadata or {}, "t": entries}, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"metadata is not JSON-serialisable: {exc}") from exc
+    header = zlib.compress(text.encode("utf-8"), 9)
+    return _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)) + header, payload
 
 
 def pack_state(
@@ -274,23 +325,8 @@ def pack_state(
     huffman: bool = True,
 ) -> bytes:
     """Serialise named arrays and quantised tensors (plus JSON ``metadata``) to packed bytes."""
-    entries: list[dict] = []
-    payload: list[bytes] = []
-    for name, value in tensors.items():
-        if not isinstance(name, str):
-            raise ValueError(f"tensor names must be strings, got {name!r}")
-        if isinstance(value, QuantizedTensor):
-            entry, chunks = _pack_quantized(name, value, huffman)
-        else:
-            entry, chunks = _pack_raw(name, value)
-        entries.append(entry)
-        payload.extend(chunks)
-    try:
-        text = json.dumps({"meta": metadata or {}, "t": entries}, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"metadata is not JSON-serialisable: {exc}") from exc
-    header = zlib.compress(text.encode("utf-8"), 9)
-    return b"".join([_PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)), header, *payload])
+    head, payload = _layout(tensors, metadata, huffman, encode=True)
+    return b"".join([head, *payload])
 
 
 def read_header(data: bytes) -> tuple[dict, int]:
@@ -333,8 +369,10 @@ def packed_size(
     huffman: bool = True,
     metadata: dict | None = None,
 ) -> int:
-    """Bytes of the packed checkpoint: the one definition of model size."""
-    return len(pack_state(tensors, metadata=metadata, huffman=huffman))
+    """Bytes of the packed checkpoint, the one definition of model size: exactly
+    ``len(pack_state(...))``, computed from symbol histograms without encoding any stream."""
+    head, payload = _layout(tensors, metadata, huffman, encode=False)
+    return len(head) + sum(c if isinstance(c, int) else len(c) for c in payload)
 
 
 def save_packed(

@@ -38,6 +38,8 @@ def fake_quantize_weight(weight: torch.Tensor, bits: int) -> torch.Tensor:
     codes, scales = quantize_weight(weight, bits)
     view = (-1,) + (1,) * (weight.dim() - 1)
     wq = codes.to(weight.dtype) * scales.to(weight.dtype).view(view)
+    if not weight.requires_grad:  # inference (screening, evaluation): no estimator needed
+        return wq
     return wq + (weight - weight.detach())
 
 
@@ -79,6 +81,8 @@ class ActFakeQuant(nn.Module):
         scale, zp = self.scale_zero_point()
         levels = 2**self.bits - 1
         xq = (torch.clamp(torch.round(x / scale) + zp, 0, levels) - zp) * scale
+        if not x.requires_grad:  # inference: the same values, without the estimator's copies
+            return xq
         return xq + (x - x.detach())
 
     def extra_repr(self) -> str:

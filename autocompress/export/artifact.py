@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..compress.apply import attach_input_quant, compressed_state
-from ..compress.packing import QuantizedTensor, load_packed, pack_state
+from ..compress.packing import QuantizedTensor, load_packed, pack_state, packed_size
 from ..compress.structured import prune_channels
 from ..errors import ModelError
 from ..models import build_model
@@ -27,7 +27,13 @@ from ..policy import CompressionPolicy, compressible_layers
 if TYPE_CHECKING:
     from ..config import ExperimentConfig
 
-__all__ = ["ModelRef", "load_packed_model", "pack_model", "save_packed_model"]
+__all__ = [
+    "ModelRef",
+    "load_packed_model",
+    "pack_model",
+    "packed_model_size",
+    "save_packed_model",
+]
 
 FORMAT = "autocompress-model/1"
 
@@ -48,17 +54,27 @@ class ModelRef:
         return cls(m.name, m.num_classes, input_shape[0], tuple(input_shape), dict(m.kwargs))
 
 
-def pack_model(
-    model: nn.Module, ref: ModelRef, policy: CompressionPolicy, *, round_to: int = 1
-) -> bytes:
-    """The packed file's bytes. ``len(pack_model(...))`` is the model size everywhere."""
-    meta = {
+def _meta(ref: ModelRef, policy: CompressionPolicy, round_to: int) -> dict:
+    return {
         "format": FORMAT,
         "model": asdict(ref),
         "policy": policy.to_dict(),
         "round_to": round_to,
     }
-    return pack_state(compressed_state(model), metadata=meta)
+
+
+def pack_model(
+    model: nn.Module, ref: ModelRef, policy: CompressionPolicy, *, round_to: int = 1
+) -> bytes:
+    """The packed file's bytes (Huffman-coded: what export writes)."""
+    return pack_state(compressed_state(model), metadata=_meta(ref, policy, round_to))
+
+
+def packed_model_size(
+    model: nn.Module, ref: ModelRef, policy: CompressionPolicy, *, round_to: int = 1
+) -> int:
+    """``len(pack_model(...))`` without encoding: the model size the search scores."""
+    return packed_size(compressed_state(model), metadata=_meta(ref, policy, round_to))
 
 
 def save_packed_model(

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["hypervolume", "knee_index", "non_dominated", "to_minimization"]
+__all__ = ["diverse_order", "hypervolume", "knee_index", "non_dominated", "to_minimization"]
 
 
 def to_minimization(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
@@ -63,3 +63,34 @@ def knee_index(values: np.ndarray, directions: Sequence[str]) -> int:
     span = np.where(hi > lo, hi - lo, 1.0)
     norm = (v - lo) / span
     return int(np.argmin(np.linalg.norm(norm, axis=1)))
+
+
+def _crowding(v: np.ndarray) -> np.ndarray:
+    """NSGA-II crowding distance of the rows of one front (minimised columns); extremes inf."""
+    n = len(v)
+    dist = np.zeros(n)
+    if n <= 2:
+        return np.full(n, np.inf)
+    for j in range(v.shape[1]):
+        order = np.argsort(v[:, j], kind="stable")
+        span = v[order[-1], j] - v[order[0], j]
+        dist[order[0]] = dist[order[-1]] = np.inf
+        if span > 0:
+            dist[order[1:-1]] += (v[order[2:], j] - v[order[:-2], j]) / span
+    return dist
+
+
+def diverse_order(values: np.ndarray, directions: Sequence[str]) -> list[int]:
+    """All row indices, best first: by non-domination rank (NSGA-II's fronts), and within a
+    rank by decreasing crowding distance, so that any prefix is as spread as the ranks allow.
+    Duplicate rows follow every distinct one."""
+    v = to_minimization(values, directions)
+    left = list(range(len(v)))
+    out: list[int] = []
+    while left:
+        front = [left[i] for i in non_dominated(v[left], ["minimize"] * v.shape[1])]
+        crowd = _crowding(v[front])
+        out += [front[i] for i in np.argsort(-crowd, kind="stable")]
+        taken = set(front)
+        left = [i for i in left if i not in taken]
+    return out

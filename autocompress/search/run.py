@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import optuna
 import yaml
 from optuna.trial import TrialState
@@ -33,12 +34,21 @@ from ..sensitivity.stage import SensitivityStage
 from ..tracking import Tracker, mask_secrets
 from .front import front_hypervolume, write_front
 from .objective import TrialEvaluator
+from .screen import (
+    Screener,
+    promote,
+    run_screen,
+    screen_agreement,
+    uniform_seeds,
+    write_screen_table,
+)
 from .study import StudyInfo, check_storage, open_study, storage_kind, wait_for_attr
 from .trials import make_stale_callback, run_trials
 
 __all__ = ["Prepared", "SearchResult", "prepare", "search"]
 
 PARENT_ATTR = "mlflow_parent_run_id"
+_LOW_AGREEMENT = 0.5  # screen_rank_spearman below this: the screen is not to be trusted
 
 
 @dataclass
@@ -92,6 +102,30 @@ def _fail_leftovers(info: StudyInfo, on_stale, log) -> None:
         if storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
             on_stale(info.study, storage.get_trial(t._trial_id))
             log(f"trial {t.number} was left RUNNING by an interrupted run: marked FAIL, re-queued")
+
+
+def _log_screen(
+    screen: StudyInfo, info: StudyInfo, tracker: Tracker, parent: str, cfg: ExperimentConfig, log
+) -> None:
+    """The screened table (``screen/screened.csv``) and how well the screen ranked the promoted
+    policies' fine-tuned accuracy (metric ``screen_rank_spearman``) on the parent run."""
+    path = write_screen_table(screen, info, cfg.output_dir / "screen" / "screened.csv")
+    tracker.log_artifacts(parent, [path], "screen")
+    agree = screen_agreement(info)
+    metrics = {"screen_trials": float(screen.count(TrialState.COMPLETE))}
+    if np.isfinite(agree["spearman"]):
+        metrics["screen_rank_spearman"] = agree["spearman"]
+        hint = ""
+        if agree["spearman"] < _LOW_AGREEMENT:
+            hint = (
+                ": the screen ranks poorly on this model; a short fine-tune per screened "
+                "policy (search.screen_steps, e.g. 20) or more search.screen_images may help"
+            )
+        log(
+            f"screen vs fine-tuned accuracy over {agree['n']} promoted trials: "
+            f"Spearman {agree['spearman']:.2f}{hint}"
+        )
+    tracker.log_search_metrics(parent, metrics)
 
 
 def _spawn_workers(cfg: ExperimentConfig, workers: int, log) -> None:
@@ -166,8 +200,15 @@ def search(
     evaluator = TrialEvaluator(cfg, prep.baseline, prep.data, latency_model)
 
     on_stale = make_stale_callback(tracker, cfg.search.retries)
-    info, created = open_study(cfg, {k: list(v) for k, v in space.choices().items()}, on_stale)
+    space_params = {k: list(v) for k, v in space.choices().items()}
+    info, created = open_study(cfg, space_params, on_stale)
     study = info.study
+    screen = None
+    if cfg.search.screen_trials > 0:
+        screen, screen_created = open_study(cfg, space_params, on_stale, screen=True)
+        if screen_created:
+            for params in uniform_seeds(space):
+                screen.study.enqueue_trial(params, user_attrs={"origin": "uniform"})
     # The study's creator makes the MLflow parent run; everyone else finds it.
     parent = None if created else wait_for_attr(study, PARENT_ATTR, 10 if not worker else 120)
     if parent is None and worker:
@@ -184,10 +225,13 @@ def search(
             study.set_user_attr("baseline", baseline)
         parent = run_id
     if storage_kind(cfg) == "sqlite":
-        _fail_leftovers(info, on_stale, log)
+        for each in (info, screen) if screen is not None else (info,):
+            _fail_leftovers(each, on_stale, log)
     if created:
         # Anchor: the least aggressive policy, so the front reaches the accurate end.
-        study.enqueue_trial(space.extreme(aggressive=False), user_attrs={"anchor": True})
+        study.enqueue_trial(
+            space.extreme(aggressive=False), user_attrs={"anchor": True, "origin": "anchor"}
+        )
         if sens is not None:
             # Warm start (and the two-stage proxy's candidates) before the sampler takes over.
             initial = sens.initial_trials(
@@ -208,16 +252,32 @@ def search(
         sens.log(tracker, parent)
 
     status = "FINISHED"
+    budget = cfg.search.budget_s
+    # The budget is charged from the start of this call: baseline, latency table and
+    # sensitivity included.
+    deadline = (
+        None if budget is None else time.monotonic() - (time.perf_counter() - t_start) + budget
+    )
     try:
         if workers > 1:
             _spawn_workers(cfg, workers, log)
         else:
-            run_trials(info, cfg, space, evaluator, tracker, parent, log=log)
+            if screen is not None:
+                screen_deadline = None
+                if deadline is not None:
+                    screen_deadline = deadline - budget * (1 - cfg.search.screen_share)
+                run_screen(
+                    screen, cfg, space, Screener.build(evaluator), deadline=screen_deadline, log=log
+                )
+                promote(screen, info, cfg.search.n_trials, log=log)
+            run_trials(info, cfg, space, evaluator, tracker, parent, deadline=deadline, log=log)
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
         if not worker:
+            if screen is not None:
+                _log_screen(screen, info, tracker, parent, cfg, log)
             if sens is not None:
                 sens.finish(study, tracker, parent, bm.val_accuracy)
             front, paths = write_front(info, cfg, tracker, parent, baseline)

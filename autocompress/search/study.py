@@ -35,6 +35,7 @@ __all__ = [
 ]
 
 CONSTRAINTS_ATTR = "constraints"
+SCREEN_SUFFIX = "-screen"  # the screen's study: ``<name>-screen`` in the same storage
 StaleCallback = Callable[[optuna.Study, FrozenTrial], None]
 
 
@@ -43,12 +44,13 @@ def constraints_of(trial: FrozenTrial) -> list[float]:
     return list(trial.user_attrs.get(CONSTRAINTS_ATTR, []))
 
 
-def _sampler(cfg: ExperimentConfig) -> optuna.samplers.BaseSampler:
+def _sampler(cfg: ExperimentConfig, n_trials: int) -> optuna.samplers.BaseSampler:
+    """The configured sampler for a study of ``n_trials`` trials."""
     s = cfg.search
     has_bounds = any(getattr(cfg.objectives, n).bound is not None for n in cfg.objectives.enabled())
     cons = constraints_of if has_bounds else None
     if s.sampler == "nsga2":
-        pop = s.population_size or max(4, min(50, s.n_trials // 3))
+        pop = s.population_size or max(4, min(50, n_trials // 3))
         return optuna.samplers.NSGAIISampler(
             population_size=pop, seed=s.seed, constraints_func=cons
         )
@@ -57,7 +59,7 @@ def _sampler(cfg: ExperimentConfig) -> optuna.samplers.BaseSampler:
             seed=s.seed,
             constraints_func=cons,
             multivariate=True,
-            n_startup_trials=min(10, s.n_trials // 3 + 1),
+            n_startup_trials=min(10, n_trials // 3 + 1),
         )
     return optuna.samplers.RandomSampler(seed=s.seed)
 
@@ -129,15 +131,22 @@ def _first_line(exc: BaseException) -> str:
 
 
 def open_study(
-    cfg: ExperimentConfig, space_params: dict, on_stale: StaleCallback | None = None
+    cfg: ExperimentConfig,
+    space_params: dict,
+    on_stale: StaleCallback | None = None,
+    *,
+    screen: bool = False,
 ) -> tuple[StudyInfo, bool]:
-    """Create the study, or load it to resume or to join other workers; refuse a study made
-    for another space. Returns ``(info, created)``: exactly one process creates a study (the
-    storage enforces unique names), and that one sets it up."""
+    """Create the study (the fine-tuned one, or with ``screen`` the screen's), or load it to
+    resume or to join other workers; refuse a study made for another space. Returns
+    ``(info, created)``: exactly one process creates a study (the storage enforces unique
+    names), and that one sets it up."""
     objectives = cfg.objectives.enabled()
     fp = _space_fingerprint(cfg, space_params)
     storage = _storage(cfg, on_stale)
-    kw = {"study_name": cfg.study_name, "storage": storage, "sampler": _sampler(cfg)}
+    name = cfg.study_name + (SCREEN_SUFFIX if screen else "")
+    n = cfg.search.screen_trials if screen else cfg.search.n_trials
+    kw = {"study_name": name, "storage": storage, "sampler": _sampler(cfg, n)}
     try:
         study = optuna.create_study(
             directions=[OBJECTIVES[o].direction for o in objectives], load_if_exists=False, **kw
@@ -156,7 +165,7 @@ def open_study(
         old = wait_for_attr(study, "space_fingerprint")
         if old != fp:
             raise ConfigError(
-                f"{cfg.source}: study {cfg.study_name!r} in {mask_secrets(cfg.optuna_storage)} "
+                f"{cfg.source}: study {name!r} in {mask_secrets(cfg.optuna_storage)} "
                 "was made for another search space or objectives; choose another name or "
                 "output_dir"
             )

@@ -111,9 +111,11 @@ def run_trials(
     tracker: Tracker,
     parent: str,
     *,
+    deadline: float | None = None,
     log,
 ) -> None:
-    """Run trials until the study holds ``cfg.search.n_trials`` complete ones (or timeout)."""
+    """Run trials until the study holds ``cfg.search.n_trials`` complete ones, or until the
+    ``deadline`` (``time.monotonic()``) of the search's budget."""
     n_total = cfg.search.n_trials
     bounds = {o: getattr(cfg.objectives, o).bound for o in info.objectives}
 
@@ -147,11 +149,14 @@ def run_trials(
         cons = [OBJECTIVES[o].violation(metrics.value(o), bounds[o]) for o in info.objectives]
         trial.set_user_attr(CONSTRAINTS_ATTR, cons)
         trial.set_user_attr("metrics", metrics.to_dict())
+        screened = trial.user_attrs.get("screen_metrics", {})
+        extra = {"screen_val_accuracy": screened["val_accuracy"]} if screened else {}
         tracker.end_trial(
             run_id,
             "FINISHED",
-            metrics=metrics.to_dict(),
+            metrics=metrics.to_dict() | extra,
             tags={
+                "origin": trial.user_attrs.get("origin", "sampler"),
                 "feasible": str(all(c <= 0 for c in cons)).lower(),
                 "mlflow.note.content": trial_description(policy.to_dict(), metrics.to_dict()),
             },
@@ -170,11 +175,14 @@ def run_trials(
     if remaining <= 0:
         log(f"study already has {n_total} complete trials: nothing to run")
         return
-    log(f"searching: {remaining} more trials to reach {n_total} ({cfg.search.sampler})")
+    if deadline is not None and deadline <= time.monotonic():
+        log("budget spent: no fine-tuned trial runs")
+        return
+    log(f"fine-tuning: {remaining} more trials to reach {n_total}")
     info.study.optimize(
         objective,
         n_trials=None,
-        timeout=cfg.search.timeout,
+        timeout=None if deadline is None else deadline - time.monotonic(),
         catch=(Exception,),
         callbacks=[
             MaxTrialsCallback(n_total, states=(TrialState.COMPLETE,)),

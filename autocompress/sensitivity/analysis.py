@@ -22,7 +22,7 @@ import torch
 from ..compress.apply import apply_policy, calibrate
 from ..compress.batchnorm import correct_batchnorm
 from ..errors import AutocompressError
-from ..export.artifact import ModelRef, pack_model
+from ..export.artifact import ModelRef, packed_model_size
 from ..policy import CompressionPolicy
 from ..search_space import SearchSpace
 from ..training import batches
@@ -225,7 +225,7 @@ def real_costs(prep: Prepared, latency_model=None) -> Callable[[CompressionPolic
             importance=comp.importance,
             round_to=comp.round_to,
         ).eval()
-        out = {"size": float(len(pack_model(model, ref, policy, round_to=comp.round_to)))}
+        out = {"size": float(packed_model_size(model, ref, policy, round_to=comp.round_to))}
         if latency_model is not None:
             out["latency"] = float(latency_model.predict(model, policy))
         return out

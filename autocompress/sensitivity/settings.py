@@ -24,7 +24,7 @@ class SensitivitySettings:
     """See the ``SensitivityConfig`` section of the experiment config for the meaning of each
     field; the defaults are the same."""
 
-    enabled: bool = True
+    enabled: bool = False
     method: Literal["sweep", "hessian", "fisher"] = "sweep"
     estimator: Literal["hessian", "fisher"] | None = "fisher"
     images: int = 1000

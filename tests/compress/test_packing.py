@@ -195,6 +195,24 @@ def test_packed_size_matches_file_and_load(tmp_path: Path) -> None:
     assert meta_out == meta
 
 
+@pytest.mark.parametrize("huff", [True, False])
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 0.999])
+def test_packed_size_without_encoding_is_exact(huff: bool, sparsity: float) -> None:
+    """The search's size (histograms only) is the byte count of the encoded file, for dense,
+    sparse, Huffman-coded and bit-packed streams of every bit-width."""
+    rng = np.random.default_rng(11)
+    tensors = {
+        f"l{b}.weight": _qt(_sparse_codes(rng, (8, 3, 7, 5), b, sparsity), b, rng)
+        for b in range(2, 9)
+    }
+    tensors["bias"] = rng.standard_normal(8).astype(np.float32)
+    tensors["scalar"] = np.array(3, dtype=np.int64)
+    meta = {"policy": {"x": 1}}
+    assert packed_size(tensors, metadata=meta, huffman=huff) == len(
+        pack_state(tensors, metadata=meta, huffman=huff)
+    )
+
+
 def test_large_tensor_across_decoder_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(huffman, "_READ_CHUNK", 1 << 14)
     rng = np.random.default_rng(6)
