@@ -163,7 +163,11 @@ class SearchConfig(_Strict):
         None, gt=0, description="wall-clock seconds for the whole search, every stage charged"
     )
     screen_share: float = Field(
-        0.3, gt=0, lt=1, description="with budget_s: the share the screen may use at most"
+        0.3,
+        gt=0,
+        lt=1,
+        description="with budget_s: the share of the budget left after the baseline and the "
+        "latency table that the screen may use at most",
     )
     sampler: Literal["nsga2", "tpe", "random"] = "nsga2"
     seed: int = 0
@@ -175,6 +179,11 @@ class SearchConfig(_Strict):
         None, ge=1, description="seconds without heartbeat before a trial counts as lost"
     )
     retries: int = Field(1, ge=0, description="re-runs of a trial whose worker was lost")
+    keep_models: bool = Field(
+        False,
+        description="write each fine-tuned trial's packed model to output_dir/models/"
+        "trial-NNN.acpk (benchmarks score fronts on the test split from them afterwards)",
+    )
     report_test_accuracy: bool = Field(
         False,
         description="also score each trial on the test split (metric test_accuracy; for "

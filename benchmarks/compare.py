@@ -1,161 +1,171 @@
-"""Benchmark of issue #8: autocompress against simple baselines at the same budget.
+"""Benchmark of issue #19: the multi-fidelity search against what a user gets otherwise, at
+equal wall-clock compute.
 
-For each model and seed, four methods with the same trial budget, the same per-trial fine-tune,
-the same latency target and the same size definition (``pack_model``):
+Per model, seed and method, one search with the same wall-clock budget (``search.budget_s``,
+every stage of the method charged: screening, fine-tunes, checks), the same per-trial fine-tune,
+the same torch threads, the same latency table (``cpu-onnxruntime``, profiled once per model on
+this machine, its cross-validated fit recorded) and the same size (packed bytes):
 
-- ``autocompress``: the default search (sensitivity-shaped NSGA-II, warm start, latency model);
-- ``random``: Optuna's random sampler on the unshaped space (sensitivity off);
-- ``uniform``: every layer the same sparsity and the same bits (keep_ratio 1), a grid with as
-  many points as the budget (what a one-line config gives), evaluated by the same trial code;
-- ``nni_uniform``: the same grid compressed by NNI 3.0: ``LevelPruner`` computes the masks and
-  ``QATQuantizer`` (fused with the pruner) does the quantisation-aware fine-tune; the result is
-  materialised into autocompress's form (NNI's masks and trained weights, per-channel codes at the
-  same bit-width) so that size, latency and accuracy are measured exactly as for the others.
+- ``autocompress``: the default search: screen (NSGA-II, no fine-tune) -> promoted front ->
+  fine-tuned trials;
+- ``uniform``: the best one-line config: a grid over sparsity x bits x keep_ratio (channel
+  removal included), same per-trial fine-tune, spread order (as many points as the budget runs);
+- ``nsga2_plain``: NSGA-II with a fine-tune per trial on the same space (the first version);
+- ``random``: Optuna's random sampler, fine-tune per trial;
+- ``nni``: the uniform grid (sparsity x bits) compressed by NNI 3.0 (LevelPruner + QATQuantizer)
+  with the same BatchNorm correction before its fine-tune (``nni_method.py``);
+- ``tp_global``: Torch-Pruning's own global magnitude channel pruning at several ratios, INT8
+  weights, the same fine-tune;
+- ``ort_ptq``: ONNX Runtime's ``quantize_static`` INT8 of the uncompressed baseline (one point:
+  what most users do first); no budget.
 
-Every trial is also scored on the test split (``search.report_test_accuracy``; the samplers
-never see it). Reported per model and method, over seeds: hypervolume of (1 - test accuracy,
-latency / baseline, size / baseline) against the reference point fixed below, how many of each
-baseline's points the autocompress front of the same seed dominates, the best test accuracy at
-latency <= L and at size <= S, time per trial.
+The search sees validation only. Every fine-tuned trial's packed model is kept
+(``search.keep_models``); after the run, the points of the method's *validation* Pareto front
+are loaded back and scored on the full 10,000-image test split (outside the budget). Reported:
+hypervolume of (1 - test accuracy, latency / baseline, size / baseline) against the reference
+point declared below; the paired difference autocompress - baseline per seed with its 95 % t
+interval; the share of autocompress's hypervolume that policies found by the sampler contribute
+(vs the anchor and the uniform seeds); best test accuracy at the declared size and latency
+budgets.
 
-Runs go to ``runs/bench-compare/<model>/<method>-s<seed>`` (``--work-dir``); results are
-appended to ``benchmarks/results/compare.json`` after every run (a re-run skips finished runs)
-and summarised in ``benchmarks/results/compare-<model>.md`` and ``compare-<model>.png``.
+Seeds, budgets and the reference point are fixed here before the final run: ``--seeds dev``
+for development, ``--seeds final`` for the record (never used while developing).
 
-    .venv/bin/python benchmarks/compare.py --model small_cnn resnet18
+Each run (model x method x seed) is appended to ``benchmarks/results/compare.json`` when it
+ends; a re-run skips finished runs, so the benchmark resumes where a session stopped:
+
+    .venv/bin/python benchmarks/compare.py --model small_cnn --seeds final
+    .venv/bin/python benchmarks/compare.py --model small_cnn --seeds final --method uniform
     .venv/bin/python benchmarks/compare.py --report          # only rewrite Markdown and plots
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
+import platform
 import shutil
-import statistics
-import subprocess
 import sys
 import time
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import EXPERIMENTS, baseline_checkpoint, code_version  # noqa: E402
+from common import EXPERIMENTS, code_version  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-WORK = REPO / "runs" / "bench-compare"  # --work-dir
+JSON = RESULTS / "compare.json"
+WORK = REPO / "runs" / "bench-compare"
 
-# Fixed before any run. Points are normalised (1 - test accuracy, latency / baseline,
-# size / baseline); the reference point is 5 accuracy points below the baseline's test accuracy
-# and 1.1 x the baseline's latency and size (fronts are compared where a model is still useful).
+# -- fixed before the final run ---------------------------------------------------------------
+SEEDS = {"dev": [100, 101], "final": [1000, 1001, 1002, 1003, 1004]}
+# Normalised points (1 - test accuracy, latency / baseline, size / baseline); the reference
+# point is 5 accuracy points below the baseline's test accuracy and 1.1 x its latency and size.
 REF_DROP_POINTS = 5.0
 REF_COST = 1.1
-# "Best test accuracy at latency <= L and at size <= S", relative to the baseline.
-L_REL = 0.5
-S_REL = 0.1
-
+# "Best test accuracy at size <= S and at latency <= L" (relative to the baseline).
+SIZE_BUDGETS = (0.05, 0.1)
+LATENCY_BUDGETS = (0.5, 0.75)
+THREADS = 2
+METHODS = ("autocompress", "uniform", "nsga2_plain", "random", "nni", "tp_global", "ort_ptq")
+BASELINES = tuple(m for m in METHODS if m != "autocompress")
 MODELS = {
     "small_cnn": {
-        "trials": 20,
+        # Trained once with these settings (92.4 % test), cached under runs/bench-compare.
+        "baseline": ["baseline.epochs=8", "baseline.lr=0.1"],
         "overrides": [
+            "data.train_subset=12000",
+            "data.val_subset=3000",
             "finetune.steps=60",
-            "data.train_subset=6000",
-            "data.val_subset=2000",
-            "data.test_subset=2000",  # a fixed test subset: 10k images would cost 8 s per trial
+            "compression.round_to=4",
         ],
-        "latency": "cpu-onnxruntime",
-        "sensitivity": {},  # the defaults
-        # Quantised rows only: float weights pack at full size whatever their sparsity.
-        "grid": {"sparsity": [0.0, 0.5, 0.7, 0.8, 0.9], "bits": [8, 6, 4, 3]},
+        "budget_s": 300,
+        "grid": {
+            "sparsity": [0.0, 0.5, 0.8],
+            "bits": [32, 8, 4],
+            "keep_ratio": [1.0, 0.75, 0.5],
+        },
+        "tp_ratios": [0.25, 0.5, 0.75],
     },
     "resnet18": {
-        "trials": 10,
+        "baseline": ["baseline.epochs=4", "baseline.lr=0.1"],
         "overrides": [
-            "finetune.steps=20",
+            "data.train_subset=20000",
+            "data.val_subset=2000",
+            "finetune.steps=40",
             "finetune.batch_size=64",
-            "data.train_subset=4000",
-            "data.val_subset=1000",
-            "data.test_subset=2000",
+            "search.screen_images=500",
         ],
-        # Profiling ResNet-18's cpu-onnxruntime table took 929 s on this machine when it was
-        # half idle (benchmarks/results/latency-resnet18.md): the analytic target instead.
-        "latency": "edge-roofline",
-        # The sensitivity benchmark's ResNet-18 settings: the default sweep over every level
-        # of 21 layers on 1000 images does not fit the 2-core budget.
-        "sensitivity": {"images": 500, "max_points": 4, "estimator_images": 64},
-        "grid": {"sparsity": [0.0, 0.5, 0.7, 0.8, 0.9], "bits": [8, 4]},
+        "budget_s": 1800,
+        "grid": {
+            "sparsity": [0.0, 0.5, 0.8],
+            "bits": [32, 8, 4],
+            "keep_ratio": [1.0, 0.5, 0.25],
+        },
+        "tp_ratios": [0.5, 0.75, 0.875],
     },
 }
-METHODS = ("autocompress", "random", "uniform", "nni_uniform")
-COLORS = {"autocompress": "C0", "random": "C1", "uniform": "C2", "nni_uniform": "C3"}
-NNI_VERSION = "3.0"
-# NNI 3.0's own pins (numpy, filelock < 3.12, typeguard < 4.1.3) would downgrade the project's
-# environment: it is installed with --no-deps into its own folder, with the few pure-Python
-# packages it imports that the project does not already have.
-NNI_EXTRA = [
-    "astor",
-    "colorama",
-    "json_tricks",
-    "psutil",
-    "responses",
-    "schema",
-    "typeguard>=3.0.0,<4.1.3",
-    "websockets",
-    "PythonWebHDFS",
-]
+# What each method changes in the experiment (on top of the model's overrides).
+METHOD_SETTINGS = {
+    "autocompress": ["search.screen_trials=100000", "search.n_trials=10000"],
+    "uniform": ["search.screen_trials=0", "search.n_trials=10000", "search.sampler=random"],
+    "nsga2_plain": ["search.screen_trials=0", "search.n_trials=10000", "search.sampler=nsga2"],
+    "random": ["search.screen_trials=0", "search.n_trials=10000", "search.sampler=random"],
+}
 
 
 def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
-# -- configs and shared state ---------------------------------------------------------------
-def _cfg(model: str, out: Path, ckpt: Path, extra: list[str] = ()):
+def cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                keep = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "fma", "amx")
+                return " ".join(f for f in line.split(":", 1)[1].split() if f.startswith(keep))
+    except OSError:
+        pass
+    return platform.processor()
+
+
+# -- configs and shared state -------------------------------------------------------------------
+def _cfg(model: str, out: Path, extra: list[str] = ()):
     import autocompress as ac
 
     spec = MODELS[model]
     return ac.load_experiment(
         EXPERIMENTS[model],
         [
+            *spec["baseline"],
             *spec["overrides"],
-            f"model.checkpoint={ckpt}",
             f"output_dir={out}",
-            f"latency.target={spec['latency']}",
-            "search.report_test_accuracy=true",
-            *[f"sensitivity.{k}={json.dumps(v)}" for k, v in spec["sensitivity"].items()],
+            "latency.target=cpu-onnxruntime",
+            "sensitivity.enabled=false",
+            "data.test_subset=null",
             *extra,
         ],
     )
 
 
-def _shared(model: str, ckpt: Path, sensitivity: bool = True) -> dict:
-    """Once per model: the latency table and the sensitivity table (both cached in
-    ``<work>/<model>/shared/cache`` and copied into every run), the baseline on every axis."""
+def shared(model: str) -> dict:
+    """Once per model (cached): the baseline checkpoint, the latency table and its validation,
+    the baseline on every axis (test accuracy on the full test split)."""
+    import torch
+
     from autocompress.hardware.latency import make_latency_model
     from autocompress.policy import CompressionPolicy
     from autocompress.search.run import prepare
-    from autocompress.sensitivity import analyze
-    from autocompress.sensitivity.settings import settings_for
     from autocompress.training import evaluate
 
+    torch.set_num_threads(THREADS)
     out = WORK / model / "shared"
-    cache = out / "cache"
-    cache.mkdir(parents=True, exist_ok=True)
-    import autocompress as ac
-
-    # A latency table the experiment already profiled (same key = same model, space, target).
-    default_out = ac.load_experiment(EXPERIMENTS[model]).output_dir / "cache"
-    for f in default_out.glob("latency-*.json") if default_out.is_dir() else []:
-        if not (cache / f.name).exists():
-            shutil.copy(f, cache / f.name)
-    cfg = _cfg(model, out, ckpt)
+    cfg = _cfg(model, out)
     prep = prepare(cfg, log=_log)
     bm = prep.baseline.metrics
-    t0 = time.perf_counter()
     lat = make_latency_model(
         cfg,
         prep.baseline.model,
@@ -164,309 +174,309 @@ def _shared(model: str, ckpt: Path, sensitivity: bool = True) -> dict:
         reference_ms=bm.latency_ms,
         log=_log,
     )
-    lat_s = time.perf_counter() - t0
-    table = analyze(prep, settings_for(cfg), log=_log) if sensitivity else None
     test_acc, _ = evaluate(prep.baseline.model, prep.data.test)
+    fit = getattr(getattr(lat, "table", None), "meta", {}).get("fit", {})
     return {
-        "cache": str(cache),
+        "cache": str(out / "cache"),
+        "checkpoint": str(prep.baseline.checkpoint),
         "baseline": {
             "val_accuracy": bm.val_accuracy,
             "test_accuracy": test_acc,
             "latency_ms": lat.predict(prep.baseline.model, CompressionPolicy()),
+            "measured_latency_ms": bm.latency_ms,
             "size_kb": bm.size_bytes / 1024,
+            "trained_seconds": bm.trained_seconds,
         },
-        "latency_target": cfg.latency.target,
-        "latency_table_seconds_this_call": lat_s,
-        "sensitivity_seconds": table.meta.get("seconds") if table else None,
+        "latency_validation": fit,
         "n_test": len(prep.data.test),
     }
 
 
-def _new_run_dir(model: str, method: str, seed: int, shared: dict) -> Path:
+def _run_dir(model: str, method: str, seed: int, sh: dict) -> Path:
     out = WORK / model / f"{method}-s{seed}"
     if out.exists():
         shutil.rmtree(out)
     (out / "cache").mkdir(parents=True)
-    for f in Path(shared["cache"]).glob("*.json"):
+    for f in Path(sh["cache"]).glob("*"):
         shutil.copy(f, out / "cache" / f.name)
     return out
 
 
-# -- the uniform grid -----------------------------------------------------------------------
-def uniform_policy(space, sparsity: float, bits: int):
-    """Every layer at ``sparsity`` and ``bits`` (its nearest allowed choice), keep_ratio 1."""
-    return space.uniform_policy(sparsity, bits)
-
-
-def grid_points(model: str, n: int) -> list[tuple[float, int]]:
+def grid(model: str, space) -> list:
+    """The uniform grid's policies (the uncompressed corner left out: every search has it as
+    its anchor), alternating between the gentle and the harsh end so that a budget that stops
+    early still covers the range."""
     g = MODELS[model]["grid"]
-    pts = [(s, b) for b in g["bits"] for s in g["sparsity"]]
-    return pts[:n]
+    pols = []
+    for k in g["keep_ratio"]:
+        for b in g["bits"]:
+            for s in g["sparsity"]:
+                pol = space.uniform_policy(s, b, keep_ratio=k)
+                if pol not in pols and not all(lp.is_identity for lp in pol.values()):
+                    pols.append(pol)
+    order, lo, hi = [], 0, len(pols) - 1
+    while lo <= hi:
+        order.append(pols[lo])
+        if hi != lo:
+            order.append(pols[hi])
+        lo, hi = lo + 1, hi - 1
+    return order
 
 
 # -- one run ----------------------------------------------------------------------------------
-def _study_rows(cfg) -> list[dict]:
+def _front_on_test(cfg, sh: dict) -> list[dict]:
+    """Every complete trial with its metrics; the validation front's trials also scored on the
+    test split from their kept packed models."""
     from optuna.trial import TrialState
 
-    from autocompress.search.study import load_study
+    from autocompress.data import load_data
+    from autocompress.export.artifact import load_packed_model
+    from autocompress.search.study import front_rows, load_study, trial_rows
+    from autocompress.training import evaluate
 
     info = load_study(cfg)
-    rows = []
-    for t in info.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        m = t.user_attrs["metrics"]
-        rows.append(
-            {
-                "trial": t.number,
-                "val_accuracy": m["val_accuracy"],
-                "test_accuracy": m["test_accuracy"],
-                "latency_ms": m["latency_ms"],
-                "size_kb": m["size_kb"],
-                "compression_ratio": m["compression_ratio"],
-                "seconds": (t.datetime_complete - t.datetime_start).total_seconds(),
-                "summary": _summary(t.user_attrs.get("policy")),
-            }
-        )
+    rows = trial_rows(info)
+    front = {r["trial"] for r in front_rows(info, rows)}
+    data = load_data(cfg.data)
+    trials = {t.number: t for t in info.study.get_trials(states=(TrialState.COMPLETE,))}
+    for r in rows:
+        t = trials[r["trial"]]
+        r["origin"] = t.user_attrs.get("origin", "sampler")
+        r["screen_val_accuracy"] = (t.user_attrs.get("screen_metrics") or {}).get("val_accuracy")
+        r["on_val_front"] = r["trial"] in front
+        r["seconds"] = (t.datetime_complete - t.datetime_start).total_seconds()
+        r.pop("values", None)
+        r.pop("mlflow_run_id", None)
+        if r["on_val_front"]:
+            path = cfg.output_dir / "models" / f"trial-{r['trial']:03d}.acpk"
+            model, _ = load_packed_model(path)
+            r["test_accuracy"], _ = evaluate(model, data.test)
     return rows
 
 
-def _summary(policy: dict | None) -> str:
-    from autocompress.policy import CompressionPolicy
-
-    return CompressionPolicy.from_dict(policy).summary() if policy else ""
-
-
-def _run_search(model: str, method: str, seed: int, trials: int, ckpt: Path, shared: dict):
+def run_search(model: str, method: str, seed: int, sh: dict) -> dict:
     import autocompress as ac
     from autocompress.search.run import prepare
     from autocompress.search.study import open_study
 
-    out = _new_run_dir(model, method, seed, shared)
-    extra = [f"search.seed={seed}", f"search.n_trials={trials}", f"name=cmp-{method}-s{seed}"]
-    if method != "autocompress":
-        extra += ["sensitivity.enabled=false", "search.sampler=random"]
-    cfg = _cfg(model, out, ckpt, extra)
-    t0 = time.perf_counter()
-    if method == "uniform":
-        # The study made here with the grid enqueued; search() then finds and runs it.
-        space = prepare(cfg, log=lambda *_: None).space
-        info, _ = open_study(cfg, {k: list(v) for k, v in space.choices().items()})
-        for s, b in grid_points(model, trials):
-            pol = uniform_policy(space, s, b)
-            info.study.enqueue_trial(
-                space.params_from_policy(pol), user_attrs={"grid": [s, b]}, skip_if_exists=False
-            )
-    ac.search(cfg, log=_log)
-    wall = time.perf_counter() - t0
-    return _study_rows(cfg), wall
-
-
-def _import_nni():
-    try:
-        import nni  # noqa: F401
-    except ImportError:
-        site = WORK / "nni-site"
-        if not (site / "nni").is_dir():
-            _log(f"installing nni=={NNI_VERSION} (--no-deps) into {site}")
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "pip",
-                    "install",
-                    "-q",
-                    "--no-deps",
-                    "--target",
-                    str(site),
-                    f"nni=={NNI_VERSION}",
-                    *NNI_EXTRA,
-                ],
-                check=True,
-            )
-        sys.path.append(str(site))  # after the project's packages: theirs win
-    import nni
-
-    return nni
-
-
-def nni_compress(prep, cfg, policy, seed: int):
-    """The policy applied by NNI 3.0 (LevelPruner masks; QATQuantizer fused with the pruner for
-    the quantisation-aware fine-tune), returned in autocompress's form: NNI's masks and trained
-    weights under autocompress's weight parametrisation (per-channel codes at the same bits),
-    8-bit input quantisers calibrated like every trial. Returns (model, NNI's own val acc)."""
-    import torch
-    import torch.nn.functional as F
-    from torch.nn.utils import parametrize
-
-    nni = _import_nni()
-    from nni.compression.pruning import LevelPruner
-    from nni.compression.quantization import QATQuantizer
-    from nni.compression.utils import TorchEvaluator
-
-    from autocompress.compress.apply import CompressWeight, attach_input_quant, calibrate
-    from autocompress.policy import compressible_layers
-    from autocompress.training import batches, evaluate, train
-
-    ft = cfg.finetune
-    bs = ft.batch_size or cfg.data.batch_size
-    model = copy.deepcopy(prep.baseline.model)
-    prune = [
-        {"op_names": [n], "sparse_ratio": lp.sparsity} for n, lp in policy.items() if lp.sparsity
+    out = _run_dir(model, method, seed, sh)
+    extra = [
+        f"model.checkpoint={sh['checkpoint']}",
+        f"search.seed={seed}",
+        f"search.budget_s={MODELS[model]['budget_s']}",
+        "search.keep_models=true",
+        f"name=cmp-{method}-s{seed}",
+        *METHOD_SETTINGS[method],
     ]
-    quant = []
-    for n, lp in policy.items():
-        if lp.quantized:
-            # Weights per output channel (the grid autocompress packs), inputs per tensor.
-            base = {"op_names": [n], "quant_scheme": "symmetric"}
-            quant.append(
-                {
-                    **base,
-                    "target_names": ["weight"],
-                    "quant_dtype": f"int{lp.bits}",
-                    "granularity": "out_channel",
-                }
-            )
-            quant.append({**base, "target_names": ["_input_"], "quant_dtype": "int8"})
-    masks: dict = {}
-    pruner = None
-    if prune:
-        pruner = LevelPruner(model, prune)
-        _, got = pruner.compress()
-        masks = {n: v["weight"].detach().clone() for n, v in got.items()}
-    nni_val = None
-    if quant:
+    cfg = _cfg(model, out, extra)
+    w0, c0 = time.perf_counter(), time.process_time()
+    if method == "uniform":
+        # The study made here with the grid enqueued; search() finds and runs it (the
+        # enqueueing is charged: it is inside the measured time). The grid and the anchor are
+        # all it runs: what a user of one-line configs does.
+        space = prepare(cfg, log=lambda *_: None).space
+        points = grid(model, space)
+        cfg.search.n_trials = len(points) + 1
+        info, _ = open_study(cfg, {k: list(v) for k, v in space.choices().items()})
+        for pol in points:
+            info.study.enqueue_trial(space.params_from_policy(pol), user_attrs={"origin": "grid"})
+    result = ac.search(cfg, log=_log)
+    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    rows = _front_on_test(cfg, sh)
+    extra_info = {}
+    if method == "autocompress":
+        import mlflow
 
-        def training_step(batch, m):
-            return F.cross_entropy(m(batch[0]), batch[1])
-
-        def training_func(m, optimizers, step_fn, lr_schedulers, max_steps, max_epochs):
-            opt = optimizers[0] if isinstance(optimizers, list) else optimizers
-            sched = lr_schedulers[0] if isinstance(lr_schedulers, list) else lr_schedulers
-            torch.manual_seed(seed)
-            m.train()
-            done, epoch = 0, 0
-            while done < max_steps:
-                for batch in batches(prep.data.train, bs, shuffle=True, seed=seed + epoch):
-                    loss = step_fn(batch, m)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    if sched is not None:
-                        sched.step()
-                    done += 1
-                    if done >= max_steps:
-                        break
-                epoch += 1
-            m.eval()
-
-        opt = nni.trace(torch.optim.SGD)(
-            model.parameters(), lr=ft.lr, momentum=0.9, nesterov=True, weight_decay=5e-4
-        )
-        sched = nni.trace(torch.optim.lr_scheduler.CosineAnnealingLR)(opt, T_max=ft.steps)
-        ev = TorchEvaluator(
-            training_func, opt, training_step, sched, dummy_input=prep.data.example_input(2)
-        )
-        if pruner is not None:
-            q = QATQuantizer.from_compressor(pruner, quant, evaluator=ev)
-        else:
-            q = QATQuantizer(model, quant, ev)
-        q.compress(ft.steps, None)
-        model.eval()
-        nni_val, _ = evaluate(model, prep.data.val)
-        if pruner is not None:
-            masks = {n: v["weight"].detach().clone() for n, v in pruner.get_masks().items()}
-        # The weights NNI's model computes with (masked, fake-quantised, clamped to the tracked
-        # range): the raw float weights drift outside that range during QAT.
-        effective = {}
-        with torch.no_grad():
-            for name, layer in compressible_layers(model).items():
-                wrapper = getattr(layer, "_nni_wrapper", None)
-                ts = wrapper and wrapper.quantization_target_spaces.get("weight")
-                if ts is not None:
-                    effective[name] = wrapper.patch_params({"weight": ts.target})["weight"].clone()
-        q.unwrap_model()
-        with torch.no_grad():
-            for name, w in effective.items():
-                compressible_layers(model)[name].weight.copy_(w)
-    elif pruner is not None:
-        pruner.unwrap_model()
-    layers = compressible_layers(model)
-    for name, lp in policy.items():
-        if lp.sparsity == 0.0 and not lp.quantized:
-            continue
-        layer = layers[name]
-        mask = masks.get(name)
-        mask = torch.ones_like(layer.weight) if mask is None else mask.to(layer.weight.dtype)
-        parametrize.register_parametrization(layer, "weight", CompressWeight(mask, lp.bits))
-        if lp.quantized:
-            attach_input_quant(layer)
-    calib = [x for x, _ in islice(batches(prep.data.train, bs, shuffle=True, seed=seed), 4)]
-    calibrate(model, calib)
-    if not quant:
-        # Pruning only: NNI's masks, then the same fine-tune loop as every trial.
-        train(model, prep.data.train, steps=ft.steps, lr=ft.lr, batch_size=bs, seed=seed,
-              schedule="cosine")  # fmt: skip
-    return model, nni_val
+        run = mlflow.MlflowClient(tracking_uri=cfg.tracking).get_run(result.parent_run_id)
+        extra_info = {k: run.data.metrics.get(k) for k in ("screen_trials", "screen_rank_spearman")}
+    return {"rows": rows, "wall_s": wall, "cpu_s": cpu, **extra_info}
 
 
-def _run_nni(model: str, seed: int, trials: int, ckpt: Path, shared: dict):
-    import torch
+def run_ort_ptq(model: str, seed: int, sh: dict) -> dict:
+    """ORT's static INT8 (QDQ, per-channel) of the baseline, calibrated on training batches;
+    test accuracy by ONNX Runtime; latency from the same table (an all-INT8 model), size the
+    packed bytes of the same weights at 8 bits; the ONNX file's bytes recorded beside them."""
+    from itertools import islice
 
-    from autocompress.compress.apply import weight_sparsity
-    from autocompress.export.artifact import ModelRef, pack_model
+    from autocompress.compress.apply import apply_policy, calibrate, materialize
+    from autocompress.export.artifact import ModelRef, packed_model_size
+    from autocompress.export.run import onnx_accuracy
+    from autocompress.hardware.deploy import export_deployed
     from autocompress.hardware.latency import make_latency_model
+    from autocompress.policy import compressible_layers
+    from autocompress.search.run import prepare
+    from autocompress.training import batches
+
+    out = _run_dir(model, "ort_ptq", seed, sh)
+    cfg = _cfg(model, out, [f"model.checkpoint={sh['checkpoint']}"])
+    w0, c0 = time.perf_counter(), time.process_time()
+    prep = prepare(cfg, log=lambda *_: None)
+    base = prep.baseline.model.eval()
+    calib = [
+        x
+        for x, _ in islice(
+            batches(prep.data.train, cfg.data.batch_size, shuffle=True, seed=seed), 8
+        )
+    ]
+    path = export_deployed(
+        base,
+        prep.data.example_input(1),
+        out / "model_int8.onnx",
+        int8_layers=list(compressible_layers(base)),
+        calibration=calib,
+    )
+    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    policy = prep.space.uniform_policy(0.0, 8, keep_ratio=1.0)
+    q = apply_policy(base, policy, example=prep.data.example_input(2))
+    calibrate(q, calib[:4])
+    lat = make_latency_model(cfg, base, prep.space, prep.data.example_input(1), log=_log)
+    ref = ModelRef.from_config(cfg, prep.data.input_shape)
+    size = packed_model_size(q, ref, policy, round_to=cfg.compression.round_to)
+    row = {
+        "trial": 0,
+        "origin": "ort_ptq",
+        "val_accuracy": onnx_accuracy(path, prep.data.val),
+        "test_accuracy": onnx_accuracy(path, prep.data.test),
+        "latency_ms": lat.predict(materialize(q)[0], policy),
+        "size_kb": size / 1024,
+        "onnx_bytes": path.stat().st_size,
+        "on_val_front": True,
+    }
+    return {"rows": [row], "wall_s": wall, "cpu_s": cpu}
+
+
+def _grid_budget_loop(model: str, method: str, seed: int, sh: dict, make) -> dict:
+    """A budgeted loop over candidates for the methods that are not Optuna searches (NNI,
+    Torch-Pruning): ``make(prep, cfg, candidate, seed) -> (model, policy, loss)``; each result
+    is measured like a trial, until the budget is spent. Test scoring is not charged."""
+    from autocompress.hardware.latency import make_latency_model
+    from autocompress.search.objective import TrialEvaluator
+    from autocompress.search.pareto import non_dominated
     from autocompress.search.run import prepare
     from autocompress.training import evaluate
 
-    out = _new_run_dir(model, "nni_uniform", seed, shared)
-    cfg = _cfg(model, out, ckpt, [f"search.seed={seed}", f"search.n_trials={trials}"])
-    t0 = time.perf_counter()
-    prep = prepare(cfg, log=_log)
-    bm = prep.baseline.metrics
-    lat = make_latency_model(
-        cfg,
-        prep.baseline.model,
-        prep.space,
-        prep.data.example_input(cfg.latency.batch_size),
-        reference_ms=bm.latency_ms,
-        log=_log,
-    )
-    ref = ModelRef.from_config(cfg, prep.data.input_shape)
+    out = _run_dir(model, method, seed, sh)
+    cfg = _cfg(model, out, [f"model.checkpoint={sh['checkpoint']}", f"search.seed={seed}"])
+    w0, c0 = time.perf_counter(), time.process_time()
+    uncharged = 0.0
+    prep = prepare(cfg, log=lambda *_: None)
+    lat = make_latency_model(cfg, prep.baseline.model, prep.space, prep.data.example_input(1))
+    ev = TrialEvaluator(cfg, prep.baseline, prep.data, lat)
+    budget = MODELS[model]["budget_s"]
     rows = []
-    for i, (s, b) in enumerate(grid_points(model, trials)):
-        policy = uniform_policy(prep.space, s, b)
+    for i, cand in enumerate(_candidates(model, method, prep.space)):
+        if time.perf_counter() - w0 - uncharged >= budget:
+            break
+        t0 = time.perf_counter()
+        try:
+            m, policy, loss = make(prep, cfg, cand, seed + i)
+        except Exception as exc:  # noqa: BLE001 - a method that fails on a point: recorded
+            rows.append({"trial": i, "origin": method, "failed": f"{type(exc).__name__}: {exc}"})
+            _log(f"[{method} {i}] {cand}: failed ({type(exc).__name__}: {exc})")
+            continue
+        metrics = ev.measure(m, policy, loss, report_test=False)
+        seconds = time.perf_counter() - t0
         t1 = time.perf_counter()
-        torch.manual_seed(seed + i)
-        m, nni_val = nni_compress(prep, cfg, policy, seed + i)
-        val, _ = evaluate(m, prep.data.val)
-        test, _ = evaluate(m, prep.data.test)
-        size = len(pack_model(m, ref, policy, round_to=cfg.compression.round_to))
-        row = {
-            "trial": i,
-            "val_accuracy": val,
-            "test_accuracy": test,
-            "latency_ms": lat.predict(m, policy),
-            "size_kb": size / 1024,
-            "compression_ratio": bm.fp32_state_dict_bytes / size,
-            "nni_val_accuracy": nni_val,
-            "weight_sparsity": weight_sparsity(m),
-            "seconds": time.perf_counter() - t1,
-            "summary": policy.summary(),
-        }
-        rows.append(row)
-        _log(
-            f"[nni {i + 1}/{trials}] s={s} b={b}: val {val:.4f} (NNI's own "
-            f"{'-' if nni_val is None else f'{nni_val:.4f}'}) test {test:.4f} "
-            f"lat {row['latency_ms']:.3f} size {row['size_kb']:.1f} KB ({row['seconds']:.1f} s)"
+        test_acc, _ = evaluate(m, prep.data.test)
+        uncharged += time.perf_counter() - t1
+        rows.append(
+            {
+                "trial": i,
+                "origin": method,
+                "candidate": cand if isinstance(cand, float) else cand.summary(),
+                **metrics.to_dict(),
+                "test_accuracy": test_acc,
+                "seconds": seconds,
+            }
         )
-    return rows, time.perf_counter() - t0
+        _log(f"[{method} {i}] val {metrics.val_accuracy:.4f} {metrics.size_kb:.1f} KB")
+    wall, cpu = time.perf_counter() - w0 - uncharged, time.process_time() - c0
+    ok = [r for r in rows if "failed" not in r]
+    if ok:
+        vals = np.array([[r["val_accuracy"], r["latency_ms"], r["size_kb"]] for r in ok])
+        front = set(non_dominated(vals, ["maximize", "minimize", "minimize"]).tolist())
+        for j, r in enumerate(ok):
+            r["on_val_front"] = j in front
+    return {"rows": rows, "wall_s": wall, "cpu_s": cpu, "uncharged_test_s": uncharged}
 
 
-# -- metrics ----------------------------------------------------------------------------------
-def _points(rows: list[dict], base: dict, acc: str = "test_accuracy") -> np.ndarray:
+def _candidates(model: str, method: str, space) -> list:
+    if method == "tp_global":
+        return list(MODELS[model]["tp_ratios"])
+    g = MODELS[model]["grid"]  # nni: sparsity x bits (NNI's pruner has no channel removal here)
+    pols = [space.uniform_policy(s, b) for b in g["bits"] for s in g["sparsity"]]
+    pols = [p for i, p in enumerate(pols) if p not in pols[:i]]
+    return [p for p in pols if not all(lp.is_identity for lp in p.values())]
+
+
+def _tp_make(prep, cfg, ratio: float, seed: int):
+    """Torch-Pruning's global magnitude pruner (its high-level API) at ``ratio`` of the
+    channels, every layer at 8 bits, then the per-trial fine-tune (BatchNorm corrected)."""
+    import copy
+    from itertools import islice
+
+    import torch_pruning as tp
+
+    from autocompress.compress.apply import apply_policy, calibrate
+    from autocompress.compress.batchnorm import correct_batchnorm
+    from autocompress.policy import CompressionPolicy, LayerPolicy, compressible_layers
+    from autocompress.training import batches, train
+
+    net = copy.deepcopy(prep.baseline.model).eval()
+    layers = compressible_layers(net)
+    last = list(layers.values())[-1]  # the classifier's outputs are the model's
+    pruner = tp.pruner.MagnitudePruner(
+        net,
+        prep.data.example_input(2),
+        importance=tp.importance.MagnitudeImportance(p=1),
+        pruning_ratio=ratio,
+        global_pruning=True,
+        ignored_layers=[last],
+        round_to=cfg.compression.round_to,
+    )
+    pruner.step()
+    policy = CompressionPolicy({n: LayerPolicy(bits=8) for n in compressible_layers(net)})
+    model = apply_policy(net, policy)
+    ft = cfg.finetune
+    bs = ft.batch_size or cfg.data.batch_size
+    calib = [x for x, _ in islice(batches(prep.data.train, bs, shuffle=True, seed=seed), 4)]
+    calibrate(model, calib)
+    correct_batchnorm(model, prep.baseline.model, calib)
+    loss = train(
+        model,
+        prep.data.train,
+        steps=ft.steps,
+        lr=ft.lr,
+        batch_size=bs,
+        seed=seed,
+        schedule="cosine",
+    )
+    return model, policy, loss
+
+
+def _nni_make(prep, cfg, policy, seed: int):
+    from nni_method import nni_compress
+
+    model, _ = nni_compress(prep, cfg, policy, seed)
+    return model, policy, float("nan")
+
+
+def run_one(model: str, method: str, seed: int, sh: dict) -> dict:
+    if method == "ort_ptq":
+        return run_ort_ptq(model, seed, sh)
+    if method == "tp_global":
+        return _grid_budget_loop(model, method, seed, sh, _tp_make)
+    if method == "nni":
+        return _grid_budget_loop(model, method, seed, sh, _nni_make)
+    return run_search(model, method, seed, sh)
+
+
+# -- scoring ----------------------------------------------------------------------------------
+def _norm(rows: list[dict], base: dict) -> np.ndarray:
     return np.array(
         [
             [
-                1.0 - r[acc],
+                1.0 - r["test_accuracy"],
                 r["latency_ms"] / base["latency_ms"],
                 r["size_kb"] / base["size_kb"],
             ]
@@ -475,385 +485,221 @@ def _points(rows: list[dict], base: dict, acc: str = "test_accuracy") -> np.ndar
     ).reshape(-1, 3)
 
 
-def _reference(base: dict, acc: str = "test_accuracy") -> list[float]:
-    return [1.0 - (base[acc] - REF_DROP_POINTS / 100.0), REF_COST, REF_COST]
+def reference(base: dict) -> list[float]:
+    return [1.0 - (base["test_accuracy"] - REF_DROP_POINTS / 100), REF_COST, REF_COST]
 
 
-def _dominated(p: np.ndarray, front: np.ndarray) -> bool:
-    return bool(np.any(np.all(front <= p, axis=1) & np.any(front < p, axis=1)))
+def hv(rows: list[dict], base: dict) -> float:
+    """Hypervolume of the validation front's points, on their test accuracy."""
+    from autocompress.search.pareto import hypervolume
+
+    pts = [r for r in rows if r.get("on_val_front") and r.get("test_accuracy") is not None]
+    return hypervolume(_norm(pts, base), reference(base)) if pts else 0.0
 
 
-def run_metrics(rows: list[dict], base: dict) -> dict:
-    from autocompress.search.pareto import hypervolume, non_dominated
-
-    pts = _points(rows, base)
-    front = non_dominated(pts, ["minimize"] * 3)
-    vpts = _points(rows, base, "val_accuracy")
-    vfront = non_dominated(vpts, ["minimize"] * 3)
-    lat_ok = [r["test_accuracy"] for r in rows if r["latency_ms"] <= L_REL * base["latency_ms"]]
-    size_ok = [r["test_accuracy"] for r in rows if r["size_kb"] <= S_REL * base["size_kb"]]
-    return {
-        "hypervolume": hypervolume(pts[front], _reference(base)),
-        "hypervolume_val": hypervolume(vpts[vfront], _reference(base, "val_accuracy")),
-        "front": [int(i) for i in front],
-        "best_test_acc_at_L": max(lat_ok, default=None),
-        "best_test_acc_at_S": max(size_ok, default=None),
-        "best_test_acc": max(r["test_accuracy"] for r in rows),
-        "seconds_per_trial": statistics.mean(r["seconds"] for r in rows),
-    }
+def sampler_share(rows: list[dict], base: dict) -> float:
+    """Share of the front's hypervolume that only policies the sampler found give: 1 - HV of
+    the heuristic points alone (anchor, uniform seeds, grid) / HV of all."""
+    total = hv(rows, base)
+    if total <= 0:
+        return 0.0
+    heur = [r for r in rows if r.get("origin") in ("anchor", "uniform", "grid")]
+    return 1.0 - hv(heur, base) / total
 
 
-def domination(runs: list[dict], base: dict) -> dict:
-    """Per method: the share of its points (and of its front's points) that the autocompress
-    front of the same seed dominates, and the share of autocompress front points it dominates."""
-    by = {(r["method"], r["seed"]): r for r in runs}
-    ref = np.array(_reference(base))
-    out: dict = {}
-    for method in METHODS[1:]:
-        n = d = nf = df = na = da = nb = db = 0
-        for (m, seed), r in by.items():
-            ac = by.get(("autocompress", seed))
-            if m != method or ac is None:
-                continue
-            acp = _points(ac["trials"], base)[ac["front"]]
-            pts = _points(r["trials"], base)
-            for i, p in enumerate(pts):
-                hit = _dominated(p, acp)
-                n, d = n + 1, d + hit
-                if np.all(p < ref):  # inside the reference box: counts in the hypervolume
-                    nb, db = nb + 1, db + hit
-                if i in r["front"]:
-                    nf, df = nf + 1, df + hit
-            mine = pts[r["front"]]
-            for p in acp:
-                na, da = na + 1, da + _dominated(p, mine)
-        if n:
-            out[method] = {
-                "points": n,
-                "dominated": d,
-                "box_points": nb,
-                "box_dominated": db,
-                "front_points": nf,
-                "front_dominated": df,
-                "autocompress_front_points": na,
-                "autocompress_front_dominated_by_it": da,
-            }
-    return out
+def best_at(rows: list[dict], base: dict, key: str, rel: float) -> float | None:
+    scale = base["latency_ms"] if key == "latency_ms" else base["size_kb"]
+    ok = [
+        r["test_accuracy"]
+        for r in rows
+        if r.get("test_accuracy") is not None and r[key] <= rel * scale
+    ]
+    return max(ok) if ok else None
 
 
-# -- report -----------------------------------------------------------------------------------
-def _mean_sd(xs, spec: str = ".4f") -> str:
-    xs = [x for x in xs if x is not None]
-    if not xs:
-        return "–"
-    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-    return f"{format(statistics.mean(xs), spec)} ± {format(sd, spec)}"
+def paired_ci(diffs: list[float]) -> list[float] | None:
+    from scipy import stats
 
-
-def top_point(rows: list[dict], base: dict) -> dict:
-    """The front's most accurate point at most L_REL x the baseline's latency and size (the
-    anchor and other barely compressed points left out): its test accuracy, and the share of
-    the run's hypervolume that its own box (up to the reference point) covers. With a reference
-    5 points below the baseline and every compressed point at a small fraction of its cost,
-    the hypervolume is nearly (best accuracy - reference) x (1.1 - latency) x (1.1 - size) of
-    this one point, so fine-tune noise on it moves the whole number."""
-    from autocompress.search.pareto import hypervolume, non_dominated
-
-    pts, ref = _points(rows, base), _reference(base)
-    front = [int(i) for i in non_dominated(pts, ["minimize"] * 3)]
-    inside = [i for i in front if pts[i, 0] < ref[0] and np.all(pts[i, 1:] <= L_REL)]
-    hv = hypervolume(pts[front], ref) if front else 0.0
-    if not inside or hv <= 0:
-        return {"top_test_accuracy": None, "top_share": None}
-    top = min(inside, key=lambda i: pts[i, 0])
-    alone = hypervolume(pts[[top]], ref)
-    return {"top_test_accuracy": rows[top]["test_accuracy"], "top_share": alone / hv}
+    if len(diffs) < 2:
+        return None
+    d = np.asarray(diffs)
+    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+    return [float(d.mean() - half), float(d.mean() + half)]
 
 
 def summarise(data: dict) -> dict:
-    hv_mean: dict = {}
-    hv_std: dict = {}
-    for model in MODELS:
-        runs = [r for r in data["runs"] if r["model"] == model]
+    s: dict = {
+        "hypervolume_mean": {},
+        "hypervolume_sd": {},
+        "paired_diff_ci95": {},
+        "paired_diff_mean": {},
+        "seeds": {},
+        "test_images": {},
+        "budget_s": {},
+        "wall_s": {},
+        "cpu_s": {},
+        "sampler_hv_share": {},
+        "screen_rank_spearman": {},
+        "commit": code_version(),
+        "cpu_flags": cpu_flags(),
+    }
+    for model, md in data.get("models", {}).items():
+        base = md["shared"]["baseline"]
+        runs = md.get("runs", {})
+        final = SEEDS["final"]
+        s["seeds"][model] = final
+        s["test_images"][model] = md["shared"]["n_test"]
+        s["budget_s"][model] = MODELS[model]["budget_s"]
+        for key in ("hypervolume_mean", "hypervolume_sd", "wall_s", "cpu_s"):
+            s[key][model] = {}
         for method in METHODS:
-            hv = [r["hypervolume"] for r in runs if r["method"] == method]
-            if hv:
-                hv_mean.setdefault(model, {})[method] = statistics.mean(hv)
-                hv_std.setdefault(model, {})[method] = statistics.stdev(hv) if len(hv) > 1 else 0.0
-    winner = {m: max(v, key=v.get) for m, v in hv_mean.items()}
-    return {"hypervolume_mean": hv_mean, "hypervolume_std": hv_std, "best_method": winner}
-
-
-def _plot(model: str, runs: list[dict], base: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
-    for method in METHODS:
-        rs = [r for r in runs if r["method"] == method]
-        if not rs:
-            continue
-        pts = np.concatenate([_points(r["trials"], base) for r in rs])
-        c = COLORS[method]
-        axes[0].scatter(pts[:, 2], 100 * (1 - pts[:, 0]), s=14, c=c, alpha=0.6, label=method)
-        axes[1].scatter(pts[:, 1], 100 * (1 - pts[:, 0]), s=14, c=c, alpha=0.6, label=method)
-    for ax, xl in zip(axes[:2], ("size / baseline", "latency / baseline"), strict=True):
-        ax.axhline(100 * base["test_accuracy"], ls=":", c="k", lw=0.8)
-        ax.axhline(100 * base["test_accuracy"] - REF_DROP_POINTS, ls="--", c="grey", lw=0.8)
-        ax.set_xlabel(xl)
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_ylim(max(0, 100 * base["test_accuracy"] - 15), 100 * base["test_accuracy"] + 1.5)
-        ax.grid(alpha=0.3)
-    axes[0].set_xscale("log")
-    axes[0].axvline(S_REL, ls="--", c="grey", lw=0.8)
-    axes[1].axvline(L_REL, ls="--", c="grey", lw=0.8)
-    axes[0].legend(fontsize=8)
-    axes[0].set_title("all trials, all seeds (dotted: baseline, dashed: ref / S)")
-    axes[1].set_title("dashed: L")
-    methods = [m for m in METHODS if any(r["method"] == m for r in runs)]
-    hv = [[r["hypervolume"] for r in runs if r["method"] == m] for m in methods]
-    axes[2].bar(
-        methods,
-        [statistics.mean(h) for h in hv],
-        yerr=[statistics.stdev(h) if len(h) > 1 else 0 for h in hv],
-        color=[COLORS[m] for m in methods],
-        capsize=4,
-    )
-    for i, h in enumerate(hv):
-        axes[2].scatter([i] * len(h), h, c="k", s=10, zorder=3)
-    axes[2].set_ylabel("hypervolume (test accuracy, latency, size)")
-    axes[2].set_title("mean ± std over seeds (dots: seeds)")
-    fig.suptitle(f"{model}: autocompress vs baselines, same budget")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _model_report(model: str, data: dict, results: Path) -> Path | None:
-    runs = [r for r in data["runs"] if r["model"] == model]
-    shared = data.get("shared", {}).get(model)
-    notes = results / f"compare-{model}-notes.md"
-    if not runs or not shared:
-        if not notes.is_file():
-            return None
-        out = results / f"compare-{model}.md"
-        head = f"# {model}: autocompress vs baselines at the same budget (issue #8)\n\n"
-        out.write_text(head + "Not run yet (see below).\n\n" + notes.read_text())
-        return out
-    base = shared["baseline"]
-    spec = MODELS[model]
-    seeds = sorted({r["seed"] for r in runs})
-    dom = domination(runs, base)
-    threads = "/".join(str(t) for t in sorted({r.get("threads", 1) for r in runs}))
-    lines = [
-        f"# {model}: autocompress vs baselines at the same budget (issue #8)",
-        "",
-        f"Generated by `benchmarks/compare.py`. Protocol: `{EXPERIMENTS[model].relative_to(REPO)}` "
-        f"with `{' '.join(spec['overrides'])}`, {spec['trials']} trials per run, seeds "
-        f"{', '.join(map(str, seeds))}, latency target `{shared['latency_target']}`, "
-        f"{threads} torch thread(s) per run. Test accuracy on {shared['n_test']} test images "
-        "(every trial; the samplers only see validation accuracy).",
-        "",
-        f"Baseline: test accuracy {100 * base['test_accuracy']:.2f} %, latency "
-        f"{base['latency_ms']:.3f} ms (the target's scale), {base['size_kb']:.1f} KB packed.",
-        "",
-        "Fixed in the script before the runs: hypervolume of (1 − test accuracy, latency / "
-        f"baseline, size / baseline) with reference point ({REF_DROP_POINTS:g} points below the "
-        f"baseline's test accuracy, {REF_COST:g}, {REF_COST:g}); L = {L_REL:g} × baseline latency "
-        f"= {L_REL * base['latency_ms']:.3f} ms; S = {S_REL:g} × baseline size = "
-        f"{S_REL * base['size_kb']:.1f} KB.",
-        "",
-        "| method | hypervolume | best test acc at latency ≤ L | best test acc at size ≤ S "
-        "| best test acc | s per trial | runs |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for method in METHODS:
-        rs = [r for r in runs if r["method"] == method]
-        if not rs:
-            continue
-
-        def pct(key, rs=rs):
-            vals = [r[key] for r in rs]
-            got = [100 * v for v in vals if v is not None]
-            miss = len(vals) - len(got)
-            txt = _mean_sd(got, ".2f")
-            return txt + (f" ({miss} run(s): none)" if miss and got else "") if got else "none"
-
-        lines.append(
-            f"| {method} | {_mean_sd([r['hypervolume'] for r in rs])} | {pct('best_test_acc_at_L')}"
-            f" | {pct('best_test_acc_at_S')} | {pct('best_test_acc')} | "
-            f"{_mean_sd([r['seconds_per_trial'] for r in rs], '.1f')} | {len(rs)} |"
-        )
-    lines += [
-        "",
-        "Accuracies in %, mean ± std over seeds. Seconds per trial: from the trial's start to its "
-        "end (compress, fine-tune, validation and test scoring, packing; the searches also log "
-        "each trial to MLflow).",
-    ]
-    if shared.get("sensitivity_seconds") is not None:
-        lines.append(
-            f"autocompress also measures the per-layer sensitivity once per checkpoint "
-            f"({shared['sensitivity_seconds']:.0f} s, cached and shared by its seeds; not in the "
-            "per-trial time)."
-        )
-    lines += [
-        "",
-        "Domination by the autocompress front of the same seed (test accuracy, latency, size):",
-        "",
-        "| baseline | its points dominated | of them inside the reference box "
-        "| its front's points dominated | autocompress front points it dominates |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for method, d in dom.items():
-        lines.append(
-            f"| {method} | {d['dominated']}/{d['points']} | {d['box_dominated']}/"
-            f"{d['box_points']} | {d['front_dominated']}/"
-            f"{d['front_points']} | {d['autocompress_front_dominated_by_it']}/"
-            f"{d['autocompress_front_points']} |"
-        )
-    lines += [
-        "",
-        "Where the hypervolume comes from: the front's most accurate point inside the reference "
-        f"box at ≤ {L_REL:g} × the baseline's latency and size (mean over seeds), and the share "
-        "of the hypervolume that its own box (up to the reference point) covers. "
-        "One accuracy point on it moves the hypervolume by about 0.01 × (1.1 − its latency) "
-        "× (1.1 − its size); on 2000 test images one accuracy has a standard error of about "
-        "0.6 points.",
-        "",
-        "| method | its test accuracy | share of the hypervolume in its box |",
-        "| --- | --- | --- |",
-    ]
-    for method in METHODS:
-        tops = [top_point(r["trials"], base) for r in runs if r["method"] == method]
-        acc = [100 * t["top_test_accuracy"] for t in tops if t["top_test_accuracy"] is not None]
-        share = [100 * t["top_share"] for t in tops if t["top_share"] is not None]
-        if tops:
-            pc = _mean_sd(share, ".0f") + (" %" if share else "")
-            lines.append(f"| {method} | {_mean_sd(acc, '.2f')} | {pc} |")
-    lines += ["", "Per seed (hypervolume on test / on validation):", ""]
-    methods = [m for m in METHODS if any(r["method"] == m for r in runs)]
-    lines += ["| seed | " + " | ".join(methods) + " |", "| --- |" + " --- |" * len(methods)]
-    by = {(r["method"], r["seed"]): r for r in runs}
-    for s in seeds:
-        cells = [
-            f"{by[(m, s)]['hypervolume']:.4f} / {by[(m, s)]['hypervolume_val']:.4f}"
-            if (m, s) in by
-            else "–"
-            for m in methods
-        ]
-        lines.append(f"| {s} | " + " | ".join(cells) + " |")
-    nni = [t for r in runs if r["method"] == "nni_uniform" for t in r["trials"]]
-    if nni:
-        pairs = [
-            (t["nni_val_accuracy"], t["val_accuracy"])
-            for t in nni
-            if t.get("nni_val_accuracy") is not None
-        ]
-        if pairs:
-            diff = statistics.mean(100 * (b - a) for a, b in pairs)
-            lines += [
-                "",
-                "`nni_uniform`: NNI 3.0 `LevelPruner` masks + `QATQuantizer` (fused) fine-tune, "
-                "materialised as autocompress per-channel codes at the same bits. Validation "
-                "accuracy of the materialised model minus NNI's own fake-quantised model: "
-                f"{diff:+.2f} points on average over {len(pairs)} quantised trials.",
+            got = [runs[f"{method}-s{x}"] for x in final if f"{method}-s{x}" in runs]
+            if not got:
+                continue
+            hvs = [hv(r["rows"], base) for r in got]
+            s["hypervolume_mean"][model][method] = float(np.mean(hvs))
+            s["hypervolume_sd"][model][method] = float(np.std(hvs, ddof=1)) if len(hvs) > 1 else 0
+            s["wall_s"][model][method] = float(np.mean([r["wall_s"] for r in got]))
+            s["cpu_s"][model][method] = float(np.mean([r["cpu_s"] for r in got]))
+        s["paired_diff_ci95"][model], s["paired_diff_mean"][model] = {}, {}
+        for b in BASELINES:
+            pairs = [
+                (runs[f"autocompress-s{x}"], runs[f"{b}-s{x}"])
+                for x in final
+                if f"autocompress-s{x}" in runs and f"{b}-s{x}" in runs
             ]
-    png = results / f"compare-{model}.png"
-    _plot(model, runs, base, png)
-    lines += ["", f"![{model}](compare-{model}.png)", ""]
-    if notes.is_file():
-        lines += [notes.read_text()]
-    out = results / f"compare-{model}.md"
-    out.write_text("\n".join(lines))
-    return out
+            diffs = [hv(a["rows"], base) - hv(o["rows"], base) for a, o in pairs]
+            if diffs:
+                s["paired_diff_mean"][model][b] = float(np.mean(diffs))
+                s["paired_diff_ci95"][model][b] = paired_ci(diffs)
+        ac_runs = [runs[f"autocompress-s{x}"] for x in final if f"autocompress-s{x}" in runs]
+        if ac_runs:
+            s["sampler_hv_share"][model] = float(
+                np.mean([sampler_share(r["rows"], base) for r in ac_runs])
+            )
+            rho = [r.get("screen_rank_spearman") for r in ac_runs]
+            rho = [x for x in rho if x is not None]
+            s["screen_rank_spearman"][model] = float(np.mean(rho)) if rho else None
+    return s
 
 
-def write_report(results: Path = RESULTS) -> list[Path]:
-    path = results / "compare.json"
-    data = json.loads(path.read_text())
-    data["summary"] = summarise(data)
-    path.write_text(json.dumps(data, indent=1))
-    return [p for m in MODELS if (p := _model_report(m, data, results)) is not None] + [path]
+# -- report -----------------------------------------------------------------------------------
+def _fmt(x, spec=".4f") -> str:
+    return "–" if x is None else format(x, spec)
+
+
+def write_report(data: dict) -> list[Path]:
+    s = data["summary"]
+    paths = []
+    for model, md in data.get("models", {}).items():
+        base = md["shared"]["baseline"]
+        runs = md.get("runs", {})
+        lines = [
+            f"# compare: {model} (issue #19)",
+            "",
+            f"Generated by `benchmarks/compare.py` from `compare.json`; commit {s['commit']}, "
+            f"CPU flags `{s['cpu_flags']}`, {THREADS} torch threads.",
+            "",
+            f"Baseline: test {base['test_accuracy']:.4f} ({md['shared']['n_test']} images), "
+            f"val {base['val_accuracy']:.4f}, latency {base['latency_ms']:.3f} ms (table; "
+            f"measured {base['measured_latency_ms']:.3f}), {base['size_kb']:.1f} KB packed. "
+            f"Budget {MODELS[model]['budget_s']} s wall clock per method and seed.",
+            "",
+            f"Latency table validation (cross-validated on this machine): "
+            f"`{json.dumps(md['shared'].get('latency_validation', {}))}`",
+            "",
+            "Reference point: 5 test points below the baseline, 1.1 x its latency and size. "
+            "Hypervolume of the validation front's points, scored on the test split.",
+            "",
+            "## Per run",
+            "",
+            "| method | seed | HV (test) | fine-tuned pts | val front | wall s | cpu s | "
+            + " | ".join(f"best acc @size≤{x}" for x in SIZE_BUDGETS)
+            + " | "
+            + " | ".join(f"best acc @lat≤{x}" for x in LATENCY_BUDGETS)
+            + " |",
+            "| --- " * (7 + len(SIZE_BUDGETS) + len(LATENCY_BUDGETS)) + "|",
+        ]
+        for key, r in sorted(runs.items()):
+            method, _, seed = key.rpartition("-s")
+            rows = r["rows"]
+            cells = [
+                method,
+                seed,
+                _fmt(hv(rows, base)),
+                str(sum("failed" not in x for x in rows)),
+                str(sum(bool(x.get("on_val_front")) for x in rows)),
+                f"{r['wall_s']:.0f}",
+                f"{r['cpu_s']:.0f}",
+                *[_fmt(best_at(rows, base, "size_kb", x)) for x in SIZE_BUDGETS],
+                *[_fmt(best_at(rows, base, "latency_ms", x)) for x in LATENCY_BUDGETS],
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", "## Summary over the final seeds", ""]
+        lines.append("| method | HV mean ± sd | autocompress − method, 95 % CI |")
+        lines.append("| --- | --- | --- |")
+        for method, m in s["hypervolume_mean"].get(model, {}).items():
+            ci = s["paired_diff_ci95"].get(model, {}).get(method)
+            ci_txt = "–" if ci is None else f"[{ci[0]:+.4f}, {ci[1]:+.4f}]"
+            sd = s["hypervolume_sd"][model][method]
+            lines.append(f"| {method} | {m:.4f} ± {sd:.4f} | {ci_txt} |")
+        lines += [
+            "",
+            f"Sampler's share of autocompress's HV: "
+            f"{_fmt(s['sampler_hv_share'].get(model), '.2f')}; "
+            f"screen vs fine-tuned rank agreement (Spearman): "
+            f"{_fmt(s['screen_rank_spearman'].get(model), '.2f')}.",
+        ]
+        p = RESULTS / f"compare-{model}.md"
+        p.write_text("\n".join(lines) + "\n")
+        paths.append(p)
+    return paths
 
 
 # -- main -------------------------------------------------------------------------------------
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", nargs="+", choices=list(MODELS), default=list(MODELS))
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    p.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
-    p.add_argument("--trials", type=int, help="trials per run (default: the model's; smoke tests)")
-    p.add_argument("--report", action="store_true", help="only rewrite the Markdown and plots")
-    p.add_argument("--rerun", action="store_true", help="run again runs already in the JSON")
-    p.add_argument("--results", type=Path, default=RESULTS, help="folder for JSON, Markdown, PNG")
-    p.add_argument("--work-dir", type=Path, help="folder for the runs (runs/bench-compare)")
-    args = p.parse_args(argv)
-    global WORK
-    WORK = (args.work_dir or WORK).resolve()
-    results = args.results
-    if args.report:
-        for out in write_report(results):
-            print(out)
-        return 0
-    os.environ["AUTOCOMPRESS_THREADS"] = str(args.threads)
-    import torch
+def _load() -> dict:
+    if JSON.is_file():
+        data = json.loads(JSON.read_text())
+        if data.get("schema") == 2:
+            return data
+    return {"schema": 2, "models": {}}
 
-    torch.set_num_threads(args.threads)
-    results.mkdir(parents=True, exist_ok=True)
-    path = results / "compare.json"
-    data = json.loads(path.read_text()) if path.is_file() else {"runs": [], "shared": {}}
-    data["settings"] = {
-        "ref_drop_points": REF_DROP_POINTS,
-        "ref_cost": REF_COST,
-        "L_rel": L_REL,
-        "S_rel": S_REL,
-        "models": MODELS,
-    }
-    for model in args.model:
-        trials = args.trials or MODELS[model]["trials"]
-        ckpt = baseline_checkpoint(model, log=_log)
-        shared = _shared(model, ckpt, sensitivity="autocompress" in args.methods)
-        old = data["shared"].get(model, {})
-        if shared["sensitivity_seconds"] is None:
-            shared["sensitivity_seconds"] = old.get("sensitivity_seconds")
-        data["shared"][model] = shared
-        path.write_text(json.dumps(data, indent=1))
-        for seed in args.seeds:
-            for method in args.methods:
-                key = (model, method, seed)
-                done = {(r["model"], r["method"], r["seed"]) for r in data["runs"]}
-                if key in done and not args.rerun:
-                    continue
-                _log(f"=== {model} seed {seed} {method} ({trials} trials)")
-                commit = code_version()
-                if method == "nni_uniform":
-                    rows, wall = _run_nni(model, seed, trials, ckpt, shared)
-                else:
-                    rows, wall = _run_search(model, method, seed, trials, ckpt, shared)
-                res = {
-                    "model": model,
-                    "method": method,
-                    "seed": seed,
-                    "n_trials": len(rows),
-                    "wall_seconds": wall,
-                    "threads": args.threads,
-                    "commit": commit,
-                    **run_metrics(rows, shared["baseline"]),
-                    "trials": rows,
-                }
-                data["runs"] = [
-                    r for r in data["runs"] if (r["model"], r["method"], r["seed"]) != key
-                ] + [res]
-                path.write_text(json.dumps(data, indent=1))
-                _log(
-                    f"=== {model} {method} seed {seed}: HV {res['hypervolume']:.4f}, "
-                    f"{res['seconds_per_trial']:.1f} s/trial, {wall:.0f} s"
-                )
-    for out in write_report(results):
-        print(out)
+
+def _save(data: dict) -> None:
+    data["summary"] = summarise(data)
+    tmp = JSON.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=float))
+    os.replace(tmp, JSON)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--method", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--seeds", default="dev", choices=list(SEEDS))
+    ap.add_argument("--report", action="store_true", help="only rewrite the reports")
+    args = ap.parse_args(argv)
+    os.environ["AUTOCOMPRESS_THREADS"] = str(THREADS)
+    data = _load()
+    if not args.report:
+        for model in args.model:
+            md = data["models"].setdefault(model, {"runs": {}})
+            if "shared" not in md:
+                md["shared"] = shared(model)
+                _save(data)
+            for seed in SEEDS[args.seeds]:
+                for method in args.method:
+                    key = f"{method}-s{seed}"
+                    if key in md["runs"]:
+                        continue
+                    _log(f"== {model} {key}")
+                    res = run_one(model, method, seed, md["shared"])
+                    res["commit"] = code_version()
+                    md["runs"][key] = res
+                    _save(data)
+    _save(data)
+    for p in write_report(data):
+        _log(f"wrote {p}")
     return 0
 
 

@@ -94,11 +94,11 @@ def test_failing_trial_is_recorded_and_search_goes_on(tmp_path, fmnist_root, mon
     calls = {"n": 0}
     original = objective.TrialEvaluator.__call__
 
-    def flaky(self, policy, *, seed=0):
+    def flaky(self, policy, **kw):
         calls["n"] += 1
         if calls["n"] == 2:
             raise RuntimeError("boom in trial")
-        return original(self, policy, seed=seed)
+        return original(self, policy, **kw)
 
     monkeypatch.setattr(objective.TrialEvaluator, "__call__", flaky)
     cfg = load_experiment(tiny_config(tmp_path, fmnist_root))

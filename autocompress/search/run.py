@@ -264,8 +264,9 @@ def search(
         else:
             if screen is not None:
                 screen_deadline = None
-                if deadline is not None:
-                    screen_deadline = deadline - budget * (1 - cfg.search.screen_share)
+                if deadline is not None:  # a share of what the preparation left
+                    left = max(deadline - time.monotonic(), 0.0)
+                    screen_deadline = time.monotonic() + cfg.search.screen_share * left
                 run_screen(
                     screen, cfg, space, Screener.build(evaluator), deadline=screen_deadline, log=log
                 )
