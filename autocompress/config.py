@@ -223,8 +223,7 @@ class LatencyConfig(_Strict):
 
 class SensitivityConfig(_Strict):
     """Per-layer sensitivity: measured once per checkpoint (cached), then it narrows the search
-    space, warm-starts the study and, with ``two_stage``, scores thousands of policies without
-    fine-tuning to pick the candidates the real search evaluates. Mirrors
+    space the screen samples. Mirrors
     :class:`autocompress.sensitivity.SensitivitySettings` field for field."""
 
     enabled: bool = Field(
@@ -253,33 +252,6 @@ class SensitivityConfig(_Strict):
         "blocks harmless alone are not harmless together)",
     )
     fix_drop: float = Field(0.2, ge=0, description="'free': every level drops at most this")
-    warm_start: int = Field(4, ge=0, description="warm-start allocations enqueued first")
-    warm_start_method: Literal["greedy", "knapsack"] = Field(
-        "greedy",
-        description="greedy: from the most compressed passing uniform corner, per-layer moves "
-        "kept only while the measured whole-model drop stays within warm_start_max_drop "
-        "(doubled for each further allocation); knapsack: least summed per-layer drop per "
-        "size or latency budget",
-    )
-    greedy_checks: int = Field(24, ge=1, description="whole-model checks of the greedy chain")
-    warm_start_max_drop: float | None = Field(
-        2.0,
-        ge=0,
-        description="measured drop (points, whole policy, before fine-tune) of the uniform "
-        "corners and the first greedy snapshot; a knapsack allocation above it has its budget "
-        "loosened (null: max_drop for greedy and corners; knapsack trusts the summed drops)",
-    )
-    uniform_start: list[int] = Field(
-        default_factory=lambda: [8, 4],
-        description="bit-widths of uniform policies enqueued first, each at the highest "
-        "sparsity that passes warm_start_max_drop, plus dense at the highest and at the lowest "
-        "passing bit-width",
-    )
-    budget: Literal["size", "latency"] = "size"
-    two_stage: bool = Field(False, description="proxy front first, its candidates evaluated")
-    proxy_policies: int = Field(4000, ge=10)
-    proxy_candidates: int | None = Field(None, ge=1)
-    proxy_metric: Literal["drop", "loss"] = "drop"
 
     @model_validator(mode="after")
     def _consistent(self) -> SensitivityConfig:

@@ -154,3 +154,24 @@ def test_trial_fine_tune_starts_from_corrected_batchnorm(tmp_path, fmnist_root):
     assert torch.equal(plain.bn2.running_mean, base_bn.running_mean)
     assert not torch.equal(corrected.bn2.running_mean, base_bn.running_mean)
     assert gap(corrected) < gap(plain)
+
+
+def test_kept_trial_models_reload_bit_for_bit(tmp_path, fmnist_root):
+    """``search.keep_models``: each fine-tuned trial's packed file rebuilds the model it scored
+    (same validation accuracy), and its size is the size the search recorded."""
+    from autocompress.data import load_data
+    from autocompress.export.artifact import load_packed_model
+    from autocompress.training import evaluate
+
+    path = tiny_config(tmp_path, fmnist_root, search__n_trials=2, search__keep_models=True)
+    cfg = load_experiment(path)
+    search(cfg, log=lambda *_: None)
+    data = load_data(cfg.data)
+    trials = load_study(cfg).study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(trials) == 2
+    for t in trials:
+        file = cfg.output_dir / "models" / f"trial-{t.number:03d}.acpk"
+        model, _ = load_packed_model(file)
+        acc, _ = evaluate(model, data.val)
+        assert acc == t.user_attrs["metrics"]["val_accuracy"]
+        assert file.stat().st_size == t.user_attrs["metrics"]["size_bytes"]

@@ -232,22 +232,6 @@ def search(
         study.enqueue_trial(
             space.extreme(aggressive=False), user_attrs={"anchor": True, "origin": "anchor"}
         )
-        if sens is not None:
-            # Warm start (and the two-stage proxy's candidates) before the sampler takes over.
-            initial = sens.initial_trials(
-                latency_model,
-                objectives=info.objectives,
-                n_trials=cfg.search.n_trials,
-                seed=cfg.search.seed,
-            )
-            room = max(cfg.search.n_trials - 1, 0)  # the anchor takes one trial
-            if len(initial) > room:
-                log(
-                    f"sensitivity: {len(initial) - room} of {len(initial)} warm-start trial(s) "
-                    f"not enqueued: search.n_trials={cfg.search.n_trials} leaves room for {room}"
-                )
-            for params, attrs in initial[:room]:
-                study.enqueue_trial(params, user_attrs=attrs)
     if sens is not None and not worker:
         sens.log(tracker, parent)
 
@@ -279,8 +263,6 @@ def search(
         if not worker:
             if screen is not None:
                 _log_screen(screen, info, tracker, parent, cfg, log)
-            if sens is not None:
-                sens.finish(study, tracker, parent, bm.val_accuracy)
             front, paths = write_front(info, cfg, tracker, parent, baseline)
             hv = front_hypervolume(front, info.objectives, info.directions, baseline)
             paths += log_search_figures(

@@ -184,6 +184,7 @@ def run_trials(
         log("budget spent: no fine-tuned trial runs")
         return
     log(f"fine-tuning: {remaining} more trials to reach {n_total}")
+
     def stop_at_deadline(study: optuna.Study, trial: FrozenTrial) -> None:
         # Benchmark-only test scoring (search.report_test_accuracy) is not charged.
         if deadline is not None and time.monotonic() - evaluator.uncharged_s >= deadline:

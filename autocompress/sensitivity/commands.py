@@ -24,14 +24,6 @@ def add_commands(sub, experiment_parser: Callable) -> dict[str, Callable]:
         sub, "sensitivity", "per-layer sensitivity table (cached), heat map and shaped space"
     )
     p.add_argument("--force", action="store_true", help="measure again, ignoring the cache")
-    p.add_argument(
-        "--check",
-        type=int,
-        default=0,
-        metavar="N",
-        help="also compress N sampled policies (no fine-tune) and report how well the summed "
-        "per-layer drops rank their real drops, and the size estimate's error",
-    )
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     return {"sensitivity": _cmd_sensitivity}
@@ -49,7 +41,6 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
     from ..config import load_experiment
     from ..search.run import prepare
     from ..tracking import Tracker
-    from .analysis import check_additivity, make_proxy, size_error
     from .settings import settings_for
     from .stage import SensitivityStage
 
@@ -76,16 +67,6 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
             f"{agree.get('spearman_drop', float('nan')):.3f} (accuracy drop), "
             f"{agree.get('spearman_loss', float('nan')):.3f} (loss increase)"
         )
-    if args.check:
-        add = check_additivity(prep, table, settings, n=args.check)
-        err = size_error(prep, make_proxy(prep, prep.space, table, settings))
-        print(
-            f"additivity: predicted vs measured drop of {args.check} policies, Spearman "
-            f"{add['spearman']:.3f}; size estimate error {err['mean_abs_rel_error']:.1%} mean, "
-            f"{err['max_abs_rel_error']:.1%} max"
-        )
-        summary["additivity_spearman"] = add["spearman"]
-        summary["size_estimate_error"] = err["mean_abs_rel_error"]
     paths = stage.files()
     print(f"files: {stage.out_dir}/ ({', '.join(p.name for p in paths)})")
     if not args.no_mlflow:
@@ -97,11 +78,7 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
         )
         rid = run.info.run_id
         tracker.log_artifacts(rid, paths, "sensitivity")
-        metrics = stage.metrics()
-        for key in ("additivity_spearman", "size_estimate_error"):
-            if key in summary and math.isfinite(summary[key]):
-                metrics[f"sensitivity_{key}"] = summary[key]
-        tracker.log_search_metrics(rid, metrics)
+        tracker.log_search_metrics(rid, stage.metrics())
         tracker.finish_search(rid, "FINISHED")
         print(f"MLflow: run {rid} (experiment {cfg.name}, {cfg.tracking})")
     if args.json:

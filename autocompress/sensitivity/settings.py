@@ -1,5 +1,5 @@
-"""Settings of the sensitivity stage: how the per-layer table is measured, how it shapes the
-search space, the warm start and the two-stage proxy search.
+"""Settings of the sensitivity stage: how the per-layer table is measured and how it shapes the
+search space.
 
 :class:`SensitivitySettings` mirrors the ``sensitivity:`` section of an experiment config field
 for field; :func:`settings_for` reads that section when the config has one (else defaults), so
@@ -38,16 +38,6 @@ class SensitivitySettings:
     max_loss_increase: float | None = None
     fix_insensitive: bool = False
     fix_drop: float = 0.2
-    warm_start: int = 4
-    warm_start_method: Literal["greedy", "knapsack"] = "greedy"
-    greedy_checks: int = 24
-    warm_start_max_drop: float | None = 2.0
-    uniform_start: tuple[int, ...] = (8, 4)
-    budget: Literal["size", "latency"] = "size"
-    two_stage: bool = False
-    proxy_policies: int = 4000
-    proxy_candidates: int | None = None
-    proxy_metric: Literal["drop", "loss"] = "drop"
 
     def __post_init__(self) -> None:
         problems = []
@@ -67,25 +57,6 @@ class SensitivitySettings:
             problems.append("max_drop and fix_drop are accuracy points, at least 0")
         if self.max_loss_increase is not None and self.max_loss_increase < 0:
             problems.append(f"max_loss_increase {self.max_loss_increase}: at least 0")
-        if self.warm_start_max_drop is not None and self.warm_start_max_drop < 0:
-            problems.append(f"warm_start_max_drop {self.warm_start_max_drop}: at least 0")
-        bad = [b for b in self.uniform_start if not (2 <= b <= 8 or b == 32)]
-        if bad:
-            problems.append(f"uniform_start {bad[0]}: bits are 2..8 or 32")
-        if self.warm_start_method not in ("greedy", "knapsack"):
-            problems.append(
-                f"warm_start_method {self.warm_start_method!r}: allowed greedy, knapsack"
-            )
-        if self.greedy_checks < 1:
-            problems.append(f"greedy_checks {self.greedy_checks}: at least 1")
-        if self.warm_start < 0 or self.proxy_policies < 10:
-            problems.append("warm_start must be >= 0 and proxy_policies >= 10")
-        if self.proxy_candidates is not None and self.proxy_candidates < 1:
-            problems.append(f"proxy_candidates {self.proxy_candidates}: at least 1")
-        if self.budget not in ("size", "latency"):
-            problems.append(f"budget {self.budget!r}: allowed size, latency")
-        if self.proxy_metric not in ("drop", "loss"):
-            problems.append(f"proxy_metric {self.proxy_metric!r}: allowed drop, loss")
         if self.method != "sweep" and self.shape and self.max_loss_increase is None:
             problems.append(
                 f"method {self.method!r} predicts loss increases, not accuracy drops: "
@@ -127,8 +98,6 @@ class SensitivitySettings:
                 f"sensitivity: unknown key {unknown[0]!r}; allowed keys: {', '.join(sorted(names))}"
             )
         data = dict(data)
-        if "uniform_start" in data:
-            data["uniform_start"] = tuple(data["uniform_start"])
         return cls(**data)
 
     def with_(self, **changes: Any) -> SensitivitySettings:

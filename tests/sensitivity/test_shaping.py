@@ -1,8 +1,7 @@
-"""Shaping, the knapsack, estimators and small helpers (synthetic tables, no training)."""
+"""Shaping, estimators and small helpers (synthetic tables, no training)."""
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
@@ -15,7 +14,6 @@ from autocompress.sensitivity import (
     LevelResult,
     SensitivitySettings,
     SensitivityTable,
-    knapsack,
     shape_space,
     spearman,
 )
@@ -89,28 +87,6 @@ def test_settings_validation():
     with pytest.raises(ConfigError, match="unknown key 'imagez'"):
         SensitivitySettings.from_mapping({"imagez": 10})
     assert SensitivitySettings.from_mapping({"max_drop": 1.0}).max_drop == 1.0
-
-
-def test_knapsack_matches_brute_force():
-    rng = np.random.default_rng(3)
-    costs = [rng.integers(1, 40, 5).astype(float) for _ in range(4)]
-    values = [rng.uniform(0, 10, 5) for _ in range(4)]
-    for budget in (20.0, 45.0, 80.0, 200.0):
-        picks = knapsack(costs, values, budget)
-        best = min(
-            (
-                sum(v[j] for v, j in zip(values, js, strict=True))
-                for js in itertools.product(range(5), repeat=4)
-                if sum(c[j] for c, j in zip(costs, js, strict=True)) <= budget
-            ),
-            default=None,
-        )
-        if best is None:
-            assert picks is None
-            continue
-        assert sum(c[j] for c, j in zip(costs, picks, strict=True)) <= budget
-        got = sum(v[j] for v, j in zip(values, picks, strict=True))
-        assert got == pytest.approx(best)
 
 
 def test_spearman():

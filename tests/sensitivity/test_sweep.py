@@ -3,7 +3,6 @@ reused, a fragile layer shows up as fragile."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from conftest import tiny_config
@@ -204,7 +203,7 @@ def test_fragile_layer_is_measured_fragile_and_narrowed(prep, tmp_path):
 
 
 def test_estimator_only_table_shapes_by_loss(prep):
-    from autocompress.sensitivity import make_proxy, shape_space
+    from autocompress.sensitivity import shape_space
 
     settings = SensitivitySettings(method="fisher", max_loss_increase=0.01, images=50)
     table = analyze(prep, settings, **QUIET)
@@ -213,7 +212,4 @@ def test_estimator_only_table_shapes_by_loss(prep):
     shaped = shape_space(prep.space, table, settings)
     for name, ch in prep.space.layers.items():
         assert set(shaped.layers[name].bits) <= set(ch.bits)
-    proxy = make_proxy(prep, shaped, table, settings)
-    assert proxy.metric == "loss"
-    rows = proxy.codec.random(20, np.random.default_rng(0))
-    assert np.isfinite(proxy.evaluate(rows)["drop"]).all()
+    assert shaped.cardinality <= prep.space.cardinality
