@@ -35,6 +35,7 @@ from ..tracking import Tracker, mask_secrets
 from .front import front_hypervolume, write_front
 from .objective import TrialEvaluator
 from .screen import (
+    REFERENCE_ATTR,
     Screener,
     promote,
     run_screen,
@@ -207,6 +208,8 @@ def search(
     if cfg.search.screen_trials > 0:
         screen, screen_created = open_study(cfg, space_params, on_stale, screen=True)
         if screen_created:
+            ref = Screener.build(evaluator)(CompressionPolicy()).val_accuracy
+            screen.study.set_user_attr(REFERENCE_ATTR, ref)
             for params in uniform_seeds(space):
                 screen.study.enqueue_trial(params, user_attrs={"origin": "uniform"})
     # The study's creator makes the MLflow parent run; everyone else finds it.
@@ -254,7 +257,13 @@ def search(
                 run_screen(
                     screen, cfg, space, Screener.build(evaluator), deadline=screen_deadline, log=log
                 )
-                promote(screen, info, cfg.search.n_trials, log=log)
+                promote(
+                    screen,
+                    info,
+                    cfg.search.n_trials,
+                    max_drop=cfg.search.promote_max_drop,
+                    log=log,
+                )
             run_trials(info, cfg, space, evaluator, tracker, parent, deadline=deadline, log=log)
     except KeyboardInterrupt:
         status = "KILLED"

@@ -47,6 +47,7 @@ __all__ = [
 ]
 
 PROMOTED_ATTR = "promoted_for_n_trials"
+REFERENCE_ATTR = "reference_accuracy"  # the uncompressed model's screened accuracy
 _ORIGIN = "origin"
 _UNIFORM_SPARSITY = (0.0, 0.5, 0.8)
 _UNIFORM_BITS = (8, 4)
@@ -188,11 +189,20 @@ def _screened(info: StudyInfo) -> list[FrozenTrial]:
 
 
 def promote(
-    screen: StudyInfo, main: StudyInfo, n_trials: int, *, log, wait_s: float = 3600.0
+    screen: StudyInfo,
+    main: StudyInfo,
+    n_trials: int,
+    *,
+    max_drop: float | None = None,
+    log,
+    wait_s: float = 3600.0,
 ) -> int:
     """Enqueue the screen's best-spread policies into the fine-tuned study so that it holds
-    ``n_trials`` trials (the anchor included); once per ``n_trials``, by one process. Returns
-    how many this call enqueued."""
+    ``n_trials`` trials (the anchor included); once per ``n_trials``, by one process. Policies
+    whose screened accuracy is more than ``max_drop`` points below the uncompressed model's
+    (screen study attribute ``reference_accuracy``) come after all others: a budget spent on
+    fine-tuning models nobody would deploy adds nothing to the front. Returns how many this
+    call enqueued."""
     study = main.study
     if (study.user_attrs.get(PROMOTED_ATTR) or 0) >= n_trials:
         return 0
@@ -222,10 +232,17 @@ def promote(
             known.add(key)
             unique.append(t)
     room = max(n_trials - len(study.get_trials(deepcopy=False)), 0)
-    chosen = []
-    if unique and room:
-        values = np.array([t.values for t in unique])
-        chosen = [unique[i] for i in diverse_order(values, main.directions)[:room]]
+    ref = screen.study.user_attrs.get(REFERENCE_ATTR)
+    acc = main.objectives.index("accuracy")
+    floor = -np.inf if ref is None or max_drop is None else ref - max_drop / 100.0
+    useful = [t for t in unique if t.values[acc] >= floor]
+    rest = [t for t in unique if t.values[acc] < floor]
+    ordered: list[FrozenTrial] = []
+    for group in (useful, rest):
+        if group:
+            values = np.array([t.values for t in group])
+            ordered += [group[i] for i in diverse_order(values, main.directions)]
+    chosen = ordered[:room]
     for t in chosen:
         study.enqueue_trial(
             t.params,
@@ -239,7 +256,8 @@ def promote(
     study.set_user_attr(PROMOTED_ATTR, n_trials)
     log(
         f"promoted {len(chosen)} of {len(trials)} screened policies to fine-tuned trials "
-        f"({len(unique)} new and feasible; non-dominated first, most spread first)"
+        f"({len(unique)} new and feasible, {len(useful)} within {max_drop} points of the "
+        "uncompressed model; non-dominated first, most spread first)"
     )
     return len(chosen)
 

@@ -44,13 +44,17 @@ def constraints_of(trial: FrozenTrial) -> list[float]:
     return list(trial.user_attrs.get(CONSTRAINTS_ATTR, []))
 
 
-def _sampler(cfg: ExperimentConfig, n_trials: int) -> optuna.samplers.BaseSampler:
-    """The configured sampler for a study of ``n_trials`` trials."""
+def _sampler(
+    cfg: ExperimentConfig, n_trials: int, screen: bool = False
+) -> optuna.samplers.BaseSampler:
+    """The configured sampler for a study of ``n_trials`` trials. The screen's NSGA-II
+    population is small (at most 24) so that a budget of a few hundred policies still runs
+    several generations."""
     s = cfg.search
     has_bounds = any(getattr(cfg.objectives, n).bound is not None for n in cfg.objectives.enabled())
     cons = constraints_of if has_bounds else None
     if s.sampler == "nsga2":
-        pop = s.population_size or max(4, min(50, n_trials // 3))
+        pop = s.population_size or max(4, min(24 if screen else 50, n_trials // 3))
         return optuna.samplers.NSGAIISampler(
             population_size=pop, seed=s.seed, constraints_func=cons
         )
@@ -146,7 +150,7 @@ def open_study(
     storage = _storage(cfg, on_stale)
     name = cfg.study_name + (SCREEN_SUFFIX if screen else "")
     n = cfg.search.screen_trials if screen else cfg.search.n_trials
-    kw = {"study_name": name, "storage": storage, "sampler": _sampler(cfg, n)}
+    kw = {"study_name": name, "storage": storage, "sampler": _sampler(cfg, n, screen)}
     try:
         study = optuna.create_study(
             directions=[OBJECTIVES[o].direction for o in objectives], load_if_exists=False, **kw

@@ -53,8 +53,8 @@ def _fmt_time(seconds: float) -> str:
 class _Progress:
     """Prints one line per finished trial: counter, metrics, front size, best, ETA."""
 
-    def __init__(self, info: StudyInfo, n_trials: int, log) -> None:
-        self.info, self.n_trials, self.log = info, n_trials, log
+    def __init__(self, info: StudyInfo, n_trials: int, log, deadline: float | None = None):
+        self.info, self.n_trials, self.log, self.deadline = info, n_trials, log, deadline
         self.t0 = time.perf_counter()
         self.done_here = 0
 
@@ -65,6 +65,8 @@ class _Progress:
         self.done_here += 1
         elapsed = time.perf_counter() - self.t0
         eta = elapsed / self.done_here * max(self.n_trials - complete, 0)
+        if self.deadline is not None:  # the budget ends the stage first
+            eta = min(eta, max(self.deadline - time.monotonic(), 0.0))
         head = f"[trial {trial.number:3d} | {complete}/{self.n_trials} done]"
         if trial.state == TrialState.COMPLETE:
             m = trial.user_attrs["metrics"]
@@ -197,7 +199,7 @@ def run_trials(
         catch=(Exception,),
         callbacks=[
             MaxTrialsCallback(n_total, states=(TrialState.COMPLETE,)),
-            _Progress(info, n_total, log),
+            _Progress(info, n_total, log, deadline),
             stop_on_failures,
             stop_at_deadline,
         ],
