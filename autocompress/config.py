@@ -160,10 +160,11 @@ class SearchConfig(_Strict):
         0, ge=0, description="fine-tune steps per screened policy (a middle fidelity; 0: none)"
     )
     promote_max_drop: float | None = Field(
-        10.0,
+        50.0,
         ge=0,
-        description="screened policies more than this many accuracy points below the "
-        "uncompressed model (on the screen) are promoted only after all others (null: no floor)",
+        description="promotion ranks the screened front by the hypervolume each policy adds "
+        "above this many points below the uncompressed model's screened accuracy (null: by "
+        "spread only)",
     )
     budget_s: float | None = Field(
         None, gt=0, description="wall-clock seconds for the whole search, every stage charged"

@@ -6,7 +6,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["diverse_order", "hypervolume", "knee_index", "non_dominated", "to_minimization"]
+__all__ = [
+    "diverse_order",
+    "hypervolume",
+    "hypervolume_order",
+    "knee_index",
+    "non_dominated",
+    "to_minimization",
+]
 
 
 def to_minimization(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
@@ -94,3 +101,21 @@ def diverse_order(values: np.ndarray, directions: Sequence[str]) -> list[int]:
         taken = set(front)
         left = [i for i in left if i not in taken]
     return out
+
+
+def hypervolume_order(points: np.ndarray, reference: Sequence[float]) -> list[int]:
+    """Indices of the rows (all minimised) that add hypervolume up to ``reference``, greedily:
+    each next row is the one that adds the most to the rows before it (so any prefix is a good
+    subset, spread where the volume is). Rows that add nothing are left out."""
+    p = np.asarray(points, dtype=float)
+    left = [i for i in range(len(p)) if np.all(p[i] < reference)]
+    chosen: list[int] = []
+    current = 0.0
+    while left:
+        gains = [hypervolume(p[chosen + [i]], reference) - current for i in left]
+        best = int(np.argmax(gains))
+        if gains[best] <= 0:
+            break
+        current += gains[best]
+        chosen.append(left.pop(best))
+    return chosen

@@ -26,6 +26,7 @@ from ..config import ExperimentConfig
 from ..data import DataBundle, load_data
 from ..errors import AutocompressError, ConfigError
 from ..hardware.latency import make_latency_model
+from ..metrics import OBJECTIVES
 from ..policy import CompressionPolicy
 from ..reporting.figures import log_search_figures, search_description
 from ..search_space import SearchSpace, load_search_space
@@ -161,6 +162,9 @@ def search(
     ``worker=True`` marks such a process (it leaves the final front to its starter).
     """
     t_start = time.perf_counter()
+    # The budget is charged from the start of this call: baseline, latency table included.
+    budget = cfg.search.budget_s
+    deadline = None if budget is None else time.monotonic() + budget
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     if workers > 1 and storage_kind(cfg) == "sqlite":
         raise ConfigError(
@@ -204,12 +208,15 @@ def search(
     space_params = {k: list(v) for k, v in space.choices().items()}
     info, created = open_study(cfg, space_params, on_stale)
     study = info.study
-    screen = None
+    screen = screener = None
     if cfg.search.screen_trials > 0:
+        screener = Screener.build(evaluator)
         screen, screen_created = open_study(cfg, space_params, on_stale, screen=True)
         if screen_created:
-            ref = Screener.build(evaluator)(CompressionPolicy()).val_accuracy
-            screen.study.set_user_attr(REFERENCE_ATTR, ref)
+            ref = screener(CompressionPolicy())
+            screen.study.set_user_attr(
+                REFERENCE_ATTR, {o.metric: ref.value(n) for n, o in OBJECTIVES.items()}
+            )
             for params in uniform_seeds(space):
                 screen.study.enqueue_trial(params, user_attrs={"origin": "uniform"})
     # The study's creator makes the MLflow parent run; everyone else finds it.
@@ -239,12 +246,6 @@ def search(
         sens.log(tracker, parent)
 
     status = "FINISHED"
-    budget = cfg.search.budget_s
-    # The budget is charged from the start of this call: baseline, latency table and
-    # sensitivity included.
-    deadline = (
-        None if budget is None else time.monotonic() - (time.perf_counter() - t_start) + budget
-    )
     try:
         if workers > 1:
             _spawn_workers(cfg, workers, log)
@@ -254,9 +255,7 @@ def search(
                 if deadline is not None:  # a share of what the preparation left
                     left = max(deadline - time.monotonic(), 0.0)
                     screen_deadline = time.monotonic() + cfg.search.screen_share * left
-                run_screen(
-                    screen, cfg, space, Screener.build(evaluator), deadline=screen_deadline, log=log
-                )
+                run_screen(screen, cfg, space, screener, deadline=screen_deadline, log=log)
                 promote(
                     screen,
                     info,

@@ -34,7 +34,7 @@ from ..metrics import OBJECTIVES, TrialMetrics
 from ..policy import CompressionPolicy
 from ..search_space import SearchSpace
 from .objective import TrialEvaluator, suggest_policy
-from .pareto import diverse_order
+from .pareto import diverse_order, hypervolume_order, non_dominated
 from .study import CONSTRAINTS_ATTR, StudyInfo, constraints_of, front_rows
 
 __all__ = [
@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 PROMOTED_ATTR = "promoted_for_n_trials"
-REFERENCE_ATTR = "reference_accuracy"  # the uncompressed model's screened accuracy
+REFERENCE_ATTR = "reference_metrics"  # the uncompressed model, screened
 _ORIGIN = "origin"
 _UNIFORM_SPARSITY = (0.0, 0.5, 0.8)
 _UNIFORM_BITS = (8, 4)
@@ -232,16 +232,7 @@ def promote(
             known.add(key)
             unique.append(t)
     room = max(n_trials - len(study.get_trials(deepcopy=False)), 0)
-    ref = screen.study.user_attrs.get(REFERENCE_ATTR)
-    acc = main.objectives.index("accuracy")
-    floor = -np.inf if ref is None or max_drop is None else ref - max_drop / 100.0
-    useful = [t for t in unique if t.values[acc] >= floor]
-    rest = [t for t in unique if t.values[acc] < floor]
-    ordered: list[FrozenTrial] = []
-    for group in (useful, rest):
-        if group:
-            values = np.array([t.values for t in group])
-            ordered += [group[i] for i in diverse_order(values, main.directions)]
+    ordered = _promotion_order(unique, main, screen.study.user_attrs.get(REFERENCE_ATTR), max_drop)
     chosen = ordered[:room]
     for t in chosen:
         study.enqueue_trial(
@@ -256,8 +247,8 @@ def promote(
     study.set_user_attr(PROMOTED_ATTR, n_trials)
     log(
         f"promoted {len(chosen)} of {len(trials)} screened policies to fine-tuned trials "
-        f"({len(unique)} new and feasible, {len(useful)} within {max_drop} points of the "
-        "uncompressed model; non-dominated first, most spread first)"
+        f"({len(unique)} new and feasible; by hypervolume contribution above "
+        f"{max_drop} points below the uncompressed model, then most spread)"
     )
     return len(chosen)
 
@@ -276,6 +267,36 @@ def screen_agreement(main: StudyInfo) -> dict:
         if np.ptp(a) > 0 and np.ptp(b) > 0:
             rho = float(spearmanr(a, b).statistic)
     return {"n": len(pairs), "spearman": rho}
+
+
+def _promotion_order(
+    trials: list[FrozenTrial], main: StudyInfo, ref: dict | None, max_drop: float | None
+) -> list[FrozenTrial]:
+    """The screened non-dominated policies by how much screened hypervolume each adds (greedy),
+    against a reference ``max_drop`` points below the uncompressed model's screened accuracy
+    and 1.1 x its latency and size; then every other policy, non-dominated ranks first and most
+    spread first. The screen's drops before fine-tune are large (on the small CNN a policy
+    screened 45 points down fine-tuned to within 3 points), so the reference only keeps
+    near-chance models back."""
+    if not trials:
+        return []
+    values = np.array([t.values for t in trials])
+    first: list[int] = []
+    if ref is not None and max_drop is not None:
+        pts, reference = [], []
+        for j, o in enumerate(main.objectives):
+            metric = OBJECTIVES[o].metric
+            if o == "accuracy":
+                pts.append(1.0 - values[:, j])
+                reference.append(1.0 - (ref[metric] - max_drop / 100.0))
+            else:
+                pts.append(values[:, j] / max(ref[metric], 1e-12))
+                reference.append(1.1)
+        front = non_dominated(values, main.directions).tolist()
+        first = [front[i] for i in hypervolume_order(np.stack(pts, 1)[front], reference)]
+    rest = [i for i in range(len(trials)) if i not in set(first)]
+    later = [rest[i] for i in diverse_order(values[rest], main.directions)] if rest else []
+    return [trials[i] for i in first + later]
 
 
 def write_screen_table(screen: StudyInfo, main: StudyInfo, path: Path) -> Path:

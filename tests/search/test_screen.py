@@ -112,3 +112,17 @@ def test_diverse_order_ranks_then_spreads():
     assert set(order[:2]) == {0, 1}  # the extremes of the first front (infinite crowding)
     assert order[2] == 2
     assert set(order[3:]) == {3, 4}
+
+
+def test_hypervolume_order_takes_the_biggest_box_first_and_skips_what_adds_nothing():
+    from autocompress.search.pareto import hypervolume, hypervolume_order
+
+    ref = [1.0, 1.0]
+    pts = np.array([[0.1, 0.9], [0.5, 0.5], [0.9, 0.1], [0.6, 0.6], [1.2, 0.0]])
+    order = hypervolume_order(pts, ref)
+    assert order[0] == 1  # the 0.25 box beats the 0.09 ones
+    assert set(order) == {0, 1, 2}  # dominated (3) and outside the reference (4) left out
+    # each step is the largest gain available
+    assert hypervolume(pts[order[:2]], ref) >= max(
+        hypervolume(pts[[order[0], i]], ref) for i in (0, 2)
+    )
