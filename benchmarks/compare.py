@@ -112,7 +112,14 @@ MODELS = {
 METHOD_SETTINGS = {
     "autocompress": ["search.screen_trials=100000", "search.n_trials=10000"],
     "uniform": ["search.screen_trials=0", "search.n_trials=10000", "search.sampler=random"],
-    "nsga2_plain": ["search.screen_trials=0", "search.n_trials=10000", "search.sampler=nsga2"],
+    # The first version's search: NSGA-II, a fine-tune per trial, a population small enough to
+    # evolve within the budget (its default for ~24 trials).
+    "nsga2_plain": [
+        "search.screen_trials=0",
+        "search.n_trials=10000",
+        "search.sampler=nsga2",
+        "search.population_size=8",
+    ],
     "random": ["search.screen_trials=0", "search.n_trials=10000", "search.sampler=random"],
 }
 
@@ -214,11 +221,16 @@ def grid(model: str, space) -> list:
                 pol = space.uniform_policy(s, b, keep_ratio=k)
                 if pol not in pols and not all(lp.is_identity for lp in pol.values()):
                     pols.append(pol)
-    order, lo, hi = [], 0, len(pols) - 1
+    return _ends_first(pols)
+
+
+def _ends_first(items: list) -> list:
+    """Alternately from the gentle and the harsh end of a list ordered gentle to harsh."""
+    order, lo, hi = [], 0, len(items) - 1
     while lo <= hi:
-        order.append(pols[lo])
+        order.append(items[lo])
         if hi != lo:
-            order.append(pols[hi])
+            order.append(items[hi])
         lo, hi = lo + 1, hi - 1
     return order
 
@@ -406,7 +418,7 @@ def _candidates(model: str, method: str, space) -> list:
     g = MODELS[model]["grid"]  # nni: sparsity x bits (NNI's pruner has no channel removal here)
     pols = [space.uniform_policy(s, b) for b in g["bits"] for s in g["sparsity"]]
     pols = [p for i, p in enumerate(pols) if p not in pols[:i]]
-    return [p for p in pols if not all(lp.is_identity for lp in p.values())]
+    return _ends_first([p for p in pols if not all(lp.is_identity for lp in p.values())])
 
 
 def _tp_make(prep, cfg, ratio: float, seed: int):
@@ -678,7 +690,26 @@ def main(argv=None) -> int:
     ap.add_argument("--method", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--seeds", default="dev", choices=list(SEEDS))
     ap.add_argument("--report", action="store_true", help="only rewrite the reports")
+    ap.add_argument(
+        "--smoke",
+        type=float,
+        metavar="S",
+        help="smoke test: budget S seconds, results in runs/bench-compare-smoke (not recorded)",
+    )
     args = ap.parse_args(argv)
+    if args.smoke:
+        global JSON, RESULTS, WORK
+        for spec in MODELS.values():
+            spec["budget_s"] = args.smoke
+        WORK = REPO / "runs" / "bench-compare-smoke"
+        RESULTS = WORK / "results"
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        JSON = RESULTS / "compare.json"
+        shutil.copytree(
+            REPO / "runs" / "bench-compare" / "small_cnn" / "shared",
+            WORK / "small_cnn" / "shared",
+            dirs_exist_ok=True,
+        )
     os.environ["AUTOCOMPRESS_THREADS"] = str(THREADS)
     data = _load()
     if not args.report:
