@@ -10,9 +10,10 @@ latency model's prediction, as for a fine-tuned trial.
 
 The screen is its own Optuna study (``<name>-screen``) in the experiment's storage, so resume,
 workers and heartbeats work as for the fine-tuned study; its trials carry ``fidelity = 0``.
-Promotion enqueues the screened non-dominated policies (then the next ranks), most spread
-first (crowding distance), into the fine-tuned study, once per ``n_trials``: the storage's
-unique study names elect the one process that does it.
+Promotion enqueues the screened front's policies into the fine-tuned study, the one that adds
+the most screened hypervolume first (then every other policy, non-dominated ranks and most
+spread first), once per ``n_trials``: the storage's unique study names elect the one process
+that does it.
 """
 
 from __future__ import annotations
@@ -197,12 +198,10 @@ def promote(
     log,
     wait_s: float = 3600.0,
 ) -> int:
-    """Enqueue the screen's best-spread policies into the fine-tuned study so that it holds
-    ``n_trials`` trials (the anchor included); once per ``n_trials``, by one process. Policies
-    whose screened accuracy is more than ``max_drop`` points below the uncompressed model's
-    (screen study attribute ``reference_accuracy``) come after all others: a budget spent on
-    fine-tuning models nobody would deploy adds nothing to the front. Returns how many this
-    call enqueued."""
+    """Enqueue screened policies into the fine-tuned study so that it holds ``n_trials``
+    trials (the anchor included), in :func:`_promotion_order`; once per ``n_trials``, by one
+    process (the storage's unique study names elect it). Returns how many this call
+    enqueued."""
     study = main.study
     if (study.user_attrs.get(PROMOTED_ATTR) or 0) >= n_trials:
         return 0
