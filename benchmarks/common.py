@@ -29,15 +29,20 @@ def baseline_checkpoint(model: str, log=print) -> Path:
     return Path(prepare(cfg, log=log).baseline.checkpoint)
 
 
+_MEASURED = ("autocompress", "experiments", "search_spaces")
+
+
 def code_version() -> str | None:
-    """The code version a run measured (short hash, ``+dirty`` with uncommitted changes)."""
+    """The code version a run measured: the last commit that changed the package, the
+    experiments or the search spaces (short hash), ``+dirty`` with uncommitted changes there.
+    Commits of results, notes or reporting code do not change it."""
     try:
         git = ["git", "-C", str(Path(__file__).resolve().parents[1])]
         head = subprocess.run(
-            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+            [*git, "log", "-1", "--format=%h", "--", *_MEASURED], capture_output=True, text=True
         )
         dirty = subprocess.run(
-            [*git, "status", "--porcelain", "--", "autocompress"], capture_output=True, text=True
+            [*git, "status", "--porcelain", "--", *_MEASURED], capture_output=True, text=True
         )
     except OSError:
         return None

@@ -662,10 +662,61 @@ def write_report(data: dict) -> list[Path]:
             f"screen vs fine-tuned rank agreement (Spearman): "
             f"{_fmt(s['screen_rank_spearman'].get(model), '.2f')}.",
         ]
+        png = _plot(model, runs, base)
+        if png is not None:
+            lines += ["", f"![fronts]({png.name})"]
+            paths.append(png)
         p = RESULTS / f"compare-{model}.md"
         p.write_text("\n".join(lines) + "\n")
         paths.append(p)
     return paths
+
+
+def _plot(model: str, runs: dict, base: dict) -> Path | None:
+    """Test accuracy against size and latency of every method's validation-front points
+    (final seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    final = {f"-s{x}" for x in SEEDS["final"]}
+    pts: dict[str, list[dict]] = {}
+    for key, r in runs.items():
+        method, _, seed = key.rpartition("-s")
+        if f"-s{seed}" in final:
+            pts.setdefault(method, []).extend(
+                x for x in r["rows"] if x.get("on_val_front") and "test_accuracy" in x
+            )
+    if not pts:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, key, label in (
+        (axes[0], "size_kb", "size (KB, packed)"),
+        (axes[1], "latency_ms", "latency (ms, table)"),
+    ):
+        for i, (method, rows) in enumerate(sorted(pts.items())):
+            ax.scatter(
+                [x[key] for x in rows],
+                [100 * x["test_accuracy"] for x in rows],
+                s=14,
+                alpha=0.7,
+                color=f"C{i}",
+                label=method,
+            )
+        ax.axhline(100 * base["test_accuracy"] - REF_DROP_POINTS, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel(label)
+        if key == "size_kb":
+            ax.set_xscale("log")
+    axes[0].set_ylabel("test accuracy (%)")
+    axes[0].set_ylim(100 * base["test_accuracy"] - 2 * REF_DROP_POINTS, None)
+    axes[1].legend(fontsize=7)
+    fig.suptitle(f"{model}: validation fronts on the test split (final seeds)")
+    fig.tight_layout()
+    path = RESULTS / f"compare-{model}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 # -- main -------------------------------------------------------------------------------------
