@@ -59,10 +59,12 @@ class TrialEvaluator:
             importance=comp.importance,
             round_to=comp.round_to,
         )
-        key = (ft.full_train, bs, seed)
+        key = (ft.full_train, bs, seed, ft.correct_batchnorm)
         if key not in self._calibration:
             calib = [x for x, _ in islice(batches(train_ds, bs, shuffle=True, seed=seed), 4)]
-            ref = batch_statistics(self.baseline.model.eval(), calib, self.baseline.model)
+            ref = None
+            if ft.correct_batchnorm:  # the baseline's side of the correction, once per batches
+                ref = batch_statistics(self.baseline.model.eval(), calib, self.baseline.model)
             self._calibration = {key: (calib, ref)}  # the latest only: screens reuse one seed
         calib, ref_stats = self._calibration[key]
         calibrate(model, calib)

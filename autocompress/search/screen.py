@@ -37,6 +37,7 @@ from ..search_space import SearchSpace
 from .objective import TrialEvaluator, suggest_policy
 from .pareto import diverse_order, hypervolume_order, non_dominated
 from .study import CONSTRAINTS_ATTR, StudyInfo, constraints_of, front_rows
+from .trials import _fmt_time
 
 __all__ = [
     "Screener",
@@ -97,11 +98,6 @@ def uniform_seeds(space: SearchSpace) -> list[dict]:
     return out
 
 
-def _fmt(seconds: float) -> str:
-    s = int(seconds)
-    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
-
-
 def run_screen(
     info: StudyInfo,
     cfg: ExperimentConfig,
@@ -159,7 +155,7 @@ def run_screen(
             eta = min(eta, max(deadline - time.monotonic(), 0.0))
         log(
             f"[screen {complete}/{n_total}] {per:.2f} s/policy | {best} | "
-            f"{_fmt(elapsed)} elapsed, ETA {_fmt(eta)}"
+            f"{_fmt_time(elapsed)} elapsed, ETA {_fmt_time(eta)}"
         )
 
     timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
