@@ -767,13 +767,23 @@ def current_baseline(md: dict, model: str) -> dict:
     _migrate(md)
     if md["baselines"]:
         last = md["baselines"][max(md["baselines"], key=lambda k: int(k[1:]))]
-        if Path(last["checkpoint"]).exists():
+        if _sha256(last["checkpoint"]) == last.get("checkpoint_sha256"):
             return last
     sh = shared(model)
+    sh["checkpoint_sha256"] = _sha256(sh["checkpoint"])
     sh["id"] = f"b{len(md['baselines'])}"
     sh["built"] = {"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "commit": code_version()}
     md["baselines"][sh["id"]] = sh
     return sh
+
+
+def _sha256(path: str) -> str | None:
+    """The checkpoint's content hash: its cache file name depends only on the settings, so a
+    re-trained baseline lands under the same name."""
+    import hashlib
+
+    p = Path(path)
+    return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
 
 
 def retire_mixed_seed(md: dict, seed: int, baseline_id: str, methods) -> None:
