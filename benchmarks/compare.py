@@ -70,6 +70,8 @@ REF_COST = 1.1
 SIZE_BUDGETS = (0.05, 0.1)
 LATENCY_BUDGETS = (0.5, 0.75)
 THREADS = 2
+TABLE_MIN_CV = 0.8  # a latency profile below this (cross-validated within +-10 %) is re-done
+TABLE_ATTEMPTS = 3
 METHODS = ("autocompress", "uniform", "nsga2_plain", "random", "nni", "tp_global", "ort_ptq")
 BASELINES = tuple(m for m in METHODS if m != "autocompress")
 MODELS = {
@@ -173,16 +175,43 @@ def shared(model: str) -> dict:
     cfg = _cfg(model, out)
     prep = prepare(cfg, log=_log)
     bm = prep.baseline.metrics
-    lat = make_latency_model(
-        cfg,
-        prep.baseline.model,
-        prep.space,
-        prep.data.example_input(cfg.latency.batch_size),
-        reference_ms=bm.latency_ms,
-        log=_log,
-    )
+
+    def table():
+        lat = make_latency_model(
+            cfg,
+            prep.baseline.model,
+            prep.space,
+            prep.data.example_input(cfg.latency.batch_size),
+            reference_ms=bm.latency_ms,
+            log=_log,
+        )
+        return lat, getattr(getattr(lat, "table", None), "meta", {}).get("fit", {})
+
+    # On this VM a profile's quality varies with the host's load (cross-validated within
+    # +-10 %: 30-96 % on the same machine and settings): a profile below TABLE_MIN_CV is
+    # re-done (at most TABLE_ATTEMPTS in all) and the best one kept.
+    def files() -> list[Path]:
+        return sorted((out / "cache").glob("latency-*.json"))
+
+    attempts: list[dict] = []
+    best: tuple[dict, dict] | None = None
+    for attempt in range(TABLE_ATTEMPTS):
+        if attempt:
+            for f in files():
+                f.unlink()
+        lat, fit = table()
+        attempts.append(fit)
+        if best is None or fit.get("cv_within_10pct", 0) > best[0].get("cv_within_10pct", 0):
+            best = (fit, {f: f.read_bytes() for f in files()})
+        if fit.get("cv_within_10pct", 1.0) >= TABLE_MIN_CV:
+            break
+    if best is not None and fit is not best[0]:
+        for f in files():
+            f.unlink()
+        for f, data in best[1].items():
+            f.write_bytes(data)
+        lat, fit = table()  # the best profile, loaded from its file
     test_acc, _ = evaluate(prep.baseline.model, prep.data.test)
-    fit = getattr(getattr(lat, "table", None), "meta", {}).get("fit", {})
     return {
         "cache": str(out / "cache"),
         "checkpoint": str(prep.baseline.checkpoint),
@@ -195,6 +224,7 @@ def shared(model: str) -> dict:
             "trained_seconds": bm.trained_seconds,
         },
         "latency_validation": fit,
+        "latency_attempts": attempts,
         "n_test": len(prep.data.test),
     }
 
