@@ -9,9 +9,11 @@ Typical use::
 
 from .api import ValidationReport, status, validate
 from .compress.apply import apply_policy, compressed_state, materialize
+from .compressed import CompressedModel, compress
 from .config import ExperimentConfig, load_experiment
 from .data import DataBundle, load_data
 from .errors import AutocompressError, ConfigError, DataError, ModelError
+from .export.unpack import unpack
 from .metrics import TrialMetrics
 from .models import build_model, register_model
 from .policy import CompressionPolicy, LayerPolicy
@@ -20,6 +22,7 @@ from .search_space import SearchSpace, load_search_space
 
 __all__ = [
     "AutocompressError",
+    "CompressedModel",
     "CompressionPolicy",
     "ConfigError",
     "DataBundle",
@@ -33,6 +36,7 @@ __all__ = [
     "ValidationReport",
     "apply_policy",
     "build_model",
+    "compress",
     "compressed_state",
     "front_rows",
     "hypervolume",
@@ -44,6 +48,7 @@ __all__ = [
     "register_model",
     "search",
     "status",
+    "unpack",
     "validate",
 ]
 

@@ -64,6 +64,14 @@ def _build_parser() -> argparse.ArgumentParser:
     _selectors(p)
     p.add_argument("--trial", type=int, help="export this trial instead of picking")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p = sub.add_parser(
+        "unpack",
+        help="rebuild the deployed ONNX model from a packed model file (model.acpk) alone",
+        description="rebuild the deployed ONNX model from a packed model file (model.acpk) alone",
+    )
+    p.add_argument("packed", help="packed model file written by export, e.g. .../model.acpk")
+    p.add_argument("-o", "--output", required=True, help="ONNX file to write")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     from .hardware.commands import add_commands as hardware_commands
     from .reporting.commands import add_commands as reporting_commands
     from .sensitivity.commands import add_commands as sensitivity_commands
@@ -127,9 +135,31 @@ def _cmd_export(args: argparse.Namespace) -> int:
         f"{r.predicted_latency_ms:.3f} predicted (baseline {r.baseline_latency_ms:.3f}, "
         f"{r.speedup:.2f}x), {r.packed_bytes} bytes packed ({r.compression_ratio:.1f}x)"
     )
+    print(
+        f"deployed {r.deployed_form}: {r.onnx_bytes} bytes ONNX, resident memory "
+        f"{r.memory_steady_mb:.2f} MB steady / {r.memory_peak_mb:.2f} MB peak (baseline "
+        f"{r.baseline_memory_steady_mb:.2f} / {r.baseline_memory_peak_mb:.2f}), images/s "
+        + ", ".join(f"b{b} {v:.0f}" for b, v in r.throughput.items())
+    )
     print(f"report: {r.artifacts['report_md']}")
     if args.json:
         print(json.dumps(r.to_dict()))
+    return EXIT_OK
+
+
+def _cmd_unpack(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .errors import ModelError
+    from .export.unpack import unpack
+
+    if not Path(args.packed).is_file():
+        raise ModelError(f"{args.packed}: file not found (give the model.acpk export wrote)")
+    path = unpack(args.packed, args.output)
+    size, packed = Path(path).stat().st_size, Path(args.packed).stat().st_size
+    print(f"unpacked {args.packed} ({packed} bytes) -> {path} ({size} bytes)")
+    if args.json:
+        print(json.dumps({"onnx": str(path), "onnx_bytes": size}))
     return EXIT_OK
 
 
@@ -214,6 +244,7 @@ _COMMANDS = {
     "status": _cmd_status,
     "pick": _cmd_pick,
     "export": _cmd_export,
+    "unpack": _cmd_unpack,
 }
 
 

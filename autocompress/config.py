@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -135,6 +135,18 @@ class ExportConfig(_Strict):
         description="points of validation accuracy the INT8 ONNX model may lose against the "
         "FP32 ONNX model of the same weights before the FP32 one is deployed instead",
     )
+    forms: list[Literal["fp32", "int8-qdq", "fp16"]] = Field(
+        default_factory=lambda: ["fp32", "int8-qdq", "fp16"],
+        description="ONNX forms built and measured (file, memory, throughput, accuracy); FP32 is "
+        "always built; INT8 QDQ is deployed when listed and within max_int8_gap, else FP32",
+    )
+    batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [1, 8, 32], description="batch sizes throughput is measured at"
+    )
+    throughput_threads: list[Annotated[int, Field(ge=1)]] | None = Field(
+        None, description="thread counts throughput is measured at (default: 1 and all cores)"
+    )
+    memory_repeats: int = Field(3, ge=1, description="fresh processes per memory measurement")
     registered_model: str | None = Field(None, description="Model Registry name (default: name)")
     alias: str = "picked"
 
@@ -204,10 +216,18 @@ class ObjectiveConfig(_Strict):
     bound: float | None = None
 
 
+class SizeObjectiveConfig(ObjectiveConfig):
+    """Which size is the objective: ``packed`` (the entropy-coded transfer file, counted
+    exactly without encoding) or ``onnx`` (the deployed ONNX file: INT8 QDQ for quantised
+    layers, zeros stored densely; written and counted, cached per layer structure)."""
+
+    measure: Literal["packed", "onnx"] = "packed"
+
+
 class ObjectivesConfig(_Strict):
     accuracy: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     latency: ObjectiveConfig | None = Field(default_factory=ObjectiveConfig)
-    size: ObjectiveConfig | None = Field(default_factory=ObjectiveConfig)
+    size: SizeObjectiveConfig | None = Field(default_factory=SizeObjectiveConfig)
 
     def enabled(self) -> list[str]:
         return [n for n in ("accuracy", "latency", "size") if getattr(self, n) is not None]

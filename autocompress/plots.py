@@ -324,3 +324,25 @@ def latency_png(
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def throughput_png(forms: Mapping[str, Mapping[str, Any]], path: Path, *, title: str) -> Path:
+    """Images/s against batch size, one line per ONNX form and thread count (export's
+    ``forms``: ``{form: {"throughput": [{batch, threads, ms, images_per_s}], "deployed"}}``)."""
+    fig = _figure(6.0, 3.6, dpi=100)
+    ax = fig.subplots()
+    for name, m in forms.items():
+        for t in sorted({p["threads"] for p in m["throughput"]}):
+            pts = sorted(
+                (p["batch"], p["images_per_s"]) for p in m["throughput"] if p["threads"] == t
+            )
+            style = "-" if t > 1 else "--"
+            label = f"{name}{' (deployed)' if m.get('deployed') else ''}, {t} thr"
+            ax.plot(*zip(*pts, strict=True), style, marker="o", ms=3, label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("images / s")
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)

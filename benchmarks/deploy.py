@@ -24,7 +24,7 @@ import platform
 import time
 from pathlib import Path
 
-from common import EXPERIMENTS, REPO, baseline_checkpoint
+from common import EXPERIMENTS, REPO, baseline_checkpoint, code_version
 
 import autocompress as ac
 from autocompress.export.pick import PickCriteria
@@ -142,6 +142,7 @@ def main() -> None:
         "tried_for_speedup": tried_speed,
         "exports": done,
         "seconds": time.perf_counter() - t0,
+        "commit": code_version(),
     }
     res = ROOT / "benchmarks" / "results"
     res.mkdir(parents=True, exist_ok=True)
@@ -177,7 +178,8 @@ def _markdown(s: dict) -> str:
         "",
         f"Experiment `{s['experiment']}` with overrides `{' '.join(s['overrides'])}`; "
         f"{s['n_complete']} trials, search {s['search_seconds'] / 60:.1f} min, total "
-        f"{s['seconds'] / 60:.1f} min on {s['machine']['cpu']} (2 cores).",
+        f"{s['seconds'] / 60:.1f} min on {s['machine']['cpu']} (2 cores), commit "
+        f"{s.get('commit', 'unknown')}.",
         f"Baseline: test accuracy {b['test_accuracy']:.4f}, FP32 state_dict "
         f"{b['fp32_state_dict_bytes']} B. Tolerance: {s['tolerance_points']} point test drop.",
         "",
@@ -187,17 +189,36 @@ def _markdown(s: dict) -> str:
         _line("best compression ratio", s["best_compression"]),
         _line("best speed-up", s["best_speedup"]),
         "",
-        "All exports:",
+        "All exports (sizes: packed file, deployed ONNX file; memory: resident set a fresh ONNX "
+        "Runtime process gains with the model, steady / peak; throughput of the deployed form "
+        "at the target's threads):",
         "",
-        "| trial | ratio | speed-up | measured ms | predicted ms | test acc | INT8 layers |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| trial | form | packed B | ONNX B | memory MB | ratio | speed-up | measured ms | "
+        "predicted ms | images/s by batch | test acc | INT8 layers |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in s["exports"].values():
-        rows.append(
-            f"| {r['trial']} | {r['compression_ratio']:.1f}x | {r['speedup']:.2f}x | "
-            f"{r['measured_latency_ms']:.4f} | {r['predicted_latency_ms']:.4f} | "
-            f"{r['test_accuracy']:.4f} | {len(r['int8_layers'])} |"
+        mem = (
+            f"{r['memory_steady_mb']:.2f} / {r['memory_peak_mb']:.2f}"
+            if "memory_steady_mb" in r
+            else "–"
         )
+        tput = ", ".join(f"{b}: {v:.0f}" for b, v in (r.get("throughput") or {}).items()) or "–"
+        rows.append(
+            f"| {r['trial']} | {r.get('deployed_form', '–')} | {r['packed_bytes']} | "
+            f"{r.get('onnx_bytes', '–')} | {mem} | {r['compression_ratio']:.1f}x | "
+            f"{r['speedup']:.2f}x | {r['measured_latency_ms']:.4f} | "
+            f"{r['predicted_latency_ms']:.4f} | {tput} | {r['test_accuracy']:.4f} | "
+            f"{len(r['int8_layers'])} |"
+        )
+    first = next(iter(s["exports"].values()), {})
+    if "baseline_memory_steady_mb" in first:
+        rows += [
+            "",
+            f"Baseline FP32 ONNX: {first['baseline_onnx_bytes']} B, memory "
+            f"{first['baseline_memory_steady_mb']:.2f} / "
+            f"{first['baseline_memory_peak_mb']:.2f} MB.",
+        ]
     return "\n".join(rows) + "\n"
 
 

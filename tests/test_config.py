@@ -51,6 +51,12 @@ def test_relative_paths_resolve_against_the_file(tmp_path):
         (lambda d: d["model"].update(name="vgg99"), ["model.name", "vgg99", "small_cnn"]),
         (lambda d: d.pop("model"), ["model", "required"]),
         (lambda d: d.update(search_space="nope.yaml"), ["search_space", "not found"]),
+        (
+            lambda d: d.update(objectives={"size": {"measure": "ram"}}),
+            ["objectives.size.measure", "'ram'", "packed", "onnx"],
+        ),
+        (lambda d: d.update(export={"forms": ["int4"]}), ["export.forms", "'int4'", "fp16"]),
+        (lambda d: d.update(export={"batch_sizes": [0]}), ["export.batch_sizes", "greater"]),
     ],
 )
 def test_bad_values_name_file_key_and_allowed(tmp_path, mutate, expect):

@@ -26,6 +26,12 @@ KEYS = (
     "predicted_latency_ms",
     "baseline_latency_ms",
     "packed_bytes",
+    "onnx_bytes",
+    "memory_steady_mb",
+    "memory_peak_mb",
+    "baseline_memory_peak_mb",
+    "throughput",
+    "deployed_forms",
     "fp32_state_dict_bytes",
     "artifacts",
 )
@@ -35,7 +41,11 @@ KEYS = (
 def searched(tmp_path_factory, fmnist_root):
     tmp = tmp_path_factory.mktemp("export")
     path = tiny_config(
-        tmp, fmnist_root, search__n_trials=3, export__finetune={"steps": 10, "distill_weight": 0.5}
+        tmp,
+        fmnist_root,
+        search__n_trials=3,
+        export__finetune={"steps": 10, "distill_weight": 0.5},
+        export__memory_repeats=1,
     )
     search(load_experiment(path), log=lambda *_: None)
     return path
@@ -51,6 +61,25 @@ def test_export_json_artifacts_and_registry(searched, capsys):
     assert out["deployed_form"] in ("int8-qdq", "fp32")
     art = out["artifacts"]
     assert (out["deployed_form"] == "fp32") == (art["onnx_deployed"] == art["onnx_fp32"])
+    # sizes, memory and throughput are measured on what ships
+    assert out["onnx_bytes"] == Path(art["onnx_deployed"]).stat().st_size
+    assert out["baseline_memory_steady_mb"] > 0 and out["baseline_memory_peak_mb"] > 0
+    assert out["memory_peak_mb"] >= 0 and out["memory_steady_mb"] >= 0
+    assert set(out["throughput"]) == {"1", "8", "32"}
+    assert all(v > 0 for v in out["throughput"].values())
+    assert set(out["forms"]) == {"fp32", "fp16", "baseline"} | (
+        {"int8-qdq"} if any(lp["bits"] < 32 for lp in out["policy"]["layers"].values()) else set()
+    )
+    assert out["forms"][out["deployed_form"]]["deployed"] is True
+    assert out["forms"]["fp16"]["onnx_bytes"] < out["forms"]["fp32"]["onnx_bytes"]
+    assert out["forms"]["fp16"]["note"]
+    assert set(out["deployed_forms"]) == {"conv1", "conv2", "fc"}
+    assert set(out["deployed_forms"].values()) <= {"fp32", "int8-qdq"}
+    # the packed file alone rebuilds the shipped ONNX model
+    assert out["unpack_exact"] is True
+    assert main(["unpack", art["packed"], "-o", str(Path(art["packed"]).with_suffix(".onnx"))]) == 0
+    report = Path(art["report_md"]).read_text()
+    assert "## Forms on the target" in report and "(deployed)" in report
     # the deployed ONNX model runs in ONNX Runtime and agrees with the packed torch model
     model, _ = load_packed_model(art["packed"])
     cfg = load_experiment(searched)

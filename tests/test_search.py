@@ -4,6 +4,7 @@ import json
 
 import mlflow
 import numpy as np
+import pytest
 from conftest import tiny_config
 from optuna.trial import TrialState
 
@@ -175,3 +176,25 @@ def test_kept_trial_models_reload_bit_for_bit(tmp_path, fmnist_root):
         acc, _ = evaluate(model, data.val)
         assert acc == t.user_attrs["metrics"]["val_accuracy"]
         assert file.stat().st_size == t.user_attrs["metrics"]["size_bytes"]
+
+
+def test_onnx_size_objective_is_the_deployed_file(tmp_path, fmnist_root):
+    """``objectives.size.measure: onnx``: a trial's size is the deployed ONNX file's bytes; the
+    uncompressed anchor's is the FP32 export of the baseline, byte for byte."""
+    import torch
+
+    from autocompress.baseline import get_baseline
+    from autocompress.data import load_data
+    from autocompress.hardware.measure import export_onnx
+
+    cfg = load_experiment(
+        tiny_config(tmp_path, fmnist_root, search__n_trials=2, objectives__size={"measure": "onnx"})
+    )
+    result = search(cfg, log=lambda *_: None)
+    assert result.n_complete == 2
+    _, _, trials = _runs(cfg)
+    anchor = [r for r in trials if r.data.tags.get("origin") == "anchor"]
+    assert len(anchor) == 1
+    baseline = get_baseline(cfg, load_data(cfg.data), log=lambda *_: None)
+    path = export_onnx(baseline.model, torch.zeros(1, 1, 28, 28), tmp_path / "b.onnx")
+    assert anchor[0].data.metrics["size_kb"] * 1024 == pytest.approx(path.stat().st_size)

@@ -54,20 +54,32 @@ class ModelRef:
         return cls(m.name, m.num_classes, input_shape[0], tuple(input_shape), dict(m.kwargs))
 
 
-def _meta(ref: ModelRef, policy: CompressionPolicy, round_to: int) -> dict:
-    return {
+def _meta(
+    ref: ModelRef, policy: CompressionPolicy, round_to: int, deploy: dict | None = None
+) -> dict:
+    meta = {
         "format": FORMAT,
         "model": asdict(ref),
         "policy": policy.to_dict(),
         "round_to": round_to,
     }
+    if deploy:
+        meta["deploy"] = deploy
+    return meta
 
 
 def pack_model(
-    model: nn.Module, ref: ModelRef, policy: CompressionPolicy, *, round_to: int = 1
+    model: nn.Module,
+    ref: ModelRef,
+    policy: CompressionPolicy,
+    *,
+    round_to: int = 1,
+    deploy: dict | None = None,
 ) -> bytes:
-    """The packed file's bytes (Huffman-coded: what export writes)."""
-    return pack_state(compressed_state(model), metadata=_meta(ref, policy, round_to))
+    """The packed file's bytes (Huffman-coded: what export writes). ``deploy`` (export's
+    :class:`~autocompress.hardware.forms.DeploySpec` as a dict) is what rebuilds the shipped
+    ONNX model from the file alone (``autocompress unpack``)."""
+    return pack_state(compressed_state(model), metadata=_meta(ref, policy, round_to, deploy))
 
 
 def packed_model_size(
@@ -84,9 +96,10 @@ def save_packed_model(
     policy: CompressionPolicy,
     *,
     round_to: int = 1,
+    deploy: dict | None = None,
 ) -> int:
     """Write the compressed ``model`` packed; returns the file's size in bytes."""
-    data = pack_model(model, ref, policy, round_to=round_to)
+    data = pack_model(model, ref, policy, round_to=round_to, deploy=deploy)
     Path(path).write_bytes(data)
     return len(data)
 

@@ -9,6 +9,7 @@ bit-exact reload of the packed file) → MLflow (under the trial's run) + Model 
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from itertools import islice
@@ -21,9 +22,10 @@ from ..compress.apply import materialize
 from ..config import ExperimentConfig
 from ..data import DataBundle
 from ..errors import AutocompressError
+from ..hardware.forms import DeploySpec, FormMeasurement, build_form, measure_forms
 from ..hardware.latency import make_latency_model
 from ..hardware.measure import export_onnx, measure_onnx_latency
-from ..policy import CompressionPolicy
+from ..policy import CompressionPolicy, compressible_layers
 from ..reporting.figures import log_export_figures
 from ..search.objective import TrialEvaluator
 from ..search.run import prepare
@@ -31,6 +33,7 @@ from ..tracking import Tracker
 from ..training import batches, evaluate
 from .artifact import ModelRef, load_packed_model, save_packed_model
 from .pick import PickCriteria, pick
+from .unpack import onnx_outputs_equal, unpack
 
 __all__ = ["ExportResult", "export", "onnx_accuracy"]
 
@@ -56,6 +59,17 @@ class ExportResult:
     deployed_form: str = "fp32"  # "int8-qdq" or "fp32"
     int8_reduce_range: bool = False  # INT8 weights on -64..64 (U8S8 saturation workaround)
     int8_fallback: str = ""  # why the INT8 model was not deployed, when it was not
+    onnx_bytes: int = 0  # the deployed .onnx file on disk
+    memory_steady_mb: float = 0.0  # resident memory the deployed model adds to a process
+    memory_peak_mb: float = 0.0  # peak (ru_maxrss) it adds: load and pre-pack transients
+    baseline_memory_steady_mb: float = 0.0  # the same for the uncompressed FP32 ONNX model
+    baseline_memory_peak_mb: float = 0.0
+    baseline_onnx_bytes: int = 0
+    throughput: dict[str, float] = field(default_factory=dict)  # batch -> images/s (deployed)
+    throughput_threads: int = 0  # the target's threads, which ``throughput`` is measured at
+    deployed_forms: dict[str, str] = field(default_factory=dict)  # layer -> what it runs as
+    forms: dict[str, dict] = field(default_factory=dict)  # form -> FormMeasurement.to_dict()
+    unpack_exact: bool = False  # the ONNX rebuilt from the packed file alone gives equal outputs
     artifacts: dict[str, str] = field(default_factory=dict)
     registered_model: dict[str, str] = field(default_factory=dict)
 
@@ -81,11 +95,22 @@ def onnx_accuracy(path: str | Path, ds, *, batch_size: int = 256, threads: int =
 
 @dataclass
 class _Deployed:
-    fp32: Path
-    path: Path
-    form: str
+    forms: dict[str, tuple[Path, DeploySpec]]  # every form built: path and what rebuilds it
+    form: str  # the deployed one
     reduce_range: bool = False
     fallback: str = ""
+
+    @property
+    def fp32(self) -> Path:
+        return self.forms["fp32"][0]
+
+    @property
+    def path(self) -> Path:
+        return self.forms[self.form][0]
+
+    @property
+    def spec(self) -> DeploySpec:
+        return self.forms[self.form][1]
 
 
 def _reduce_range(cfg: ExperimentConfig) -> bool:
@@ -104,14 +129,15 @@ def _deploy(
     *,
     log=print,
 ) -> _Deployed:
-    """FP32 ONNX always; INT8 QDQ for the quantised layers, deployed only when its validation
-    accuracy stays within ``export.max_int8_gap`` points of the FP32 ONNX model's."""
+    """Build the forms of ``export.forms`` (FP32 always). INT8 QDQ (the quantised layers) is
+    deployed when it is built and its validation accuracy stays within ``export.max_int8_gap``
+    points of the FP32 ONNX model's; otherwise FP32 is."""
     example = data.example_input(cfg.latency.batch_size)
-    fp32 = export_onnx(plain, example, out / "model_fp32.onnx")
-    if not int8:
-        return _Deployed(fp32, fp32, "fp32")
-    from ..hardware.deploy import export_deployed
-
+    forms = {"fp32": build_form(plain, example, out / "model_fp32.onnx", DeploySpec("fp32"))}
+    if "fp16" in cfg.export.forms:
+        forms["fp16"] = build_form(plain, example, out / "model_fp16.onnx", DeploySpec("fp16"))
+    if not int8 or "int8-qdq" not in cfg.export.forms:
+        return _Deployed(forms, "fp32")
     bs = cfg.data.batch_size
     calib = [
         x
@@ -120,16 +146,15 @@ def _deploy(
         )
     ]
     reduce = _reduce_range(cfg)
-    deployed = export_deployed(
+    forms["int8-qdq"] = build_form(
         plain,
         example,
         out / "model_int8.onnx",
-        int8_layers=sorted(int8),
+        DeploySpec("int8-qdq", tuple(sorted(int8)), reduce),
         calibration=calib,
-        reduce_range=reduce,
     )
-    ref_acc = onnx_accuracy(fp32, data.val)
-    int8_acc = onnx_accuracy(deployed, data.val)
+    ref_acc = onnx_accuracy(forms["fp32"][0], data.val)
+    int8_acc = onnx_accuracy(forms["int8-qdq"][0], data.val)
     gap = 100 * (ref_acc - int8_acc)
     if gap > cfg.export.max_int8_gap:
         why = (
@@ -137,8 +162,20 @@ def _deploy(
             f"(export.max_int8_gap: {cfg.export.max_int8_gap}); deploying the FP32 ONNX model"
         )
         log(f"warning: {why}")
-        return _Deployed(fp32, fp32, "fp32", reduce, why)
-    return _Deployed(fp32, deployed, "int8-qdq", reduce)
+        return _Deployed(forms, "fp32", reduce, why)
+    return _Deployed(forms, "int8-qdq", reduce)
+
+
+def _fp16_note(m: dict[str, FormMeasurement], threads: int, batch: int) -> str:
+    """What FP16 buys on this target, from the measurements (vs FP32)."""
+    a, b = m["fp16"], m["fp32"]
+    la, lb = a.latency_ms(batch, threads), b.latency_ms(batch, threads)
+    faster = la is not None and lb is not None and la < 0.97 * lb
+    smaller = a.memory_steady_mb < 0.97 * b.memory_steady_mb
+    if not faster and not smaller:
+        return "storage only on this target (no speed or memory gain measured)"
+    gains = (["faster"] if faster else []) + (["less memory"] if smaller else [])
+    return " and ".join(gains) + " than FP32 on this target"
 
 
 def _form(r: ExportResult) -> str:
@@ -146,6 +183,50 @@ def _form(r: ExportResult) -> str:
         return f"FP32 ({r.int8_fallback})" if r.int8_fallback else "FP32"
     rng = "weights on -64..64 (U8S8 saturation workaround)" if r.int8_reduce_range else "-127..127"
     return f"INT8 QDQ, {rng}"
+
+
+def _forms_md(r: ExportResult) -> list[str]:
+    """The forms table (what each ONNX form costs on the target) and the throughput table.
+    Memory is what the model adds to a fresh process (net of an empty model), at the target's
+    threads; latency per call at the target's threads."""
+    if not r.forms:
+        return []
+    t = r.throughput_threads
+    batches_ = sorted({p["batch"] for m in r.forms.values() for p in m["throughput"]})
+    lo, hi = batches_[0], batches_[-1]
+    lines = [
+        "## Forms on the target",
+        "",
+        f"Memory: resident set a fresh ONNX Runtime process gains with the model ({t} threads); "
+        f"latency per call at {t} threads.",
+        "",
+        f"| form | file bytes | steady MB | peak MB | ms at batch {lo} | ms at batch {hi} "
+        "| test accuracy | note |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, m in r.forms.items():
+        lat = {p["batch"]: p["ms"] for p in m["throughput"] if p["threads"] == t}
+        acc = "" if m.get("test_accuracy") is None else f"{m['test_accuracy']:.4f}"
+        label = f"**{name}** (deployed)" if m.get("deployed") else name
+        lines.append(
+            f"| {label} | {m['onnx_bytes']} | {m['memory_steady_mb']:.2f} | "
+            f"{m['memory_peak_mb']:.2f} | {lat.get(lo, float('nan')):.3f} | "
+            f"{lat.get(hi, float('nan')):.3f} | {acc} | {m.get('note', '')} |"
+        )
+    lines += [
+        "",
+        "### Throughput",
+        "",
+        "| form | threads | batch | ms per call | images/s |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, m in r.forms.items():
+        for p in m["throughput"]:
+            lines.append(
+                f"| {name} | {p['threads']} | {p['batch']} | {p['ms']:.3f} | "
+                f"{p['images_per_s']:.0f} |"
+            )
+    return [*lines, ""]
 
 
 def _report_md(r: ExportResult, cfg: ExperimentConfig) -> str:
@@ -163,19 +244,26 @@ def _report_md(r: ExportResult, cfg: ExperimentConfig) -> str:
         f"| predicted latency | {r.predicted_latency_ms:.4f} ms |",
         f"| baseline FP32 ONNX latency | {r.baseline_latency_ms:.4f} ms |",
         f"| speed-up | {r.speedup:.2f}x |",
-        f"| packed bytes | {r.packed_bytes} |",
+        f"| packed bytes (model.acpk) | {r.packed_bytes} |",
+        f"| deployed ONNX file bytes | {r.onnx_bytes} (baseline FP32: {r.baseline_onnx_bytes}) |",
+        f"| resident memory, steady | {r.memory_steady_mb:.2f} MB "
+        f"(baseline FP32: {r.baseline_memory_steady_mb:.2f} MB) |",
+        f"| resident memory, peak | {r.memory_peak_mb:.2f} MB "
+        f"(baseline FP32: {r.baseline_memory_peak_mb:.2f} MB) |",
         f"| FP32 state_dict bytes | {r.fp32_state_dict_bytes} |",
-        f"| compression ratio | {r.compression_ratio:.1f}x |",
+        f"| compression ratio (state_dict / packed) | {r.compression_ratio:.1f}x |",
         f"| packed file reloads bit-exact | {r.packed_reload_exact} |",
+        f"| ONNX unpacked from the packed file equals the shipped one | {r.unpack_exact} |",
         f"| deployed ONNX form | {_form(r)} |",
         "",
+        *_forms_md(r),
         "## Policy",
         "",
         "| layer | sparsity | bits | keep ratio | deployed as |",
         "| --- | --- | --- | --- | --- |",
     ]
     for name, lp in pol.items():
-        kind = "INT8 QDQ" if name in r.int8_layers else "FP32"
+        kind = r.deployed_forms.get(name, "FP32")
         lines.append(f"| {name} | {lp.sparsity:.2f} | {lp.bits} | {lp.keep_ratio:.2f} | {kind} |")
     lines += ["", "## Artifacts", ""] + [f"- {k}: `{v}`" for k, v in r.artifacts.items()]
     return "\n".join(lines) + "\n"
@@ -232,25 +320,58 @@ def export(cfg: ExperimentConfig, criteria: PickCriteria, *, log=print) -> Expor
 
     out = cfg.output_dir / "export" / f"trial-{row['trial']:03d}"
     out.mkdir(parents=True, exist_ok=True)
+    plain, int8 = materialize(model)
+    log(f"exporting ONNX forms ({len(int8)} INT8 layers) and measuring them on the target")
+    dep = _deploy(plain, int8, data, out, cfg, log=log)
+    fp32_path, deployed = dep.fp32, dep.path
+
     ref = ModelRef.from_config(cfg, data.input_shape)
     packed_path = out / "model.acpk"
-    packed = save_packed_model(packed_path, model, ref, policy, round_to=cfg.compression.round_to)
+    deploy_meta = dep.spec.to_dict() | {"example_batch": int(example.shape[0])}
+    packed = save_packed_model(
+        packed_path, model, ref, policy, round_to=cfg.compression.round_to, deploy=deploy_meta
+    )
     reloaded, _ = load_packed_model(packed_path)
     fixed = next(batches(data.test, 64))[0]
     with torch.no_grad():
         exact = bool(torch.equal(reloaded(fixed), model(fixed)))
     if not exact:
         raise AutocompressError(f"{packed_path}: reloaded model's logits differ from the original")
+    unpacked = unpack(packed_path, out / "model_unpacked.onnx")
+    unpack_exact = onnx_outputs_equal(unpacked, deployed, fixed.numpy())
+    if not unpack_exact:
+        raise AutocompressError(
+            f"{unpacked}: the ONNX model unpacked from {packed_path.name} differs from {deployed}"
+        )
 
-    plain, int8 = materialize(model)
-    log(f"exporting ONNX ({len(int8)} INT8 layers) and measuring on the target")
-    dep = _deploy(plain, int8, data, out, cfg, log=log)
-    fp32_path, deployed = dep.fp32, dep.path
     onnx_acc = onnx_accuracy(deployed, data.test)
     threads = getattr(latency_model, "threads", 2)
     measured = measure_onnx_latency(deployed, tuple(example.shape), threads=threads, repeats=100)
     base_path = export_onnx(baseline.model, example, out / "baseline_fp32.onnx")
     base_ms = measure_onnx_latency(base_path, tuple(example.shape), threads=threads, repeats=100)
+    xc = cfg.export
+    thread_counts = tuple(xc.throughput_threads or dict.fromkeys([1, os.cpu_count() or 1]))
+    log(
+        f"measuring {len(dep.forms) + 1} ONNX models: memory ({xc.memory_repeats} processes "
+        f"each), throughput at batch {xc.batch_sizes} x threads {list(thread_counts)}"
+    )
+    paths = {name: p for name, (p, _) in dep.forms.items()} | {"baseline": base_path}
+    measured_forms = measure_forms(
+        paths,
+        data.input_shape,
+        threads=threads,
+        batch_sizes=tuple(xc.batch_sizes),
+        thread_counts=tuple(dict.fromkeys([*thread_counts, threads])),
+        memory_repeats=xc.memory_repeats,
+    )
+    for name, m in measured_forms.items():
+        m.deployed = name == dep.form
+        m.test_accuracy = onnx_acc if m.deployed else onnx_accuracy(m.path, data.test)
+    if "fp16" in measured_forms:
+        measured_forms["fp16"].note = _fp16_note(measured_forms, threads, cfg.latency.batch_size)
+    if dep.fallback:
+        measured_forms["int8-qdq"].note = dep.fallback
+    dm, bm_ = measured_forms[dep.form], measured_forms["baseline"]
 
     result = ExportResult(
         trial=row["trial"],
@@ -267,15 +388,28 @@ def export(cfg: ExperimentConfig, criteria: PickCriteria, *, log=print) -> Expor
         compression_ratio=baseline.metrics.fp32_state_dict_bytes / packed,
         speedup=base_ms / measured,
         packed_reload_exact=exact,
-        int8_layers=sorted(int8) if dep.form == "int8-qdq" else [],
+        int8_layers=list(dep.spec.int8_layers) if dep.form == "int8-qdq" else [],
         seconds=0.0,
         deployed_form=dep.form,
         int8_reduce_range=dep.reduce_range,
         int8_fallback=dep.fallback,
+        onnx_bytes=Path(deployed).stat().st_size,
+        memory_steady_mb=dm.memory_steady_mb,
+        memory_peak_mb=dm.memory_peak_mb,
+        baseline_memory_steady_mb=bm_.memory_steady_mb,
+        baseline_memory_peak_mb=bm_.memory_peak_mb,
+        baseline_onnx_bytes=bm_.onnx_bytes,
+        throughput=dm.images_per_s(threads),
+        throughput_threads=threads,
+        deployed_forms=dep.spec.layer_forms(compressible_layers(plain)),
+        forms={name: m.to_dict() for name, m in measured_forms.items()},
+        unpack_exact=unpack_exact,
         artifacts={
             "packed": str(packed_path),
             "onnx_fp32": str(fp32_path),
             "onnx_deployed": str(deployed),
+            "onnx_unpacked": str(unpacked),
+            **{f"onnx_{n}": str(p) for n, (p, _) in dep.forms.items() if n not in ("fp32",)},
         },
     )
     report_md = out / "verification.md"
@@ -301,13 +435,18 @@ def export(cfg: ExperimentConfig, criteria: PickCriteria, *, log=print) -> Expor
                 "predicted_latency_ms",
                 "baseline_latency_ms",
                 "packed_bytes",
+                "onnx_bytes",
+                "memory_steady_mb",
+                "memory_peak_mb",
+                "baseline_memory_steady_mb",
+                "baseline_memory_peak_mb",
                 "compression_ratio",
                 "speedup",
             )
         }
+        metrics |= {f"export_images_per_s_b{b}": v for b, v in result.throughput.items()}
         tracker.end_trial(run_id, "FINISHED", metrics=metrics, tags={"exported": "true"})
-        tracker.log_artifacts(run_id, [packed_path, fp32_path, report_md, report_json], "export")
-        if deployed != fp32_path:
-            tracker.log_artifacts(run_id, [Path(deployed)], "export")
+        files = [packed_path, report_md, report_json, *(p for p, _ in dep.forms.values())]
+        tracker.log_artifacts(run_id, files, "export")
     log_export_figures(tracker, run_id, result.to_dict(), out)
     return result

@@ -1,5 +1,6 @@
 """Hardware targets: measured latency (ONNX Runtime), the profiler and latency table of measured
-targets, analytic targets, the deployed form (FP32 / INT8 QDQ ONNX) and latency validation."""
+targets, analytic targets, the deployed forms (FP32 / INT8 QDQ / FP16 ONNX) and what each one
+costs (file bytes, resident memory, throughput), and latency validation."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .deploy import export_deployed
+from .forms import DeploySpec, FormMeasurement, build_form, deployed_onnx_bytes, measure_forms
 from .latency import (
     LatencyModel,
     ProxyLatencyModel,
@@ -15,7 +17,14 @@ from .latency import (
     count_macs,
     make_latency_model,
 )
-from .measure import export_onnx, measure_onnx_latency, measure_torch_model_latency
+from .measure import (
+    ThroughputPoint,
+    export_onnx,
+    measure_onnx_latency,
+    measure_throughput,
+    measure_torch_model_latency,
+)
+from .memory import MemoryUse, measure_memory
 from .targets import load_target
 from .validate import ValidationReport, validate_latency
 
@@ -23,17 +32,26 @@ if TYPE_CHECKING:
     from ..config import ExperimentConfig
 
 __all__ = [
+    "DeploySpec",
+    "FormMeasurement",
     "LatencyModel",
+    "MemoryUse",
     "ProxyLatencyModel",
     "TableLatencyModel",
+    "ThroughputPoint",
     "ValidationReport",
     "available_targets",
+    "build_form",
     "count_macs",
+    "deployed_onnx_bytes",
     "export_deployed",
     "export_onnx",
     "load_target",
     "make_latency_model",
+    "measure_forms",
+    "measure_memory",
     "measure_onnx_latency",
+    "measure_throughput",
     "measure_torch_model_latency",
     "profile",
     "validate_latency",

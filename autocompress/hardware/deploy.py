@@ -22,7 +22,7 @@ from ..errors import ModelError
 from ..policy import compressible_layers
 from .measure import export_onnx
 
-__all__ = ["export_deployed", "onnx_layer_nodes", "u8s8_saturates"]
+__all__ = ["activation_qparams", "export_deployed", "onnx_layer_nodes", "u8s8_saturates"]
 
 _LAYER_OPS = ("Conv", "Gemm", "MatMul")
 
@@ -155,6 +155,7 @@ def export_deployed(
     int8_layers: Iterable[str] = (),
     calibration: Iterable[torch.Tensor] = (),
     reduce_range: bool | None = None,
+    activation_qparams: dict[str, tuple[float, int]] | None = None,
 ) -> Path:
     """Export a plain model (``materialize(compressed)[0]``) as it is deployed.
 
@@ -163,7 +164,10 @@ def export_deployed(
     weights, UINT8 activations, MinMax calibration on ``calibration`` batches or, when none are
     given, on random inputs) with exactly the Conv/Gemm/MatMul nodes of ``int8_layers``
     quantised. ``reduce_range`` stores the INT8 weights on ORT's reduced range (-64..64); ``None``
-    decides by :func:`u8s8_saturates`. Returns ``path``.
+    decides by :func:`u8s8_saturates`. ``activation_qparams`` (``{tensor: (scale, zero
+    point)}``, as :func:`activation_qparams` reads them off a deployed model) fixes the
+    activations' quantisation instead of calibrating: what rebuilds a shipped model from its
+    weights alone. Returns ``path``.
     """
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
@@ -193,6 +197,12 @@ def export_deployed(
             input_name = onnx.load(str(prep), load_external_data=False).graph.input[0].name
             reader = _Reader(input_name, _calibration_batches(example, calibration))
             out = Path(tmp) / "int8.onnx"
+            extra = {"ActivationSymmetric": False, "WeightSymmetric": True}
+            if activation_qparams:
+                extra["TensorQuantOverrides"] = {
+                    t: [{"scale": np.array(sc, np.float32), "zero_point": np.array(zp, np.uint8)}]
+                    for t, (sc, zp) in activation_qparams.items()
+                }
             quantize_static(
                 str(prep),
                 str(out),
@@ -203,9 +213,32 @@ def export_deployed(
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 nodes_to_quantize=[nodes[n] for n in int8],
-                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+                extra_options=extra,
             )
         finally:
             logging.getLogger().setLevel(quiet)
         shutil.move(str(out), path)
     return path
+
+
+def activation_qparams(path: str | Path) -> dict[str, tuple[float, int]]:
+    """``{activation tensor: (scale, zero point)}`` of every ``QuantizeLinear`` of a QDQ model
+    whose input is not a weight: what the calibration decided, and all that
+    :func:`export_deployed` needs besides the weights to rebuild the model."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    out: dict[str, tuple[float, int]] = {}
+    for node in graph.node:
+        if node.op_type != "QuantizeLinear" or node.input[0] in inits:
+            continue
+        scale, zp = inits.get(node.input[1]), inits.get(node.input[2])
+        if scale is None or zp is None or scale.size != 1:
+            continue
+        # A graph output's quantised tensor is renamed ``<output>_QuantizeLinear_Input``; the
+        # override (like the scale initializer, ``<tensor>_scale``) names the original tensor.
+        name = node.input[0].removesuffix("_QuantizeLinear_Input")
+        out[name] = (float(scale.reshape(())), int(zp.reshape(())))
+    return out

@@ -16,7 +16,7 @@ import time
 import warnings
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +25,14 @@ from torch import nn
 
 __all__ = [
     "NodeTime",
+    "ThroughputPoint",
     "cpu_busy_fraction",
     "export_onnx",
     "make_session",
     "measure_onnx_latency",
     "measure_torch_model_latency",
     "measure_passes",
+    "measure_throughput",
     "measurement_lock",
     "profile_onnx_nodes",
     "random_feed",
@@ -237,6 +239,44 @@ def measure_onnx_latency(
         return time_session(
             sess, feed, warmup=warmup, repeats=repeats, rounds=rounds, tolerance=tolerance
         )
+
+
+@dataclass(frozen=True)
+class ThroughputPoint:
+    """One ONNX Runtime measurement: ``ms`` per call at ``batch`` images on ``threads``."""
+
+    batch: int
+    threads: int
+    ms: float
+
+    @property
+    def images_per_s(self) -> float:
+        return 1e3 * self.batch / self.ms if self.ms > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "images_per_s": self.images_per_s}
+
+
+def measure_throughput(
+    path: str | Path,
+    sample_shape: tuple[int, ...],
+    *,
+    batch_sizes: tuple[int, ...] = (1, 8, 32),
+    threads: tuple[int, ...] = (1, 2),
+    round_seconds: float = 0.5,
+) -> list[ThroughputPoint]:
+    """Latency per call and images/s of the ONNX model at each batch size and thread count
+    (the timing protocol of :func:`time_session`, rounds capped at ``round_seconds``);
+    ``sample_shape`` is one input without the batch dimension."""
+    out = []
+    for t in dict.fromkeys(threads):
+        sess = make_session(path, threads=t)
+        for b in dict.fromkeys(batch_sizes):
+            feed = _input(sess, (b, *sample_shape))
+            with measurement_lock():
+                ms = time_session(sess, feed, warmup=3, repeats=30, round_seconds=round_seconds)
+            out.append(ThroughputPoint(b, t, ms))
+    return out
 
 
 def measure_torch_model_latency(

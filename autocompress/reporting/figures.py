@@ -160,9 +160,24 @@ def log_search_figures(
 
 # -- per export --------------------------------------------------------------------------------
 def log_export_figures(tracker, run_id: str | None, result: Mapping[str, Any], out_dir: Path):
-    """``latency.png`` (predicted vs measured vs baseline) from an export result (``to_dict()``
+    """``latency.png`` (predicted vs measured vs baseline) and ``throughput.png`` (images/s of
+    each ONNX form per batch size and thread count) from an export result (``to_dict()``
     of ``ExportResult``), written to ``out_dir`` and logged under ``export/`` of the trial's run
     when ``run_id`` is given. Returns the file, or None if it could not be drawn."""
+
+    def tput() -> Path | None:
+        if not result.get("forms"):
+            return None
+        fig = plots.throughput_png(
+            result["forms"],
+            Path(out_dir) / "throughput.png",
+            title=f"trial {result['trial']}: throughput of each ONNX form",
+        )
+        if run_id:
+            tracker.log_artifacts(run_id, [fig], "export")
+        return fig
+
+    _best_effort("export throughput figure", tput)
 
     def run() -> Path:
         fig = plots.latency_png(

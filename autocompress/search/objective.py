@@ -17,6 +17,7 @@ from ..compress.batchnorm import batch_statistics, correct_batchnorm
 from ..config import ExperimentConfig, FinetuneConfig
 from ..data import DataBundle
 from ..export.artifact import ModelRef, packed_model_size, save_packed_model
+from ..hardware.forms import deployed_onnx_bytes
 from ..hardware.latency import LatencyModel
 from ..metrics import TrialMetrics
 from ..policy import CompressionPolicy
@@ -41,6 +42,7 @@ class TrialEvaluator:
     data: DataBundle
     latency_model: LatencyModel
     _calibration: dict = field(default_factory=dict, init=False, repr=False)
+    _onnx_sizes: dict = field(default_factory=dict, init=False, repr=False)
     uncharged_s: float = field(default=0.0, init=False)  # benchmark-only test scoring
 
     def compress(
@@ -87,6 +89,16 @@ class TrialEvaluator:
         )
         return model, loss
 
+    def size_bytes(self, model: nn.Module, policy: CompressionPolicy) -> int:
+        """The size objective (``objectives.size.measure``): packed bytes (exact, from symbol
+        histograms) or the deployed ONNX file's bytes."""
+        size_cfg = self.cfg.objectives.size
+        if size_cfg is not None and size_cfg.measure == "onnx":
+            example = self.data.example_input(1)
+            return deployed_onnx_bytes(model, example, cache=self._onnx_sizes)
+        ref = ModelRef.from_config(self.cfg, self.data.input_shape)
+        return packed_model_size(model, ref, policy, round_to=self.cfg.compression.round_to)
+
     def measure(
         self,
         model: nn.Module,
@@ -96,11 +108,10 @@ class TrialEvaluator:
         val: Dataset | None = None,
         report_test: bool = True,
     ) -> TrialMetrics:
-        """Accuracy on ``val`` (default: the validation split), predicted latency, exact packed
-        size (counted, not encoded)."""
+        """Accuracy on ``val`` (default: the validation split), predicted latency, size
+        (:meth:`size_bytes`)."""
         acc, val_loss = evaluate(model, self.data.val if val is None else val)
-        ref = ModelRef.from_config(self.cfg, self.data.input_shape)
-        size = packed_model_size(model, ref, policy, round_to=self.cfg.compression.round_to)
+        size = self.size_bytes(model, policy)
         # Benchmarks only (search.report_test_accuracy): stored, never seen by the sampler.
         test_acc = None
         if report_test and self.cfg.search.report_test_accuracy:

@@ -1,0 +1,208 @@
+"""The deployed forms of a compressed model on ONNX Runtime (CPU), and what each one costs.
+
+A *form* is one ONNX model of the same weights:
+
+- ``fp32``: the plain model (masks and quantised values baked into float32 weights);
+- ``int8-qdq``: INT8 QDQ for the quantised Conv/Gemm layers (static quantisation, per-channel
+  weights, calibrated UINT8 activations), FP32 elsewhere;
+- ``fp16``: every weight stored as float16 (inputs and outputs kept float32).
+
+:class:`DeploySpec` is what rebuilds a form from the weights alone (the INT8 activation
+scales/zero points read off the calibrated model), so the packed file carries it and
+``autocompress unpack`` re-creates the shipped ONNX model (:func:`build_form`).
+:func:`measure_forms` measures each form where it runs: bytes of the file, steady and peak
+resident memory of a fresh process (:mod:`autocompress.hardware.memory`), latency and images/s
+per batch size and thread count (:func:`autocompress.hardware.measure.measure_throughput`).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..compress.apply import materialize
+from ..policy import compressible_layers
+from .deploy import activation_qparams, export_deployed
+from .measure import export_onnx, measure_throughput
+from .memory import measure_memory
+
+__all__ = [
+    "FORMS",
+    "DeploySpec",
+    "FormMeasurement",
+    "build_form",
+    "deployed_onnx_bytes",
+    "measure_forms",
+]
+
+FORMS = ("fp32", "int8-qdq", "fp16")
+
+
+@dataclass(frozen=True)
+class DeploySpec:
+    """How the ONNX model of one form is built from a plain model's weights."""
+
+    form: str = "fp32"  # one of FORMS
+    int8_layers: tuple[str, ...] = ()
+    reduce_range: bool = False
+    activation_qparams: dict[str, tuple[float, int]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["int8_layers"] = list(self.int8_layers)
+        d["activation_qparams"] = {k: list(v) for k, v in self.activation_qparams.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DeploySpec:
+        return cls(
+            form=d.get("form", "fp32"),
+            int8_layers=tuple(d.get("int8_layers", ())),
+            reduce_range=bool(d.get("reduce_range", False)),
+            activation_qparams={
+                k: (float(v[0]), int(v[1])) for k, v in d.get("activation_qparams", {}).items()
+            },
+        )
+
+    def layer_forms(self, layers: Iterable[str]) -> dict[str, str]:
+        """``{layer: deployed form}``: what each Conv2d/Linear runs as."""
+        if self.form == "int8-qdq":
+            return {n: ("int8-qdq" if n in self.int8_layers else "fp32") for n in layers}
+        return {n: self.form for n in layers}
+
+
+def _to_fp16(fp32: Path, path: Path) -> Path:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def build_form(
+    plain: nn.Module,
+    example: torch.Tensor,
+    path: str | Path,
+    spec: DeploySpec,
+    *,
+    calibration: Iterable[torch.Tensor] = (),
+) -> tuple[Path, DeploySpec]:
+    """Write the ONNX model of ``spec.form`` for ``plain`` (``materialize(compressed)[0]``) to
+    ``path``. An ``int8-qdq`` spec without activation parameters is calibrated on ``calibration``
+    and returned with the parameters it got (what :func:`build_form` needs to rebuild it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if spec.form == "fp32" or (spec.form == "int8-qdq" and not spec.int8_layers):
+        return export_onnx(plain, example, path), spec
+    if spec.form == "fp16":
+        with tempfile.TemporaryDirectory() as tmp:
+            fp32 = export_onnx(plain, example, Path(tmp) / "fp32.onnx")
+            return _to_fp16(fp32, path), spec
+    if spec.form != "int8-qdq":
+        raise ValueError(f"unknown deployed form {spec.form!r} (one of {', '.join(FORMS)})")
+    export_deployed(
+        plain,
+        example,
+        path,
+        int8_layers=spec.int8_layers,
+        calibration=calibration,
+        reduce_range=spec.reduce_range,
+        activation_qparams=spec.activation_qparams or None,
+    )
+    if not spec.activation_qparams:
+        spec = DeploySpec("int8-qdq", spec.int8_layers, spec.reduce_range, activation_qparams(path))
+    return path, spec
+
+
+def _structure(model: nn.Module, int8: Iterable[str]) -> tuple:
+    layers = compressible_layers(model)
+    shapes = tuple((n, tuple(m.weight.shape)) for n, m in layers.items())
+    return shapes, tuple(sorted(int8))
+
+
+def deployed_onnx_bytes(
+    compressed: nn.Module, example: torch.Tensor, *, cache: dict | None = None
+) -> int:
+    """Bytes of the ONNX file a compressed model is deployed as: INT8 QDQ for its quantised
+    layers (FP32 when none are), written and counted. The file stores zeros densely and every
+    sub-8-bit layer as INT8, so its size depends only on the layers' shapes and which are
+    quantised: ``cache`` (a dict the caller keeps) holds it per such structure."""
+    plain, int8 = materialize(compressed)
+    key = _structure(plain, int8)
+    if cache is not None and key in cache:
+        return cache[key]
+    spec = DeploySpec("int8-qdq", tuple(sorted(int8))) if int8 else DeploySpec("fp32")
+    with tempfile.TemporaryDirectory() as tmp:
+        path, _ = build_form(plain, example, Path(tmp) / "m.onnx", spec)
+        size = path.stat().st_size
+    if cache is not None:
+        cache[key] = size
+    return size
+
+
+@dataclass
+class FormMeasurement:
+    """One form as measured on the target: file, memory, latency/throughput, accuracy."""
+
+    form: str
+    path: str
+    onnx_bytes: int
+    memory_steady_mb: float
+    memory_peak_mb: float
+    throughput: list[dict]  # ThroughputPoint.to_dict() per batch size and thread count
+    test_accuracy: float | None = None
+    deployed: bool = False
+    note: str = ""
+
+    def latency_ms(self, batch: int, threads: int) -> float | None:
+        for p in self.throughput:
+            if p["batch"] == batch and p["threads"] == threads:
+                return p["ms"]
+        return None
+
+    def images_per_s(self, threads: int) -> dict[str, float]:
+        """``{batch size: images/s}`` at ``threads``."""
+        return {
+            str(p["batch"]): p["images_per_s"] for p in self.throughput if p["threads"] == threads
+        }
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def measure_forms(
+    paths: dict[str, Path],
+    sample_shape: tuple[int, ...],
+    *,
+    threads: int,
+    batch_sizes: tuple[int, ...],
+    thread_counts: tuple[int, ...],
+    memory_repeats: int = 3,
+) -> dict[str, FormMeasurement]:
+    """Measure every ONNX model of ``paths`` (``{form or "baseline": path}``): file bytes,
+    steady/peak memory of a fresh process at batch 1 and ``threads`` (net of an empty model),
+    latency and images/s per batch size and thread count."""
+    names = list(paths)
+    mem = measure_memory(
+        [paths[n] for n in names], (1, *sample_shape), threads=threads, repeats=memory_repeats
+    )
+    out = {}
+    for name, m in zip(names, mem, strict=True):
+        points = measure_throughput(
+            paths[name], sample_shape, batch_sizes=batch_sizes, threads=thread_counts
+        )
+        out[name] = FormMeasurement(
+            form=name,
+            path=str(paths[name]),
+            onnx_bytes=Path(paths[name]).stat().st_size,
+            memory_steady_mb=m.steady_mb,
+            memory_peak_mb=m.peak_mb,
+            throughput=[p.to_dict() for p in points],
+        )
+    return out
