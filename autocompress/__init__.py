@@ -8,8 +8,8 @@ Typical use::
 """
 
 from .api import ValidationReport, status, validate
-from .compress.apply import apply_policy, compressed_state, materialize
 from .compressed import CompressedModel, compress
+from .compression.apply import apply_policy, compressed_state, materialize
 from .config import ExperimentConfig, load_experiment
 from .data import DataBundle, load_data
 from .errors import AutocompressError, ConfigError, DataError, ModelError

@@ -15,10 +15,10 @@ from torch import nn
 
 from .config import ExperimentConfig
 from .data import DataBundle
-from .export.artifact import ModelRef, packed_model_size
 from .hardware.measure import measure_torch_model_latency
 from .models import build_model
 from .policy import CompressionPolicy
+from .size import size_bytes
 from .training import evaluate, train
 
 __all__ = ["Baseline", "BaselineMetrics", "get_baseline", "state_dict_bytes"]
@@ -118,9 +118,7 @@ def get_baseline(cfg: ExperimentConfig, data: DataBundle, *, log=print) -> Basel
         val_loss=val_loss,
         test_accuracy=test_acc,
         latency_ms=latency,
-        size_bytes=packed_model_size(
-            model, ModelRef.from_config(cfg, data.input_shape), CompressionPolicy()
-        ),
+        size_bytes=size_bytes(cfg, model, CompressionPolicy(), data.input_shape),
         fp32_state_dict_bytes=state_dict_bytes(model),
         params=sum(p.numel() for p in model.parameters()),
         trained_seconds=cached.get("trained_seconds", trained_seconds),

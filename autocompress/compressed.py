@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .compress.apply import apply_policy, calibrate, compressed_state, materialize
-from .compress.packing import packed_size
+from .compression.apply import apply_policy, calibrate, compressed_state, materialize
+from .compression.packing import packed_size
 from .hardware.forms import FORMS, DeploySpec, build_form
 from .policy import CompressionPolicy
 
@@ -36,7 +36,7 @@ class CompressedModel:
     calibration: list[torch.Tensor] = field(default_factory=list)
 
     def size_bytes(self) -> int:
-        """Bytes of the packed, entropy-coded state (``autocompress.compress.packing``): the size
+        """Bytes of the packed, entropy-coded state (``autocompress.compression.packing``): the size
         the search scores, without the architecture reference of an exported file."""
         return packed_size(compressed_state(self.model), metadata={"policy": self.policy.to_dict()})
 
@@ -53,8 +53,11 @@ class CompressedModel:
         activation ranges are calibrated on the ``calibration`` batches (or the example)."""
         if form not in FORMS:
             raise ValueError(f"form {form!r}: one of {', '.join(FORMS)}")
+        from .hardware.deploy import u8s8_saturates
+
         plain, int8 = materialize(self.model)
-        spec = DeploySpec(form, tuple(sorted(int8)) if form == "int8-qdq" else ())
+        layers = tuple(sorted(int8)) if form == "int8-qdq" else ()
+        spec = DeploySpec(form, layers, reduce_range=u8s8_saturates())
         calib = self.calibration or [self.example]
         return build_form(plain, self.example, path, spec, calibration=calib)[0]
 

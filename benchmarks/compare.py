@@ -340,7 +340,7 @@ def run_ort_ptq(model: str, seed: int, sh: dict) -> dict:
     packed bytes of the same weights at 8 bits; the ONNX file's bytes recorded beside them."""
     from itertools import islice
 
-    from autocompress.compress.apply import apply_policy, calibrate, materialize
+    from autocompress.compression.apply import apply_policy, calibrate, materialize
     from autocompress.export.artifact import ModelRef, packed_model_size
     from autocompress.export.run import onnx_accuracy
     from autocompress.hardware.deploy import export_deployed
@@ -459,8 +459,8 @@ def _tp_make(prep, cfg, ratio: float, seed: int):
 
     import torch_pruning as tp
 
-    from autocompress.compress.apply import apply_policy, calibrate
-    from autocompress.compress.batchnorm import correct_batchnorm
+    from autocompress.compression.apply import apply_policy, calibrate
+    from autocompress.compression.batchnorm import correct_batchnorm
     from autocompress.policy import CompressionPolicy, LayerPolicy, compressible_layers
     from autocompress.training import batches, train
 

@@ -76,8 +76,8 @@ def nni_compress(prep, cfg, policy, seed: int):
     from nni.compression.quantization import QATQuantizer
     from nni.compression.utils import TorchEvaluator
 
-    from autocompress.compress.apply import CompressWeight, attach_input_quant, calibrate
-    from autocompress.compress.batchnorm import correct_batchnorm
+    from autocompress.compression.apply import CompressWeight, attach_input_quant, calibrate
+    from autocompress.compression.batchnorm import correct_batchnorm
     from autocompress.policy import compressible_layers
     from autocompress.training import batches, evaluate, train
 

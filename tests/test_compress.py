@@ -4,15 +4,19 @@ import numpy as np
 import pytest
 import torch
 
-from autocompress.compress.apply import (
+from autocompress.compression.apply import (
     apply_policy,
     calibrate,
     compressed_state,
     weight_sparsity,
 )
-from autocompress.compress.packing import QuantizedTensor, packed_size
-from autocompress.compress.pruning import magnitude_mask
-from autocompress.compress.quantization import ActFakeQuant, fake_quantize_weight, quantize_weight
+from autocompress.compression.packing import QuantizedTensor, packed_size
+from autocompress.compression.pruning import magnitude_mask
+from autocompress.compression.quantization import (
+    ActFakeQuant,
+    fake_quantize_weight,
+    quantize_weight,
+)
 from autocompress.models import build_model
 from autocompress.policy import CompressionPolicy, LayerPolicy
 from autocompress.training import train
@@ -92,7 +96,7 @@ def test_more_compression_is_smaller():
 
 
 def _assert_channels_removed(model, policy, example, expect: dict[str, int]):
-    from autocompress.compress.apply import apply_policy
+    from autocompress.compression.apply import apply_policy
 
     ref = model(example)
     cm = apply_policy(model, policy, example=example, round_to=1)
@@ -158,7 +162,7 @@ def test_output_layer_cannot_lose_channels():
 
 
 def test_materialize_bakes_weights_and_drops_quantizers():
-    from autocompress.compress.apply import materialize
+    from autocompress.compression.apply import materialize
 
     torch.manual_seed(0)
     model = build_model("tiny_cnn").eval()

@@ -1,6 +1,6 @@
 """The packed, entropy-coded checkpoint of a compressed model and its loader.
 
-The file (``autocompress.compress.packing`` format) holds integer codes + scales for quantised
+The file (``autocompress.compression.packing`` format) holds integer codes + scales for quantised
 layers (Huffman-coded relative indices and values), float32 for the rest, and in its metadata
 what rebuilds the architecture: the model reference, the policy (which channels counts the
 structured pruning leaves) and the input shape. ``load_packed_model`` returns a model whose
@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..compress.apply import attach_input_quant, compressed_state
-from ..compress.packing import QuantizedTensor, load_packed, pack_state, packed_size
-from ..compress.structured import prune_channels
+from ..compression.apply import attach_input_quant, compressed_state
+from ..compression.packing import QuantizedTensor, load_packed, pack_state, packed_size
+from ..compression.structured import prune_channels
 from ..errors import ModelError
 from ..models import build_model
 from ..policy import CompressionPolicy, compressible_layers

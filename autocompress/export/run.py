@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..compress.apply import materialize
+from ..compression.apply import materialize
 from ..config import ExperimentConfig
 from ..data import DataBundle
 from ..errors import AutocompressError
@@ -61,7 +61,7 @@ class ExportResult:
     int8_fallback: str = ""  # why the INT8 model was not deployed, when it was not
     onnx_bytes: int = 0  # the deployed .onnx file on disk
     memory_steady_mb: float = 0.0  # resident memory the deployed model adds to a process
-    memory_peak_mb: float = 0.0  # peak (ru_maxrss) it adds: load and pre-pack transients
+    memory_peak_mb: float = 0.0  # peak (VmHWM) it adds: load and pre-pack transients
     baseline_memory_steady_mb: float = 0.0  # the same for the uncompressed FP32 ONNX model
     baseline_memory_peak_mb: float = 0.0
     baseline_onnx_bytes: int = 0
@@ -136,8 +136,11 @@ def _deploy(
     forms = {"fp32": build_form(plain, example, out / "model_fp32.onnx", DeploySpec("fp32"))}
     if "fp16" in cfg.export.forms:
         forms["fp16"] = build_form(plain, example, out / "model_fp16.onnx", DeploySpec("fp16"))
-    if not int8 or "int8-qdq" not in cfg.export.forms:
+    if not int8:
         return _Deployed(forms, "fp32")
+    if "int8-qdq" not in cfg.export.forms:
+        why = "export.forms leaves out int8-qdq: the quantised layers are deployed as FP32"
+        return _Deployed(forms, "fp32", fallback=why)
     bs = cfg.data.batch_size
     calib = [
         x
@@ -164,6 +167,14 @@ def _deploy(
         log(f"warning: {why}")
         return _Deployed(forms, "fp32", reduce, why)
     return _Deployed(forms, "int8-qdq", reduce)
+
+
+def _usable_cores() -> int:
+    """Cores this process may run on (a container's share, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _fp16_note(m: dict[str, FormMeasurement], threads: int, batch: int) -> str:
@@ -263,7 +274,7 @@ def _report_md(r: ExportResult, cfg: ExperimentConfig) -> str:
         "| --- | --- | --- | --- | --- |",
     ]
     for name, lp in pol.items():
-        kind = r.deployed_forms.get(name, "FP32")
+        kind = r.deployed_forms.get(name, "fp32")
         lines.append(f"| {name} | {lp.sparsity:.2f} | {lp.bits} | {lp.keep_ratio:.2f} | {kind} |")
     lines += ["", "## Artifacts", ""] + [f"- {k}: `{v}`" for k, v in r.artifacts.items()]
     return "\n".join(lines) + "\n"
@@ -350,7 +361,7 @@ def export(cfg: ExperimentConfig, criteria: PickCriteria, *, log=print) -> Expor
     base_path = export_onnx(baseline.model, example, out / "baseline_fp32.onnx")
     base_ms = measure_onnx_latency(base_path, tuple(example.shape), threads=threads, repeats=100)
     xc = cfg.export
-    thread_counts = tuple(xc.throughput_threads or dict.fromkeys([1, os.cpu_count() or 1]))
+    thread_counts = tuple(xc.throughput_threads or dict.fromkeys([1, _usable_cores()]))
     log(
         f"measuring {len(dep.forms) + 1} ONNX models: memory ({xc.memory_repeats} processes "
         f"each), throughput at batch {xc.batch_sizes} x threads {list(thread_counts)}"
@@ -368,8 +379,8 @@ def export(cfg: ExperimentConfig, criteria: PickCriteria, *, log=print) -> Expor
         m.deployed = name == dep.form
         m.test_accuracy = onnx_acc if m.deployed else onnx_accuracy(m.path, data.test)
     if "fp16" in measured_forms:
-        measured_forms["fp16"].note = _fp16_note(measured_forms, threads, cfg.latency.batch_size)
-    if dep.fallback:
+        measured_forms["fp16"].note = _fp16_note(measured_forms, threads, min(xc.batch_sizes))
+    if dep.fallback and "int8-qdq" in measured_forms:
         measured_forms["int8-qdq"].note = dep.fallback
     dm, bm_ = measured_forms[dep.form], measured_forms["baseline"]
 

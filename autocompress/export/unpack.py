@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..compress.apply import materialize
+from ..compression.apply import materialize
 from ..errors import ModelError
 from ..hardware.forms import DeploySpec, build_form
 from .artifact import load_packed_model

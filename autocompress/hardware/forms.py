@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..compress.apply import materialize
+from ..compression.apply import materialize
 from ..policy import compressible_layers
 from .deploy import activation_qparams, export_deployed
 from .measure import export_onnx, measure_throughput
@@ -132,7 +132,10 @@ def deployed_onnx_bytes(
     """Bytes of the ONNX file a compressed model is deployed as: INT8 QDQ for its quantised
     layers (FP32 when none are), written and counted. The file stores zeros densely and every
     sub-8-bit layer as INT8, so its size depends only on the layers' shapes and which are
-    quantised: ``cache`` (a dict the caller keeps) holds it per such structure."""
+    quantised (``cache``, a dict the caller keeps, holds it per such structure) -- up to one
+    byte per quantised activation: ONNX stores a UINT8 zero point as a varint (one byte below
+    128, two from 128), and the activation ranges are calibrated here on random inputs, at
+    export on training batches."""
     plain, int8 = materialize(compressed)
     key = _structure(plain, int8)
     if cache is not None and key in cache:

@@ -66,7 +66,10 @@ def empty_model(path: str | Path, input_shape: tuple[int, ...]) -> Path:
 
 def _probe(path: Path, input_shape: tuple[int, ...], threads: int, runs: int) -> dict:
     cmd = [sys.executable, str(_PROBE), str(path), json.dumps(list(input_shape)), str(threads)]
-    done = subprocess.run([*cmd, str(runs)], capture_output=True, text=True, timeout=600)
+    try:
+        done = subprocess.run([*cmd, str(runs)], capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        raise AutocompressError(f"{path}: memory probe did not finish in 600 s") from None
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise AutocompressError(f"{path}: memory probe failed: {tail}")
@@ -85,7 +88,10 @@ def measure_memory(
     creates its session (``threads``) and runs 10 warm-up + ``runs`` inferences at
     ``input_shape``, net of the empty model; median over ``repeats`` rounds (every model and
     the empty one once per round)."""
-    with tempfile.TemporaryDirectory() as tmp:
+    from .measure import measurement_lock
+
+    with tempfile.TemporaryDirectory() as tmp, measurement_lock():
+        # (the lock: probes would disturb a timing run of another process, and be disturbed)
         empty = empty_model(Path(tmp) / "empty.onnx", input_shape)
         todo = [Path(p) for p in paths] + [empty]
         rounds = [[_probe(p, input_shape, threads, runs) for p in todo] for _ in range(repeats)]

@@ -148,7 +148,7 @@ def _probe_channels(
 ) -> list:
     """Channel counts two design policies produce (how pruning couples layers is part of what
     the table is valid for)."""
-    from ..compress.apply import apply_policy
+    from ..compression.apply import apply_policy
     from .layers import channels
 
     layers = list(compressible_layers(model))
@@ -202,7 +202,7 @@ def profile_model(
     design and every ``profile_every``-th random one; phase 2 times every exported model end
     to end in ``passes`` passes (at least two).
     """
-    from ..compress.apply import apply_policy, materialize
+    from ..compression.apply import apply_policy, materialize
     from .deploy import export_deployed
     from .layers import channels
 

@@ -148,7 +148,7 @@ def validate_latency(
     (measured on the CPU with ONNX Runtime, the deployed form: FP32 / INT8 QDQ)."""
     from itertools import islice
 
-    from ..compress.apply import apply_policy, calibrate, materialize
+    from ..compression.apply import apply_policy, calibrate, materialize
     from ..search.run import prepare
     from ..training import batches
     from .deploy import export_deployed

@@ -12,16 +12,16 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..baseline import Baseline
-from ..compress.apply import apply_policy, calibrate, weight_sparsity
-from ..compress.batchnorm import batch_statistics, correct_batchnorm
+from ..compression.apply import apply_policy, calibrate, weight_sparsity
+from ..compression.batchnorm import batch_statistics, correct_batchnorm
 from ..config import ExperimentConfig, FinetuneConfig
 from ..data import DataBundle
-from ..export.artifact import ModelRef, packed_model_size, save_packed_model
-from ..hardware.forms import deployed_onnx_bytes
+from ..export.artifact import ModelRef, save_packed_model
 from ..hardware.latency import LatencyModel
 from ..metrics import TrialMetrics
 from ..policy import CompressionPolicy
 from ..search_space import SearchSpace
+from ..size import size_bytes
 from ..training import batches, evaluate, train
 
 __all__ = ["TrialEvaluator", "suggest_policy"]
@@ -90,14 +90,10 @@ class TrialEvaluator:
         return model, loss
 
     def size_bytes(self, model: nn.Module, policy: CompressionPolicy) -> int:
-        """The size objective (``objectives.size.measure``): packed bytes (exact, from symbol
-        histograms) or the deployed ONNX file's bytes."""
-        size_cfg = self.cfg.objectives.size
-        if size_cfg is not None and size_cfg.measure == "onnx":
-            example = self.data.example_input(1)
-            return deployed_onnx_bytes(model, example, cache=self._onnx_sizes)
-        ref = ModelRef.from_config(self.cfg, self.data.input_shape)
-        return packed_model_size(model, ref, policy, round_to=self.cfg.compression.round_to)
+        """The size objective (:func:`autocompress.size.size_bytes`)."""
+        return size_bytes(
+            self.cfg, model, policy, self.data.input_shape, onnx_cache=self._onnx_sizes
+        )
 
     def measure(
         self,

@@ -19,6 +19,7 @@ from ..config import ExperimentConfig
 from ..errors import AutocompressError, ConfigError
 from ..metrics import OBJECTIVES
 from ..policy import CompressionPolicy
+from ..size import size_measure
 from ..tracking import mask_secrets
 from .pareto import non_dominated
 
@@ -70,6 +71,8 @@ def _sampler(
 
 def _space_fingerprint(cfg: ExperimentConfig, space_params: dict) -> str:
     payload = {"objectives": cfg.objectives.enabled(), "space": space_params}
+    if size_measure(cfg) != "packed":  # (packed studies keep the fingerprint they had)
+        payload["size_measure"] = size_measure(cfg)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

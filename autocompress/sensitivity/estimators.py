@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..compress.apply import CompressWeight
-from ..compress.pruning import magnitude_mask
+from ..compression.apply import CompressWeight
+from ..compression.pruning import magnitude_mask
 from ..policy import compressible_layers
 from .table import IDENTITY
 

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..compress.apply import CompressWeight, apply_policy
-from ..compress.batchnorm import (
+from ..compression.apply import CompressWeight, apply_policy
+from ..compression.batchnorm import (
     BNState,
     batch_statistics,
     batchnorms,
@@ -30,7 +30,7 @@ from ..compress.batchnorm import (
     corrected_statistics,
     train_mode,
 )
-from ..compress.quantization import ActFakeQuant
+from ..compression.quantization import ActFakeQuant
 from ..policy import CompressionPolicy, LayerPolicy, compressible_layers
 from ..search_space import SearchSpace
 from .replay import ModuleTrace, call_order

@@ -12,7 +12,7 @@ from conftest import tiny_config
 
 from autocompress import load_experiment
 from autocompress.cli import main
-from autocompress.compress.apply import apply_policy
+from autocompress.compression.apply import apply_policy
 from autocompress.hardware import latency as latency_mod
 from autocompress.hardware import profile
 from autocompress.hardware.analytic import AnalyticLatencyModel

@@ -10,8 +10,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from autocompress import load_experiment
-from autocompress.compress.apply import apply_policy, calibrate
-from autocompress.compress.batchnorm import correct_batchnorm
+from autocompress.compression.apply import apply_policy, calibrate
+from autocompress.compression.batchnorm import correct_batchnorm
 from autocompress.policy import CompressionPolicy, LayerPolicy
 from autocompress.search.run import prepare
 from autocompress.search_space import LayerChoices, SearchSpace

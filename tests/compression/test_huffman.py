@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from autocompress.compress import huffman
-from autocompress.compress.huffman import (
+from autocompress.compression import huffman
+from autocompress.compression.huffman import (
     MAX_CODE_LEN,
     HuffmanTable,
     code_lengths,

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autocompress.compress import huffman, packing
-from autocompress.compress.packing import (
+from autocompress.compression import huffman, packing
+from autocompress.compression.packing import (
     MAGIC,
     QuantizedTensor,
     load_packed,

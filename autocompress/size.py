@@ -1,0 +1,47 @@
+"""The size objective, one definition for the baseline and every trial
+(``objectives.size.measure``):
+
+- ``packed``: bytes of the packed, entropy-coded file (``autocompress.compression.packing``),
+  counted exactly from symbol histograms without encoding;
+- ``onnx``: bytes of the ONNX file the model is deployed as (INT8 QDQ for quantised layers,
+  zeros stored densely), written and counted, cached per layer structure.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from torch import nn
+
+from .export.artifact import ModelRef, packed_model_size
+from .hardware.forms import deployed_onnx_bytes
+from .policy import CompressionPolicy
+
+if TYPE_CHECKING:
+    from .config import ExperimentConfig
+
+__all__ = ["size_bytes", "size_measure"]
+
+
+def size_measure(cfg: ExperimentConfig) -> str:
+    """``packed`` or ``onnx`` (``packed`` when size is not an objective)."""
+    return cfg.objectives.size.measure if cfg.objectives.size is not None else "packed"
+
+
+def size_bytes(
+    cfg: ExperimentConfig,
+    model: nn.Module,
+    policy: CompressionPolicy,
+    input_shape: tuple[int, ...],
+    *,
+    onnx_cache: dict | None = None,
+) -> int:
+    """The model's size in the experiment's measure (``model`` compressed by ``policy``, or
+    the uncompressed model with an empty policy)."""
+    if size_measure(cfg) == "onnx":
+        import torch
+
+        example = torch.zeros((1, *input_shape))
+        return deployed_onnx_bytes(model, example, cache=onnx_cache)
+    ref = ModelRef.from_config(cfg, input_shape)
+    return packed_model_size(model, ref, policy, round_to=cfg.compression.round_to)
