@@ -65,9 +65,9 @@ class ModelConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        from .models import MODEL_NAMES
+        from .models import model_names
 
-        return _check_ref(v, "model", MODEL_NAMES)
+        return _check_ref(v, "model", model_names())
 
 
 class DataConfig(_Strict):
@@ -418,6 +418,9 @@ def load_experiment(
     except ValidationError as exc:
         raise ConfigError(validation_message(exc, str(path), ExperimentConfig)) from None
     base = path.resolve().parent
+    from .models import add_search_dir
+
+    add_search_dir(base)  # module:callable references may name modules beside the file
 
     def _abs(p: Path | None) -> Path | None:
         return None if p is None else (p if p.is_absolute() else (base / p).resolve())

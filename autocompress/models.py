@@ -4,6 +4,7 @@ checkpoint loading (``weights_only=True``)."""
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,12 +15,13 @@ from torch import nn
 from .errors import ConfigError, ModelError
 
 __all__ = [
-    "MODEL_NAMES",
     "SmallCNN",
     "TinyCNN",
+    "add_search_dir",
     "build_model",
     "load_callable",
     "load_checkpoint",
+    "model_names",
     "register_model",
 ]
 
@@ -117,18 +119,65 @@ def _mobilenet_v2(num_classes: int = 10, in_channels: int = 1, **kw: Any) -> nn.
     return m
 
 
-MODEL_NAMES: tuple[str, ...] = tuple(sorted(_REGISTRY))
+def model_names() -> tuple[str, ...]:
+    """The registered model names (built-in and ``register_model``'s), now."""
+    return tuple(sorted(_REGISTRY))
+
+
+# Folders a ``module:callable`` is looked up in besides ``sys.path``: the folders of the
+# experiment files loaded so far (``load_experiment`` adds them) and the working directory.
+_SEARCH_DIRS: list[Path] = []
+
+
+def add_search_dir(path: str | Path) -> None:
+    """Let ``module:callable`` references find modules in ``path`` (an experiment's folder)."""
+    p = Path(path).resolve()
+    if p not in _SEARCH_DIRS:
+        _SEARCH_DIRS.append(p)
+
+
+def _try_import(module_name: str, what: str):
+    """The module, or None when its top-level package is not found."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name.split(".")[0]:  # found; something it imports was not
+            raise ConfigError(f"{what}: importing {module_name!r} failed: {exc}") from None
+        return None
+    except Exception as exc:  # noqa: BLE001 - user code
+        raise ConfigError(
+            f"{what}: importing {module_name!r} failed: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def _import(module_name: str, what: str):
+    module = _try_import(module_name, what)
+    if module is not None:
+        return module
+    top = module_name.split(".")[0]
+    dirs = [*_SEARCH_DIRS, Path.cwd().resolve()]
+    for d in dirs:
+        if (d / f"{top}.py").is_file() or (d / top / "__init__.py").is_file():
+            if str(d) not in sys.path:
+                sys.path.insert(0, str(d))
+            importlib.invalidate_caches()
+            module = _try_import(module_name, what)
+            if module is not None:
+                return module
+    where = ", ".join(str(d) for d in dict.fromkeys(dirs))
+    raise ConfigError(
+        f"{what}: cannot import module {module_name!r}: no {top}.py in {where} or on "
+        f"sys.path; put it beside the experiment file or add its folder to PYTHONPATH"
+    )
 
 
 def load_callable(ref: str, *, what: str) -> Callable[..., Any]:
-    """Import ``module:callable`` (the only code a config can load)."""
+    """Import ``module:callable`` (the only code a config can load), looking in the experiment
+    files' folders and the working directory as well as on ``sys.path``."""
     module_name, _, attr = ref.partition(":")
     if not module_name or not attr:
         raise ConfigError(f"{what}: {ref!r} is not of the form 'module:callable'")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001 - user code
-        raise ConfigError(f"{what}: cannot import module {module_name!r} ({exc})") from None
+    module = _import(module_name, what)
     obj = module
     for part in attr.split("."):
         obj = getattr(obj, part, None)

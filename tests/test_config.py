@@ -111,3 +111,35 @@ def test_cli_missing_data_exit_1(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 1
     assert "apt-get install dataset-fashion-mnist" in err and err.count("\n") == 1
+
+
+def test_registered_model_name_validates(tmp_path):
+    """A model registered after import (``register_model``) is a valid ``model.name``."""
+    from autocompress.models import TinyCNN, register_model
+
+    register_model("my_registered_cnn")(lambda num_classes=10, in_channels=1: TinyCNN())
+    data = _valid(tmp_path)
+    data["model"] = {"name": "my_registered_cnn"}
+    assert load_experiment(_write(tmp_path, data)).model.name == "my_registered_cnn"
+
+
+def test_module_callable_beside_the_experiment_file(tmp_path, monkeypatch):
+    """``module:callable`` finds a module in the experiment file's folder (no PYTHONPATH), and
+    a module that is nowhere says where it was looked for."""
+    from autocompress.models import build_model
+
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    (folder / "my_models_beside.py").write_text(
+        "from autocompress.models import TinyCNN\n"
+        "def make(num_classes=10):\n    return TinyCNN(num_classes)\n"
+    )
+    monkeypatch.chdir(tmp_path)  # not the experiment's folder
+    data = _valid(folder)
+    data["model"] = {"name": "my_models_beside:make"}
+    cfg = load_experiment(_write(folder, data), check_files=False)
+    assert build_model(cfg.model.name).fc.out_features == 10
+    with pytest.raises(ConfigError) as info:
+        build_model("no_such_module_anywhere:make")
+    msg = str(info.value)
+    assert "no_such_module_anywhere.py" in msg and str(folder) in msg and "PYTHONPATH" in msg
