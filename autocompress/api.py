@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 
 from optuna.trial import TrialState
 
 from .config import ExperimentConfig
-from .data import check_available
-from .models import build_model
+from .data import check_available, load_data
+from .errors import ConfigError
+from .models import build_model, check_model_fits
 from .search.study import front_rows, load_study
 from .search_space import SearchSpace, load_search_space
+from .training import batches
 
 __all__ = ["ValidationReport", "status", "validate"]
 
@@ -38,17 +41,38 @@ class ValidationReport:
 
 
 def validate(cfg: ExperimentConfig) -> ValidationReport:
-    """Check what can be checked without training: model, search space against it, data files."""
+    """Check everything short of training: the data (files, one batch, labels against
+    ``model.num_classes``), the model (imports, checkpoint, one forward pass on that batch),
+    the search space against the model, and that ``output_dir`` can be written."""
     spec = load_search_space(cfg.search_space)
+    check_available(cfg.data)
+    data = load_data(cfg.data)
+    if data.num_classes > cfg.model.num_classes:
+        raise ConfigError(
+            f"model.num_classes is {cfg.model.num_classes} but the data has "
+            f"{data.num_classes} classes: set model.num_classes: {data.num_classes}"
+        )
     model = build_model(
         cfg.model.name,
         num_classes=cfg.model.num_classes,
+        in_channels=data.input_shape[0],
         kwargs=cfg.model.kwargs,
         checkpoint=cfg.model.checkpoint,
     )
+    x = next(batches(data.val, 8))[0]
+    check_model_fits(model, x, cfg.model.num_classes, name=cfg.model.name)
     space = spec.resolve(model)
-    check_available(cfg.data)
+    _check_writable(cfg.output_dir)
     return ValidationReport(cfg, space, sum(p.numel() for p in model.parameters()))
+
+
+def _check_writable(folder) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"output_dir: cannot write to {folder} ({exc.strerror})") from None
 
 
 def status(cfg: ExperimentConfig) -> dict:

@@ -16,7 +16,7 @@ from torch import nn
 from .config import ExperimentConfig
 from .data import DataBundle
 from .hardware.measure import measure_torch_model_latency
-from .models import build_model
+from .models import build_model, check_model_fits
 from .policy import CompressionPolicy
 from .size import size_bytes
 from .training import evaluate, train
@@ -83,6 +83,7 @@ def get_baseline(cfg: ExperimentConfig, data: DataBundle, *, log=print) -> Basel
     else:
         torch.manual_seed(cfg.data.seed)  # the initialisation is part of what the key fixes
         model = build_model(cfg.model.name, **kw)
+        check_model_fits(model, data.example_input(2), cfg.model.num_classes, name=cfg.model.name)
         train_ds = data.train_full
         bs = cfg.data.batch_size
         steps = cfg.baseline.epochs * max(1, len(train_ds) // bs)

@@ -19,6 +19,7 @@ __all__ = [
     "TinyCNN",
     "add_search_dir",
     "build_model",
+    "check_model_fits",
     "load_callable",
     "load_checkpoint",
     "model_names",
@@ -236,3 +237,28 @@ def build_model(
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     return model
+
+
+def check_model_fits(model: nn.Module, x: torch.Tensor, num_classes: int, *, name: str) -> None:
+    """One forward pass on a batch of the data: a model that cannot take the data's input or
+    whose output is not ``(batch, num_classes)`` raises ModelError naming what to change."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as exc:  # noqa: BLE001 - user model
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise ModelError(
+            f"model {name} cannot take the data's input of shape {tuple(x.shape)} "
+            f"({type(exc).__name__}: {first}); check model.name / model.kwargs against the "
+            f"data (channels, image size)"
+        ) from None
+    finally:
+        model.train(was)
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] != num_classes:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelError(
+            f"model {name} returns {shape} for a batch of {len(x)}; expected "
+            f"({len(x)}, {num_classes}) logits (model.num_classes: {num_classes})"
+        )

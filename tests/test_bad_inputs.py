@@ -52,6 +52,14 @@ def _raising_model(**_):
     raise RuntimeError("my model is broken")
 
 
+def _wrong_input_model(**_):
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(100, 10))
+
+
+def _three_class_model(**_):
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 3))
+
+
 # (id, command, how to break the tiny experiment, expected exit code, words in the message)
 CASES = [
     ("yaml-syntax", "validate", lambda p, t, r: p.write_text("name: x\nmodel: {name: a\n"), 2,
@@ -96,6 +104,17 @@ CASES = [
     ("model-raises", "validate",
      lambda p, t, r: _edit(p, lambda d: d["model"].update(name="test_bad_inputs:_raising_model")),
      1, ["my model is broken"]),
+    ("model-cannot-take-input", "validate",
+     lambda p, t, r: _edit(p, lambda d: d["model"].update(
+         name="test_bad_inputs:_wrong_input_model")), 1,
+     ["cannot take the data's input", "(8, 1, 28, 28)", "model.kwargs"]),
+    ("model-output-shape", "validate",
+     lambda p, t, r: _edit(p, lambda d: d["model"].update(
+         name="test_bad_inputs:_three_class_model")), 1,
+     ["returns (8, 3)", "model.num_classes: 10"]),
+    ("too-few-classes", "validate",
+     lambda p, t, r: _edit(p, lambda d: d["model"].update(num_classes=5)), 2,
+     ["model.num_classes is 5", "10 classes"]),
     ("checkpoint-mismatch", "validate",
      lambda p, t, r: _edit(p, lambda d: d["model"].update(checkpoint=_wrong_checkpoint(t))), 1,
      ["does not fit"]),
