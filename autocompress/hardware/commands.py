@@ -7,7 +7,9 @@ parser that already takes the experiment file and ``--set`` overrides.
 - ``autocompress latency profile EXP.yaml [--force] [--max-configs N] [--max-seconds S]``:
   build (or load) the latency table (a larger budget than the preset's for big models);
 - ``autocompress latency validate EXP.yaml --samples K [--seed S] [--json] [--no-track]``;
-- ``autocompress latency targets``: the shipped target presets.
+- ``autocompress latency targets``: the shipped target presets;
+- ``autocompress memory validate EXP.yaml --samples K [--seed S] [--json]``: resident memory
+  of random policies' deployed forms against the memory model's cross-validated prediction.
 """
 
 from __future__ import annotations
@@ -60,6 +62,22 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _memory_validate(args: argparse.Namespace) -> int:
+    from .memory_model import validate_memory
+
+    cfg = _load(args)
+    r = validate_memory(cfg, args.samples, seed=args.seed)
+    for what, fit in (("steady", r.steady), ("peak", r.peak)):
+        print(
+            f"memory model ({what}): {fit['cv_within_10pct']:.0%} of {r.samples} cross-validated "
+            f"predictions within ±10 %, MAPE {fit['cv_mape']:.1%}"
+        )
+    print(f"samples and fits: {', '.join(r.artifacts)} ({r.seconds:.0f} s)")
+    if args.json:
+        print(json.dumps(r.summary()))
+    return 0
+
+
 def _targets(args: argparse.Namespace) -> int:
     from .targets import available_targets, load_target
 
@@ -93,4 +111,16 @@ def add_commands(sub, experiment_parser: Callable) -> dict[str, Callable]:
     def dispatch(args: argparse.Namespace) -> int:
         return handlers[args.latency_command](args)
 
-    return {"latency": dispatch}
+    mparser = sub.add_parser(
+        "memory",
+        help="resident memory of the deployed model: validate the memory model",
+        description="Resident memory of deployed ONNX models on this machine.",
+    )
+    msub = mparser.add_subparsers(dest="memory_command", metavar="SUBCOMMAND", required=True)
+    p = experiment_parser(
+        msub, "validate", "fit the memory model to random policies' measured memory (K-fold CV)"
+    )
+    p.add_argument("--samples", type=int, default=20, help="random policies (default 20)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random policies")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    return {"latency": dispatch, "memory": _memory_validate}

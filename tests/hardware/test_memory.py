@@ -52,3 +52,30 @@ def test_throughput_per_batch_and_thread_count(tmp_path):
         assert p.ms > 0
         assert abs(p.images_per_s - 1e3 * p.batch / p.ms) < 1e-6
         assert p.to_dict()["images_per_s"] == p.images_per_s
+
+
+def test_memory_model_fit_recovers_a_linear_law():
+    """The memory model's fit: non-negative coefficients, cross-validated predictions."""
+    import numpy as np
+
+    from autocompress.hardware.memory_model import FEATURES, fit_cv
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 5, size=(20, len(FEATURES)))
+    y = 2.0 + x @ np.array([1.0, 1.5, 0.5]) + rng.normal(0, 0.01, 20)
+    fit = fit_cv(x, y)
+    assert fit["cv_within_10pct"] == 1.0 and fit["cv_mape"] < 0.02
+    assert abs(fit["coef"]["float_weight_mb"] - 1.5) < 0.05 and abs(fit["intercept_mb"] - 2) < 0.1
+    assert len(fit["cv_predicted_mb"]) == 20
+
+
+def test_memory_features_count_int8_and_float_weights():
+    from autocompress.hardware.memory_model import memory_features
+
+    model = _Small().eval()  # fc: 64 x 10 weights + 10 biases
+    f = memory_features(model, ["fc"], torch.zeros(1, 1, 8, 8))
+    assert f["int8_weight_mb"] == 640 / 1e6
+    assert f["float_weight_mb"] == 4 * 10 / 1e6
+    assert f["activation_mb"] == 4 * 10 / 1e6  # the largest module output (fc's)
+    f32 = memory_features(model, [], torch.zeros(1, 1, 8, 8))
+    assert f32["int8_weight_mb"] == 0 and f32["float_weight_mb"] == 4 * 650 / 1e6
