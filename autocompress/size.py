@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from .export.artifact import ModelRef, packed_model_size
+from .compression.artifact import ModelRef, packed_model_size
 from .hardware.forms import deployed_onnx_bytes
 from .policy import CompressionPolicy
 

@@ -271,8 +271,8 @@ def _front_on_test(cfg, sh: dict) -> list[dict]:
     test split from their kept packed models."""
     from optuna.trial import TrialState
 
+    from autocompress.compression.artifact import load_packed_model
     from autocompress.data import load_data
-    from autocompress.export.artifact import load_packed_model
     from autocompress.search.study import front_rows, load_study, trial_rows
     from autocompress.training import evaluate
 
@@ -341,7 +341,7 @@ def run_ort_ptq(model: str, seed: int, sh: dict) -> dict:
     from itertools import islice
 
     from autocompress.compression.apply import apply_policy, calibrate, materialize
-    from autocompress.export.artifact import ModelRef, packed_model_size
+    from autocompress.compression.artifact import ModelRef, packed_model_size
     from autocompress.export.run import onnx_accuracy
     from autocompress.hardware.deploy import export_deployed
     from autocompress.hardware.latency import make_latency_model

@@ -3,7 +3,12 @@ from __future__ import annotations
 import torch
 
 from autocompress.compression.apply import apply_policy, calibrate
-from autocompress.export.artifact import ModelRef, load_packed_model, pack_model, save_packed_model
+from autocompress.compression.artifact import (
+    ModelRef,
+    load_packed_model,
+    pack_model,
+    save_packed_model,
+)
 from autocompress.models import build_model
 from autocompress.policy import CompressionPolicy, LayerPolicy
 from autocompress.training import train

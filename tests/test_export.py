@@ -12,9 +12,9 @@ from conftest import tiny_config
 
 from autocompress import load_experiment, search
 from autocompress.cli import main
+from autocompress.compression.artifact import load_packed_model
 from autocompress.data import load_data
 from autocompress.export import run as export_run
-from autocompress.export.artifact import load_packed_model
 from autocompress.models import TinyCNN
 from autocompress.training import batches
 

@@ -159,8 +159,8 @@ def test_trial_fine_tune_starts_from_corrected_batchnorm(tmp_path, fmnist_root):
 def test_kept_trial_models_reload_bit_for_bit(tmp_path, fmnist_root):
     """``search.keep_models``: each fine-tuned trial's packed file rebuilds the model it scored
     (same validation accuracy), and its size is the size the search recorded."""
+    from autocompress.compression.artifact import load_packed_model
     from autocompress.data import load_data
-    from autocompress.export.artifact import load_packed_model
     from autocompress.training import evaluate
 
     path = tiny_config(tmp_path, fmnist_root, search__n_trials=2, search__keep_models=True)

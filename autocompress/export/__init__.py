@@ -1,5 +1,5 @@
 """Materialising a picked policy: packed artifact, ONNX, verification, pick from the front."""
 
-from .artifact import load_packed_model, save_packed_model
+from ..compression.artifact import load_packed_model, save_packed_model
 
 __all__ = ["load_packed_model", "save_packed_model"]

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..compression.apply import materialize
+from ..compression.artifact import ModelRef, load_packed_model, save_packed_model
 from ..config import ExperimentConfig
 from ..data import DataBundle
 from ..errors import AutocompressError
@@ -31,7 +32,6 @@ from ..search.objective import TrialEvaluator
 from ..search.run import prepare
 from ..tracking import Tracker
 from ..training import batches, evaluate
-from .artifact import ModelRef, load_packed_model, save_packed_model
 from .pick import PickCriteria, pick
 from .unpack import onnx_outputs_equal, unpack
 

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 
 from ..compression.apply import materialize
+from ..compression.artifact import load_packed_model
 from ..errors import ModelError
 from ..hardware.forms import DeploySpec, build_form
-from .artifact import load_packed_model
 
 __all__ = ["onnx_outputs_equal", "unpack"]
 

@@ -13,10 +13,10 @@ from torch.utils.data import Dataset
 
 from ..baseline import Baseline
 from ..compression.apply import apply_policy, calibrate, weight_sparsity
+from ..compression.artifact import ModelRef, save_packed_model
 from ..compression.batchnorm import batch_statistics, correct_batchnorm
 from ..config import ExperimentConfig, FinetuneConfig
 from ..data import DataBundle
-from ..export.artifact import ModelRef, save_packed_model
 from ..hardware.latency import LatencyModel
 from ..metrics import TrialMetrics
 from ..policy import CompressionPolicy

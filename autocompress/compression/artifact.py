@@ -17,12 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..compression.apply import attach_input_quant, compressed_state
-from ..compression.packing import QuantizedTensor, load_packed, pack_state, packed_size
-from ..compression.structured import prune_channels
 from ..errors import ModelError
 from ..models import build_model
 from ..policy import CompressionPolicy, compressible_layers
+from .apply import attach_input_quant, compressed_state
+from .packing import QuantizedTensor, load_packed, pack_state, packed_size
+from .structured import prune_channels
 
 if TYPE_CHECKING:
     from ..config import ExperimentConfig

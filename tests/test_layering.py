@@ -1,0 +1,68 @@
+"""The package's import graph: no cycles between its modules at import time, and the search
+does not depend on the export stage (a trial needs a byte count, not the exporter)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parents[1] / "autocompress"
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for p in PKG.rglob("*.py"):
+        parts = p.relative_to(PKG.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = p
+    return out
+
+
+def _imports(mod: str, path: Path, mods: dict, *, top_level: bool) -> set[str]:
+    tree = ast.parse(path.read_text())
+    pkg = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+    nodes = tree.body if top_level else list(ast.walk(tree))
+    out = set()
+    for node in nodes:
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = pkg.split(".")[: len(pkg.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            for alias in node.names:
+                full = f"{target}.{alias.name}"
+                out.add(full if full in mods else target)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+    return {m for m in out if m in mods and m != mod}
+
+
+def test_no_import_cycles_at_import_time():
+    mods = _modules()
+    graph = {m: _imports(m, p, mods, top_level=True) for m, p in mods.items()}
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(m: str, stack: list[str]) -> None:
+        state[m] = 1
+        for d in graph[m]:
+            if state.get(d) == 1:
+                cycles.append(stack[stack.index(d) :] + [d])
+            elif d not in state:
+                visit(d, [*stack, d])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, cycles
+    assert len(graph) > 50  # the walk saw the package
+
+
+def test_search_does_not_import_the_export_stage():
+    mods = _modules()
+    for m, p in mods.items():
+        if m.startswith("autocompress.search"):
+            bad = {d for d in _imports(m, p, mods, top_level=False) if ".export" in d}
+            assert not bad, (m, bad)
