@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-__all__ = ["OBJECTIVES", "Objective", "TrialMetrics"]
+__all__ = ["OBJECTIVES", "Objective", "TrialMetrics", "spearman"]
+
+
+def spearman(a: Sequence[float], b: Sequence[float], *, min_pairs: int = 3) -> float:
+    """Spearman's rank correlation (scipy; ties share their mean rank) of the pairs where both
+    values are finite; NaN when fewer than ``min_pairs`` remain or one side is constant."""
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if len(x) < min_pairs or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return math.nan
+    return float(spearmanr(x, y).statistic)
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+from ..metrics import spearman
 from ..policy import FLOAT_BITS, CompressionPolicy, LayerPolicy
 from ..search_space import SearchSpace
 
-__all__ = ["ValidationReport", "random_policy", "spearman", "summarize", "validate_latency"]
+__all__ = ["ValidationReport", "random_policy", "summarize", "validate_latency"]
 
 
 @dataclass
@@ -44,32 +45,11 @@ class ValidationReport:
         return d
 
 
-def _ranks(x: np.ndarray) -> np.ndarray:
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x))
-    ranks[order] = np.arange(len(x), dtype=float)
-    for v in np.unique(x):  # ties share their mean rank
-        tie = x == v
-        ranks[tie] = ranks[tie].mean()
-    return ranks
-
-
-def spearman(a, b) -> float:
-    """Spearman's rank correlation (Pearson correlation of the ranks, ties averaged)."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    if len(a) < 2:
-        return float("nan")
-    ra, rb = _ranks(a), _ranks(b)
-    if ra.std() == 0 or rb.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
 def summarize(predicted, measured) -> tuple[float, float, float]:
     """(fraction within ±10 %, mean absolute percentage error, Spearman) of predictions."""
     p, m = np.asarray(predicted, float), np.asarray(measured, float)
     err = np.abs(p - m) / m
-    return float(np.mean(err <= 0.10)), float(np.mean(err)), spearman(p, m)
+    return float(np.mean(err <= 0.10)), float(np.mean(err)), spearman(p, m, min_pairs=2)
 
 
 def random_policy(space: SearchSpace, rng: random.Random) -> CompressionPolicy:

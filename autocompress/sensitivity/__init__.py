@@ -12,11 +12,12 @@ uniform corners, the two-stage proxy front) are superseded by the search's scree
 whole policies directly (``autocompress.search.screen``).
 """
 
+from ..metrics import spearman
 from .analysis import analyze, cache_key
 from .settings import SensitivitySettings, settings_for
 from .shaping import describe_shaping, shape_space, shaping_report
 from .stage import SensitivityStage
-from .table import LevelResult, SensitivityTable, spearman
+from .table import LevelResult, SensitivityTable
 
 __all__ = [
     "LevelResult",

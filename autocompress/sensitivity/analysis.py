@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import AutocompressError
+from ..metrics import spearman
 from ..search_space import SearchSpace
 from ..training import batches
 from .estimators import estimate_levels
 from .settings import SensitivitySettings
 from .sweep import SweepData, levels_of, model_structure, run_sweep
-from .table import LevelResult, SensitivityTable, spearman
+from .table import LevelResult, SensitivityTable
 
 if TYPE_CHECKING:
     from ..search.run import Prepared

@@ -9,7 +9,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,6 @@ __all__ = [
     "harsh_order",
     "interpolate_levels",
     "level_label",
-    "spearman",
 ]
 
 DIMENSIONS = ("sparsity", "bits", "keep_ratio")
@@ -202,33 +201,3 @@ def interpolate_levels(
             vals.append(va + t * (vb - va))
         out.append(LevelResult(name, dim, value, vals[0], vals[1], measured=False))
     return out
-
-
-def _ranks(x: np.ndarray) -> np.ndarray:
-    """Average ranks (ties share their mean rank)."""
-    order = np.argsort(x, kind="stable")
-    ranks = np.empty(len(x))
-    sx = x[order]
-    i = 0
-    while i < len(x):
-        j = i
-        while j + 1 < len(x) and sx[j + 1] == sx[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2.0
-        i = j + 1
-    return ranks
-
-
-def spearman(a: Sequence[float], b: Sequence[float]) -> float:
-    """Spearman rank correlation of two sequences (pairs with a NaN dropped); NaN when fewer
-    than three pairs remain or one side is constant."""
-    x = np.asarray(a, dtype=float)
-    y = np.asarray(b, dtype=float)
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    if len(x) < 3:
-        return math.nan
-    rx, ry = _ranks(x), _ranks(y)
-    if rx.std() == 0 or ry.std() == 0:
-        return math.nan
-    return float(np.corrcoef(rx, ry)[0, 1])
