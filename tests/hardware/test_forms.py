@@ -117,15 +117,16 @@ def test_deployed_onnx_bytes_is_the_file_export_writes(compressed, tmp_path):
     scales are fixed-size), cached per layer structure; sparsity does not change it."""
     comp, policy, x = compressed
     plain, int8 = materialize(comp)
-    shipped, _ = build_form(
+    shipped, spec = build_form(
         plain,
         x[:1],
         tmp_path / "s.onnx",
         DeploySpec("int8-qdq", tuple(sorted(int8))),
         calibration=[x],
     )
+    slack = len(spec.activation_qparams)  # a zero point is a varint: 1 or 2 bytes
     cache: dict = {}
-    assert deployed_onnx_bytes(comp, x[:1], cache=cache) == shipped.stat().st_size
+    assert abs(deployed_onnx_bytes(comp, x[:1], cache=cache) - shipped.stat().st_size) <= slack
     assert len(cache) == 1
     denser = apply_policy(
         TinyCNN().eval(),
@@ -136,5 +137,10 @@ def test_deployed_onnx_bytes_is_the_file_export_writes(compressed, tmp_path):
     calibrate(denser, [x])
     assert deployed_onnx_bytes(denser, x[:1], cache=cache) == next(iter(cache.values()))
     assert len(cache) == 1  # same shapes, same INT8 layers: no second build
+    # no quantised layer: the FP32 export; on a model this small its QDQ overhead makes the
+    # INT8 file the larger one, which is why the objective counts the file, not the weights
     fp32 = apply_policy(TinyCNN().eval(), CompressionPolicy())
-    assert deployed_onnx_bytes(fp32, x[:1], cache=cache) > shipped.stat().st_size
+    plain32, _ = materialize(fp32)
+    want = build_form(plain32, x[:1], tmp_path / "f.onnx", DeploySpec("fp32"))[0].stat().st_size
+    assert deployed_onnx_bytes(fp32, x[:1], cache=cache) == want
+    assert len(cache) == 2
