@@ -208,8 +208,8 @@ def _forms_md(r: ExportResult) -> list[str]:
     lines = [
         "## Forms on the target",
         "",
-        f"Memory: resident set a fresh ONNX Runtime process gains with the model ({t} threads); "
-        f"latency per call at {t} threads.",
+        f"Memory: resident set a fresh ONNX Runtime process gains with the model ({t} thread(s)); "
+        f"latency per call at {t} thread(s).",
         "",
         f"| form | file bytes | steady MB | peak MB | ms at batch {lo} | ms at batch {hi} "
         "| test accuracy | note |",
