@@ -24,13 +24,12 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # conftest, and the browser driver (uibrowser, uicheck)
 
 
 def _tiny_experiment(tmp: Path) -> Path:
     """A finished tiny search (TinyCNN, synthetic Fashion-MNIST-like data, 6 trials)."""
     import numpy as np
-
-    sys.path.insert(0, str(REPO / "tests"))
     from conftest import _synthetic, tiny_config, write_idx
 
     from autocompress import load_experiment, search
@@ -48,9 +47,10 @@ def _tiny_experiment(tmp: Path) -> Path:
 
 
 def _extra_screenshots(cfg, out: Path, trial: int | None) -> list[Path]:
-    from autocompress.reporting.browser import Chromium
+    from uibrowser import Chromium
+    from uicheck import pareto_hover_screenshot
+
     from autocompress.reporting.report import write_report
-    from autocompress.reporting.uicheck import pareto_hover_screenshot
 
     shots = []
     with Chromium(width=1280, height=720) as browser:
@@ -85,9 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trial", type=int, help="trial to hover in pareto_hover.png")
     args = parser.parse_args(argv)
 
+    from uibrowser import find_chromium
+    from uicheck import check_experiment_ui
+
     from autocompress import load_experiment
-    from autocompress.reporting.browser import find_chromium
-    from autocompress.reporting.uicheck import check_experiment_ui
 
     if find_chromium() is None:
         print("chromium not found: apt-get install -y chromium", file=sys.stderr)

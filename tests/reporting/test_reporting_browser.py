@@ -9,10 +9,10 @@ from __future__ import annotations
 import pytest
 from conftest import tiny_config
 from PIL import Image
+from uibrowser import Chromium, find_chromium
+from uicheck import check_experiment_ui, pareto_hover_screenshot
 
 from autocompress import load_experiment, search
-from autocompress.reporting.browser import Chromium, find_chromium
-from autocompress.reporting.uicheck import check_experiment_ui, pareto_hover_screenshot
 
 pytestmark = pytest.mark.skipif(
     find_chromium() is None, reason="chromium not installed (apt-get install -y chromium)"

@@ -1,6 +1,7 @@
 """The browser check of issue #7: an MLflow UI on a finished search, opened in headless
-Chromium (:mod:`.browser`): the experiment, the trial runs, the trade-off view, the Pareto
-artifacts and a trial's per-layer chart must be visible; screenshots are saved."""
+Chromium (``uibrowser``: test and script support, not part of the package): the experiment, the
+trial runs, the trade-off view, the Pareto artifacts and a trial's per-layer chart must be
+visible; screenshots are saved."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .browser import Chromium
+from uibrowser import Chromium
 
 __all__ = ["UiCheck", "check_experiment_ui", "check_mlflow_ui", "pareto_hover_screenshot"]
 
@@ -68,8 +69,8 @@ def check_mlflow_ui(
     :func:`.ui.set_runs_view` stored; open the search's Pareto artifacts (PNG and HTML) and,
     given ``trial_run_id``, a trial's artifacts. Record each check and save the screenshots
     ``mlflow_{runs,tradeoff,pareto,pareto_html,trial}.png`` in ``out_dir``."""
-    from .figures import TRIAL_CHART
-    from .ui import experiment_url
+    from autocompress.reporting.figures import TRIAL_CHART
+    from autocompress.reporting.ui import experiment_url
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -173,7 +174,7 @@ def check_experiment_ui(
     is stopped afterwards."""
     import mlflow
 
-    from .ui import set_runs_view, start_ui
+    from autocompress.reporting.ui import set_runs_view, start_ui
 
     client = mlflow.MlflowClient(tracking_uri=cfg.tracking)
     exp = client.get_experiment_by_name(cfg.name)
