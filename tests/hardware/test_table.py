@@ -89,3 +89,16 @@ def test_summary_statistics():
     assert rho == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert spearman([1, 1, 2], [1, 2, 3]) == pytest.approx(np.sqrt(3) / 2)
+
+
+def test_describe_fit_warns_on_a_weak_profile():
+    from autocompress.hardware.latency import describe_fit
+    from autocompress.hardware.table import LatencyTable
+
+    def table(cv):
+        fit = {"configs": 10, "cv_within_10pct": cv, "cv_mape": 0.1}
+        return LatencyTable(order=[], compute={}, glue={}, head={}, meta={"fit": fit})
+
+    assert "warning" not in describe_fit(table(0.95))
+    weak = describe_fit(table(0.3))
+    assert "30% within" in weak and "latency profile EXP --force" in weak
