@@ -129,6 +129,9 @@ def describe_fit(table: LatencyTable) -> str:
             f"{head}, cross-validated {fit['cv_within_10pct']:.0%} within ±10 %, "
             f"MAPE {fit['cv_mape']:.1%}"
         )
+        steal = table.meta.get("cpu_steal")
+        if steal:
+            line += f", {steal:.1%} of the CPU time stolen by the host while profiling"
         if fit["cv_within_10pct"] < WEAK_FIT:
             # Seen on a shared VM: the same profile fitted 96 % once and 21-34 % under host load.
             line += (
@@ -169,6 +172,9 @@ def load_or_profile(
             return TableLatencyModel(target.name, table, path, target.runtime)
         except (ValueError, KeyError, TypeError) as exc:
             log(f"latency table: {path.name} unreadable ({exc}): profiling again")
+    from .measure import cpu_times, steal_fraction
+
+    before = cpu_times()
     table = profile_model(
         model,
         space,
@@ -179,6 +185,9 @@ def load_or_profile(
         log=log,
     )
     table.meta["key"] = key
+    steal = steal_fraction(before, cpu_times())
+    if steal is not None:
+        table.meta["cpu_steal"] = round(steal, 4)
     table.save(path)
     log(f"latency table: {describe_fit(table)} -> {path}")
     return TableLatencyModel(target.name, table, path, target.runtime)

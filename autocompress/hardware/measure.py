@@ -27,6 +27,7 @@ __all__ = [
     "NodeTime",
     "ThroughputPoint",
     "cpu_busy_fraction",
+    "cpu_times",
     "export_onnx",
     "make_session",
     "measure_onnx_latency",
@@ -36,6 +37,7 @@ __all__ = [
     "measurement_lock",
     "profile_onnx_nodes",
     "random_feed",
+    "steal_fraction",
     "time_session",
 ]
 
@@ -91,6 +93,25 @@ def measurement_lock(timeout: float = 3600.0) -> Iterator[None]:
         finally:
             _HELD["depth"] = 0
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def cpu_times() -> list[int] | None:
+    """The machine's cumulative CPU times (``/proc/stat`` first line: user, nice, system, idle,
+    iowait, irq, softirq, steal, ...), or None where there is no ``/proc``."""
+    try:
+        return [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def steal_fraction(before: list[int] | None, after: list[int] | None) -> float | None:
+    """Share of the CPU time between two :func:`cpu_times` readings that the hypervisor gave
+    to other guests (``steal``): on a shared VM, timings taken while it is high are slow and
+    noisy. None when unknown."""
+    if before is None or after is None or len(before) < 8 or len(after) < 8:
+        return None
+    total = sum(after) - sum(before)
+    return (after[7] - before[7]) / total if total > 0 else None
 
 
 def cpu_busy_fraction(interval: float = 0.3) -> float:

@@ -102,3 +102,19 @@ def test_describe_fit_warns_on_a_weak_profile():
     assert "warning" not in describe_fit(table(0.95))
     weak = describe_fit(table(0.3))
     assert "30% within" in weak and "latency profile EXP --force" in weak
+
+
+def test_steal_time_while_profiling_is_measured_and_reported():
+    from autocompress.hardware.latency import describe_fit
+    from autocompress.hardware.measure import cpu_times, steal_fraction
+    from autocompress.hardware.table import LatencyTable
+
+    before = [100, 0, 50, 800, 0, 0, 0, 10]
+    after = [180, 0, 60, 900, 0, 0, 0, 30]  # 210 jiffies, 20 of them stolen
+    assert steal_fraction(before, after) == pytest.approx(20 / 210)
+    assert steal_fraction(None, after) is None
+    now = cpu_times()
+    assert now is None or len(now) >= 4
+    fit = {"configs": 10, "cv_within_10pct": 0.95, "cv_mape": 0.03}
+    t = LatencyTable(order=[], compute={}, glue={}, head={}, meta={"fit": fit, "cpu_steal": 0.07})
+    assert "7.0% of the CPU time stolen" in describe_fit(t)
