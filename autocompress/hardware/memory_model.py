@@ -111,13 +111,13 @@ def validate_memory(
     empty model), fit the memory model by cross-validation, write ``output_dir/memory/``."""
     from itertools import islice
 
-    from ..compression.apply import apply_policy, calibrate, materialize
+    from ..compression.apply import materialize
     from ..search.run import prepare
     from ..training import batches
     from .forms import DeploySpec, build_form
     from .memory import measure_memory
     from .targets import MeasuredTarget, Runtime, load_target
-    from .validate import random_policy
+    from .validate import random_compressed
 
     if samples < 4:
         raise ConfigError(f"--samples must be at least 4 (got {samples})")
@@ -132,15 +132,7 @@ def validate_memory(
     rows, paths = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(samples):
-            policy = random_policy(prep.space, rng)
-            compressed = apply_policy(
-                model,
-                policy,
-                example=example,
-                round_to=cfg.compression.round_to,
-                importance=cfg.compression.importance,
-            )
-            calibrate(compressed, calib)
+            policy, compressed = random_compressed(cfg, model, prep.space, example, calib, rng)
             plain, bits = materialize(compressed)
             spec = DeploySpec("int8-qdq", tuple(sorted(bits))) if bits else DeploySpec("fp32")
             path, _ = build_form(plain, example, Path(tmp) / f"s{i}.onnx", spec, calibration=calib)

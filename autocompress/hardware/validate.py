@@ -23,7 +23,13 @@ from ..metrics import spearman
 from ..policy import FLOAT_BITS, CompressionPolicy, LayerPolicy
 from ..search_space import SearchSpace
 
-__all__ = ["ValidationReport", "random_policy", "summarize", "validate_latency"]
+__all__ = [
+    "ValidationReport",
+    "random_compressed",
+    "random_policy",
+    "summarize",
+    "validate_latency",
+]
 
 
 @dataclass
@@ -64,6 +70,24 @@ def random_policy(space: SearchSpace, rng: random.Random) -> CompressionPolicy:
             for name, ch in space.layers.items()
         }
     )
+
+
+def random_compressed(cfg, model, space, example, calibration, rng: random.Random):
+    """A random policy of ``space`` applied to ``model`` as a trial applies it (channel
+    removal, masks, quantisers, activation ranges calibrated): ``(policy, compressed)``; what
+    ``latency validate`` and ``memory validate`` measure."""
+    from ..compression.apply import apply_policy, calibrate
+
+    policy = random_policy(space, rng)
+    compressed = apply_policy(
+        model,
+        policy,
+        example=example,
+        round_to=cfg.compression.round_to,
+        importance=cfg.compression.importance,
+    )
+    calibrate(compressed, calibration)
+    return policy, compressed
 
 
 def _plot(pairs: list[dict], path: Path, title: str) -> Path:
@@ -128,7 +152,7 @@ def validate_latency(
     (measured on the CPU with ONNX Runtime, the deployed form: FP32 / INT8 QDQ)."""
     from itertools import islice
 
-    from ..compression.apply import apply_policy, calibrate, materialize
+    from ..compression.apply import materialize
     from ..search.run import prepare
     from ..training import batches
     from .deploy import export_deployed
@@ -158,15 +182,7 @@ def validate_latency(
     pairs, paths = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(samples):
-            policy = random_policy(prep.space, rng)
-            compressed = apply_policy(
-                model,
-                policy,
-                example=example,
-                round_to=cfg.compression.round_to,
-                importance=cfg.compression.importance,
-            )
-            calibrate(compressed, calib)
+            policy, compressed = random_compressed(cfg, model, prep.space, example, calib, rng)
             predicted = latency_model.predict(compressed, policy)
             plain, bits = materialize(compressed)
             paths.append(
