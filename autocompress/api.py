@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 
 from optuna.trial import TrialState
 
+from ._files import check_output_dir
 from .config import ExperimentConfig
 from .data import check_available, load_data
 from .errors import ConfigError
@@ -62,17 +62,8 @@ def validate(cfg: ExperimentConfig) -> ValidationReport:
     x = next(batches(data.val, 8))[0]
     check_model_fits(model, x, cfg.model.num_classes, name=cfg.model.name)
     space = spec.resolve(model)
-    _check_writable(cfg.output_dir)
+    check_output_dir(cfg.output_dir)
     return ValidationReport(cfg, space, sum(p.numel() for p in model.parameters()))
-
-
-def _check_writable(folder) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        raise ConfigError(f"output_dir: cannot write to {folder} ({exc.strerror})") from None
 
 
 def status(cfg: ExperimentConfig) -> dict:

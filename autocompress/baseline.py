@@ -13,8 +13,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ._files import atomic_write
 from .config import ExperimentConfig
 from .data import DataBundle
+from .errors import ModelError
 from .hardware.measure import measure_torch_model_latency
 from .models import build_model, check_model_fits
 from .policy import CompressionPolicy
@@ -65,6 +67,29 @@ def _cache_key(cfg: ExperimentConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _load_cached(cfg: ExperimentConfig, ckpt: Path, kw: dict, log) -> nn.Module | None:
+    """The cached baseline, or None (and a line saying so) when the file is damaged."""
+    try:
+        return build_model(cfg.model.name, checkpoint=ckpt, **kw)
+    except ModelError as exc:
+        log(f"baseline: cached {ckpt.name} is damaged ({exc}): training again")
+        ckpt.unlink(missing_ok=True)
+        return None
+
+
+def _read_meta(path: Path, log) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        if isinstance(data, dict):
+            return data
+    except (ValueError, OSError):
+        pass
+    log(f"baseline: cached {path.name} is damaged: measuring again")
+    return {}
+
+
 def get_baseline(cfg: ExperimentConfig, data: DataBundle, *, log=print) -> Baseline:
     """Load (checkpoint or cache) or train the baseline, then measure it on val and test."""
     key = _cache_key(cfg)
@@ -77,8 +102,7 @@ def get_baseline(cfg: ExperimentConfig, data: DataBundle, *, log=print) -> Basel
     if cfg.model.checkpoint is not None:
         model = build_model(cfg.model.name, checkpoint=cfg.model.checkpoint, **kw)
         ckpt = cfg.model.checkpoint
-    elif ckpt.is_file():
-        model = build_model(cfg.model.name, checkpoint=ckpt, **kw)
+    elif ckpt.is_file() and (model := _load_cached(cfg, ckpt, kw, log)) is not None:
         log(f"baseline: cached model {ckpt.name}")
     else:
         torch.manual_seed(cfg.data.seed)  # the initialisation is part of what the key fixes
@@ -104,12 +128,11 @@ def get_baseline(cfg: ExperimentConfig, data: DataBundle, *, log=print) -> Basel
             log_every=max(steps // 5, 1),
         )
         trained_seconds = time.perf_counter() - t0
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = ckpt.with_suffix(".tmp")
-        torch.save(model.state_dict(), tmp)
-        tmp.replace(ckpt)
+        buf = io.BytesIO()
+        torch.save(model.state_dict(), buf)
+        atomic_write(ckpt, buf.getvalue())
     model.eval()
-    cached = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    cached = _read_meta(meta_path, log) if not trained_seconds else {}  # (retrained: stale)
     val_acc, val_loss = evaluate(model, data.val)
     test_acc, _ = evaluate(model, data.test)
     example = data.example_input(cfg.latency.batch_size)
@@ -126,5 +149,5 @@ def get_baseline(cfg: ExperimentConfig, data: DataBundle, *, log=print) -> Basel
         cache_key=key,
     )
     if cfg.model.checkpoint is None:
-        meta_path.write_text(json.dumps(metrics.to_dict(), indent=2))
+        atomic_write(meta_path, json.dumps(metrics.to_dict(), indent=2))
     return Baseline(model, metrics, ckpt)

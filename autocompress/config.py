@@ -197,7 +197,13 @@ class SearchConfig(_Strict):
     grace_period: int | None = Field(
         None, ge=1, description="seconds without heartbeat before a trial counts as lost"
     )
-    retries: int = Field(1, ge=0, description="re-runs of a trial whose worker was lost")
+    retries: int = Field(2, ge=0, description="re-runs of a trial whose worker was lost")
+    reconnect_s: float = Field(
+        120.0,
+        ge=0,
+        description="seconds a worker keeps retrying (with backoff) a storage or MLflow "
+        "tracking server that went away before it stops with an error",
+    )
     keep_models: bool = Field(
         False,
         description="write each fine-tuned trial's packed model to output_dir/models/"

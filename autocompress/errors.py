@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["AutocompressError", "ConfigError", "DataError", "ModelError"]
+__all__ = ["AutocompressError", "ConfigError", "DataError", "ModelError", "ServiceUnavailable"]
 
 
 class AutocompressError(Exception):
@@ -23,3 +23,10 @@ class DataError(AutocompressError):
 
 class ModelError(AutocompressError):
     """The model cannot be built, loaded or compressed as asked."""
+
+
+class ServiceUnavailable(AutocompressError):
+    """The Optuna storage or the MLflow tracking server stayed unreachable longer than
+    ``search.reconnect_s``; the same command resumes once it is back."""
+
+    exit_code = 3

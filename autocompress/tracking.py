@@ -12,12 +12,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import AutocompressError
+from ._retry import retry_call
+from .errors import AutocompressError, ServiceUnavailable
 
 __all__ = ["Tracker", "mask_secrets", "flatten"]
 
 _SECRET = re.compile(r"(://[^:/@\s]+:)([^@\s]+)(@)")
 _MAX_BATCH = 100
+_STUDY_TAG = "autocompress.study"
 
 
 def mask_secrets(text: str) -> str:
@@ -55,14 +57,29 @@ def _check_server(uri: str, timeout: float = 10.0) -> None:
 class Tracker:
     """Thin wrapper over ``mlflow.MlflowClient`` for the search's runs."""
 
-    def __init__(self, tracking_uri: str, experiment: str, artifact_dir: Path | None = None):
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment: str,
+        artifact_dir: Path | None = None,
+        *,
+        reconnect_s: float = 120.0,
+        log=print,
+    ):
+        import os
+
         import mlflow
         from mlflow.entities import Metric, Param, RunTag
 
         self._Metric, self._Param, self._RunTag = Metric, Param, RunTag
         self.tracking_uri = tracking_uri
+        self.reconnect_s, self._log_line = reconnect_s, log
         if tracking_uri.startswith(("http://", "https://")):
             _check_server(tracking_uri)
+            # Our own bounded retry (below) replaces MLflow's minutes of retries per request.
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         try:
             self.client = mlflow.MlflowClient(tracking_uri=tracking_uri)
             exp = self.client.get_experiment_by_name(experiment)
@@ -70,9 +87,15 @@ class Tracker:
                 location = None
                 if artifact_dir is not None and not tracking_uri.startswith(("http", "databricks")):
                     location = Path(artifact_dir).resolve().as_uri()
-                self.experiment_id = self.client.create_experiment(
-                    experiment, artifact_location=location
-                )
+                try:
+                    self.experiment_id = self.client.create_experiment(
+                        experiment, artifact_location=location
+                    )
+                except Exception:  # another worker created it just now
+                    exp = self.client.get_experiment_by_name(experiment)
+                    if exp is None:
+                        raise
+                    self.experiment_id = exp.experiment_id
             else:
                 self.experiment_id = exp.experiment_id
         except Exception as exc:  # noqa: BLE001 - unreachable server, bad URI, ...
@@ -82,6 +105,16 @@ class Tracker:
             ) from None
 
     # -- helpers ----------------------------------------------------------------------------
+    def _retry(self, fn, on_retry=None):
+        """``fn()`` retried while the tracking server is unreachable (``reconnect_s``)."""
+        return retry_call(
+            fn,
+            what=f"MLflow tracking server {mask_secrets(self.tracking_uri)}",
+            timeout_s=self.reconnect_s,
+            log=self._log_line,
+            on_retry=on_retry,
+        )
+
     def _log(self, run_id: str, params=None, metrics=None, tags=None) -> None:
         import time
 
@@ -90,67 +123,110 @@ class Tracker:
         metrics = [self._Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()]
         tags = [self._RunTag(k, str(v)) for k, v in (tags or {}).items()]
         for i in range(0, max(len(params), len(metrics), len(tags), 1), _MAX_BATCH):
-            self.client.log_batch(
-                run_id,
-                metrics=metrics[i : i + _MAX_BATCH],
-                params=params[i : i + _MAX_BATCH],
-                tags=tags[i : i + _MAX_BATCH],
-            )
+            batch = {
+                "metrics": metrics[i : i + _MAX_BATCH],
+                "params": params[i : i + _MAX_BATCH],
+                "tags": tags[i : i + _MAX_BATCH],
+            }
+            self._retry(lambda b=batch: self.client.log_batch(run_id, **b))
 
     def run_url_hint(self, run_id: str) -> str:
         return f"experiment {self.experiment_id}, run {run_id}"
 
     # -- the search's parent run ------------------------------------------------------------
     def start_search(
-        self, run_id: str | None, *, name: str, config: Mapping[str, Any], baseline: Mapping
+        self,
+        run_id: str | None,
+        *,
+        name: str,
+        config: Mapping[str, Any],
+        baseline: Mapping,
+        study: str | None = None,
     ) -> str:
-        """Reopen ``run_id`` when it exists (resume), else create the parent run."""
+        """Reopen ``run_id`` when it exists (resume), else the parent run of ``study`` another
+        process made, else create it (concurrent creators agree on the oldest)."""
         if run_id:
             try:
-                self.client.get_run(run_id)
-                self.client.update_run(run_id, status="RUNNING")
+                self._retry(lambda: self.client.get_run(run_id))
+                self._retry(lambda: self.client.update_run(run_id, status="RUNNING"))
                 return run_id
+            except ServiceUnavailable:
+                raise
             except Exception:  # noqa: BLE001 - deleted or from another backend: start anew
                 pass
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=f"search-{name}",
-            tags={"autocompress.role": "search", "mlflow.note.content": f"search {name}"},
+        if study:  # another process may have made it already (or be making it right now)
+            found = self._search_runs_of(study)
+            if found:
+                self._retry(lambda: self.client.update_run(found[0], status="RUNNING"))
+                return found[0]
+        tags = {"autocompress.role": "search", "mlflow.note.content": f"search {name}"}
+        if study:
+            tags[_STUDY_TAG] = study
+        run = self._retry(
+            lambda: self.client.create_run(self.experiment_id, run_name=f"search-{name}", tags=tags)
         )
         rid = run.info.run_id
+        if study:
+            # Two processes that created one each at once keep the older; the other goes.
+            found = self._search_runs_of(study)
+            if found and found[0] != rid:
+                self._retry(lambda: self.client.delete_run(rid))
+                self._retry(lambda: self.client.update_run(found[0], status="RUNNING"))
+                return found[0]
         self._log(
             rid, params=flatten(config), metrics={f"baseline_{k}": v for k, v in baseline.items()}
         )
-        self.client.log_dict(rid, json.loads(mask_secrets(json.dumps(config))), "config.json")
+        self._retry(
+            lambda: self.client.log_dict(
+                rid, json.loads(mask_secrets(json.dumps(config))), "config.json"
+            )
+        )
         return rid
 
+    def _search_runs_of(self, study: str) -> list[str]:
+        """Parent runs tagged with ``study``, oldest first."""
+        runs = self._retry(
+            lambda: self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.`{_STUDY_TAG}` = '{study}' "
+                "and tags.`autocompress.role` = 'search'",
+                max_results=100,
+            )
+        )
+        runs = sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+        return [r.info.run_id for r in runs]
+
     def finish_search(self, run_id: str, status: str = "FINISHED") -> None:
-        self.client.set_terminated(run_id, status=status)
+        self._retry(lambda: self.client.set_terminated(run_id, status=status))
 
     def log_search_metrics(self, run_id: str, metrics: Mapping[str, float]) -> None:
         self._log(run_id, metrics=metrics)
 
     def log_artifacts(self, run_id: str, paths: Iterable[Path], artifact_path: str | None = None):
         for p in paths:
-            self.client.log_artifact(run_id, str(p), artifact_path)
+            self._retry(lambda p=p: self.client.log_artifact(run_id, str(p), artifact_path))
 
     # -- trials -----------------------------------------------------------------------------
     def start_trial(
         self, parent_id: str, number: int, params: Mapping[str, Any], policy: Mapping, summary: str
     ) -> str:
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=f"trial-{number:03d}",
-            tags={
-                "mlflow.parentRunId": parent_id,
-                "autocompress.role": "trial",
-                "trial_number": str(number),
-                "mlflow.note.content": summary,
-            },
+        run = self._retry(
+            lambda: self.client.create_run(
+                self.experiment_id,
+                run_name=f"trial-{number:03d}",
+                tags={
+                    "mlflow.parentRunId": parent_id,
+                    "autocompress.role": "trial",
+                    "trial_number": str(number),
+                    "mlflow.note.content": summary,
+                },
+            ),
+            # The run may have been created before the connection dropped: reuse it.
+            on_retry=lambda: next(iter(self.trial_runs(parent_id, number)), None),
         )
         rid = run.info.run_id
         self._log(rid, params={k: str(v) for k, v in params.items()})
-        self.client.log_dict(rid, dict(policy), "policy.json")
+        self._retry(lambda: self.client.log_dict(rid, dict(policy), "policy.json"))
         return rid
 
     def end_trial(
@@ -161,14 +237,21 @@ class Tracker:
         tags: Mapping[str, Any] | None = None,
     ) -> None:
         self._log(run_id, metrics=metrics, tags=tags)
-        self.client.set_terminated(run_id, status=status)
+        self._retry(lambda: self.client.set_terminated(run_id, status=status))
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         self._log(run_id, tags=tags)
 
-    def trial_runs(self, parent_id: str) -> list:
-        return self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
-            max_results=10000,
+    def trial_runs(self, parent_id: str, number: int | None = None) -> list:
+        """The trial runs under ``parent_id`` (of trial ``number`` only, if given)."""
+        query = f"tags.mlflow.parentRunId = '{parent_id}'"
+        if number is not None:
+            query += f" and tags.trial_number = '{number}'"
+        return self._retry(
+            lambda: self.client.search_runs(
+                [self.experiment_id], filter_string=query, max_results=10000
+            )
         )
+
+    def get_run(self, run_id: str):
+        return self._retry(lambda: self.client.get_run(run_id))

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._files import atomic_write
+
 __all__ = ["TABLE_VERSION", "LatencyTable", "fit_table"]
 
 TABLE_VERSION = 2
@@ -214,11 +216,7 @@ class LatencyTable:
         )
 
     def save(self, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.to_dict()))
-        tmp.replace(path)
-        return path
+        return atomic_write(path, json.dumps(self.to_dict()))
 
     @classmethod
     def load(cls, path: Path) -> LatencyTable:

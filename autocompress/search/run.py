@@ -21,6 +21,7 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
+from .._files import check_output_dir
 from ..baseline import Baseline, get_baseline
 from ..config import ExperimentConfig
 from ..data import DataBundle, load_data
@@ -44,8 +45,8 @@ from .screen import (
     uniform_seeds,
     write_screen_table,
 )
-from .study import StudyInfo, check_storage, open_study, storage_kind, wait_for_attr
-from .trials import make_stale_callback, run_trials
+from .study import StudyInfo, check_storage, open_study, run_once, storage_kind, wait_for_attr
+from .trials import make_stale_callback, reconcile_runs, run_trials
 
 __all__ = ["Prepared", "SearchResult", "prepare", "search"]
 
@@ -175,10 +176,16 @@ def search(
         import torch
 
         torch.set_num_threads(int(os.environ["AUTOCOMPRESS_THREADS"]))
-    cfg.output_dir.mkdir(parents=True, exist_ok=True)
-    # Reach the storage and the tracking server before any long work.
+    # The output folder, the storage and the tracking server, before any long work.
+    check_output_dir(cfg.output_dir)
     check_storage(cfg)
-    tracker = Tracker(cfg.tracking, cfg.name, cfg.output_dir / "mlartifacts")
+    tracker = Tracker(
+        cfg.tracking,
+        cfg.name,
+        cfg.output_dir / "mlartifacts",
+        reconnect_s=cfg.search.reconnect_s,
+        log=log,
+    )
     prep = prepare(cfg, log=log)
     baseline = prep.baseline_summary()
     bm = prep.baseline.metrics
@@ -212,14 +219,20 @@ def search(
     if cfg.search.screen_trials > 0:
         screener = Screener.build(evaluator)
         screen, screen_created = open_study(cfg, space_params, on_stale, screen=True)
-        if screen_created:
+
+        def seed_screen() -> None:
             ref = screener(CompressionPolicy())
             screen.study.set_user_attr(
                 REFERENCE_ATTR, {o.metric: ref.value(n) for n, o in OBJECTIVES.items()}
             )
             for params in uniform_seeds(space):
-                screen.study.enqueue_trial(params, user_attrs={"origin": "uniform"})
-    # The study's creator makes the MLflow parent run; everyone else finds it.
+                screen.study.enqueue_trial(
+                    params, user_attrs={"origin": "uniform"}, skip_if_exists=True
+                )
+
+        run_once(screen.study, "seed", seed_screen)
+    # One MLflow parent run per study: the first process makes it, the others find it (a
+    # tag on the run, so a creator that died before recording it in the study is no loss).
     parent = None if created else wait_for_attr(study, PARENT_ATTR, 10 if not worker else 120)
     if parent is None and worker:
         raise AutocompressError(
@@ -228,7 +241,7 @@ def search(
         )
     if not worker:
         run_id = tracker.start_search(
-            parent, name=cfg.name, config=cfg.to_dict(), baseline=baseline
+            parent, name=cfg.name, config=cfg.to_dict(), baseline=baseline, study=cfg.study_name
         )
         if run_id != parent:
             study.set_user_attr(PARENT_ATTR, run_id)
@@ -237,11 +250,17 @@ def search(
     if storage_kind(cfg) == "sqlite":
         for each in (info, screen) if screen is not None else (info,):
             _fail_leftovers(each, on_stale, log)
-    if created:
-        # Anchor: the least aggressive policy, so the front reaches the accurate end.
+    reconcile_runs(info, tracker, parent, log)
+
+    def anchor() -> None:
+        # The least aggressive policy, so the front reaches the accurate end.
         study.enqueue_trial(
-            space.extreme(aggressive=False), user_attrs={"anchor": True, "origin": "anchor"}
+            space.extreme(aggressive=False),
+            user_attrs={"anchor": True, "origin": "anchor"},
+            skip_if_exists=True,
         )
+
+    run_once(study, "anchor", anchor)
     if sens is not None and not worker:
         sens.log(tracker, parent)
 
@@ -269,6 +288,7 @@ def search(
         raise
     finally:
         if not worker:
+            reconcile_runs(info, tracker, parent, log)
             if screen is not None:
                 _log_screen(screen, info, tracker, parent, cfg, log)
             front, paths = write_front(info, cfg, tracker, parent, baseline)

@@ -36,7 +36,7 @@ from ..policy import CompressionPolicy
 from ..search_space import SearchSpace
 from .objective import TrialEvaluator, suggest_policy
 from .pareto import diverse_order, hypervolume_order, non_dominated
-from .study import CONSTRAINTS_ATTR, StudyInfo, constraints_of, front_rows
+from .study import CONSTRAINTS_ATTR, StudyInfo, constraints_of, front_rows, run_once
 from .trials import _fmt_time
 
 __all__ = [
@@ -196,55 +196,49 @@ def promote(
 ) -> int:
     """Enqueue screened policies into the fine-tuned study so that it holds ``n_trials``
     trials (the anchor included), in :func:`_promotion_order`; once per ``n_trials``, by one
-    process (the storage's unique study names elect it). Returns how many this call
-    enqueued."""
+    process (:func:`run_once`; a promoter that dies half-way is taken over). Returns how many
+    this call enqueued."""
     study = main.study
     if (study.user_attrs.get(PROMOTED_ATTR) or 0) >= n_trials:
         return 0
-    lock = f"{study.study_name}-promote-{n_trials}"
-    deadline = time.monotonic() + wait_s
-    try:
-        optuna.create_study(study_name=lock, storage=study._storage)
-    except optuna.exceptions.DuplicatedStudyError:
-        # Another process promotes: wait until it says so (user attributes are read from the
-        # storage on every access).
-        while (study.user_attrs.get(PROMOTED_ATTR) or 0) < n_trials:
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        return 0
     # The screen's trials still running elsewhere finish first (their worker's heartbeat, or
     # its loss, ends them).
+    deadline = time.monotonic() + wait_s
     while screen.count(TrialState.RUNNING) and time.monotonic() < deadline:
         optuna.storages.fail_stale_trials(screen.study)
         time.sleep(1.0)
-    trials = _screened(screen)
-    known = {tuple(sorted(t.params.items())) for t in study.get_trials(deepcopy=False)}
-    unique: list[FrozenTrial] = []
-    for t in trials:
-        key = tuple(sorted(t.params.items()))
-        if key not in known:
-            known.add(key)
-            unique.append(t)
-    room = max(n_trials - len(study.get_trials(deepcopy=False)), 0)
-    ordered = _promotion_order(unique, main, screen.study.user_attrs.get(REFERENCE_ATTR), max_drop)
-    chosen = ordered[:room]
-    for t in chosen:
-        study.enqueue_trial(
-            t.params,
-            user_attrs={
-                _ORIGIN: t.user_attrs.get(_ORIGIN, "screen"),
-                "screen_trial": t.number,
-                "screen_metrics": t.user_attrs.get("metrics", {}),
-            },
-            skip_if_exists=True,
+    chosen: list[FrozenTrial] = []
+
+    def enqueue() -> None:
+        trials = _screened(screen)
+        known = {tuple(sorted(t.params.items())) for t in study.get_trials(deepcopy=False)}
+        unique: list[FrozenTrial] = []
+        for t in trials:
+            key = tuple(sorted(t.params.items()))
+            if key not in known:
+                known.add(key)
+                unique.append(t)
+        room = max(n_trials - len(study.get_trials(deepcopy=False)), 0)
+        ref = screen.study.user_attrs.get(REFERENCE_ATTR)
+        chosen.extend(_promotion_order(unique, main, ref, max_drop)[:room])
+        for t in chosen:
+            study.enqueue_trial(
+                t.params,
+                user_attrs={
+                    _ORIGIN: t.user_attrs.get(_ORIGIN, "screen"),
+                    "screen_trial": t.number,
+                    "screen_metrics": t.user_attrs.get("metrics", {}),
+                },
+                skip_if_exists=True,
+            )
+        study.set_user_attr(PROMOTED_ATTR, n_trials)
+        log(
+            f"promoted {len(chosen)} of {len(trials)} screened policies to fine-tuned trials "
+            f"({len(unique)} new and feasible; by hypervolume contribution above "
+            f"{max_drop} points below the uncompressed model, then most spread)"
         )
-    study.set_user_attr(PROMOTED_ATTR, n_trials)
-    log(
-        f"promoted {len(chosen)} of {len(trials)} screened policies to fine-tuned trials "
-        f"({len(unique)} new and feasible; by hypervolume contribution above "
-        f"{max_drop} points below the uncompressed model, then most spread)"
-    )
+
+    run_once(study, f"promote-{n_trials}", enqueue)
     return len(chosen)
 
 

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+from optuna.storages._cached_storage import _CachedStorage  # Optuna's own cache, as for URLs
 from optuna.trial import FrozenTrial, TrialState
 
+from .._retry import RetryingStorage
 from ..config import ExperimentConfig
 from ..errors import AutocompressError, ConfigError
 from ..metrics import OBJECTIVES
@@ -30,6 +32,7 @@ __all__ = [
     "load_study",
     "check_storage",
     "open_study",
+    "run_once",
     "storage_kind",
     "wait_for_attr",
     "trial_rows",
@@ -114,12 +117,21 @@ def _storage(cfg: ExperimentConfig, on_stale: StaleCallback | None = None):
             cfg.output_dir.mkdir(parents=True, exist_ok=True)
         s = cfg.search
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(
+        rdb = optuna.storages.RDBStorage(
             url,
             engine_kwargs={"pool_pre_ping": True} if storage_kind(cfg) == "rdb" else None,
             heartbeat_interval=s.heartbeat_interval,
             grace_period=s.grace_period,
             heartbeat_stale_trial_callback=on_stale,
+        )
+        if storage_kind(cfg) != "rdb":
+            return rdb
+        # A database server may restart or drop connections: ride it out for a while.
+        return RetryingStorage(
+            _CachedStorage(rdb),
+            timeout_s=s.reconnect_s,
+            log=print,
+            what=f"storage {mask_secrets(url)}",
         )
     except Exception as exc:  # noqa: BLE001 - bad URL, unreachable server, missing driver
         raise AutocompressError(
@@ -169,7 +181,11 @@ def open_study(
             f"storage {mask_secrets(cfg.optuna_storage)}: {type(exc).__name__}: {_first_line(exc)}"
         ) from None
     if not created:
-        old = wait_for_attr(study, "space_fingerprint")
+        old = wait_for_attr(study, "space_fingerprint", 30.0)
+        if old is None:  # its creator died before setting the study up: do it here
+            study.set_user_attr("objectives", objectives)
+            study.set_user_attr("space_fingerprint", fp)
+            old = fp
         if old != fp:
             raise ConfigError(
                 f"{cfg.source}: study {name!r} in {mask_secrets(cfg.optuna_storage)} "
@@ -177,6 +193,34 @@ def open_study(
                 "output_dir"
             )
     return StudyInfo(study, objectives), created
+
+
+def run_once(
+    study: optuna.Study, key: str, fn: Callable[[], object], lease_s: float = 60.0
+) -> bool:
+    """Run ``fn`` in exactly one of the processes sharing ``study`` (set-up steps such as
+    enqueueing seeds or promoting the screen's front); the others wait until it is done.
+    Returns whether this process ran it.
+
+    The storage's unique study names elect the runner (a lock study per attempt). A runner
+    that dies before it is done is replaced after ``lease_s``: the next attempt's lock elects
+    another process, so ``fn`` must tolerate a half-done earlier attempt (enqueue with
+    ``skip_if_exists``)."""
+    done = f"done:{key}"
+    attempt = 0
+    while not study.user_attrs.get(done):
+        lock = f"{study.study_name}-{key}-lock{attempt}"
+        try:
+            optuna.create_study(study_name=lock, storage=study._storage)
+        except optuna.exceptions.DuplicatedStudyError:
+            if wait_for_attr(study, done, lease_s):
+                return False
+            attempt += 1
+            continue
+        fn()
+        study.set_user_attr(done, True)
+        return True
+    return False
 
 
 def wait_for_attr(study: optuna.Study, key: str, timeout: float = 120.0):

@@ -14,6 +14,7 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from ..config import ExperimentConfig
+from ..errors import ServiceUnavailable
 from ..metrics import OBJECTIVES
 from ..reporting.figures import log_trial_chart, trial_description
 from ..search_space import SearchSpace
@@ -21,9 +22,11 @@ from ..tracking import Tracker
 from .objective import TrialEvaluator, suggest_policy
 from .study import CONSTRAINTS_ATTR, StudyInfo, front_rows
 
-__all__ = ["make_stale_callback", "run_trials"]
+__all__ = ["make_stale_callback", "reconcile_runs", "run_trials"]
 
 _POLL_S = 1.0
+# What a re-queued trial keeps of the original's user attributes (where it came from).
+_KEEP_ON_REQUEUE = ("origin", "anchor", "screen_trial", "screen_metrics")
 
 
 def make_stale_callback(tracker: Tracker, retries: int) -> Callable:
@@ -43,6 +46,38 @@ def make_stale_callback(tracker: Tracker, retries: int) -> Callable:
         retry(study, trial)
 
     return on_stale
+
+
+def reconcile_runs(info: StudyInfo, tracker: Tracker, parent: str, log) -> int:
+    """Make MLflow agree with the study (the source of truth) after workers died: a trial run
+    left RUNNING whose Optuna trial has ended is ended too — FINISHED with its metrics when the
+    trial completed with this run (its end was not logged: the tracking server was away), else
+    KILLED. Runs of trials still RUNNING are left to their workers. Returns how many runs it
+    ended."""
+    trials = {t.number: t for t in info.study.get_trials(deepcopy=False)}
+    fixed = 0
+    for run in tracker.trial_runs(parent):
+        if run.info.status != "RUNNING":
+            continue
+        number = run.data.tags.get("trial_number", "")
+        t = trials.get(int(number)) if number.isdigit() else None
+        if t is not None and t.state == TrialState.RUNNING:
+            continue
+        rid = run.info.run_id
+        ours = t is not None and t.user_attrs.get("mlflow_run_id") == rid
+        if ours and t.state == TrialState.COMPLETE:
+            tracker.end_trial(rid, "FINISHED", metrics=t.user_attrs.get("metrics", {}))
+        else:
+            reason = "worker lost" if t is None or t.state == TrialState.FAIL else t.state.name
+            tracker.end_trial(rid, "KILLED", tags={"fail_reason": reason})
+        fixed += 1
+    if fixed:
+        log(f"MLflow: ended {fixed} trial run(s) left RUNNING by workers that stopped")
+    return fixed
+
+
+class _TakenOver(Exception):
+    """This worker's trial was failed by another (its heartbeats lapsed) and re-queued."""
 
 
 def _fmt_time(seconds: float) -> str:
@@ -121,7 +156,24 @@ def run_trials(
     n_total = cfg.search.n_trials
     bounds = {o: getattr(cfg.objectives, o).bound for o in info.objectives}
 
+    unavailable: list[ServiceUnavailable] = []
+
     def objective(trial: optuna.Trial):
+        try:
+            return _objective(trial)
+        except ServiceUnavailable as exc:
+            # The tracking server stayed away: this trial's results cannot be logged. Re-queue
+            # its parameters (the storage is up) and stop this worker with the error.
+            unavailable.append(exc)
+            trial.set_user_attr("fail_reason", str(exc))
+            trial.study.enqueue_trial(
+                trial.params,
+                user_attrs={k: v for k, v in trial.user_attrs.items() if k in _KEEP_ON_REQUEUE},
+            )
+            trial.study.stop()
+            raise
+
+    def _objective(trial: optuna.Trial):
         if not _wait_for_budget(trial.study, trial.number, n_total):
             trial.study.stop()
             raise optuna.TrialPruned("surplus: the study already has its trials")
@@ -148,6 +200,8 @@ def run_trials(
         except KeyboardInterrupt:
             tracker.end_trial(run_id, "KILLED", tags={"fail_reason": "interrupted"})
             raise
+        except ServiceUnavailable:
+            raise
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
             trial.set_user_attr("fail_reason", reason)
@@ -156,6 +210,13 @@ def run_trials(
         cons = [OBJECTIVES[o].violation(metrics.value(o), bounds[o]) for o in info.objectives]
         trial.set_user_attr(CONSTRAINTS_ATTR, cons)
         trial.set_user_attr("metrics", metrics.to_dict())
+        if trial.study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+            # Another worker failed this trial (our heartbeats lapsed) and re-queued it: the
+            # re-run is the one that counts, this run must not be a second FINISHED one.
+            tracker.end_trial(
+                run_id, "KILLED", tags={"fail_reason": "taken over: heartbeat lapsed"}
+            )
+            raise _TakenOver(f"trial {trial.number}")
         screened = trial.user_attrs.get("screen_metrics", {})
         extra = {"screen_val_accuracy": screened["val_accuracy"]} if screened else {}
         tracker.end_trial(
@@ -193,14 +254,22 @@ def run_trials(
             log("budget spent: stopping the fine-tuned stage")
             study.stop()
 
-    info.study.optimize(
-        objective,
-        n_trials=None,
-        catch=(Exception,),
-        callbacks=[
-            MaxTrialsCallback(n_total, states=(TrialState.COMPLETE,)),
-            _Progress(info, n_total, log, deadline),
-            stop_on_failures,
-            stop_at_deadline,
-        ],
-    )
+    callbacks = [
+        MaxTrialsCallback(n_total, states=(TrialState.COMPLETE,)),
+        _Progress(info, n_total, log, deadline),
+        stop_on_failures,
+        stop_at_deadline,
+    ]
+    while True:
+        try:
+            info.study.optimize(objective, n_trials=None, catch=(Exception,), callbacks=callbacks)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Our trial was taken over by another worker (see _TakenOver): go on with the next.
+            log("a trial of this worker was re-queued by another (heartbeats lapsed): continuing")
+            if info.count(TrialState.COMPLETE) < n_total and (
+                deadline is None or time.monotonic() < deadline
+            ):
+                continue
+        break
+    if unavailable:
+        raise unavailable[0]

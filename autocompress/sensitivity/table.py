@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .._files import atomic_write
 from ..policy import FLOAT_BITS
 
 __all__ = [
@@ -150,11 +151,7 @@ class SensitivityTable:
         return cls(rows, dict(data.get("meta", {})), dict(data.get("structure", {})))
 
     def save(self, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1))
-        tmp.replace(path)
-        return path
+        return atomic_write(path, json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def load(cls, path: Path) -> SensitivityTable:
