@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import shutil
 from pathlib import Path
 
 from ..config import ExperimentConfig
@@ -63,7 +65,10 @@ def write_front(
                 r["mlflow_run_id"],
                 {"pareto": str(r["pareto"]).lower(), "mlflow.note.content": note},
             )
-    out = cfg.output_dir / "pareto"
+    # Staged in a folder of this process, then moved into place: workers that finish together
+    # never write into each other's files.
+    final = cfg.output_dir / "pareto"
+    out = final / f".staging-{os.getpid()}"
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "pareto_front.csv"
     with csv_path.open("w", newline="") as fh:
@@ -79,6 +84,10 @@ def write_front(
         pareto_html(rows, out / "pareto_front.html", title=title),
         pareto_png(rows, out / "pareto_front.png", title=title),
     ]
-    paths = [csv_path, json_path, *figs]
-    tracker.log_artifacts(parent, paths, "pareto")
-    return front, paths
+    placed = []
+    for p in [csv_path, json_path, *figs]:
+        placed.append(final / p.name)
+        os.replace(p, placed[-1])
+    shutil.rmtree(out, ignore_errors=True)
+    tracker.log_artifacts(parent, placed, "pareto")
+    return front, placed

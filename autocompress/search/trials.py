@@ -3,6 +3,8 @@ nested run), exact trial budget across workers, lost-worker handling, progress l
 
 from __future__ import annotations
 
+import copy
+import datetime
 import math
 import time
 import warnings
@@ -20,11 +22,12 @@ from ..reporting.figures import log_trial_chart, trial_description
 from ..search_space import SearchSpace
 from ..tracking import Tracker
 from .objective import TrialEvaluator, suggest_policy
-from .study import CONSTRAINTS_ATTR, StudyInfo, front_rows
+from .study import CONSTRAINTS_ATTR, StudyInfo, front_rows, run_once
 
 __all__ = ["make_stale_callback", "reconcile_runs", "run_trials"]
 
 _POLL_S = 1.0
+_RETRY_DUE_S = 30.0
 # What a re-queued trial keeps of the original's user attributes (where it came from).
 _KEEP_ON_REQUEUE = ("origin", "anchor", "screen_trial", "screen_metrics")
 
@@ -121,21 +124,85 @@ class _Progress:
         self.log(f"{head} {body} | {best} | {_fmt_time(elapsed)} elapsed, ETA {_fmt_time(eta)}")
 
 
-def _wait_for_budget(study: optuna.Study, number: int, n_total: int) -> bool:
-    """True when trial ``number`` is needed to reach ``n_total`` complete trials.
+def _retries_due(study: optuna.Study, trials: list[FrozenTrial], retries: int) -> int:
+    """Trials just failed for a lost worker whose re-run is not enqueued yet: Optuna marks
+    such a trial FAIL first and enqueues its re-run a moment later, and a new trial must not
+    take the slot in between. When the re-run has not appeared after ``_RETRY_DUE_S`` (the
+    process that failed the trial died in that moment), it is enqueued here, by one process."""
+    callback = study._storage.get_heartbeat_stale_trial_callback()
+    if callback is None:  # no heartbeat: nothing is re-run for a lost worker
+        return 0
+    now = datetime.datetime.now()
+    rerun = {
+        t.system_attrs["retry_history"][-1] for t in trials if t.system_attrs.get("retry_history")
+    }
+    due = [
+        t
+        for t in trials
+        if t.state == TrialState.FAIL
+        and "fail_reason" not in t.user_attrs  # failed by the heartbeat check, not by an error
+        and t.number not in rerun
+        and len(t.system_attrs.get("retry_history", [])) < retries
+        and t.datetime_complete is not None
+    ]
+    for t in due:
+        if (now - t.datetime_complete).total_seconds() > _RETRY_DUE_S:
+            run_once(study, f"rerun-{t.number}", lambda t=t: callback(study, copy.deepcopy(t)), 10)
+    return len(due)
 
-    Trials are served in number order: trial k runs when the complete trials plus the running
-    trials numbered below k are fewer than the budget. While those running trials may still
-    fail (or their worker may be lost), wait and see instead of running a surplus trial.
+
+def _queued(trial: FrozenTrial) -> bool:
+    """Enqueued (seeds, promoted policies, re-runs of lost trials) rather than sampled."""
+    attrs = trial.system_attrs
+    return bool(attrs.get("fixed_params")) or "failed_trial" in attrs
+
+
+def _order(trial: FrozenTrial) -> tuple[bool, int]:
+    """The order trials are served in: queued ones first, then by number."""
+    return (not _queued(trial), trial.number)
+
+
+def _wait_for_budget(
+    study: optuna.Study, number: int, n_total: int, queued: bool, retries: int, log=None
+) -> str:
+    """Whether trial ``number`` is needed to reach ``n_total`` complete trials: ``"run"``,
+    ``"surplus"`` (the study has them) or ``"yield"`` (queued trials come first).
+
+    Trials are served in one order: queued ones (seeds, promoted policies, re-runs of lost
+    trials) before sampled ones, each by number. A trial runs when the complete trials, the
+    running trials before it in that order and — for a sampled trial — the queued and the
+    due re-runs are fewer than the budget. While running trials before it may still fail (or
+    their worker may be lost), it waits and sees instead of running a surplus trial; a sampled
+    trial gives way when queued trials fill the budget (a worker that re-runs a lost trial's
+    parameters must find its slot free).
     """
+    said = None
     while True:
-        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+        trials = study.get_trials(deepcopy=False)
         complete = sum(t.state == TrialState.COMPLETE for t in trials)
-        ahead = sum(t.state == TrialState.RUNNING and t.number < number for t in trials)
+        ahead = sum(
+            t.state == TrialState.RUNNING and _order(t) < (not queued, number) for t in trials
+        )
+        waiting = due = 0
+        if not queued:
+            waiting = sum(t.state == TrialState.WAITING for t in trials)
+            due = _retries_due(study, trials, retries)
+        verdict = "wait"
         if complete >= n_total:
-            return False
-        if complete + ahead < n_total:
-            return True
+            verdict = "surplus"
+        elif complete + ahead + waiting + due < n_total:
+            verdict = "run"
+        elif waiting and complete + ahead < n_total:
+            verdict = "yield"
+        state = (complete, ahead, waiting, due, verdict)
+        if log is not None and state != said and (said is not None or verdict != "run"):
+            log(
+                f"[trial {number:3d}] {verdict}: {complete} complete, {ahead} running before it, "
+                f"{waiting} queued, {due} re-runs due, of {n_total}"
+            )
+        said = state
+        if verdict != "wait":
+            return verdict
         fail_stale_trials(study)
         time.sleep(_POLL_S)
 
@@ -168,15 +235,22 @@ def run_trials(
             trial.set_user_attr("fail_reason", str(exc))
             trial.study.enqueue_trial(
                 trial.params,
-                user_attrs={k: v for k, v in trial.user_attrs.items() if k in _KEEP_ON_REQUEUE},
+                user_attrs={k: v for k, v in trial.user_attrs.items() if k in _KEEP_ON_REQUEUE}
+                | {"requeued_from": trial.number},
             )
             trial.study.stop()
             raise
 
     def _objective(trial: optuna.Trial):
-        if not _wait_for_budget(trial.study, trial.number, n_total):
+        queued = _queued(trial.study._storage.get_trial(trial._trial_id))
+        verdict = _wait_for_budget(
+            trial.study, trial.number, n_total, queued, cfg.search.retries, log
+        )
+        if verdict == "surplus":
             trial.study.stop()
             raise optuna.TrialPruned("surplus: the study already has its trials")
+        if verdict == "yield":
+            raise optuna.TrialPruned("yields to a re-queued trial")
         policy = suggest_policy(trial, space)
         trial.set_user_attr("policy", policy.to_dict())
         params = space.params_from_policy(policy)

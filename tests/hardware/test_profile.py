@@ -181,3 +181,21 @@ def test_search_trials_carry_the_tables_prediction(tmp_path, fmnist_root, cheap_
         compressed = apply_policy(TinyCNN().eval(), policy, example=torch.zeros(2, 1, 28, 28))
         expected = table_model.predict(compressed, policy)
         assert trial.user_attrs["metrics"]["latency_ms"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_a_damaged_cached_table_is_profiled_again(tmp_path, fmnist_root, cheap_target, monkeypatch):
+    import autocompress.hardware.profiler as profiler
+
+    cfg = _cfg(tmp_path, fmnist_root)
+    lat = profile(cfg, target=cheap_target, log=lambda _: None)
+    lat.path.write_text(lat.path.read_text()[:50])  # a half-written file
+    calls, real = [], profiler.profile_model
+    monkeypatch.setattr(profiler, "profile_model", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model = TinyCNN().eval()
+    space = load_search_space(SPACE).resolve(model)
+    lines: list[str] = []
+    again = make_latency_model(
+        cfg, model, space, torch.zeros(1, 1, 28, 28), reference_ms=1.0, log=lines.append
+    )
+    assert calls == [1] and any("unreadable" in line for line in lines)
+    assert again.table.to_dict() == type(again.table).load(again.path).to_dict()  # rebuilt

@@ -157,6 +157,12 @@ def test_cache_is_reused_and_keyed(prep, monkeypatch):
     second = analyze(prep, settings, **QUIET)
     assert second.meta["cached"] is True
     assert second.to_dict()["rows"] == first.to_dict()["rows"]
+    # a damaged cache file is measured again, not loaded
+    path = prep.cfg.output_dir / "cache" / f"sensitivity-{cache_key(prep, settings)}.json"
+    path.write_text(path.read_text()[:40])
+    monkeypatch.undo()
+    third = analyze(prep, settings, **QUIET)
+    assert third.meta["cached"] is False and third.to_dict()["rows"] == first.to_dict()["rows"]
     # another subset or grid is another key
     assert cache_key(prep, settings.with_(images=100)) != cache_key(prep, settings)
     narrower = SearchSpace({n: c for n, c in list(prep.space.layers.items())[:2]})
