@@ -166,6 +166,14 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
         return out
 
     # -- heartbeat --------------------------------------------------------------------------
+    def record_heartbeat(self, trial_id: int) -> None:
+        # Runs in Optuna's heartbeat thread: a beat that cannot be sent is skipped (the main
+        # thread meets the same outage and reports it), never a traceback from the thread.
+        try:
+            self._call("record_heartbeat", trial_id)
+        except ServiceUnavailable:
+            pass
+
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         grace = getattr(self._inner, "_backend", self._inner)
         grace_s = getattr(grace, "grace_period", None) or 2 * (self.get_heartbeat_interval() or 0)
@@ -225,6 +233,7 @@ def _delegate(name: str):
 
 
 _PASSTHROUGH = {
+    "record_heartbeat",
     "_get_stale_trial_ids",
     "get_heartbeat_interval",
     "get_heartbeat_stale_trial_callback",

@@ -85,11 +85,13 @@ class MlflowServer:
         self.start()
 
 
-def postgres_restart_command(url: str) -> list[str] | None:
-    """How to restart the PostgreSQL server behind ``url`` on this machine:
-    ``$AUTOCOMPRESS_TEST_PG_RESTART`` if set, else Debian's ``pg_ctlcluster`` for the cluster
-    on the URL's port; None when neither is available."""
+def postgres_restart_command(url: str, action: str = "restart") -> list[str] | None:
+    """How to restart (or ``stop``, ``start``) the PostgreSQL server behind ``url`` on this
+    machine: ``$AUTOCOMPRESS_TEST_PG_RESTART`` if set (restart only), else Debian's
+    ``pg_ctlcluster`` for the cluster on the URL's port; None when neither is available."""
     if os.environ.get("AUTOCOMPRESS_TEST_PG_RESTART"):
+        if action != "restart":
+            return None
         return shlex.split(os.environ["AUTOCOMPRESS_TEST_PG_RESTART"])
     port = str(urlparse(url).port or 5432)
     try:
@@ -99,7 +101,7 @@ def postgres_restart_command(url: str) -> list[str] | None:
     for line in out.stdout.splitlines():
         parts = line.split()
         if len(parts) >= 3 and parts[2] == port:
-            return ["pg_ctlcluster", parts[0], parts[1], "restart"]
+            return ["pg_ctlcluster", parts[0], parts[1], action]
     return None
 
 

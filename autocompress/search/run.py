@@ -25,7 +25,7 @@ from .._files import check_output_dir
 from ..baseline import Baseline, get_baseline
 from ..config import ExperimentConfig
 from ..data import DataBundle, load_data
-from ..errors import AutocompressError, ConfigError
+from ..errors import AutocompressError, ConfigError, ServiceUnavailable
 from ..hardware.latency import make_latency_model
 from ..metrics import OBJECTIVES
 from ..policy import CompressionPolicy
@@ -286,8 +286,13 @@ def search(
     except KeyboardInterrupt:
         status = "KILLED"
         raise
+    except ServiceUnavailable:
+        # The storage or the tracking server is away: the front is written by the next run
+        # (the same command), not half-written now.
+        status = "UNAVAILABLE"
+        raise
     finally:
-        if not worker:
+        if not worker and status != "UNAVAILABLE":
             reconcile_runs(info, tracker, parent, log)
             if screen is not None:
                 _log_screen(screen, info, tracker, parent, cfg, log)
