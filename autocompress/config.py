@@ -246,7 +246,7 @@ class LatencyConfig(_Strict):
     @field_validator("target")
     @classmethod
     def _known(cls, v: str) -> str:
-        from .hardware.latency import available_targets
+        from .hardware.targets import available_targets  # (a leaf: no import of config)
 
         names = available_targets()
         if v not in names:
@@ -256,8 +256,17 @@ class LatencyConfig(_Strict):
 
 class SensitivityConfig(_Strict):
     """Per-layer sensitivity: measured once per checkpoint (cached), then it narrows the search
-    space the screen samples. Mirrors
-    :class:`autocompress.sensitivity.SensitivitySettings` field for field."""
+    space the screen samples. The sensitivity package uses this class as its settings
+    (``autocompress.sensitivity.SensitivitySettings``), with or without an experiment."""
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(x) for x in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            raise ConfigError(f"sensitivity: {where + ': ' if where else ''}{msg}") from None
 
     enabled: bool = Field(
         False,
@@ -288,13 +297,48 @@ class SensitivityConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> SensitivityConfig:
-        from .sensitivity.settings import SensitivitySettings
-
-        try:
-            SensitivitySettings.from_mapping(self)
-        except ConfigError as exc:
-            raise ValueError(str(exc).removeprefix("sensitivity: ")) from None
+        if self.method != "sweep" and self.shape and self.max_loss_increase is None:
+            raise ValueError(
+                f"method {self.method!r} predicts loss increases, not accuracy drops: "
+                "set max_loss_increase (or shape: false)"
+            )
         return self
+
+    @property
+    def measures_accuracy(self) -> bool:
+        """Whether the table holds measured accuracy drops (only the sweep does)."""
+        return self.method == "sweep"
+
+    def cache_fields(self) -> dict[str, Any]:
+        """The settings that change what the table holds (part of its cache key)."""
+        keep = ("method", "estimator", "images", "bn_batches", "max_points", "seed")
+        est = ("estimator_images", "estimator_samples")
+        d = {k: getattr(self, k) for k in keep}
+        if self.method != "sweep" or self.estimator is not None:
+            d.update({k: getattr(self, k) for k in est})
+        return d
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump()
+
+    @classmethod
+    def from_mapping(cls, data: Any) -> SensitivityConfig:
+        """From a dict or another settings object (``None``: the defaults)."""
+        if data is None:
+            return cls()
+        if isinstance(data, cls):
+            return data
+        data = dict(data.model_dump() if hasattr(data, "model_dump") else data)
+        unknown = sorted(set(data) - set(cls.model_fields))
+        if unknown:
+            raise ConfigError(
+                f"sensitivity: unknown key {unknown[0]!r}; allowed keys: "
+                f"{', '.join(sorted(cls.model_fields))}"
+            )
+        return cls(**data)
+
+    def with_(self, **changes: Any) -> SensitivityConfig:
+        return type(self)(**(self.model_dump() | changes))
 
 
 class ExperimentConfig(_Strict):

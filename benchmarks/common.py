@@ -23,7 +23,7 @@ def baseline_checkpoint(model: str, log=print) -> Path:
     """The experiment's baseline checkpoint (trained with the experiment's own settings the
     first time, cached afterwards)."""
     import autocompress as ac
-    from autocompress.search.run import prepare
+    from autocompress.prepare import prepare
 
     cfg = ac.load_experiment(EXPERIMENTS[model])
     return Path(prepare(cfg, log=log).baseline.checkpoint)

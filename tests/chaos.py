@@ -152,6 +152,23 @@ class ChaosRun:
         return asdict(self)
 
 
+def _busy_pids(study_name: str, storage: str, stage: str) -> set[int]:
+    """Pids of the workers running a trial of the stage's study right now (each trial records
+    its worker as ``host:pid``)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    name = f"{study_name}-screen" if stage == "screen" else study_name
+    try:
+        st = optuna.load_study(study_name=name, storage=storage)
+        running = st.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    except Exception:  # noqa: BLE001 - not there yet, or the database is restarting
+        return set()
+    return {
+        int(t.user_attrs["worker"].rpartition(":")[2]) for t in running if "worker" in t.user_attrs
+    }
+
+
 def _counts(study_name: str, storage: str) -> tuple[int, int]:
     """(complete screened, complete fine-tuned) trials; (-1, -1) while the database is away."""
     import optuna
@@ -232,6 +249,7 @@ def run(
         start(w)
     actions = _schedule(plan, rng)
     fire_at: float | None = None
+    tries = 0
     while True:
         now = time.monotonic()
         if now - t0 > plan.timeout_s:
@@ -289,6 +307,18 @@ def run(
                 actions.pop(0)
                 if what == "kill":
                     live = [w for w, p in procs.items() if p is not None and p.poll() is None]
+                    # A worker in the middle of a trial (at a random moment of it); one that is
+                    # still starting up only when no worker runs a trial for a while.
+                    busy = _busy_pids(study_name, pg, "screen") | _busy_pids(study_name, pg, "main")
+                    if any(procs[w].pid in busy for w in live):
+                        live = [w for w in live if procs[w].pid in busy]
+                    elif tries < 20:
+                        tries += 1
+                        actions.insert(0, (stage, count, what))
+                        fire_at = now + 0.3
+                        time.sleep(0.2)
+                        continue
+                    tries = 0
                     if live:
                         w = rng.choice(live)
                         killed.add(procs[w].pid)

@@ -125,8 +125,8 @@ def test_trial_fine_tune_starts_from_corrected_batchnorm(tmp_path, fmnist_root):
     than the trained statistics); without it they stay the trained ones."""
     import torch
 
+    from autocompress.prepare import prepare
     from autocompress.search.objective import TrialEvaluator
-    from autocompress.search.run import prepare
     from autocompress.training import batches
 
     cfg = load_experiment(tiny_config(tmp_path, fmnist_root, finetune__steps=0))
@@ -186,7 +186,7 @@ def test_onnx_size_objective_is_the_deployed_file(tmp_path, fmnist_root):
     from autocompress.compression.apply import apply_policy
     from autocompress.hardware.forms import deployed_onnx_bytes
     from autocompress.hardware.measure import export_onnx
-    from autocompress.search.run import prepare
+    from autocompress.prepare import prepare
 
     cfg = load_experiment(
         tiny_config(tmp_path, fmnist_root, search__n_trials=2, objectives__size={"measure": "onnx"})

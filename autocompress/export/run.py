@@ -27,9 +27,9 @@ from ..hardware.forms import DeploySpec, FormMeasurement, build_form, measure_fo
 from ..hardware.latency import make_latency_model
 from ..hardware.measure import export_onnx, measure_onnx_latency
 from ..policy import CompressionPolicy, compressible_layers
+from ..prepare import prepare
 from ..reporting.figures import log_export_figures
 from ..search.objective import TrialEvaluator
-from ..search.run import prepare
 from ..tracking import Tracker
 from ..training import batches, evaluate
 from .pick import PickCriteria, pick

@@ -112,7 +112,7 @@ def validate_memory(
     from itertools import islice
 
     from ..compression.apply import materialize
-    from ..search.run import prepare
+    from ..prepare import prepare
     from ..training import batches
     from .forms import DeploySpec, build_form
     from .memory import measure_memory

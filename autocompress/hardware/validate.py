@@ -153,7 +153,7 @@ def validate_latency(
     from itertools import islice
 
     from ..compression.apply import materialize
-    from ..search.run import prepare
+    from ..prepare import prepare
     from ..training import batches
     from .deploy import export_deployed
     from .latency import make_latency_model

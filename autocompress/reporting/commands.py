@@ -38,7 +38,7 @@ def _ui(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .report import write_report
+    from .write import write_report
 
     files = write_report(_load(args), args.out, log_to_mlflow=not args.no_mlflow)
     print(f"report: {files.html}")

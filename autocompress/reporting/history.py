@@ -1,6 +1,6 @@
 """How the search progressed: the hypervolume of the Pareto front after each trial.
 
-The hypervolume is the search's own (``search.front.front_hypervolume``: ``1 - accuracy``,
+The hypervolume is the search's own (``search.pareto.front_hypervolume``: ``1 - accuracy``,
 ``latency / baseline``, ``size / baseline`` against ``(1, 1.1, 1.1)``), so the last point equals
 the parent run's ``hypervolume`` metric. Only feasible trials count, as for the front.
 
@@ -30,8 +30,7 @@ def hypervolume_history(
     "front_size"}``, the hypervolume and size of the front of the feasible trials up to and
     including that one. ``rows`` are ``search.study.trial_rows`` (each with ``trial``,
     ``values`` and ``feasible``)."""
-    from ..search.front import front_hypervolume
-    from ..search.pareto import to_minimization
+    from ..search.pareto import front_hypervolume, to_minimization
 
     directions = [OBJECTIVES[o].direction for o in objectives]
     out: list[dict] = []

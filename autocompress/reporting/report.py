@@ -22,7 +22,7 @@ from ..tracking import mask_secrets
 from .history import hypervolume_history
 from .sensitivity import SensitivityTable, find_sensitivity
 
-__all__ = ["ReportData", "ReportFiles", "collect", "render_markdown", "write_report"]
+__all__ = ["ReportData", "ReportFiles", "collect", "render_markdown", "report_figures"]
 
 
 @dataclass
@@ -126,7 +126,7 @@ def fmt_seconds(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-def _figures(data: ReportData, folder: Path) -> dict[str, Path]:
+def report_figures(data: ReportData, folder: Path) -> dict[str, Path]:
     """The PNG figures the Markdown report links and the HTML report embeds."""
     figs: dict[str, Path] = {}
     if data.rows:
@@ -327,32 +327,3 @@ def render_markdown(d: ReportData, figures: dict[str, Path], folder: Path) -> st
         "",
     ]
     return "\n".join(lines)
-
-
-def write_report(
-    cfg: ExperimentConfig, out_dir: Path | None = None, *, log_to_mlflow: bool = True
-) -> ReportFiles:
-    """Write ``report.html`` (self-contained) and ``report.md`` (+ PNGs) into ``out_dir``
-    (default ``output_dir/report``); log the HTML on the MLflow parent run if asked and known."""
-    from .html_report import render_html
-
-    data = collect(cfg)
-    folder = Path(out_dir) if out_dir else cfg.output_dir / "report"
-    folder.mkdir(parents=True, exist_ok=True)
-    figures = _figures(data, folder)
-    md = folder / "report.md"
-    md.write_text(render_markdown(data, figures, folder))
-    page = folder / "report.html"
-    page.write_text(render_html(data, figures))
-    files = ReportFiles(page, md, figures)
-    if log_to_mlflow and data.parent_run_id:
-        from .figures import _best_effort
-
-        def log() -> bool:
-            from ..tracking import Tracker
-
-            Tracker(cfg.tracking, cfg.name).log_artifacts(data.parent_run_id, [page], "report")
-            return True
-
-        files.mlflow_logged = _best_effort("logging the report to MLflow", log, False)
-    return files

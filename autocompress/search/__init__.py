@@ -1,7 +1,7 @@
 """The search: Optuna study over per-layer policies, objective, Pareto utilities."""
 
 from .pareto import hypervolume, knee_index, non_dominated
-from .run import SearchResult, prepare, search
+from .run import SearchResult, search
 from .study import front_rows, load_study, trial_rows
 
 __all__ = [
@@ -11,7 +11,6 @@ __all__ = [
     "knee_index",
     "load_study",
     "non_dominated",
-    "prepare",
     "search",
     "trial_rows",
 ]

@@ -13,10 +13,9 @@ from ..config import ExperimentConfig
 from ..plots import pareto_html, pareto_png
 from ..reporting.figures import trial_description
 from ..tracking import Tracker
-from .pareto import hypervolume, to_minimization
 from .study import StudyInfo, front_rows, trial_rows
 
-__all__ = ["front_hypervolume", "write_front"]
+__all__ = ["write_front"]
 
 _COLUMNS = [
     "trial",
@@ -28,26 +27,6 @@ _COLUMNS = [
     "summary",
     "mlflow_run_id",
 ]
-
-
-def front_hypervolume(
-    front: list[dict], objectives: list[str], directions: list[str], baseline: dict
-) -> float:
-    """Hypervolume of (1 - accuracy, latency / baseline, size / baseline) against the reference
-    point (1, 1.1, 1.1): comparable between runs of the same experiment."""
-    if not front:
-        return 0.0
-    scale = {"accuracy": 1.0, "latency": baseline["latency_ms"], "size": baseline["size_kb"]}
-    pts = to_minimization([r["values"] for r in front], directions)
-    ref = []
-    for j, o in enumerate(objectives):
-        if o == "accuracy":
-            pts[:, j] = 1.0 + pts[:, j]  # -acc -> 1 - acc
-            ref.append(1.0)
-        else:
-            pts[:, j] = pts[:, j] / scale[o]
-            ref.append(1.1)
-    return hypervolume(pts, ref)
 
 
 def write_front(

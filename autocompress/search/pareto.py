@@ -8,6 +8,7 @@ import numpy as np
 
 __all__ = [
     "diverse_order",
+    "front_hypervolume",
     "hypervolume",
     "hypervolume_order",
     "knee_index",
@@ -119,3 +120,23 @@ def hypervolume_order(points: np.ndarray, reference: Sequence[float]) -> list[in
         current += gains[best]
         chosen.append(left.pop(best))
     return chosen
+
+
+def front_hypervolume(
+    front: list[dict], objectives: list[str], directions: list[str], baseline: dict
+) -> float:
+    """Hypervolume of (1 - accuracy, latency / baseline, size / baseline) against the reference
+    point (1, 1.1, 1.1): comparable between runs of the same experiment."""
+    if not front:
+        return 0.0
+    scale = {"accuracy": 1.0, "latency": baseline["latency_ms"], "size": baseline["size_kb"]}
+    pts = to_minimization([r["values"] for r in front], directions)
+    ref = []
+    for j, o in enumerate(objectives):
+        if o == "accuracy":
+            pts[:, j] = 1.0 + pts[:, j]  # -acc -> 1 - acc
+            ref.append(1.0)
+        else:
+            pts[:, j] = pts[:, j] / scale[o]
+            ref.append(1.1)
+    return hypervolume(pts, ref)

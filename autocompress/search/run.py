@@ -22,20 +22,19 @@ import yaml
 from optuna.trial import TrialState
 
 from .._files import check_output_dir
-from ..baseline import Baseline, get_baseline
 from ..config import ExperimentConfig
-from ..data import DataBundle, load_data
 from ..errors import AutocompressError, ConfigError, ServiceUnavailable
 from ..hardware.latency import make_latency_model
 from ..metrics import OBJECTIVES
 from ..policy import CompressionPolicy
+from ..prepare import prepare
 from ..reporting.figures import log_search_figures, search_description
-from ..search_space import SearchSpace, load_search_space
 from ..sensitivity.settings import settings_for
 from ..sensitivity.stage import SensitivityStage
 from ..tracking import Tracker, mask_secrets
-from .front import front_hypervolume, write_front
+from .front import write_front
 from .objective import TrialEvaluator
+from .pareto import front_hypervolume
 from .screen import (
     REFERENCE_ATTR,
     Screener,
@@ -48,7 +47,7 @@ from .screen import (
 from .study import StudyInfo, check_storage, open_study, run_once, storage_kind, wait_for_attr
 from .trials import make_stale_callback, reconcile_runs, run_trials
 
-__all__ = ["Prepared", "SearchResult", "prepare", "search"]
+__all__ = ["SearchResult", "search"]
 
 PARENT_ATTR = "mlflow_parent_run_id"
 _LOW_AGREEMENT = 0.5  # screen_rank_spearman below this: the screen is not to be trusted
@@ -66,34 +65,6 @@ class SearchResult:
     artifacts: list[Path] = field(default_factory=list)
     hypervolume: float = 0.0
     seconds: float = 0.0
-
-
-@dataclass
-class Prepared:
-    cfg: ExperimentConfig
-    data: DataBundle
-    baseline: Baseline
-    space: SearchSpace
-
-    def baseline_summary(self) -> dict:
-        bm = self.baseline.metrics
-        return {
-            "val_accuracy": bm.val_accuracy,
-            "test_accuracy": bm.test_accuracy,
-            "latency_ms": bm.latency_ms,
-            "size_kb": bm.size_bytes / 1024,
-            "fp32_state_dict_bytes": bm.fp32_state_dict_bytes,
-            "params": bm.params,
-        }
-
-
-def prepare(cfg: ExperimentConfig, *, log=print) -> Prepared:
-    """Data, baseline (trained once, cached) and the search space resolved on the model."""
-    spec = load_search_space(cfg.search_space)
-    data = load_data(cfg.data)
-    baseline = get_baseline(cfg, data, log=log)
-    space = spec.resolve(baseline.model)
-    return Prepared(cfg, data, baseline, space)
 
 
 def _fail_leftovers(info: StudyInfo, on_stale, log) -> None:

@@ -36,7 +36,14 @@ from ..policy import CompressionPolicy
 from ..search_space import SearchSpace
 from .objective import TrialEvaluator, suggest_policy
 from .pareto import diverse_order, hypervolume_order, non_dominated
-from .study import CONSTRAINTS_ATTR, StudyInfo, constraints_of, front_rows, run_once
+from .study import (
+    CONSTRAINTS_ATTR,
+    StudyInfo,
+    constraints_of,
+    front_rows,
+    run_once,
+    worker_id,
+)
 from .trials import _fmt_time
 
 __all__ = [
@@ -121,6 +128,7 @@ def run_screen(
     def objective(trial: optuna.Trial):
         policy = suggest_policy(trial, space)
         trial.set_user_attr("fidelity", 0)
+        trial.set_user_attr("worker", worker_id())
         trial.set_user_attr("policy", policy.to_dict())
         try:
             metrics = screener(policy)

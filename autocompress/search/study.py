@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import time
 import warnings
 from collections.abc import Callable
@@ -35,12 +37,19 @@ __all__ = [
     "run_once",
     "storage_kind",
     "wait_for_attr",
+    "worker_id",
     "trial_rows",
 ]
 
 CONSTRAINTS_ATTR = "constraints"
 SCREEN_SUFFIX = "-screen"  # the screen's study: ``<name>-screen`` in the same storage
 StaleCallback = Callable[[optuna.Study, FrozenTrial], None]
+
+
+def worker_id() -> str:
+    """``host:pid`` of this process: recorded on each trial it runs (user attribute
+    ``worker``), so a trial in the study says which worker runs it."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def constraints_of(trial: FrozenTrial) -> list[float]:

@@ -22,7 +22,7 @@ from ..reporting.figures import log_trial_chart, trial_description
 from ..search_space import SearchSpace
 from ..tracking import Tracker
 from .objective import TrialEvaluator, suggest_policy
-from .study import CONSTRAINTS_ATTR, StudyInfo, front_rows, run_once
+from .study import CONSTRAINTS_ATTR, StudyInfo, front_rows, run_once, worker_id
 
 __all__ = ["make_stale_callback", "reconcile_runs", "run_trials"]
 
@@ -252,6 +252,7 @@ def run_trials(
         if verdict == "yield":
             raise optuna.TrialPruned("yields to a re-queued trial")
         policy = suggest_policy(trial, space)
+        trial.set_user_attr("worker", worker_id())
         trial.set_user_attr("policy", policy.to_dict())
         params = space.params_from_policy(policy)
         run_id = tracker.start_trial(

@@ -26,7 +26,7 @@ from .sweep import SweepData, levels_of, model_structure, run_sweep
 from .table import LevelResult, SensitivityTable
 
 if TYPE_CHECKING:
-    from ..search.run import Prepared
+    from ..prepare import Prepared
 
 __all__ = ["analyze", "cache_key", "sweep_data"]
 

@@ -39,7 +39,7 @@ def _top(table, n: int = 8) -> list[str]:
 
 def _cmd_sensitivity(args: argparse.Namespace) -> int:
     from ..config import load_experiment
-    from ..search.run import prepare
+    from ..prepare import prepare
     from ..tracking import Tracker
     from .settings import settings_for
     from .stage import SensitivityStage

@@ -19,7 +19,7 @@ from .shaping import describe_shaping, shape_space, shaping_report
 from .table import SensitivityTable
 
 if TYPE_CHECKING:
-    from ..search.run import Prepared
+    from ..prepare import Prepared
 
 __all__ = ["SensitivityStage"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from autocompress.reporting.history import hypervolume_history
-from autocompress.search.front import front_hypervolume
+from autocompress.search.pareto import front_hypervolume
 
 OBJ = ["accuracy", "latency", "size"]
 BASE = {"latency_ms": 2.0, "size_kb": 100.0}

@@ -18,7 +18,8 @@ from autocompress.reporting.figures import (
     log_trial_chart,
     trial_description,
 )
-from autocompress.reporting.report import collect, write_report
+from autocompress.reporting.report import collect
+from autocompress.reporting.write import write_report
 from autocompress.search.study import load_study
 from autocompress.tracking import Tracker
 

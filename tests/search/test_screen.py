@@ -74,8 +74,8 @@ def test_screen_promotes_its_front_into_the_fine_tuned_study(tmp_path, fmnist_ro
 
 def test_screen_is_deterministic_per_policy(tmp_path, fmnist_root):
     from autocompress.hardware.latency import ProxyLatencyModel
+    from autocompress.prepare import prepare
     from autocompress.search.objective import TrialEvaluator
-    from autocompress.search.run import prepare
 
     cfg = load_experiment(tiny_config(tmp_path, fmnist_root))
     prep = prepare(cfg, log=_quiet)

@@ -13,7 +13,7 @@ from autocompress import load_experiment
 from autocompress.compression.apply import apply_policy, calibrate
 from autocompress.compression.batchnorm import correct_batchnorm
 from autocompress.policy import CompressionPolicy, LayerPolicy
-from autocompress.search.run import prepare
+from autocompress.prepare import prepare
 from autocompress.search_space import LayerChoices, SearchSpace
 from autocompress.sensitivity import SensitivitySettings, analyze, cache_key
 from autocompress.sensitivity import analysis as analysis_mod
