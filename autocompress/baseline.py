@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import time
@@ -14,13 +13,15 @@ import torch
 from torch import nn
 
 from ._files import atomic_write
+from .cache_key import content_key, file_digest
 from .config import ExperimentConfig
 from .data import DataBundle
 from .errors import ModelError
 from .hardware.measure import measure_torch_model_latency
+from .hardware.profiler import machine_fingerprint
 from .models import build_model, check_model_fits
 from .policy import CompressionPolicy
-from .size import size_bytes
+from .size import size_bytes, size_measure
 from .training import evaluate, train
 
 __all__ = ["Baseline", "BaselineMetrics", "get_baseline", "state_dict_bytes"]
@@ -62,9 +63,13 @@ def _cache_key(cfg: ExperimentConfig) -> str:
     data["batch_size"] = d["data"]["batch_size"]
     payload = {"model": d["model"], "baseline": d["baseline"], "data": data}
     if cfg.model.checkpoint is not None:
-        payload["checkpoint_sha"] = hashlib.sha256(cfg.model.checkpoint.read_bytes()).hexdigest()
-    text = json.dumps(payload, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+        payload["checkpoint_sha"] = file_digest(cfg.model.checkpoint)
+    return content_key(payload)
+
+
+def _latency_key(cfg: ExperimentConfig) -> str:
+    """What a cached baseline latency was measured with: batch size and machine."""
+    return content_key({"batch_size": cfg.latency.batch_size, "machine": machine_fingerprint()})
 
 
 def _load_cached(cfg: ExperimentConfig, ckpt: Path, kw: dict, log) -> nn.Module | None:
@@ -136,18 +141,25 @@ def get_baseline(cfg: ExperimentConfig, data: DataBundle, *, log=print) -> Basel
     val_acc, val_loss = evaluate(model, data.val)
     test_acc, _ = evaluate(model, data.test)
     example = data.example_input(cfg.latency.batch_size)
-    latency = cached.get("latency_ms") or measure_torch_model_latency(model, example)
+    latency = None
+    if cached.get("latency_key") == _latency_key(cfg):  # measured here, at this batch size
+        latency = cached.get("latency_ms")
+    latency = latency or measure_torch_model_latency(model, example)
     metrics = BaselineMetrics(
         val_accuracy=val_acc,
         val_loss=val_loss,
         test_accuracy=test_acc,
         latency_ms=latency,
-        size_bytes=size_bytes(cfg, model, CompressionPolicy(), data.input_shape),
+        # (measure memory: the memory model needs the search space; prepare() fills it in)
+        size_bytes=0
+        if size_measure(cfg) == "memory"
+        else size_bytes(cfg, model, CompressionPolicy(), data.input_shape),
         fp32_state_dict_bytes=state_dict_bytes(model),
         params=sum(p.numel() for p in model.parameters()),
         trained_seconds=cached.get("trained_seconds", trained_seconds),
         cache_key=key,
     )
     if cfg.model.checkpoint is None:
-        atomic_write(meta_path, json.dumps(metrics.to_dict(), indent=2))
+        meta = metrics.to_dict() | {"latency_key": _latency_key(cfg)}
+        atomic_write(meta_path, json.dumps(meta, indent=2))
     return Baseline(model, metrics, ckpt)

@@ -7,7 +7,6 @@ Relative paths in an experiment file are resolved against the folder of that fil
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -224,10 +223,16 @@ class ObjectiveConfig(_Strict):
 
 class SizeObjectiveConfig(ObjectiveConfig):
     """Which size is the objective: ``packed`` (the entropy-coded transfer file, counted
-    exactly without encoding) or ``onnx`` (the deployed ONNX file: INT8 QDQ for quantised
-    layers, zeros stored densely; written and counted, cached per layer structure)."""
+    exactly without encoding), ``onnx`` (the deployed ONNX file: INT8 QDQ for quantised
+    layers, zeros stored densely; written and counted, cached per layer structure) or
+    ``memory`` (steady resident memory of the deployed model in ONNX Runtime, predicted by a
+    model fitted to ``memory_samples`` measured policies on this machine; its cross-validated
+    error is logged and cached with it)."""
 
-    measure: Literal["packed", "onnx"] = "packed"
+    measure: Literal["packed", "onnx", "memory"] = "packed"
+    memory_samples: int = Field(
+        12, ge=4, description="with measure: memory, policies measured to fit the memory model"
+    )
 
 
 class ObjectivesConfig(_Strict):
@@ -376,12 +381,6 @@ class ExperimentConfig(_Strict):
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(self.model_dump_json())
-
-    def fingerprint(self, *sections: str) -> str:
-        """Stable hash of the named config sections (what determines a cached result)."""
-        d = self.to_dict()
-        payload = json.dumps({s: d.get(s) for s in sections}, sort_keys=True, default=str)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------

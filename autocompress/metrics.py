@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-__all__ = ["OBJECTIVES", "Objective", "TrialMetrics", "spearman"]
+__all__ = ["OBJECTIVES", "Objective", "TrialMetrics", "spearman", "summarize"]
 
 
 def spearman(a: Sequence[float], b: Sequence[float], *, min_pairs: int = 3) -> float:
@@ -68,3 +68,12 @@ class TrialMetrics:
         d = {k: v for k, v in asdict(self).items() if v is not None}
         d["size_kb"] = self.size_kb
         return d
+
+
+def summarize(predicted, measured) -> tuple[float, float, float]:
+    """(fraction within ±10 %, mean absolute percentage error, Spearman) of predictions."""
+    import numpy as np
+
+    p, m = np.asarray(predicted, float), np.asarray(measured, float)
+    err = np.abs(p - m) / m
+    return float(np.mean(err <= 0.10)), float(np.mean(err)), spearman(p, m, min_pairs=2)

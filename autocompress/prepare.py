@@ -4,12 +4,18 @@ export)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from .baseline import Baseline, get_baseline
 from .config import ExperimentConfig
 from .data import DataBundle, load_data
+from .policy import CompressionPolicy
 from .search_space import SearchSpace, load_search_space
+from .size import size_bytes, size_measure
+
+if TYPE_CHECKING:
+    from .hardware.memory_model import MemoryModel
 
 __all__ = ["Prepared", "prepare"]
 
@@ -20,6 +26,13 @@ class Prepared:
     data: DataBundle
     baseline: Baseline
     space: SearchSpace
+    memory_model: MemoryModel | None = None  # with objectives.size.measure: memory
+
+    def size_bytes(self, model, policy: CompressionPolicy) -> int:
+        """The experiment's size objective of ``model`` (compressed by ``policy``)."""
+        return size_bytes(
+            self.cfg, model, policy, self.data.input_shape, memory_model=self.memory_model
+        )
 
     def baseline_summary(self) -> dict:
         bm = self.baseline.metrics
@@ -39,4 +52,11 @@ def prepare(cfg: ExperimentConfig, *, log=print) -> Prepared:
     data = load_data(cfg.data)
     baseline = get_baseline(cfg, data, log=log)
     space = spec.resolve(baseline.model)
-    return Prepared(cfg, data, baseline, space)
+    prep = Prepared(cfg, data, baseline, space)
+    if size_measure(cfg) == "memory":
+        from .hardware.memory_model import get_memory_model
+
+        prep.memory_model = get_memory_model(cfg, prep, log=log)
+        size = prep.size_bytes(baseline.model, CompressionPolicy())
+        prep.baseline = replace(baseline, metrics=replace(baseline.metrics, size_bytes=size))
+    return prep

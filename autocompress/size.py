@@ -4,7 +4,10 @@
 - ``packed``: bytes of the packed, entropy-coded file (``autocompress.compression.packing``),
   counted exactly from symbol histograms without encoding;
 - ``onnx``: bytes of the ONNX file the model is deployed as (INT8 QDQ for quantised layers,
-  zeros stored densely), written and counted, cached per layer structure.
+  zeros stored densely), written and counted, cached per layer structure;
+- ``memory``: steady resident memory (bytes) the deployed model adds to an ONNX Runtime
+  process, predicted by the experiment's fitted memory model
+  (:func:`autocompress.hardware.memory_model.get_memory_model`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ __all__ = ["size_bytes", "size_measure"]
 
 
 def size_measure(cfg: ExperimentConfig) -> str:
-    """``packed`` or ``onnx`` (``packed`` when size is not an objective)."""
+    """``packed``, ``onnx`` or ``memory`` (``packed`` when size is not an objective)."""
     return cfg.objectives.size.measure if cfg.objectives.size is not None else "packed"
 
 
@@ -35,9 +38,16 @@ def size_bytes(
     input_shape: tuple[int, ...],
     *,
     onnx_cache: dict | None = None,
+    memory_model=None,  # hardware.memory_model.MemoryModel, with measure: memory
 ) -> int:
     """The model's size in the experiment's measure (``model`` compressed by ``policy``, or
     the uncompressed model with an empty policy)."""
+    if size_measure(cfg) == "memory":
+        import torch
+
+        if memory_model is None:
+            raise ValueError("objectives.size.measure is memory: pass the fitted memory model")
+        return max(1, round(memory_model.predict_mb(model, torch.zeros((1, *input_shape))) * 1e6))
     if size_measure(cfg) == "onnx":
         import torch
 

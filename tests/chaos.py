@@ -152,7 +152,20 @@ class ChaosRun:
         return asdict(self)
 
 
-def _busy_pids(study_name: str, storage: str, stage: str) -> set[int]:
+_STORAGES: dict[str, object] = {}
+
+
+def storage(url: str):
+    """One Optuna storage per URL for this process (a new one per call would open a new
+    connection pool each time and exhaust the server's connection slots)."""
+    import optuna
+
+    if url not in _STORAGES:
+        _STORAGES[url] = optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    return _STORAGES[url]
+
+
+def _busy_pids(study_name: str, url: str, stage: str) -> set[int]:
     """Pids of the workers running a trial of the stage's study right now (each trial records
     its worker as ``host:pid``)."""
     import optuna
@@ -160,7 +173,7 @@ def _busy_pids(study_name: str, storage: str, stage: str) -> set[int]:
 
     name = f"{study_name}-screen" if stage == "screen" else study_name
     try:
-        st = optuna.load_study(study_name=name, storage=storage)
+        st = optuna.load_study(study_name=name, storage=storage(url))
         running = st.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     except Exception:  # noqa: BLE001 - not there yet, or the database is restarting
         return set()
@@ -169,7 +182,7 @@ def _busy_pids(study_name: str, storage: str, stage: str) -> set[int]:
     }
 
 
-def _counts(study_name: str, storage: str) -> tuple[int, int]:
+def _counts(study_name: str, url: str) -> tuple[int, int]:
     """(complete screened, complete fine-tuned) trials; (-1, -1) while the database is away."""
     import optuna
     from optuna.trial import TrialState
@@ -178,7 +191,7 @@ def _counts(study_name: str, storage: str) -> tuple[int, int]:
     out = []
     for name in (f"{study_name}-screen", study_name):
         try:
-            st = optuna.load_study(study_name=name, storage=storage)
+            st = optuna.load_study(study_name=name, storage=storage(url))
             out.append(len(st.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))))
         except KeyError:
             out.append(0)
@@ -290,7 +303,13 @@ def run(
             if now >= t:
                 del restart_at[w]
                 start(w)
-        if len(done) == plan.workers:
+        exhausted = {w for w in range(plan.workers) if starts[w] >= plan.max_starts_per_worker}
+        idle = {w for w in exhausted if procs[w] is None and w not in restart_at}
+        if len(done | idle) == plan.workers:
+            if idle:
+                event(
+                    "gave_up", f"workers {sorted(idle)} failed {plan.max_starts_per_worker} starts"
+                )
             break
         # The next chaos action, once its trigger count is reached (and its delay passed).
         if actions:
@@ -354,7 +373,7 @@ def verify(study_name: str, experiment: str, pg: str, tracking: str, n_trials: i
     from optuna.trial import TrialState
 
     problems: list[str] = []
-    study = optuna.load_study(study_name=study_name, storage=pg)
+    study = optuna.load_study(study_name=study_name, storage=storage(pg))
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     failed = [t for t in trials if t.state == TrialState.FAIL]

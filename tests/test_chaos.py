@@ -45,8 +45,8 @@ def test_kills_and_restarts_lose_nothing_and_count_nothing_twice(tmp_path, fmnis
     finally:
         server.stop()
     detail = f"{run.to_dict()}\n{facts}"
-    print(detail)
     assert not run.hung, detail
+    assert run.count("gave_up") == 0, detail
     assert run.count("kill") >= 6, detail
     assert run.count("restart_postgres") == 1, detail
     assert run.count("restart_mlflow") == 1, detail

@@ -26,7 +26,7 @@ N_TRIALS = 5
 
 def _running_with_run(name: str):
     try:
-        study = optuna.load_study(study_name=name, storage=PG)
+        study = optuna.load_study(study_name=name, storage=chaos.storage(PG))
     except KeyError:
         return None
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
@@ -62,7 +62,7 @@ def test_tracking_server_away_too_long_then_back(tmp_path, fmnist_root):
         lines = [ln for ln in err.splitlines() if ln.strip()]
         assert "Traceback" not in err
         assert lines[-1].startswith("error: MLflow tracking server") and "unreachable" in lines[-1]
-        study = optuna.load_study(study_name=name, storage=PG)
+        study = optuna.load_study(study_name=name, storage=chaos.storage(PG))
         failed = study.get_trials(states=(TrialState.FAIL,))
         assert len(failed) == 1 and "unreachable" in failed[0].user_attrs["fail_reason"]
         t = failed[0]

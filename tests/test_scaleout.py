@@ -14,6 +14,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import chaos
 import mlflow
 import optuna
 import pytest
@@ -68,7 +69,9 @@ def _config(tmp_path, fmnist_root, **kw) -> Path:
 def _study(path: Path) -> optuna.Study:
     import yaml
 
-    return optuna.load_study(study_name=yaml.safe_load(path.read_text())["name"], storage=PG)
+    return optuna.load_study(
+        study_name=yaml.safe_load(path.read_text())["name"], storage=chaos.storage(PG)
+    )
 
 
 def _trial_runs(url: str, path: Path):

@@ -321,7 +321,7 @@ def export(cfg: ExperimentConfig, criteria: PickCriteria, *, log=print) -> Expor
     latency_model = make_latency_model(
         cfg, baseline.model, prep.space, example, reference_ms=baseline.metrics.latency_ms, log=log
     )
-    evaluator = TrialEvaluator(cfg, baseline, data, latency_model)
+    evaluator = TrialEvaluator(cfg, baseline, data, latency_model, prep.memory_model)
     ft = cfg.export.finetune
     log(f"fine-tuning trial {row['trial']}: {ft.steps} steps, distillation {ft.distill_weight}")
     model, _ = evaluator.compress(policy, recipe=ft, seed=cfg.search.seed)

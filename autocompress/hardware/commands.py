@@ -66,7 +66,9 @@ def _memory_validate(args: argparse.Namespace) -> int:
     from .memory_model import validate_memory
 
     cfg = _load(args)
-    r = validate_memory(cfg, args.samples, seed=args.seed)
+    from ..prepare import prepare
+
+    r = validate_memory(prepare(cfg), args.samples, seed=args.seed)
     for what, fit in (("steady", r.steady), ("peak", r.peak)):
         print(
             f"memory model ({what}): {fit['cv_within_10pct']:.0%} of {r.samples} cross-validated "

@@ -26,7 +26,16 @@ from torch import nn
 from ..errors import ConfigError
 from ..policy import compressible_layers
 
-__all__ = ["FEATURES", "MemoryValidation", "fit_cv", "memory_features", "validate_memory"]
+__all__ = [
+    "FEATURES",
+    "MemoryModel",
+    "MemoryValidation",
+    "compressed_features",
+    "fit_cv",
+    "get_memory_model",
+    "memory_features",
+    "validate_memory",
+]
 
 FEATURES = ("int8_weight_mb", "float_weight_mb", "activation_mb")
 
@@ -65,7 +74,7 @@ def fit_cv(x: np.ndarray, y: np.ndarray, *, folds: int = 5, seed: int = 0) -> di
     from sklearn.linear_model import LinearRegression
     from sklearn.model_selection import KFold, cross_val_predict
 
-    from .validate import summarize
+    from ..metrics import summarize
 
     model = LinearRegression(positive=True)
     k = max(2, min(folds, len(y)))
@@ -104,35 +113,21 @@ class MemoryValidation:
         }
 
 
-def validate_memory(
-    cfg, samples: int, *, seed: int = 0, log: Callable[[str], None] = print
-) -> MemoryValidation:
-    """Measure the deployed form of ``samples`` random policies (fresh processes, net of an
-    empty model), fit the memory model by cross-validation, write ``output_dir/memory/``."""
-    from itertools import islice
-
+def _measured_samples(
+    cfg, model, space, example, calib, samples: int, threads: int, seed: int, log
+):
+    """``samples`` random policies of ``space``: exported to their deployed form, resident
+    memory measured on fresh processes; one row per policy (features, sizes, memory)."""
     from ..compression.apply import materialize
-    from ..prepare import prepare
-    from ..training import batches
     from .forms import DeploySpec, build_form
     from .memory import measure_memory
-    from .targets import MeasuredTarget, Runtime, load_target
-    from .validate import random_compressed
+    from .samples import random_compressed
 
-    if samples < 4:
-        raise ConfigError(f"--samples must be at least 4 (got {samples})")
-    t0 = time.perf_counter()
-    prep = prepare(cfg, log=log)
-    target = load_target(cfg.latency.target)
-    threads = (target.runtime if isinstance(target, MeasuredTarget) else Runtime()).threads
-    example = prep.data.example_input(cfg.latency.batch_size)
-    model = prep.baseline.model.eval()
-    calib = [x for x, _ in islice(batches(prep.data.train, 16, shuffle=True, seed=seed), 2)]
     rng = random.Random(seed)
     rows, paths = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(samples):
-            policy, compressed = random_compressed(cfg, model, prep.space, example, calib, rng)
+            policy, compressed = random_compressed(cfg, model, space, example, calib, rng)
             plain, bits = materialize(compressed)
             spec = DeploySpec("int8-qdq", tuple(sorted(bits))) if bits else DeploySpec("fp32")
             path, _ = build_form(plain, example, Path(tmp) / f"s{i}.onnx", spec, calibration=calib)
@@ -145,10 +140,125 @@ def validate_memory(
                     **memory_features(plain, bits, example),
                 }
             )
-        log(f"memory validate: {samples} policies exported, measuring resident memory")
+        log(f"memory: {samples} policies exported, measuring resident memory")
         mem = measure_memory(paths, tuple(example.shape), threads=threads, repeats=1)
     for row, m in zip(rows, mem, strict=True):
         row["steady_mb"], row["peak_mb"] = m.steady_mb, m.peak_mb
+    return rows
+
+
+def _context(cfg, prep, seed: int = 0):
+    from itertools import islice
+
+    from ..training import batches
+    from .targets import MeasuredTarget, Runtime, load_target
+
+    target = load_target(cfg.latency.target)
+    threads = (target.runtime if isinstance(target, MeasuredTarget) else Runtime()).threads
+    example = prep.data.example_input(cfg.latency.batch_size)
+    calib = [x for x, _ in islice(batches(prep.data.train, 16, shuffle=True, seed=seed), 2)]
+    return threads, example, calib
+
+
+@dataclass
+class MemoryModel:
+    """Predicted steady resident memory (MB) of a compressed model's deployed form: the
+    non-negative linear fit over :data:`FEATURES`, with its cross-validated error on this
+    machine (what ``objectives.size.measure: memory`` minimises)."""
+
+    intercept_mb: float
+    coef: dict
+    cv_within_10pct: float
+    cv_mape: float
+    samples: int
+    threads: int = 1
+
+    def predict_mb(self, model: nn.Module, example: torch.Tensor) -> float:
+        """For a compressed model (masks and quantisers in place) or a plain one."""
+        x = compressed_features(model, example)
+        return self.intercept_mb + sum(self.coef[f] * x[f] for f in FEATURES)
+
+    def describe(self) -> str:
+        weak = (
+            " (weak: more objectives.size.memory_samples may help)"
+            if (self.cv_within_10pct < 0.8)
+            else ""
+        )
+        return (
+            f"memory model: {self.cv_within_10pct:.0%} of {self.samples} cross-validated "
+            f"predictions within ±10 %, MAPE {self.cv_mape:.1f} %{weak}"
+        )
+
+
+def compressed_features(model: nn.Module, example: torch.Tensor) -> dict[str, float]:
+    """:func:`memory_features` of a compressed model without materialising it: the layers
+    whose weights are quantised deploy as INT8."""
+    from torch.nn.utils import parametrize
+
+    int8 = []
+    for name, layer in compressible_layers(model).items():
+        if parametrize.is_parametrized(layer, "weight"):
+            if layer.parametrizations["weight"][0].bits < 32:
+                int8.append(name)
+    return memory_features(model, int8, example)
+
+
+def get_memory_model(cfg, prep, *, force: bool = False, log: Callable[[str], None] = print):
+    """The experiment's memory model from ``output_dir/cache``, or measured and fitted now
+    (``objectives.size.memory_samples`` random policies) and cached."""
+    from .._files import atomic_write
+    from ..cache_key import content_key
+    from .profiler import machine_fingerprint
+
+    threads, example, calib = _context(cfg, prep)
+    n = cfg.objectives.size.memory_samples
+    key = content_key(
+        {
+            "version": 1,
+            "arch": repr(prep.baseline.model),
+            "checkpoint": str(prep.baseline.checkpoint),
+            "choices": {k: list(v) for k, v in prep.space.choices().items()},
+            "input": list(example.shape),
+            "threads": threads,
+            "machine": machine_fingerprint(),
+            "samples": n,
+            "compression": [cfg.compression.round_to, cfg.compression.importance],
+        }
+    )
+    path = cfg.output_dir / "cache" / f"memory-{key}.json"
+    if path.is_file() and not force:
+        try:
+            mm = MemoryModel(**json.loads(path.read_text()))
+            log(f"{mm.describe()} (cached {path.name})")
+            return mm
+        except (ValueError, TypeError) as exc:
+            log(f"memory: {path.name} unreadable ({exc}): measuring again")
+    t0 = time.perf_counter()
+    model = prep.baseline.model.eval()
+    rows = _measured_samples(cfg, model, prep.space, example, calib, n, threads, 0, log)
+    x = np.array([[r[f] for f in FEATURES] for r in rows])
+    fit = fit_cv(x, np.array([r["steady_mb"] for r in rows]))
+    mm = MemoryModel(
+        fit["intercept_mb"], fit["coef"], fit["cv_within_10pct"], fit["cv_mape"], n, threads
+    )
+    atomic_write(path, json.dumps(asdict(mm), indent=1))
+    log(f"{mm.describe()} ({time.perf_counter() - t0:.0f} s)")
+    return mm
+
+
+def validate_memory(
+    prep, samples: int, *, seed: int = 0, log: Callable[[str], None] = print
+) -> MemoryValidation:
+    """Measure the deployed form of ``samples`` random policies of ``prep``'s space (fresh
+    processes, net of an empty model), fit the memory model by cross-validation, write
+    ``output_dir/memory/``."""
+    cfg = prep.cfg
+    if samples < 4:
+        raise ConfigError(f"--samples must be at least 4 (got {samples})")
+    t0 = time.perf_counter()
+    threads, example, calib = _context(cfg, prep, seed)
+    model = prep.baseline.model.eval()
+    rows = _measured_samples(cfg, model, prep.space, example, calib, samples, threads, seed, log)
     x = np.array([[r[f] for f in FEATURES] for r in rows])
     steady = fit_cv(x, np.array([r["steady_mb"] for r in rows]), seed=seed)
     peak = fit_cv(x, np.array([r["peak_mb"] for r in rows]), seed=seed)

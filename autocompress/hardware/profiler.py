@@ -12,8 +12,6 @@ precisions, both uniform precisions at every channel level, and random configura
 
 from __future__ import annotations
 
-import hashlib
-import json
 import platform
 import random
 import tempfile
@@ -24,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..cache_key import content_key
 from ..policy import FLOAT_BITS, CompressionPolicy, LayerPolicy, compressible_layers
 from ..search_space import SearchSpace
 from .measure import (
@@ -174,14 +173,13 @@ def table_key(
         "version": TABLE_VERSION,
         "target": [target.name, target.digest()],
         "machine": machine_fingerprint(),
-        "arch": hashlib.sha256(repr(model).encode()).hexdigest()[:16],
+        "arch": content_key(repr(model)),
         "input": list(example.shape),
         "choices": {n: list(map(list, c)) for n, c in _choices(space, layers).items()},
         "round_to": round_to,
         "probes": _probe_channels(model, space, example, round_to),
     }
-    text = json.dumps(payload, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return content_key(payload)
 
 
 def profile_model(

@@ -6,8 +6,6 @@ for hardware the user may not have) or ``proxy`` (the MACs x bits placeholder).
 
 from __future__ import annotations
 
-import hashlib
-import json
 from functools import cache
 from pathlib import Path
 from typing import Literal
@@ -15,6 +13,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..cache_key import content_key
 from ..errors import ConfigError
 
 __all__ = [
@@ -82,8 +81,7 @@ class MeasuredTarget(_Strict):
 
     def digest(self) -> str:
         """Hash of what changes measurements (not the profiling budget)."""
-        payload = json.dumps({"threads": self.runtime.threads}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+        return content_key({"threads": self.runtime.threads}, 12)
 
 
 class Compute(_Strict):

@@ -19,15 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from ..metrics import spearman
-from ..policy import FLOAT_BITS, CompressionPolicy, LayerPolicy
-from ..search_space import SearchSpace
+from ..metrics import summarize
+from ..policy import FLOAT_BITS
 
 __all__ = [
     "ValidationReport",
-    "random_compressed",
-    "random_policy",
-    "summarize",
     "validate_latency",
 ]
 
@@ -49,45 +45,6 @@ class ValidationReport:
         d = asdict(self)
         d.pop("pairs")
         return d
-
-
-def summarize(predicted, measured) -> tuple[float, float, float]:
-    """(fraction within ±10 %, mean absolute percentage error, Spearman) of predictions."""
-    p, m = np.asarray(predicted, float), np.asarray(measured, float)
-    err = np.abs(p - m) / m
-    return float(np.mean(err <= 0.10)), float(np.mean(err)), spearman(p, m, min_pairs=2)
-
-
-def random_policy(space: SearchSpace, rng: random.Random) -> CompressionPolicy:
-    """Each layer's sparsity, bits and keep ratio drawn uniformly from its choices."""
-    return CompressionPolicy(
-        {
-            name: LayerPolicy(
-                sparsity=rng.choice(ch.sparsity),
-                bits=rng.choice(ch.bits),
-                keep_ratio=rng.choice(ch.keep_ratio),
-            )
-            for name, ch in space.layers.items()
-        }
-    )
-
-
-def random_compressed(cfg, model, space, example, calibration, rng: random.Random):
-    """A random policy of ``space`` applied to ``model`` as a trial applies it (channel
-    removal, masks, quantisers, activation ranges calibrated): ``(policy, compressed)``; what
-    ``latency validate`` and ``memory validate`` measure."""
-    from ..compression.apply import apply_policy, calibrate
-
-    policy = random_policy(space, rng)
-    compressed = apply_policy(
-        model,
-        policy,
-        example=example,
-        round_to=cfg.compression.round_to,
-        importance=cfg.compression.importance,
-    )
-    calibrate(compressed, calibration)
-    return policy, compressed
 
 
 def _plot(pairs: list[dict], path: Path, title: str) -> Path:
@@ -159,6 +116,7 @@ def validate_latency(
     from .latency import make_latency_model
     from .layers import channels
     from .measure import cpu_busy_fraction, measure_passes, random_feed
+    from .samples import random_compressed
     from .targets import MeasuredTarget, Runtime, load_target
 
     if samples < 2:

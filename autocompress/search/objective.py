@@ -18,6 +18,7 @@ from ..compression.batchnorm import batch_statistics, correct_batchnorm
 from ..config import ExperimentConfig, FinetuneConfig
 from ..data import DataBundle
 from ..hardware.latency import LatencyModel
+from ..hardware.memory_model import MemoryModel
 from ..metrics import TrialMetrics
 from ..policy import CompressionPolicy
 from ..search_space import SearchSpace
@@ -41,6 +42,7 @@ class TrialEvaluator:
     baseline: Baseline
     data: DataBundle
     latency_model: LatencyModel
+    memory_model: MemoryModel | None = None  # objectives.size.measure: memory
     _calibration: dict = field(default_factory=dict, init=False, repr=False)
     _onnx_sizes: dict = field(default_factory=dict, init=False, repr=False)
     uncharged_s: float = field(default=0.0, init=False)  # benchmark-only test scoring
@@ -92,7 +94,12 @@ class TrialEvaluator:
     def size_bytes(self, model: nn.Module, policy: CompressionPolicy) -> int:
         """The size objective (:func:`autocompress.size.size_bytes`)."""
         return size_bytes(
-            self.cfg, model, policy, self.data.input_shape, onnx_cache=self._onnx_sizes
+            self.cfg,
+            model,
+            policy,
+            self.data.input_shape,
+            onnx_cache=self._onnx_sizes,
+            memory_model=self.memory_model,
         )
 
     def measure(

@@ -180,7 +180,7 @@ def search(
     # The baseline on the trials' scale (the target's threads), next to its direct measurement.
     baseline["measured_latency_ms"] = bm.latency_ms
     baseline["latency_ms"] = latency_model.predict(prep.baseline.model, CompressionPolicy())
-    evaluator = TrialEvaluator(cfg, prep.baseline, prep.data, latency_model)
+    evaluator = TrialEvaluator(cfg, prep.baseline, prep.data, latency_model, prep.memory_model)
 
     on_stale = make_stale_callback(tracker, cfg.search.retries)
     space_params = {k: list(v) for k, v in space.choices().items()}

@@ -3,8 +3,6 @@ trial table / Pareto front read back from it (used by search, status, pick)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import socket
 import time
@@ -19,6 +17,7 @@ from optuna.storages._cached_storage import _CachedStorage  # Optuna's own cache
 from optuna.trial import FrozenTrial, TrialState
 
 from .._retry import RetryingStorage
+from ..cache_key import content_key
 from ..config import ExperimentConfig
 from ..errors import AutocompressError, ConfigError
 from ..metrics import OBJECTIVES
@@ -85,7 +84,7 @@ def _space_fingerprint(cfg: ExperimentConfig, space_params: dict) -> str:
     payload = {"objectives": cfg.objectives.enabled(), "space": space_params}
     if size_measure(cfg) != "packed":  # (packed studies keep the fingerprint they had)
         payload["size_measure"] = size_measure(cfg)
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    return content_key(payload)
 
 
 @dataclass
@@ -109,9 +108,24 @@ def storage_kind(cfg: ExperimentConfig) -> str:
     return "sqlite" if url.startswith("sqlite:") else "rdb"
 
 
+_OPEN: dict[tuple, object] = {}  # one storage (one connection pool) per URL and callback
+
+
 def _storage(cfg: ExperimentConfig, on_stale: StaleCallback | None = None):
-    """The Optuna storage the config names. RDB storages (SQLite, PostgreSQL, MySQL) get a
-    heartbeat so that trials of a killed worker are failed (and retried) by a live one."""
+    """The Optuna storage the config names: for a database server one per process and
+    callback (each holds a connection pool); files are opened afresh. RDB storages (SQLite,
+    PostgreSQL, MySQL) get a heartbeat so that trials of a killed worker are failed (and
+    retried) by a live one."""
+    if storage_kind(cfg) != "rdb":  # files: opened afresh (a folder may be deleted between)
+        return _new_storage(cfg, on_stale)
+    s = cfg.search
+    key = (cfg.optuna_storage, s.heartbeat_interval, s.grace_period, s.reconnect_s, on_stale)
+    if key not in _OPEN:
+        _OPEN[key] = _new_storage(cfg, on_stale)
+    return _OPEN[key]
+
+
+def _new_storage(cfg: ExperimentConfig, on_stale: StaleCallback | None):
     url = cfg.optuna_storage
     try:
         if storage_kind(cfg) == "journal":

@@ -5,17 +5,15 @@ estimator's rank agreement with the sweep.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from itertools import islice
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..cache_key import content_key, file_digest
 from ..errors import AutocompressError
 from ..metrics import spearman
 from ..search_space import SearchSpace
@@ -67,7 +65,7 @@ def cache_key(prep: Prepared, settings: SensitivitySettings) -> str:
     data_keys = ("dataset", "root", "kwargs", "val_fraction", "seed", "val_subset")
     payload = {
         "version": _VERSION,
-        "checkpoint": hashlib.sha256(Path(prep.baseline.checkpoint).read_bytes()).hexdigest(),
+        "checkpoint": file_digest(prep.baseline.checkpoint),
         "model": {k: d["model"][k] for k in ("name", "kwargs", "num_classes")},
         "data": {k: d["data"].get(k) for k in data_keys},
         "calibration": {
@@ -78,8 +76,7 @@ def cache_key(prep: Prepared, settings: SensitivitySettings) -> str:
         "compression": d.get("compression"),
         "settings": settings.cache_fields(),
     }
-    text = json.dumps(payload, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return content_key(payload)
 
 
 def _agreement(rows: list[LevelResult]) -> dict[str, float]:

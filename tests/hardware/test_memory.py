@@ -79,3 +79,44 @@ def test_memory_features_count_int8_and_float_weights():
     assert f["activation_mb"] == 4 * 10 / 1e6  # the largest module output (fc's)
     f32 = memory_features(model, [], torch.zeros(1, 1, 8, 8))
     assert f32["int8_weight_mb"] == 0 and f32["float_weight_mb"] == 4 * 650 / 1e6
+
+
+def test_memory_as_the_size_objective_is_fitted_cached_and_predicted(tmp_path, fmnist_root):
+    import json
+
+    from conftest import tiny_config
+
+    import autocompress as ac
+    from autocompress.cli import main
+    from autocompress.prepare import prepare
+    from autocompress.search.study import load_study
+
+    path = tiny_config(
+        tmp_path,
+        fmnist_root,
+        search__n_trials=2,
+        search__screen_trials=4,
+        objectives__size__measure="memory",
+        objectives__size__memory_samples=4,
+    )
+    cfg = ac.load_experiment(path)
+    lines: list[str] = []
+    prep = prepare(cfg, log=lines.append)
+    mm = prep.memory_model
+    assert mm is not None and mm.samples == 4
+    assert any("memory model:" in line and "cross-validated" in line for line in lines)
+    cached = list((cfg.output_dir / "cache").glob("memory-*.json"))
+    assert len(cached) == 1 and json.loads(cached[0].read_text())["samples"] == 4
+    example = torch.zeros(1, 1, 28, 28)
+    assert prep.baseline.metrics.size_bytes == round(
+        mm.predict_mb(prep.baseline.model, example) * 1e6
+    )
+    # The search's trials are scored on it, from the cache (nothing measured again).
+    result = ac.search(cfg, log=lines.append)
+    assert result.n_complete == 2
+    assert sum("memory model:" in line and "cached" in line for line in lines) >= 1
+    for t in load_study(cfg).study.trials:
+        if t.user_attrs.get("metrics"):
+            assert t.user_attrs["metrics"]["size_kb"] > 0
+    # `memory validate` reports the same kind of fit from measured samples.
+    assert main(["memory", "validate", str(path), "--samples", "4", "--json"]) == 0
