@@ -127,7 +127,7 @@ def _markdown(r: dict) -> str:
         "| what | value |",
         "|---|---|",
         f"| wall time | {r['wall_s']:.0f} s |",
-        f"| SIGKILLs (random worker, random moment) | {r['kills']} |",
+        f"| SIGKILLs (a random worker that runs a trial, at a random moment) | {r['kills']} |",
         f"| PostgreSQL restarts | {r['postgres_restarts']} |",
         f"| MLflow server restarts | {r['mlflow_restarts']} |",
         f"| worker starts (3 + restarts) | {r['worker_starts']} |",
