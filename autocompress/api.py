@@ -81,6 +81,12 @@ def status(cfg: ExperimentConfig) -> dict:
         "complete": info.count(TrialState.COMPLETE),
         "failed": info.count(TrialState.FAIL),
         "running": info.count(TrialState.RUNNING),
+        # which worker (host:pid) runs each running trial
+        "running_on": {
+            t.number: t.user_attrs.get("worker", "?")
+            for t in trials
+            if t.state == TrialState.RUNNING
+        },
         "elapsed_s": elapsed,
         "front": front_rows(info),
     }

@@ -54,6 +54,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p = _experiment_parser(sub, "status", "trials done/failed/running and the current front")
+    p.add_argument("--storage", help="Optuna storage URL (default: SQLite in output_dir)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p = _experiment_parser(sub, "pick", "choose a model from the Pareto front")
     _selectors(p)
@@ -222,6 +223,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         f"{st['study']}: {st['complete']} complete / {st['n_trials']} wanted, "
         f"{st['failed']} failed, {st['running']} running; {st['elapsed_s']:.0f} s of trials"
     )
+    for number, worker in sorted(st["running_on"].items()):
+        print(f"  trial {number} running on {worker}")
     print(_front_table(st["front"]))
     if args.json:
         print(

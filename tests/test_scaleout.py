@@ -120,6 +120,11 @@ def test_sigkill_mid_trial_then_resume(tmp_path, fmnist_root, mlflow_server):
         except KeyError:
             continue
         victim = next((t for t in running if "mlflow_run_id" in t.user_attrs), None)
+    # `status` says which worker runs the trial.
+    st = subprocess.run(
+        [*CLI, "status", str(path), "--storage", PG], capture_output=True, text=True
+    )
+    assert f"trial {victim.number} running on" in st.stdout and f":{proc.pid}" in st.stdout
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
 
