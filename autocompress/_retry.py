@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import abc
 import datetime
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -133,7 +132,6 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
         self._timeout_s = timeout_s
         self._log = log
         self._what = what
-        self._lock = threading.Lock()
         self._recovered_at = -float("inf")
 
     def _call(self, name: str, *args, **kwargs):
@@ -159,8 +157,7 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
 
         out = retry_call(attempt, what=self._what, timeout_s=self._timeout_s, log=self._log)
         if failed["n"]:
-            with self._lock:
-                self._recovered_at = time.monotonic()
+            self._recovered_at = time.monotonic()
             if self._log is not None:
                 self._log(f"{self._what} is back")
         return out

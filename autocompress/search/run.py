@@ -221,7 +221,6 @@ def search(
     if storage_kind(cfg) == "sqlite":
         for each in (info, screen) if screen is not None else (info,):
             _fail_leftovers(each, on_stale, log)
-    reconcile_runs(info, tracker, parent, log)
 
     def anchor() -> None:
         # The least aggressive policy, so the front reaches the accurate end.
