@@ -1,13 +1,21 @@
 """autocompress: automated per-layer pruning and mixed-precision search for PyTorch models.
 
-Typical use::
+Typical use, on a model and data sets of your own::
 
     import autocompress as ac
-    cfg = ac.load_experiment("experiments/fashion_mnist_quick.yaml")
-    result = ac.search(cfg)          # Optuna study, every trial in MLflow, Pareto front
+    space = ac.SearchSpace.from_rules(model, [{"type": "Conv2d", "sparsity": [0.0, 0.5],
+                                               "bits": [8, 32]}], example=x[:1])
+    result = ac.search(model, train=train, val=val, space=space, output_dir="runs/demo")
+    point = result.pick(knee=True)               # a FrontPoint: .trial, .policy, .metrics
+    art = ac.export(result, point, test=test)    # an ExportResult: .onnx_path, .test_accuracy
+    cm = ac.compress(model, point.policy, example=x[:1])
+
+or on an experiment file (what the CLI runs)::
+
+    result = ac.search(ac.load_experiment("experiments/fashion_mnist_quick.yaml"))
 """
 
-from .api import ValidationReport, status, validate
+from .api import ValidationReport, export, search, status, validate
 from .compressed import CompressedModel, compress
 from .compression.apply import apply_policy, compressed_state, materialize
 from .config import ExperimentConfig, load_experiment
@@ -17,7 +25,9 @@ from .export.unpack import unpack
 from .metrics import TrialMetrics
 from .models import build_model, register_model
 from .policy import CompressionPolicy, LayerPolicy
-from .search import SearchResult, front_rows, hypervolume, load_study, search
+from .export.run import ExportResult
+from .search import FrontPoint, SearchResult, front_rows, hypervolume, load_study
+from .search.pick import PickCriteria
 from .search_space import SearchSpace, load_search_space
 
 __all__ = [
@@ -27,9 +37,12 @@ __all__ = [
     "ConfigError",
     "DataBundle",
     "DataError",
+    "ExportResult",
     "ExperimentConfig",
+    "FrontPoint",
     "LayerPolicy",
     "ModelError",
+    "PickCriteria",
     "SearchResult",
     "SearchSpace",
     "TrialMetrics",
@@ -38,6 +51,7 @@ __all__ = [
     "build_model",
     "compress",
     "compressed_state",
+    "export",
     "front_rows",
     "hypervolume",
     "load_data",

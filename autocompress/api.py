@@ -1,21 +1,177 @@
-"""Python entry points behind the CLI commands that are not a whole stage of their own."""
+"""The Python entry points: ``search`` and ``export`` on a user's own model and data sets (or an
+experiment config: the CLI's path), ``validate`` and ``status``.
+
+    space = ac.SearchSpace.from_rules(model, [{"type": "Conv2d", "bits": [8, 32]}])
+    result = ac.search(model, train=train, val=val, space=space, n_trials=4,
+                       output_dir="runs/demo")
+    art = ac.export(result, result.pick(knee=True), test=test)
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from collections.abc import Callable
+from typing import Any
 
+import yaml
 from optuna.trial import TrialState
+from torch import nn
+from torch.utils.data import Dataset
 
 from ._files import check_output_dir
-from .config import ExperimentConfig
-from .data import check_available, load_data
+from .config import DataConfig, ExperimentConfig, ExportConfig, FinetuneConfig, SearchConfig
+from .data import DataBundle, check_available, load_data
 from .errors import ConfigError
+from .export.run import ExportResult
+from .export.run import export as _export_config
 from .models import build_model, check_model_fits
+from .prepare import prepare
+from .search.pick import PickCriteria
+from .search.result import FrontPoint, SearchResult
+from .search.run import search as _search_config
 from .search.study import front_rows, load_study
 from .search_space import SearchSpace, load_search_space
-from .training import batches
+from .training import Task, batches
 
-__all__ = ["ValidationReport", "status", "validate"]
+__all__ = ["ValidationReport", "export", "search", "status", "validate"]
+
+
+def _deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _object_config(
+    model: nn.Module, data: DataBundle, space: SearchSpace, output_dir: Path, name: str | None,
+    search: dict[str, Any], settings: dict[str, Any],
+) -> ExperimentConfig:
+    """The experiment a Python search of objects is: the config's defaults, the caller's
+    ``settings`` (the YAML file's keys, as nested dicts), the model and data by content hash."""
+    name = name or re.sub(r"[^A-Za-z0-9_.-]", "_", output_dir.name) or "search"
+    # Budgets sized to the caller's data (the config's defaults are for 50k images): a few
+    # epochs per trial, ten for the exported model, ten screened policies per trial.
+    per_epoch = max(1, -(-len(data.train) // DataConfig().batch_size))
+    n = search.get("n_trials", SearchConfig().n_trials)
+    search = {"screen_trials": min(SearchConfig().screen_trials, max(20, 10 * n))} | search
+    sized = {
+        "finetune": {"steps": min(FinetuneConfig().steps, 3 * per_epoch)},
+        "export": {"finetune": ExportConfig().finetune.model_dump()
+                   | {"steps": min(ExportConfig().finetune.steps, 10 * per_epoch)}},
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    # What was searched, as a search-space file of exact layer names (the record, not an input).
+    space_path = output_dir / "search_space.yaml"
+    rules = [
+        {"name": n, "sparsity": list(c.sparsity), "bits": list(c.bits),
+         "keep_ratio": list(c.keep_ratio)}
+        for n, c in space.layers.items()
+    ]
+    space_path.write_text(yaml.safe_dump({"layers": rules}, sort_keys=False))
+    raw = {
+        "name": name,
+        "model": {"name": f"object:{type(model).__name__}", "num_classes": max(2, data.num_classes)},
+        "data": {"dataset": "object:datasets", "kwargs": {"digest": data.digest()}},
+        "search": search,
+        **sized,
+        "sensitivity": {"enabled": False},
+        "search_space": str(space_path),
+        "output_dir": str(output_dir),
+    }
+    try:
+        return ExperimentConfig.model_validate(_deep_merge(raw, settings))
+    except Exception as exc:  # pydantic ValidationError: one line naming the key
+        from pydantic import ValidationError
+
+        from .config import validation_message
+
+        if isinstance(exc, ValidationError):
+            raise ConfigError(validation_message(exc, "settings", ExperimentConfig)) from None
+        raise
+
+
+def search(
+    model: nn.Module | ExperimentConfig,
+    *,
+    train: Dataset | None = None,
+    val: Dataset | None = None,
+    test: Dataset | None = None,
+    space: SearchSpace | None = None,
+    n_trials: int | None = None,
+    screen_trials: int | None = None,
+    output_dir: str | Path = "runs/search",
+    name: str | None = None,
+    seed: int = 0,
+    sampler=None,
+    evaluate: Callable | None = None,
+    loss: Callable | None = None,
+    settings: dict[str, Any] | None = None,
+    workers: int = 1,
+    log=print,
+) -> SearchResult:
+    """Search per-layer compression policies for ``model`` (a trained ``nn.Module``, used as
+    the baseline as it is) on the caller's ``train`` (fine-tunes) and ``val`` (every score)
+    data sets; or run the experiment an :class:`ExperimentConfig` describes.
+
+    ``space`` defaults to every Conv2d/Linear layer at 8 or 32 bits, sparsity 0-75 %.
+    ``settings`` takes the experiment file's keys as nested dicts (e.g.
+    ``{"finetune": {"steps": 30}, "latency": {"target": "proxy"}}``); ``sampler`` an Optuna
+    sampler instance. ``evaluate(model, batches) -> float`` (higher is better; ``batches``
+    yields ``(inputs, targets)``) replaces top-1 accuracy and ``loss(outputs, targets)``
+    cross-entropy, for tasks other than classification. Everything is logged under
+    ``output_dir`` (Optuna study, MLflow)."""
+    if isinstance(model, ExperimentConfig):
+        return _search_config(model, workers=workers, sampler=sampler, log=log)
+    if train is None or val is None:
+        raise ConfigError("search: pass the model's train= and val= data sets")
+    task = Task(metric=evaluate, loss=loss)
+    data = DataBundle.from_datasets(train, val, test)
+    x = next(batches(val, 2))[0]
+    # (another task's outputs need not be class scores)
+    check_model_fits(model, x, None if evaluate else data.num_classes, name=type(model).__name__)
+    if space is None:
+        space = SearchSpace.from_rules(
+            model, [{"type": t, "sparsity": [0.0, 0.5, 0.75], "bits": [8, 32]}
+                    for t in ("Conv2d", "Linear")
+                    if any(type(m).__name__ == t for m in model.modules())]
+        )
+    search_keys = {"seed": seed}
+    if n_trials is not None:
+        search_keys["n_trials"] = n_trials
+    if screen_trials is not None:
+        search_keys["screen_trials"] = screen_trials
+    cfg = _object_config(
+        model, data, space, Path(output_dir).resolve(), name, search_keys, settings or {}
+    )
+    prep = prepare(cfg, model=model, data=data, space=space, task=task, log=log)
+    return _search_config(cfg, prepared=prep, sampler=sampler, workers=workers, log=log)
+
+
+def export(
+    result: SearchResult | ExperimentConfig,
+    point: FrontPoint | PickCriteria | None = None,
+    *,
+    test: Dataset | None = None,
+    log=print,
+) -> ExportResult:
+    """Fine-tune, export and verify a front point: ``export(result, result.pick(knee=True),
+    test=test)`` after a Python search (on the caller's ``test`` split), or
+    ``export(config, PickCriteria(...))`` for an experiment that was searched before."""
+    if isinstance(result, ExperimentConfig):
+        return _export_config(result, point or PickCriteria(knee=True), log=log)
+    if result.config is None or result.prepared is None:
+        raise ConfigError("export: this SearchResult was made by a worker; export from its starter")
+    point = point or result.pick(knee=True)
+    criteria = point if isinstance(point, PickCriteria) else PickCriteria(trial=point.trial)
+    prep = result.prepared
+    if test is not None:
+        prep = replace(prep, data=replace(prep.data, test=test))
+    if prep.data.test is None:
+        raise ConfigError("export: pass test= (the split the exported model is verified on)")
+    return _export_config(result.config, criteria, prepared=prep, log=log)
 
 
 @dataclass
@@ -47,7 +203,7 @@ def validate(cfg: ExperimentConfig) -> ValidationReport:
     spec = load_search_space(cfg.search_space)
     check_available(cfg.data)
     data = load_data(cfg.data)
-    if data.num_classes > cfg.model.num_classes:
+    if not cfg.task.evaluate and data.num_classes > cfg.model.num_classes:
         raise ConfigError(
             f"model.num_classes is {cfg.model.num_classes} but the data has "
             f"{data.num_classes} classes: set model.num_classes: {data.num_classes}"
@@ -60,7 +216,8 @@ def validate(cfg: ExperimentConfig) -> ValidationReport:
         checkpoint=cfg.model.checkpoint,
     )
     x = next(batches(data.val, 8))[0]
-    check_model_fits(model, x, cfg.model.num_classes, name=cfg.model.name)
+    classes = None if cfg.task.evaluate else cfg.model.num_classes
+    check_model_fits(model, x, classes, name=cfg.model.name)
     space = spec.resolve(model)
     check_output_dir(cfg.output_dir)
     return ValidationReport(cfg, space, sum(p.numel() for p in model.parameters()))

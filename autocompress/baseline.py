@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import time
+from itertools import islice
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from torch import nn
 
 from ._files import atomic_write
 from .cache_key import content_key, file_digest
+from .compression.batchnorm import batchnorms, train_mode
 from .config import ExperimentConfig
 from .data import DataBundle
 from .errors import ModelError
@@ -22,9 +24,9 @@ from .hardware.profiler import machine_fingerprint
 from .models import build_model, check_model_fits
 from .policy import CompressionPolicy
 from .size import size_bytes, size_measure
-from .training import evaluate, train
+from .training import CLASSIFICATION, Task, batches, evaluate, train
 
-__all__ = ["Baseline", "BaselineMetrics", "get_baseline", "state_dict_bytes"]
+__all__ = ["Baseline", "BaselineMetrics", "baseline_from_model", "get_baseline", "state_dict_bytes"]
 
 
 @dataclass
@@ -95,7 +97,9 @@ def _read_meta(path: Path, log) -> dict:
     return {}
 
 
-def get_baseline(cfg: ExperimentConfig, data: DataBundle, *, log=print) -> Baseline:
+def get_baseline(
+    cfg: ExperimentConfig, data: DataBundle, *, task: Task = CLASSIFICATION, log=print
+) -> Baseline:
     """Load (checkpoint or cache) or train the baseline, then measure it on val and test."""
     key = _cache_key(cfg)
     cache_dir = cfg.output_dir / "cache"
@@ -112,7 +116,8 @@ def get_baseline(cfg: ExperimentConfig, data: DataBundle, *, log=print) -> Basel
     else:
         torch.manual_seed(cfg.data.seed)  # the initialisation is part of what the key fixes
         model = build_model(cfg.model.name, **kw)
-        check_model_fits(model, data.example_input(2), cfg.model.num_classes, name=cfg.model.name)
+        classes = None if task.metric else cfg.model.num_classes
+        check_model_fits(model, data.example_input(2), classes, name=cfg.model.name)
         train_ds = data.train_full
         bs = cfg.data.batch_size
         steps = cfg.baseline.epochs * max(1, len(train_ds) // bs)
@@ -131,6 +136,7 @@ def get_baseline(cfg: ExperimentConfig, data: DataBundle, *, log=print) -> Basel
             seed=cfg.data.seed,
             schedule="onecycle",
             log_every=max(steps // 5, 1),
+            task=task,
         )
         trained_seconds = time.perf_counter() - t0
         buf = io.BytesIO()
@@ -138,14 +144,60 @@ def get_baseline(cfg: ExperimentConfig, data: DataBundle, *, log=print) -> Basel
         atomic_write(ckpt, buf.getvalue())
     model.eval()
     cached = _read_meta(meta_path, log) if not trained_seconds else {}  # (retrained: stale)
-    val_acc, val_loss = evaluate(model, data.val)
-    test_acc, _ = evaluate(model, data.test)
+    metrics = _measure(cfg, model, data, key, cached, trained_seconds, task)
+    if cfg.model.checkpoint is None:
+        meta = metrics.to_dict() | {"latency_key": _latency_key(cfg)}
+        atomic_write(meta_path, json.dumps(meta, indent=2))
+    return Baseline(model, metrics, ckpt)
+
+
+def baseline_from_model(
+    cfg: ExperimentConfig,
+    model: nn.Module,
+    data: DataBundle,
+    *,
+    task: Task = CLASSIFICATION,
+    log=print,
+) -> Baseline:
+    """A user's (trained) model object as the baseline: measured, not trained. Its weights are
+    written to the cache under their content hash, so caches keyed by the checkpoint (the
+    sensitivity table) tell two models apart. BatchNorm layers that never saw a batch (running
+    statistics at their initial values: in eval mode they do not normalise at all) get their
+    statistics estimated on training batches first."""
+    bns = batchnorms(model)
+    if bns and all(int(m.num_batches_tracked) == 0 for m in bns.values()):
+        log(f"baseline: the model's {len(bns)} BatchNorm layers never saw a batch: "
+            "estimating their statistics on 8 training batches")
+        with torch.no_grad(), train_mode(model, bns, reset=True):
+            for x, _ in islice(batches(data.train, cfg.data.batch_size, shuffle=True), 8):
+                model(x)
+    model.eval()
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    key = content_key(buf.getvalue())
+    ckpt = cfg.output_dir / "cache" / f"baseline-{key}.pt"
+    if not ckpt.is_file():
+        atomic_write(ckpt, buf.getvalue())
+    return Baseline(model, _measure(cfg, model, data, key, {}, 0.0, task), ckpt)
+
+
+def _measure(
+    cfg: ExperimentConfig,
+    model: nn.Module,
+    data: DataBundle,
+    key: str,
+    cached: dict,
+    trained_seconds: float,
+    task: Task,
+) -> BaselineMetrics:
+    val_acc, val_loss = evaluate(model, data.val, task=task)
+    test_acc = evaluate(model, data.test, task=task)[0] if data.test is not None else float("nan")
     example = data.example_input(cfg.latency.batch_size)
     latency = None
     if cached.get("latency_key") == _latency_key(cfg):  # measured here, at this batch size
         latency = cached.get("latency_ms")
     latency = latency or measure_torch_model_latency(model, example)
-    metrics = BaselineMetrics(
+    return BaselineMetrics(
         val_accuracy=val_acc,
         val_loss=val_loss,
         test_accuracy=test_acc,
@@ -159,7 +211,3 @@ def get_baseline(cfg: ExperimentConfig, data: DataBundle, *, log=print) -> Basel
         trained_seconds=cached.get("trained_seconds", trained_seconds),
         cache_key=key,
     )
-    if cfg.model.checkpoint is None:
-        meta = metrics.to_dict() | {"latency_key": _latency_key(cfg)}
-        atomic_write(meta_path, json.dumps(meta, indent=2))
-    return Baseline(model, metrics, ckpt)

@@ -14,7 +14,10 @@ __all__ = ["content_key", "file_digest"]
 
 
 def content_key(payload: Any, length: int = 16) -> str:
-    """Hex digest of ``payload`` as canonical JSON (sorted keys; non-JSON values as ``str``)."""
+    """Hex digest of ``payload``: raw bytes as they are, anything else as canonical JSON
+    (sorted keys; non-JSON values as ``str``)."""
+    if isinstance(payload, bytes):
+        return hashlib.sha256(payload).hexdigest()[:length]
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 

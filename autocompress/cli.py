@@ -97,7 +97,7 @@ def _selectors(p: argparse.ArgumentParser) -> None:
 
 
 def _criteria(args: argparse.Namespace):
-    from .export.pick import PickCriteria
+    from .search.pick import PickCriteria
 
     if args.min_accuracy is not None and not 0 <= args.min_accuracy <= 1:
         raise ConfigError(f"--min-accuracy {args.min_accuracy}: give a fraction from 0 to 1")
@@ -112,7 +112,7 @@ def _criteria(args: argparse.Namespace):
 
 
 def _cmd_pick(args: argparse.Namespace) -> int:
-    from .export.pick import pick
+    from .search.pick import pick
 
     result = pick(_load(args), _criteria(args))
     print(result.message())
@@ -199,7 +199,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     for f in result.failures[-10:]:
         print(f"  trial {f['trial']} failed: {f['reason'][:200]}")
     print(f"Pareto front ({len(result.front)} points):")
-    print(_front_table(result.front))
+    print(_front_table([p.row() for p in result.front]))
     print(f"MLflow: autocompress ui {args.experiment}  (parent run {result.parent_run_id})")
     print(f"report: autocompress report {args.experiment}")
     return EXIT_OK

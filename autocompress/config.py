@@ -91,6 +91,25 @@ class DataConfig(_Strict):
         return _check_ref(v, "dataset", ("fashion_mnist", "image_folder"))
 
 
+class TaskConfig(_Strict):
+    """What the model is for, when it is not top-1 classification (``module:callable``)."""
+
+    evaluate: str | None = Field(
+        None, description="metric(model, batches) -> float, higher is better (default top-1)"
+    )
+    loss: str | None = Field(
+        None, description="loss(outputs, targets) -> tensor for fine-tuning (default "
+        "cross-entropy)"
+    )
+
+    @field_validator("evaluate", "loss")
+    @classmethod
+    def _ref(cls, v: str | None) -> str | None:
+        if v is not None and ":" not in v:
+            raise ValueError(f"{v!r}: give 'module:callable'")
+        return v
+
+
 class BaselineConfig(_Strict):
     """Training of the uncompressed model when no checkpoint is given (cached)."""
 
@@ -352,6 +371,7 @@ class ExperimentConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     model: ModelConfig
     data: DataConfig = Field(default_factory=DataConfig)
+    task: TaskConfig = Field(default_factory=TaskConfig)
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     objectives: ObjectivesConfig = Field(default_factory=ObjectivesConfig)

@@ -18,7 +18,9 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 
 from .config import DataConfig
 from .errors import DataError
+from .cache_key import content_key
 from .models import load_callable
+from .training import materialize
 
 __all__ = ["DEFAULT_FASHION_MNIST_ROOT", "DataBundle", "check_available", "load_data", "read_idx"]
 
@@ -39,10 +41,33 @@ class DataBundle:
 
     train: Dataset
     val: Dataset
-    test: Dataset
+    test: Dataset | None  # (None: a Python search given no test split; export asks for one)
     num_classes: int
     input_shape: tuple[int, ...]
     train_full: Dataset
+
+    @classmethod
+    def from_datasets(
+        cls, train: Dataset, val: Dataset, test: Dataset | None = None, num_classes: int = 0
+    ) -> DataBundle:
+        """A user's own splits (any ``Dataset`` of ``(input, label)`` pairs), used as given."""
+        for name, ds in (("train", train), ("val", val), ("test", test)):
+            if ds is not None and len(ds) == 0:
+                raise DataError(f"{name}: the data set is empty")
+        n = num_classes or _num_classes(train)
+        return cls(train, val, test, n, tuple(val[0][0].shape), train)
+
+    def digest(self) -> str:
+        """Content hash of the splits (tensors when they are in memory, else types and sizes):
+        what caches keyed by the data use for a user's own data sets."""
+        parts: list = []
+        for ds in (self.train, self.val, self.test):
+            tensors = None if ds is None else materialize(ds)
+            if tensors is None:
+                parts.append([type(ds).__name__, len(ds) if ds is not None else 0])
+            else:
+                parts.append([content_key(t.numpy().tobytes()) for t in tensors])
+        return content_key(parts)
 
     def example_input(self, batch_size: int = 1) -> torch.Tensor:
         x = self.val[0][0]
@@ -152,10 +177,16 @@ def _user_data(cfg: DataConfig) -> tuple[Dataset, Dataset, int]:
         )
     train, test = result[0], result[1]
     num_classes = result[2] if len(result) == 3 else None
-    if num_classes is None:
-        labels = {int(train[i][1]) for i in range(min(len(train), 2000))}
-        num_classes = max(labels) + 1
-    return train, test, int(num_classes)
+    return train, test, int(num_classes or _num_classes(train))
+
+
+def _num_classes(ds: Dataset) -> int:
+    """1 + the largest label among (up to) the first 2000 examples; 0 when the targets are
+    not class labels (a task with its own metric)."""
+    try:
+        return max(int(ds[i][1]) for i in range(min(len(ds), 2000))) + 1
+    except (TypeError, ValueError, RuntimeError):
+        return 0
 
 
 def _take(ds: Dataset, n: int | None, seed: int) -> Dataset:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 __all__ = ["OBJECTIVES", "Objective", "TrialMetrics", "spearman", "summarize"]
 
@@ -68,6 +68,15 @@ class TrialMetrics:
         d = {k: v for k, v in asdict(self).items() if v is not None}
         d["size_kb"] = self.size_kb
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrialMetrics:
+        """The inverse of :meth:`to_dict` (what a trial stored; unknown keys ignored)."""
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        kw.setdefault("finetune_loss", float("nan"))
+        kw.setdefault("val_loss", float("nan"))
+        return cls(**kw)
 
 
 def summarize(predicted, measured) -> tuple[float, float, float]:

@@ -239,9 +239,12 @@ def build_model(
     return model
 
 
-def check_model_fits(model: nn.Module, x: torch.Tensor, num_classes: int, *, name: str) -> None:
+def check_model_fits(
+    model: nn.Module, x: torch.Tensor, num_classes: int | None, *, name: str
+) -> None:
     """One forward pass on a batch of the data: a model that cannot take the data's input or
-    whose output is not ``(batch, num_classes)`` raises ModelError naming what to change."""
+    whose output is not ``(batch, num_classes)`` raises ModelError naming what to change
+    (``num_classes`` None: a task of the user's own, any output)."""
     was = model.training
     model.eval()
     try:
@@ -256,6 +259,8 @@ def check_model_fits(model: nn.Module, x: torch.Tensor, num_classes: int, *, nam
         ) from None
     finally:
         model.train(was)
+    if num_classes is None:
+        return
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] != num_classes:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ModelError(

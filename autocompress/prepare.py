@@ -7,12 +7,16 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from .baseline import Baseline, get_baseline
+from torch import nn
+
+from .baseline import Baseline, baseline_from_model, get_baseline
 from .config import ExperimentConfig
 from .data import DataBundle, load_data
 from .policy import CompressionPolicy
 from .search_space import SearchSpace, load_search_space
+from .models import load_callable
 from .size import size_bytes, size_measure
+from .training import CLASSIFICATION, Task
 
 if TYPE_CHECKING:
     from .hardware.memory_model import MemoryModel
@@ -27,6 +31,7 @@ class Prepared:
     baseline: Baseline
     space: SearchSpace
     memory_model: MemoryModel | None = None  # with objectives.size.measure: memory
+    task: Task = CLASSIFICATION  # the metric and loss every stage uses
 
     def size_bytes(self, model, policy: CompressionPolicy) -> int:
         """The experiment's size objective of ``model`` (compressed by ``policy``)."""
@@ -46,13 +51,37 @@ class Prepared:
         }
 
 
-def prepare(cfg: ExperimentConfig, *, log=print) -> Prepared:
-    """Data, baseline (trained once, cached) and the search space resolved on the model."""
-    spec = load_search_space(cfg.search_space)
-    data = load_data(cfg.data)
-    baseline = get_baseline(cfg, data, log=log)
-    space = spec.resolve(baseline.model)
-    prep = Prepared(cfg, data, baseline, space)
+def task_from_config(cfg: ExperimentConfig) -> Task:
+    """The ``task`` section's callables (``module:callable``), imported."""
+    t = cfg.task
+    return Task(
+        metric=load_callable(t.evaluate, what="task.evaluate") if t.evaluate else None,
+        loss=load_callable(t.loss, what="task.loss") if t.loss else None,
+    )
+
+
+def prepare(
+    cfg: ExperimentConfig,
+    *,
+    model: nn.Module | None = None,
+    data: DataBundle | None = None,
+    space: SearchSpace | None = None,
+    task: Task | None = None,
+    log=print,
+) -> Prepared:
+    """Data, baseline (trained once, cached) and the search space resolved on the model. A
+    Python caller's own ``model`` (used as the trained baseline, not trained again), ``data``
+    ``space`` and ``task`` take the place of what the config names."""
+    task = task or task_from_config(cfg)
+    if data is None:
+        data = load_data(cfg.data)
+    if model is None:
+        baseline = get_baseline(cfg, data, task=task, log=log)
+    else:
+        baseline = baseline_from_model(cfg, model, data, task=task, log=log)
+    if space is None:
+        space = load_search_space(cfg.search_space).resolve(baseline.model)
+    prep = Prepared(cfg, data, baseline, space, task=task)
     if size_measure(cfg) == "memory":
         from .hardware.memory_model import get_memory_model
 

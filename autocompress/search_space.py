@@ -156,6 +156,39 @@ class SearchSpace:
     def __len__(self) -> int:
         return len(self.layers)
 
+    @classmethod
+    def from_rules(
+        cls,
+        model: nn.Module,
+        rules: list[dict],
+        *,
+        exclude: list[str] | tuple[str, ...] = (),
+        example=None,
+    ) -> SearchSpace:
+        """The space of ``rules`` (the YAML file's ``layers`` list, as dicts) on ``model``.
+        With an ``example`` input, channel removal (``keep_ratio`` < 1) is tried once on a copy
+        of the model, so a model it cannot handle fails here and not in a trial."""
+        try:
+            spec = SearchSpaceSpec.model_validate({"layers": rules, "exclude": list(exclude)})
+        except ValidationError as exc:
+            raise ConfigError(validation_message(exc, "rules", SearchSpaceSpec)) from None
+        spec.source = Path("rules")  # (errors name the caller's argument)
+        space = spec.resolve(model)
+        if example is not None and any(min(c.keep_ratio) < 1.0 for c in space.layers.values()):
+            import copy
+
+            from .compression.structured import prune_channels
+
+            harsh = space.policy_from_params(space.extreme(aggressive=True))
+            try:
+                prune_channels(copy.deepcopy(model), harsh, example)
+            except Exception as exc:  # noqa: BLE001 - the user's model: say what failed
+                raise ConfigError(
+                    f"rules: keep_ratio < 1 (channel removal) fails on this model "
+                    f"({type(exc).__name__}: {exc}); use keep_ratio: [1.0] for its layers"
+                ) from None
+        return space
+
     @property
     def cardinality(self) -> int:
         n = 1

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +13,36 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from .errors import AutocompressError
 
-__all__ = ["TrainingDiverged", "batches", "evaluate", "train", "materialize"]
+__all__ = ["Task", "TrainingDiverged", "batches", "evaluate", "train", "materialize"]
+
+Metric = Callable[[nn.Module, Iterable[tuple[torch.Tensor, torch.Tensor]]], float]
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Task:
+    """What the model is for: ``metric(model, batches) -> float`` (higher is better; default
+    top-1 accuracy), called with an iterable of ``(inputs, targets)`` batches, and
+    ``loss(outputs, targets) -> tensor`` for fine-tuning (default cross-entropy)."""
+
+    metric: Metric | None = None
+    loss: Loss | None = None
+
+    def loss_fn(self) -> Loss:
+        return self.loss or F.cross_entropy
+
+
+CLASSIFICATION = Task()
+
+
+class _Batches:
+    """A re-iterable view of ``ds`` in batches (what a user's metric receives)."""
+
+    def __init__(self, ds: Dataset, batch_size: int) -> None:
+        self.ds, self.batch_size = ds, batch_size
+
+    def __iter__(self):
+        return batches(self.ds, self.batch_size)
 
 
 class TrainingDiverged(AutocompressError):
@@ -72,11 +102,13 @@ def train(
     distill_weight: float = 0.0,
     temperature: float = 4.0,
     log_every: int = 0,
+    task: Task = CLASSIFICATION,
 ) -> float:
     """SGD (Nesterov momentum) for ``steps`` steps; returns the mean loss of the last 10 %.
 
     ``schedule`` is ``onecycle`` (training from scratch) or ``cosine`` (fine-tuning).
-    With a ``teacher``, the loss mixes hard labels with temperature-softened teacher targets.
+    ``task.loss`` is the loss (default cross-entropy). With a ``teacher``, the loss mixes hard
+    labels with temperature-softened teacher targets.
     Raises TrainingDiverged on a non-finite loss.
     """
     if steps <= 0:
@@ -93,10 +125,11 @@ def train(
         teacher.eval()
     tail: list[float] = []
     data = _cycle(ds, batch_size, seed)
+    loss_fn = task.loss_fn()
     for step in range(steps):
         x, y = next(data)
         logits = model(x)
-        loss = F.cross_entropy(logits, y)
+        loss = loss_fn(logits, y)
         if teacher is not None and distill_weight > 0:
             with torch.no_grad():
                 t_logits = teacher(x)
@@ -122,9 +155,16 @@ def train(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, ds: Dataset, *, batch_size: int = 512) -> tuple[float, float]:
-    """(top-1 accuracy, mean cross-entropy) of ``model`` on ``ds``."""
+def evaluate(
+    model: nn.Module, ds: Dataset, *, batch_size: int = 512, task: Task = CLASSIFICATION
+) -> tuple[float, float]:
+    """(top-1 accuracy, mean cross-entropy) of ``model`` on ``ds``; with a ``task.metric``,
+    (its value, NaN)."""
     model.eval()
+    if task.metric is not None:
+        if len(ds) == 0:
+            raise AutocompressError("cannot evaluate on an empty data set")
+        return float(task.metric(model, _Batches(ds, batch_size))), float("nan")
     correct = total = 0
     loss_sum = 0.0
     for x, y in batches(ds, batch_size):

@@ -27,7 +27,7 @@ from pathlib import Path
 from common import EXPERIMENTS, REPO, baseline_checkpoint, code_version
 
 import autocompress as ac
-from autocompress.export.pick import PickCriteria
+from autocompress.search.pick import PickCriteria
 from autocompress.export.run import export
 
 ROOT = REPO
@@ -115,10 +115,10 @@ def main() -> None:
     search_s = time.perf_counter() - t0
     done: dict[int, dict] = {}
     best_ratio, tried_ratio = _export_until_ok(
-        cfg, result.front, "size_kb", done, args.max_exports, print
+        cfg, [p.row() for p in result.front], "size_kb", done, args.max_exports, print
     )
     best_speed, tried_speed = _export_until_ok(
-        cfg, result.front, "latency_ms", done, args.max_exports, print
+        cfg, [p.row() for p in result.front], "latency_ms", done, args.max_exports, print
     )
     # Every export counts for both criteria: the best-ratio search may have stopped at a
     # point that fails the tolerance while the speed-up search exported one that keeps it.

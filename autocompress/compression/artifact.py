@@ -9,6 +9,7 @@ logits equal the compressed model's bit for bit.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -104,18 +105,31 @@ def save_packed_model(
     return len(data)
 
 
-def load_packed_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model stored by :func:`save_packed_model` (eval mode) and its metadata."""
+def load_packed_model(
+    path: str | Path, *, model: nn.Module | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model stored by :func:`save_packed_model` (eval mode) and its metadata.
+    ``model``: an uncompressed instance of the architecture (a copy is filled), for a file
+    packed from a Python model object, which has no name to build it by."""
     tensors, meta = load_packed(path)
     if meta.get("format") != FORMAT:
         raise ModelError(f"{path}: not an autocompress packed model (format {meta.get('format')})")
     ref = meta["model"]
-    model = build_model(
-        ref["name"],
-        num_classes=ref["num_classes"],
-        in_channels=ref["in_channels"],
-        kwargs=ref.get("kwargs") or {},
-    ).eval()
+    if model is not None:
+        model = copy.deepcopy(model).eval()
+    elif ref["name"].startswith("object:"):
+        raise ModelError(
+            f"{path}: packed from a Python model object ({ref['name'][7:]}): load it from "
+            "Python with the architecture, load_packed_model(path, model=...) or "
+            "ac.unpack(path, out, model=...)"
+        )
+    else:
+        model = build_model(
+            ref["name"],
+            num_classes=ref["num_classes"],
+            in_channels=ref["in_channels"],
+            kwargs=ref.get("kwargs") or {},
+        ).eval()
     policy = CompressionPolicy.from_dict(meta["policy"])
     if any(p.keep_ratio < 1.0 for p in policy.values()):
         # Channel counts only depend on the policy: prune a fresh model to get the shapes.

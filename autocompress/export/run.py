@@ -27,12 +27,12 @@ from ..hardware.forms import DeploySpec, FormMeasurement, build_form, measure_fo
 from ..hardware.latency import make_latency_model
 from ..hardware.measure import export_onnx, measure_onnx_latency
 from ..policy import CompressionPolicy, compressible_layers
-from ..prepare import prepare
+from ..prepare import Prepared, prepare
 from ..reporting.figures import log_export_figures
 from ..search.objective import TrialEvaluator
 from ..tracking import Tracker
-from ..training import batches, evaluate
-from .pick import PickCriteria, pick
+from ..search.pick import PickCriteria, pick
+from ..training import CLASSIFICATION, Task, batches, evaluate
 from .unpack import onnx_outputs_equal, unpack
 
 __all__ = ["ExportResult", "export", "onnx_accuracy"]
@@ -76,21 +76,43 @@ class ExportResult:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def onnx_path(self) -> Path:
+        """The deployed ONNX model."""
+        return Path(self.artifacts["onnx_deployed"])
 
-def onnx_accuracy(path: str | Path, ds, *, batch_size: int = 256, threads: int = 2) -> float:
-    """Top-1 accuracy of an ONNX model on a data set, run by ONNX Runtime on the CPU."""
-    import onnxruntime as ort
+    @property
+    def packed_path(self) -> Path:
+        return Path(self.artifacts["packed"])
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    correct = total = 0
-    for x, y in batches(ds, batch_size):
-        logits = sess.run(None, {name: x.numpy().astype(np.float32)})[0]
-        correct += int((logits.argmax(1) == y.numpy()).sum())
-        total += len(y)
-    return correct / max(total, 1)
+    @property
+    def report_path(self) -> Path:
+        """``verification.md``."""
+        return Path(self.artifacts["report_md"])
+
+
+class _OnnxModule(torch.nn.Module):
+    """An ONNX model run by ONNX Runtime (CPU) behind ``nn.Module``'s call, so the task's
+    metric scores the deployed file exactly as it scores the torch model."""
+
+    def __init__(self, path: str | Path, threads: int) -> None:
+        import onnxruntime as ort
+
+        super().__init__()
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        self.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.input = self.sess.get_inputs()[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.sess.run(None, {self.input: x.numpy().astype(np.float32)})[0])
+
+
+def onnx_accuracy(
+    path: str | Path, ds, *, batch_size: int = 256, threads: int = 2, task: Task = CLASSIFICATION
+) -> float:
+    """The task's metric (top-1 accuracy) of an ONNX model on a data set, in ONNX Runtime."""
+    return evaluate(_OnnxModule(path, threads), ds, batch_size=batch_size, task=task)[0]
 
 
 @dataclass
@@ -127,6 +149,7 @@ def _deploy(
     out: Path,
     cfg: ExperimentConfig,
     *,
+    task: Task = CLASSIFICATION,
     log=print,
 ) -> _Deployed:
     """Build the forms of ``export.forms`` (FP32 always). INT8 QDQ (the quantised layers) is
@@ -156,8 +179,8 @@ def _deploy(
         DeploySpec("int8-qdq", tuple(sorted(int8)), reduce),
         calibration=calib,
     )
-    ref_acc = onnx_accuracy(forms["fp32"][0], data.val)
-    int8_acc = onnx_accuracy(forms["int8-qdq"][0], data.val)
+    ref_acc = onnx_accuracy(forms["fp32"][0], data.val, task=task)
+    int8_acc = onnx_accuracy(forms["int8-qdq"][0], data.val, task=task)
     gap = 100 * (ref_acc - int8_acc)
     if gap > cfg.export.max_int8_gap:
         why = (
@@ -306,8 +329,11 @@ def _register(tracker: Tracker, run_id: str, onnx_path: Path, data: DataBundle, 
     return {"name": name, "version": version, "alias": cfg.export.alias}
 
 
-def export(cfg: ExperimentConfig, criteria: PickCriteria, *, log=print) -> ExportResult:
-    """Pick (or take ``criteria.trial``), fine-tune, export, verify, log and register."""
+def export(
+    cfg: ExperimentConfig, criteria: PickCriteria, *, prepared: Prepared | None = None, log=print
+) -> ExportResult:
+    """Pick (or take ``criteria.trial``), fine-tune, export, verify, log and register.
+    ``prepared``: a Python caller's model and data (else what the config names)."""
     t0 = time.perf_counter()
     picked = pick(cfg, criteria)
     if picked.choice is None:
@@ -315,25 +341,32 @@ def export(cfg: ExperimentConfig, criteria: PickCriteria, *, log=print) -> Expor
     row = picked.choice
     log(picked.message())
     policy = CompressionPolicy.from_dict(row["policy"])
-    prep = prepare(cfg, log=log)
+    prep = prepared or prepare(cfg, log=log)
     data, baseline = prep.data, prep.baseline
+    base_test = baseline.metrics.test_accuracy
+    if not base_test == base_test:  # (NaN: searched without a test split)
+        base_test = evaluate(baseline.model, data.test, task=prep.task)[0]
+    # A model object has no name to rebuild it by: the loaders start from a copy of it.
+    template = baseline.model if cfg.model.name.startswith("object:") else None
     example = data.example_input(cfg.latency.batch_size)
     latency_model = make_latency_model(
         cfg, baseline.model, prep.space, example, reference_ms=baseline.metrics.latency_ms, log=log
     )
-    evaluator = TrialEvaluator(cfg, baseline, data, latency_model, prep.memory_model)
+    evaluator = TrialEvaluator(
+        cfg, baseline, data, latency_model, prep.memory_model, task=prep.task
+    )
     ft = cfg.export.finetune
     log(f"fine-tuning trial {row['trial']}: {ft.steps} steps, distillation {ft.distill_weight}")
     model, _ = evaluator.compress(policy, recipe=ft, seed=cfg.search.seed)
     model.eval()
-    torch_acc, _ = evaluate(model, data.test)
+    torch_acc, _ = evaluate(model, data.test, task=prep.task)
     predicted = latency_model.predict(model, policy)
 
     out = cfg.output_dir / "export" / f"trial-{row['trial']:03d}"
     out.mkdir(parents=True, exist_ok=True)
     plain, int8 = materialize(model)
     log(f"exporting ONNX forms ({len(int8)} INT8 layers) and measuring them on the target")
-    dep = _deploy(plain, int8, data, out, cfg, log=log)
+    dep = _deploy(plain, int8, data, out, cfg, task=prep.task, log=log)
     fp32_path, deployed = dep.fp32, dep.path
 
     ref = ModelRef.from_config(cfg, data.input_shape)
@@ -342,20 +375,20 @@ def export(cfg: ExperimentConfig, criteria: PickCriteria, *, log=print) -> Expor
     packed = save_packed_model(
         packed_path, model, ref, policy, round_to=cfg.compression.round_to, deploy=deploy_meta
     )
-    reloaded, _ = load_packed_model(packed_path)
+    reloaded, _ = load_packed_model(packed_path, model=template)
     fixed = next(batches(data.test, 64))[0]
     with torch.no_grad():
         exact = bool(torch.equal(reloaded(fixed), model(fixed)))
     if not exact:
         raise AutocompressError(f"{packed_path}: reloaded model's logits differ from the original")
-    unpacked = unpack(packed_path, out / "model_unpacked.onnx")
+    unpacked = unpack(packed_path, out / "model_unpacked.onnx", model=template)
     unpack_exact = onnx_outputs_equal(unpacked, deployed, fixed.numpy())
     if not unpack_exact:
         raise AutocompressError(
             f"{unpacked}: the ONNX model unpacked from {packed_path.name} differs from {deployed}"
         )
 
-    onnx_acc = onnx_accuracy(deployed, data.test)
+    onnx_acc = onnx_accuracy(deployed, data.test, task=prep.task)
     threads = getattr(latency_model, "threads", 2)
     measured = measure_onnx_latency(deployed, tuple(example.shape), threads=threads, repeats=100)
     base_path = export_onnx(baseline.model, example, out / "baseline_fp32.onnx")
@@ -377,7 +410,9 @@ def export(cfg: ExperimentConfig, criteria: PickCriteria, *, log=print) -> Expor
     )
     for name, m in measured_forms.items():
         m.deployed = name == dep.form
-        m.test_accuracy = onnx_acc if m.deployed else onnx_accuracy(m.path, data.test)
+        m.test_accuracy = (
+            onnx_acc if m.deployed else onnx_accuracy(m.path, data.test, task=prep.task)
+        )
     if "fp16" in measured_forms:
         measured_forms["fp16"].note = _fp16_note(measured_forms, threads, min(xc.batch_sizes))
     if dep.fallback and "int8-qdq" in measured_forms:
@@ -389,7 +424,7 @@ def export(cfg: ExperimentConfig, criteria: PickCriteria, *, log=print) -> Expor
         policy=policy.to_dict(),
         test_accuracy=onnx_acc,
         torch_test_accuracy=torch_acc,
-        baseline_test_accuracy=baseline.metrics.test_accuracy,
+        baseline_test_accuracy=base_test,
         val_accuracy_search=row["val_accuracy"],
         measured_latency_ms=measured,
         predicted_latency_ms=predicted,

@@ -19,10 +19,11 @@ from ..hardware.forms import DeploySpec, build_form
 __all__ = ["onnx_outputs_equal", "unpack"]
 
 
-def unpack(packed: str | Path, out: str | Path) -> Path:
+def unpack(packed: str | Path, out: str | Path, *, model: torch.nn.Module | None = None) -> Path:
     """Write the ONNX model the packed file ``packed`` was deployed as to ``out``; a file
-    packed without a deployed form (before export) gives the FP32 model."""
-    model, meta = load_packed_model(packed)
+    packed without a deployed form (before export) gives the FP32 model. ``model``: the
+    architecture, for a file packed from a Python model object."""
+    model, meta = load_packed_model(packed, model=model)
     deploy = meta.get("deploy") or {}
     spec = DeploySpec.from_dict(deploy)
     plain, _ = materialize(model)

@@ -1,10 +1,12 @@
 """The search: Optuna study over per-layer policies, objective, Pareto utilities."""
 
 from .pareto import hypervolume, knee_index, non_dominated
-from .run import SearchResult, search
+from .result import FrontPoint, SearchResult
+from .run import search
 from .study import front_rows, load_study, trial_rows
 
 __all__ = [
+    "FrontPoint",
     "SearchResult",
     "front_rows",
     "hypervolume",

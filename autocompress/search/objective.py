@@ -23,7 +23,7 @@ from ..metrics import TrialMetrics
 from ..policy import CompressionPolicy
 from ..search_space import SearchSpace
 from ..size import size_bytes
-from ..training import batches, evaluate, train
+from ..training import CLASSIFICATION, Task, batches, evaluate, train
 
 __all__ = ["TrialEvaluator", "suggest_policy"]
 
@@ -43,6 +43,7 @@ class TrialEvaluator:
     data: DataBundle
     latency_model: LatencyModel
     memory_model: MemoryModel | None = None  # objectives.size.measure: memory
+    task: Task = CLASSIFICATION  # the metric and loss (default top-1, cross-entropy)
     _calibration: dict = field(default_factory=dict, init=False, repr=False)
     _onnx_sizes: dict = field(default_factory=dict, init=False, repr=False)
     uncharged_s: float = field(default=0.0, init=False)  # benchmark-only test scoring
@@ -88,6 +89,7 @@ class TrialEvaluator:
             teacher=self.baseline.model if ft.distill_weight > 0 else None,
             distill_weight=ft.distill_weight,
             temperature=ft.temperature,
+            task=self.task,
         )
         return model, loss
 
@@ -113,13 +115,13 @@ class TrialEvaluator:
     ) -> TrialMetrics:
         """Accuracy on ``val`` (default: the validation split), predicted latency, size
         (:meth:`size_bytes`)."""
-        acc, val_loss = evaluate(model, self.data.val if val is None else val)
+        acc, val_loss = evaluate(model, self.data.val if val is None else val, task=self.task)
         size = self.size_bytes(model, policy)
         # Benchmarks only (search.report_test_accuracy): stored, never seen by the sampler.
         test_acc = None
         if report_test and self.cfg.search.report_test_accuracy:
             t0 = time.perf_counter()
-            test_acc, _ = evaluate(model, self.data.test)
+            test_acc, _ = evaluate(model, self.data.test, task=self.task)
             self.uncharged_s += time.perf_counter() - t0  # not part of any search budget
         return TrialMetrics(
             val_accuracy=acc,

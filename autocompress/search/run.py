@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ from ..errors import AutocompressError, ConfigError, ServiceUnavailable
 from ..hardware.latency import make_latency_model
 from ..metrics import OBJECTIVES
 from ..policy import CompressionPolicy
-from ..prepare import prepare
+from ..prepare import Prepared, prepare
 from ..reporting.figures import log_search_figures, search_description
 from ..sensitivity.settings import settings_for
 from ..sensitivity.stage import SensitivityStage
@@ -35,6 +34,7 @@ from ..tracking import Tracker, mask_secrets
 from .front import write_front
 from .objective import TrialEvaluator
 from .pareto import front_hypervolume
+from .result import FrontPoint, SearchResult
 from .screen import (
     REFERENCE_ATTR,
     Screener,
@@ -51,20 +51,6 @@ __all__ = ["SearchResult", "search"]
 
 PARENT_ATTR = "mlflow_parent_run_id"
 _LOW_AGREEMENT = 0.5  # screen_rank_spearman below this: the screen is not to be trusted
-
-
-@dataclass
-class SearchResult:
-    study_name: str
-    n_complete: int
-    n_failed: int
-    front: list[dict]
-    baseline: dict
-    parent_run_id: str
-    failures: list[dict] = field(default_factory=list)
-    artifacts: list[Path] = field(default_factory=list)
-    hypervolume: float = 0.0
-    seconds: float = 0.0
 
 
 def _fail_leftovers(info: StudyInfo, on_stale, log) -> None:
@@ -126,18 +112,31 @@ def _spawn_workers(cfg: ExperimentConfig, workers: int, log) -> None:
 
 
 def search(
-    cfg: ExperimentConfig, *, workers: int = 1, worker: bool = False, log=print
+    cfg: ExperimentConfig,
+    *,
+    workers: int = 1,
+    worker: bool = False,
+    prepared: Prepared | None = None,
+    sampler: optuna.samplers.BaseSampler | None = None,
+    log=print,
 ) -> SearchResult:
     """Run (or resume, or join) the search the config describes; see the module docstring.
 
     ``workers > 1`` starts that many worker processes on the shared storage and waits for them;
     ``worker=True`` marks such a process (it leaves the final front to its starter).
+    ``prepared`` (a Python caller's own model, data and space) replaces what the config names;
+    ``sampler`` replaces ``search.sampler`` for the screen (or, without one, the trials).
     """
     t_start = time.perf_counter()
     # The budget is charged from the start of this call: baseline, latency table included.
     budget = cfg.search.budget_s
     deadline = None if budget is None else time.monotonic() + budget
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    if workers > 1 and prepared is not None:
+        raise ConfigError(
+            "workers: a search of Python objects runs in this process; for several workers, "
+            "describe the experiment in YAML (model: module:callable) and run it from the CLI"
+        )
     if workers > 1 and storage_kind(cfg) == "sqlite":
         raise ConfigError(
             f"{cfg.source}: --workers needs a storage several processes can share: "
@@ -157,7 +156,7 @@ def search(
         reconnect_s=cfg.search.reconnect_s,
         log=log,
     )
-    prep = prepare(cfg, log=log)
+    prep = prepared or prepare(cfg, log=log)
     baseline = prep.baseline_summary()
     bm = prep.baseline.metrics
     log(
@@ -180,16 +179,21 @@ def search(
     # The baseline on the trials' scale (the target's threads), next to its direct measurement.
     baseline["measured_latency_ms"] = bm.latency_ms
     baseline["latency_ms"] = latency_model.predict(prep.baseline.model, CompressionPolicy())
-    evaluator = TrialEvaluator(cfg, prep.baseline, prep.data, latency_model, prep.memory_model)
+    evaluator = TrialEvaluator(
+        cfg, prep.baseline, prep.data, latency_model, prep.memory_model, task=prep.task
+    )
 
     on_stale = make_stale_callback(tracker, cfg.search.retries)
     space_params = {k: list(v) for k, v in space.choices().items()}
-    info, created = open_study(cfg, space_params, on_stale)
+    screening = cfg.search.screen_trials > 0
+    info, created = open_study(
+        cfg, space_params, on_stale, sampler=None if screening else sampler
+    )
     study = info.study
     screen = screener = None
-    if cfg.search.screen_trials > 0:
+    if screening:
         screener = Screener.build(evaluator)
-        screen, screen_created = open_study(cfg, space_params, on_stale, screen=True)
+        screen, _ = open_study(cfg, space_params, on_stale, screen=True, sampler=sampler)
 
         def seed_screen() -> None:
             ref = screener(CompressionPolicy())
@@ -289,6 +293,7 @@ def search(
                 },
             )
             tracker.finish_search(parent, status)
+    rows = front if not worker else []
     failures = [
         {"trial": t.number, "reason": t.user_attrs.get("fail_reason", "worker lost or killed")}
         for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
@@ -297,11 +302,15 @@ def search(
         study_name=cfg.study_name,
         n_complete=info.count(TrialState.COMPLETE),
         n_failed=len(failures),
-        front=front if not worker else [],
+        front=[FrontPoint.from_row(r) for r in rows],
         baseline=baseline,
         parent_run_id=parent,
         failures=failures,
         artifacts=paths if not worker else [],
         hypervolume=hv if not worker else 0.0,
         seconds=time.perf_counter() - t_start,
+        objectives=list(info.objectives),
+        directions=list(info.directions),
+        config=cfg,
+        prepared=prep,
     )

@@ -178,17 +178,18 @@ def open_study(
     on_stale: StaleCallback | None = None,
     *,
     screen: bool = False,
+    sampler: optuna.samplers.BaseSampler | None = None,
 ) -> tuple[StudyInfo, bool]:
     """Create the study (the fine-tuned one, or with ``screen`` the screen's), or load it to
     resume or to join other workers; refuse a study made for another space. Returns
     ``(info, created)``: exactly one process creates a study (the storage enforces unique
-    names), and that one sets it up."""
+    names), and that one sets it up. ``sampler`` replaces the configured one."""
     objectives = cfg.objectives.enabled()
     fp = _space_fingerprint(cfg, space_params)
     storage = _storage(cfg, on_stale)
     name = cfg.study_name + (SCREEN_SUFFIX if screen else "")
     n = cfg.search.screen_trials if screen else cfg.search.n_trials
-    kw = {"study_name": name, "storage": storage, "sampler": _sampler(cfg, n, screen)}
+    kw = {"study_name": name, "storage": storage, "sampler": sampler or _sampler(cfg, n, screen)}
     try:
         study = optuna.create_study(
             directions=[OBJECTIVES[o].direction for o in objectives], load_if_exists=False, **kw
@@ -285,6 +286,7 @@ def trial_rows(info: StudyInfo) -> list[dict]:
                 "policy": policy,
                 "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
                 "values": list(t.values),
+                "metrics": metrics,
             }
         )
     return rows

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..search_space import SearchSpace
 from .analysis import analyze
 from .report import heatmap_html, heatmap_png, log_files, write_json, write_table
@@ -46,6 +47,12 @@ class SensitivityStage:
         """Table (cached or measured) and shaped space; None when the stage is disabled."""
         if not settings.enabled:
             return None
+        if prep.task.metric is not None or prep.task.loss is not None:
+            raise ConfigError(
+                "sensitivity.enabled: the per-layer table scores top-1 accuracy and "
+                "cross-entropy only; with task.evaluate / task.loss set sensitivity.enabled: "
+                "false (the screen scores whole policies with your metric)"
+            )
         stage = cls(prep, settings, analyze(prep, settings, force=force, log=log), log)
         if settings.shape:
             for line in describe_shaping(prep.space, stage.space):

@@ -147,22 +147,22 @@ def test_report_shows_baseline_front_and_export(done, tmp_path):
     _, cfg, result = done
     data = collect(cfg)
     assert data.status["complete"] == 4 and data.baseline["val_accuracy"] > 0
-    assert {r["trial"] for r in data.front} == {r["trial"] for r in result.front}
+    assert {r["trial"] for r in data.front} == {p.trial for p in result.front}
     assert data.knee in {r["trial"] for r in data.front}
     assert data.exported is None
 
     files = write_report(cfg, tmp_path / "a", log_to_mlflow=False)
     page = files.html.read_text()
     assert "Baseline" in page and "Pareto front" in page and "No model exported yet" in page
-    for r in result.front:  # every front point in the table and with a tooltip in the plot
-        assert f"<title>trial {r['trial']}: accuracy" in page
+    for p in result.front:  # every front point in the table and with a tooltip in the plot
+        assert f"<title>trial {p.trial}: accuracy" in page
     assert "<script" not in page and 'src="http' not in page  # self-contained
     assert "data:image/png;base64," in page
     md = files.markdown.read_text()
     assert "| trial |" in md and "![Pareto front](pareto_front.png)" in md
     assert (files.markdown.parent / "pareto_front.png").is_file()
 
-    exported = _fake_export(cfg, result.front[0])
+    exported = _fake_export(cfg, result.front[0].row())
     try:
         files = write_report(cfg, tmp_path / "b", log_to_mlflow=False)
         page = files.html.read_text()
@@ -186,7 +186,7 @@ def test_report_shows_baseline_front_and_export(done, tmp_path):
     finally:
         shutil.rmtree(sens)
 
-    v = dict(exported, trial=result.front[0]["trial"])
+    v = dict(exported, trial=result.front[0].trial)
     fig = log_export_figures(Tracker(cfg.tracking, cfg.name), None, v, tmp_path)
     assert fig == tmp_path / "latency.png" and fig.is_file()
 

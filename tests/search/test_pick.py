@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from autocompress.errors import AutocompressError
-from autocompress.export.pick import PickCriteria, select
+from autocompress.search.pick import PickCriteria, select
 
 DIRS = ["maximize", "minimize", "minimize"]
 OBJ = ["accuracy", "latency", "size"]

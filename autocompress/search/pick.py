@@ -9,8 +9,8 @@ import numpy as np
 
 from ..config import ExperimentConfig
 from ..errors import AutocompressError
-from ..search.pareto import knee_index
-from ..search.study import front_rows, load_study, trial_rows
+from .pareto import knee_index
+from .study import front_rows, load_study, trial_rows
 
 __all__ = ["PickCriteria", "PickResult", "pick", "select"]
 
@@ -33,9 +33,9 @@ class PickCriteria:
             raise AutocompressError(f"prefer must be one of {', '.join(_PREFER)}")
 
     def describe(self) -> str:
-        parts = []
         if self.trial is not None:
-            parts.append(f"trial {self.trial}")
+            return f"trial {self.trial}"
+        parts = []
         if self.min_accuracy is not None:
             parts.append(f"val accuracy >= {self.min_accuracy}")
         if self.max_latency_ms is not None:
