@@ -130,9 +130,6 @@ class Tracker:
             }
             self._retry(lambda b=batch: self.client.log_batch(run_id, **b))
 
-    def run_url_hint(self, run_id: str) -> str:
-        return f"experiment {self.experiment_id}, run {run_id}"
-
     # -- the search's parent run ------------------------------------------------------------
     def start_search(
         self,

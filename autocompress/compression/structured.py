@@ -14,7 +14,7 @@ from torch import nn
 from ..errors import ModelError
 from ..policy import CompressionPolicy, compressible_layers
 
-__all__ = ["IMPORTANCES", "output_layers", "prune_channels"]
+__all__ = ["IMPORTANCES", "kept_channels", "output_layers", "prune_channels"]
 
 IMPORTANCES = ("l1", "l2", "fpgm")
 
@@ -50,7 +50,8 @@ def output_layers(model: nn.Module, example: torch.Tensor) -> set[str]:
     return {n for n, o in outs.items() if o is final}
 
 
-def _kept(channels: int, keep_ratio: float, round_to: int) -> int:
+def kept_channels(channels: int, keep_ratio: float, round_to: int) -> int:
+    """Output channels a layer keeps at ``keep_ratio`` (a multiple of ``round_to``, at least one)."""
     keep = int(round(channels * keep_ratio / round_to)) * round_to
     return min(channels, max(round_to, keep, 1))
 
@@ -99,7 +100,7 @@ def prune_channels(
         }
         if members & done:
             continue  # coupled with a layer already decided
-        n_remove = channels - _kept(channels, lp.keep_ratio, round_to)
+        n_remove = channels - kept_channels(channels, lp.keep_ratio, round_to)
         if n_remove <= 0:
             continue
         scores = scorer(group)

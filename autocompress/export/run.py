@@ -25,7 +25,7 @@ from ..data import DataBundle
 from ..errors import AutocompressError
 from ..hardware.forms import DeploySpec, FormMeasurement, build_form, measure_forms
 from ..hardware.latency import make_latency_model
-from ..hardware.measure import export_onnx, measure_onnx_latency
+from ..hardware.measure import export_onnx, make_session, measure_onnx_latency
 from ..policy import CompressionPolicy, compressible_layers
 from ..prepare import Prepared, prepare
 from ..reporting.figures import log_export_figures
@@ -96,12 +96,8 @@ class _OnnxModule(torch.nn.Module):
     metric scores the deployed file exactly as it scores the torch model."""
 
     def __init__(self, path: str | Path, threads: int) -> None:
-        import onnxruntime as ort
-
         super().__init__()
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        self.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.sess = make_session(path, threads=threads)
         self.input = self.sess.get_inputs()[0].name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -308,11 +304,9 @@ def _register(tracker: Tracker, run_id: str, onnx_path: Path, data: DataBundle, 
     import onnx
     from mlflow.models import infer_signature
 
-    example = data.example_input(1).numpy()
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    out = sess.run(None, {sess.get_inputs()[0].name: example})[0]
+    example = data.example_input(1)
+    out = _OnnxModule(onnx_path, 1)(example).numpy()
+    example = example.numpy()
     signature = infer_signature(example, out)
     name = cfg.export.registered_model or cfg.name
     mlflow.set_tracking_uri(tracker.tracking_uri)

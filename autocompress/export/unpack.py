@@ -15,6 +15,7 @@ from ..compression.apply import materialize
 from ..compression.artifact import load_packed_model
 from ..errors import ModelError
 from ..hardware.forms import DeploySpec, build_form
+from ..hardware.measure import make_session
 
 __all__ = ["onnx_outputs_equal", "unpack"]
 
@@ -37,10 +38,8 @@ def unpack(packed: str | Path, out: str | Path, *, model: torch.nn.Module | None
 
 def onnx_outputs_equal(a: str | Path, b: str | Path, x: np.ndarray) -> bool:
     """Whether two ONNX models give bit-identical outputs on ``x`` (ONNX Runtime, CPU)."""
-    import onnxruntime as ort
-
     outs = []
     for path in (a, b):
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        sess = make_session(path)
         outs.append(sess.run(None, {sess.get_inputs()[0].name: x.astype(np.float32)})[0])
     return bool(np.array_equal(outs[0], outs[1]))

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from .._files import atomic_write
+from ..metrics import summarize
 
 __all__ = ["TABLE_VERSION", "LatencyTable", "fit_table"]
 
@@ -345,10 +346,8 @@ def _refine(table: LatencyTable, records: list[dict], ridge: float) -> None:
 
 
 def _score(table: LatencyTable, records: list[dict]) -> tuple[float, float]:
-    y = np.array([r["wall_ms"] for r in records])
-    p = np.array([table.predict_ms(_chans(r), r["precision"]) for r in records])
-    err = np.abs(p - y) / y
-    return float(np.mean(err <= 0.10)), float(np.mean(err))
+    p = [table.predict_ms(_chans(r), r["precision"]) for r in records]
+    return summarize(p, [r["wall_ms"] for r in records])[:2]
 
 
 def _fit(records: list[dict], layers: list[str], ridge: float) -> LatencyTable:

@@ -27,11 +27,10 @@ from pathlib import Path
 import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
-from scipy.stats import spearmanr
 from torch.utils.data import Subset
 
 from ..config import ExperimentConfig
-from ..metrics import OBJECTIVES, TrialMetrics
+from ..metrics import OBJECTIVES, TrialMetrics, spearman
 from ..policy import CompressionPolicy
 from ..search_space import SearchSpace
 from .objective import TrialEvaluator, suggest_policy
@@ -258,12 +257,8 @@ def screen_agreement(main: StudyInfo) -> dict:
         for t in main.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if t.user_attrs.get("screen_metrics") and t.user_attrs.get("metrics")
     ]
-    rho = float("nan")
-    if len(pairs) >= 3:
-        a, b = np.array(pairs).T
-        if np.ptp(a) > 0 and np.ptp(b) > 0:
-            rho = float(spearmanr(a, b).statistic)
-    return {"n": len(pairs), "spearman": rho}
+    a, b = zip(*pairs) if pairs else ((), ())
+    return {"n": len(pairs), "spearman": spearman(a, b)}
 
 
 def _promotion_order(

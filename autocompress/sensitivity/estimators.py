@@ -22,15 +22,11 @@ from torch import nn
 
 from ..compression.apply import CompressWeight
 from ..compression.pruning import magnitude_mask
+from ..compression.structured import kept_channels
 from ..policy import compressible_layers
 from .table import IDENTITY
 
 __all__ = ["estimate_levels", "fisher_diagonals", "hessian_traces", "perturbation"]
-
-
-def _kept(channels: int, keep_ratio: float, round_to: int) -> int:
-    keep = int(round(channels * keep_ratio / round_to)) * round_to
-    return min(channels, max(round_to, keep, 1))
 
 
 @torch.no_grad()
@@ -43,7 +39,7 @@ def perturbation(weight: torch.Tensor, dim: str, value: float, *, round_to: int 
         return CompressWeight(torch.ones_like(w, dtype=torch.bool), int(value))(w) - w
     if dim == "keep_ratio":
         n_out = w.shape[0]
-        drop = n_out - _kept(n_out, value, round_to)
+        drop = n_out - kept_channels(n_out, value, round_to)
         idx = torch.argsort(w.abs().reshape(n_out, -1).sum(1))[:drop]
         d = torch.zeros_like(w)
         d[idx] = -w[idx]

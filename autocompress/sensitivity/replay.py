@@ -83,9 +83,6 @@ class ModuleTrace:
             self.copy = True
             self.record(model, x)
 
-    def first_call(self, names: set[str]) -> int:
-        return next((i for i, (n, _) in enumerate(self.entries) if n in names), 0)
-
 
 @torch.no_grad()
 def call_order(model: nn.Module, x: torch.Tensor) -> list[str]:
