@@ -21,11 +21,11 @@ from .compression.apply import apply_policy, compressed_state, materialize
 from .config import ExperimentConfig, load_experiment
 from .data import DataBundle, load_data
 from .errors import AutocompressError, ConfigError, DataError, ModelError
+from .export.run import ExportResult
 from .export.unpack import unpack
 from .metrics import TrialMetrics
 from .models import build_model, register_model
 from .policy import CompressionPolicy, LayerPolicy
-from .export.run import ExportResult
 from .search import FrontPoint, SearchResult, front_rows, hypervolume, load_study
 from .search.pick import PickCriteria
 from .search_space import SearchSpace, load_search_space

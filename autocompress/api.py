@@ -10,9 +10,9 @@ experiment config: the CLI's path), ``validate`` and ``status``.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -41,13 +41,20 @@ __all__ = ["ValidationReport", "export", "search", "status", "validate"]
 def _deep_merge(base: dict, extra: dict) -> dict:
     out = dict(base)
     for k, v in extra.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = (
+            _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        )
     return out
 
 
 def _object_config(
-    model: nn.Module, data: DataBundle, space: SearchSpace, output_dir: Path, name: str | None,
-    search: dict[str, Any], settings: dict[str, Any],
+    model: nn.Module,
+    data: DataBundle,
+    space: SearchSpace,
+    output_dir: Path,
+    name: str | None,
+    search: dict[str, Any],
+    settings: dict[str, Any],
 ) -> ExperimentConfig:
     """The experiment a Python search of objects is: the config's defaults, the caller's
     ``settings`` (the YAML file's keys, as nested dicts), the model and data by content hash."""
@@ -59,21 +66,30 @@ def _object_config(
     search = {"screen_trials": min(SearchConfig().screen_trials, max(20, 10 * n))} | search
     sized = {
         "finetune": {"steps": min(FinetuneConfig().steps, 3 * per_epoch)},
-        "export": {"finetune": ExportConfig().finetune.model_dump()
-                   | {"steps": min(ExportConfig().finetune.steps, 10 * per_epoch)}},
+        "export": {
+            "finetune": ExportConfig().finetune.model_dump()
+            | {"steps": min(ExportConfig().finetune.steps, 10 * per_epoch)}
+        },
     }
     output_dir.mkdir(parents=True, exist_ok=True)
     # What was searched, as a search-space file of exact layer names (the record, not an input).
     space_path = output_dir / "search_space.yaml"
     rules = [
-        {"name": n, "sparsity": list(c.sparsity), "bits": list(c.bits),
-         "keep_ratio": list(c.keep_ratio)}
+        {
+            "name": n,
+            "sparsity": list(c.sparsity),
+            "bits": list(c.bits),
+            "keep_ratio": list(c.keep_ratio),
+        }
         for n, c in space.layers.items()
     ]
     space_path.write_text(yaml.safe_dump({"layers": rules}, sort_keys=False))
     raw = {
         "name": name,
-        "model": {"name": f"object:{type(model).__name__}", "num_classes": max(2, data.num_classes)},
+        "model": {
+            "name": f"object:{type(model).__name__}",
+            "num_classes": max(2, data.num_classes),
+        },
         "data": {"dataset": "object:datasets", "kwargs": {"digest": data.digest()}},
         "search": search,
         **sized,
@@ -134,9 +150,12 @@ def search(
     check_model_fits(model, x, None if evaluate else data.num_classes, name=type(model).__name__)
     if space is None:
         space = SearchSpace.from_rules(
-            model, [{"type": t, "sparsity": [0.0, 0.5, 0.75], "bits": [8, 32]}
-                    for t in ("Conv2d", "Linear")
-                    if any(type(m).__name__ == t for m in model.modules())]
+            model,
+            [
+                {"type": t, "sparsity": [0.0, 0.5, 0.75], "bits": [8, 32]}
+                for t in ("Conv2d", "Linear")
+                if any(type(m).__name__ == t for m in model.modules())
+            ],
         )
     search_keys = {"seed": seed}
     if n_trials is not None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import io
 import json
 import time
-from itertools import islice
 from dataclasses import asdict, dataclass
+from itertools import islice
 from pathlib import Path
 
 import torch
@@ -166,8 +166,10 @@ def baseline_from_model(
     statistics estimated on training batches first."""
     bns = batchnorms(model)
     if bns and all(int(m.num_batches_tracked) == 0 for m in bns.values()):
-        log(f"baseline: the model's {len(bns)} BatchNorm layers never saw a batch: "
-            "estimating their statistics on 8 training batches")
+        log(
+            f"baseline: the model's {len(bns)} BatchNorm layers never saw a batch: "
+            "estimating their statistics on 8 training batches"
+        )
         with torch.no_grad(), train_mode(model, bns, reset=True):
             for x, _ in islice(batches(data.train, cfg.data.batch_size, shuffle=True), 8):
                 model(x)

@@ -98,8 +98,7 @@ class TaskConfig(_Strict):
         None, description="metric(model, batches) -> float, higher is better (default top-1)"
     )
     loss: str | None = Field(
-        None, description="loss(outputs, targets) -> tensor for fine-tuning (default "
-        "cross-entropy)"
+        None, description="loss(outputs, targets) -> tensor for fine-tuning (default cross-entropy)"
     )
 
     @field_validator("evaluate", "loss")

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
+from .cache_key import content_key
 from .config import DataConfig
 from .errors import DataError
-from .cache_key import content_key
 from .models import load_callable
 from .training import materialize
 

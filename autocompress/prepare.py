@@ -12,9 +12,9 @@ from torch import nn
 from .baseline import Baseline, baseline_from_model, get_baseline
 from .config import ExperimentConfig
 from .data import DataBundle, load_data
+from .models import load_callable
 from .policy import CompressionPolicy
 from .search_space import SearchSpace, load_search_space
-from .models import load_callable
 from .size import size_bytes, size_measure
 from .training import CLASSIFICATION, Task
 

@@ -24,8 +24,11 @@ def _data(n=240, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 1, 28, 28, generator=g)
     y = torch.randint(0, 10, (n,), generator=g)
-    return x, TensorDataset(x[:160], y[:160]), TensorDataset(x[160:200], y[160:200]), (
-        TensorDataset(x[200:], y[200:])
+    return (
+        x,
+        TensorDataset(x[:160], y[:160]),
+        TensorDataset(x[160:200], y[160:200]),
+        (TensorDataset(x[200:], y[200:])),
     )
 
 
@@ -91,7 +94,9 @@ def test_export_of_a_point_and_its_packed_file(searched, tmp_path):
     assert art.onnx_path.is_file() and art.report_path.is_file()
     assert art.onnx_bytes == art.onnx_path.stat().st_size
     assert art.unpack_exact and art.packed_reload_exact
-    assert 0.0 <= art.test_accuracy <= 1.0 and art.baseline_test_accuracy == art.baseline_test_accuracy
+    assert (
+        0.0 <= art.test_accuracy <= 1.0 and art.baseline_test_accuracy == art.baseline_test_accuracy
+    )
     # a file packed from a model object needs the architecture to load
     with pytest.raises(ModelError, match="model="):
         load_packed_model(art.packed_path)
@@ -119,8 +124,9 @@ def test_object_search_refuses_workers_and_missing_data(tmp_path):
     with pytest.raises(ConfigError, match="workers"):
         ac.search(model, train=train, val=val, workers=2, output_dir=tmp_path, settings=_FAST)
     with pytest.raises(ConfigError, match=r"settings: search\.n_trialz: unknown key"):
-        ac.search(model, train=train, val=val, output_dir=tmp_path,
-                  settings={"search": {"n_trialz": 3}})
+        ac.search(
+            model, train=train, val=val, output_dir=tmp_path, settings={"search": {"n_trialz": 3}}
+        )
 
 
 def test_untrained_batchnorm_statistics_are_estimated(tmp_path):
@@ -132,13 +138,22 @@ def test_untrained_batchnorm_statistics_are_estimated(tmp_path):
     model = SmallCNN()
     _, train, val, test = _data()
     cfg = ExperimentConfig.model_validate(
-        {"name": "t", "model": {"name": "object:SmallCNN"}, "search_space": "x.yaml",
-         "output_dir": str(tmp_path), "latency": {"target": "proxy"}}
+        {
+            "name": "t",
+            "model": {"name": "object:SmallCNN"},
+            "search_space": "x.yaml",
+            "output_dir": str(tmp_path),
+            "latency": {"target": "proxy"},
+        }
     )
     lines: list[str] = []
-    b = baseline_from_model(cfg, model, DataBundle.from_datasets(train, val, test), log=lines.append)
+    b = baseline_from_model(
+        cfg, model, DataBundle.from_datasets(train, val, test), log=lines.append
+    )
     bn = next(m for m in b.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
-    assert int(bn.num_batches_tracked) > 0 and not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))
+    assert int(bn.num_batches_tracked) > 0 and not torch.allclose(
+        bn.running_var, torch.ones_like(bn.running_var)
+    )
     assert any("never saw a batch" in line for line in lines)
     assert b.checkpoint.is_file()  # content-addressed: the sensitivity cache tells models apart
 
@@ -164,15 +179,27 @@ def test_a_regression_task_with_its_own_metric_and_loss(tmp_path):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(200, 1, 28, 28, generator=g)
     y = x.mean(dim=(1, 2, 3)) * 3.0  # a float target
-    train, val, test = (TensorDataset(x[a:b], y[a:b]) for a, b in ((0, 120), (120, 160), (160, 200)))
+    train, val, test = (
+        TensorDataset(x[a:b], y[a:b]) for a, b in ((0, 120), (120, 160), (160, 200))
+    )
     result = ac.search(
-        model, train=train, val=val, n_trials=2, screen_trials=4, output_dir=tmp_path / "reg",
-        evaluate=_neg_mse, loss=_mse, settings=_FAST, log=lambda *_: None,
+        model,
+        train=train,
+        val=val,
+        n_trials=2,
+        screen_trials=4,
+        output_dir=tmp_path / "reg",
+        evaluate=_neg_mse,
+        loss=_mse,
+        settings=_FAST,
+        log=lambda *_: None,
     )
     assert result.n_complete == 2
     assert all(p.metrics.val_accuracy <= 0.0 for p in result.front)  # -MSE, not an accuracy
     base = result.prepared.baseline.metrics.val_accuracy
-    assert base == pytest.approx(_neg_mse(model.eval(), [(val.tensors[0], val.tensors[1])]), rel=1e-4)
+    assert base == pytest.approx(
+        _neg_mse(model.eval(), [(val.tensors[0], val.tensors[1])]), rel=1e-4
+    )
     art = ac.export(result, result.pick(prefer="accuracy"), test=test, log=lambda *_: None)
     assert art.test_accuracy <= 0.0 and art.unpack_exact
 

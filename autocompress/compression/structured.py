@@ -51,7 +51,7 @@ def output_layers(model: nn.Module, example: torch.Tensor) -> set[str]:
 
 
 def kept_channels(channels: int, keep_ratio: float, round_to: int) -> int:
-    """Output channels a layer keeps at ``keep_ratio`` (a multiple of ``round_to``, at least one)."""
+    """Output channels a layer keeps at ``keep_ratio``: a multiple of ``round_to``, at least one."""
     keep = int(round(channels * keep_ratio / round_to)) * round_to
     return min(channels, max(round_to, keep, 1))
 

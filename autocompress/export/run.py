@@ -30,8 +30,8 @@ from ..policy import CompressionPolicy, compressible_layers
 from ..prepare import Prepared, prepare
 from ..reporting.figures import log_export_figures
 from ..search.objective import TrialEvaluator
-from ..tracking import Tracker
 from ..search.pick import PickCriteria, pick
+from ..tracking import Tracker
 from ..training import CLASSIFICATION, Task, batches, evaluate
 from .unpack import onnx_outputs_equal, unpack
 

@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import optuna
@@ -186,9 +185,7 @@ def search(
     on_stale = make_stale_callback(tracker, cfg.search.retries)
     space_params = {k: list(v) for k, v in space.choices().items()}
     screening = cfg.search.screen_trials > 0
-    info, created = open_study(
-        cfg, space_params, on_stale, sampler=None if screening else sampler
-    )
+    info, created = open_study(cfg, space_params, on_stale, sampler=None if screening else sampler)
     study = info.study
     screen = screener = None
     if screening:

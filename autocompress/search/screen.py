@@ -257,7 +257,7 @@ def screen_agreement(main: StudyInfo) -> dict:
         for t in main.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if t.user_attrs.get("screen_metrics") and t.user_attrs.get("metrics")
     ]
-    a, b = zip(*pairs) if pairs else ((), ())
+    a, b = zip(*pairs, strict=True) if pairs else ((), ())
     return {"n": len(pairs), "spearman": spearman(a, b)}
 
 
