@@ -17,11 +17,19 @@ from typing import Any
 
 import yaml
 from optuna.trial import TrialState
+from pydantic import ValidationError
 from torch import nn
 from torch.utils.data import Dataset
 
 from ._files import check_output_dir
-from .config import DataConfig, ExperimentConfig, ExportConfig, FinetuneConfig, SearchConfig
+from .config import (
+    DataConfig,
+    ExperimentConfig,
+    ExportConfig,
+    FinetuneConfig,
+    SearchConfig,
+    validation_message,
+)
 from .data import DataBundle, check_available, load_data
 from .errors import ConfigError
 from .export.run import ExportResult
@@ -99,14 +107,8 @@ def _object_config(
     }
     try:
         return ExperimentConfig.model_validate(_deep_merge(raw, settings))
-    except Exception as exc:  # pydantic ValidationError: one line naming the key
-        from pydantic import ValidationError
-
-        from .config import validation_message
-
-        if isinstance(exc, ValidationError):
-            raise ConfigError(validation_message(exc, "settings", ExperimentConfig)) from None
-        raise
+    except ValidationError as exc:  # one line naming the key
+        raise ConfigError(validation_message(exc, "settings", ExperimentConfig)) from None
 
 
 def search(

@@ -9,6 +9,7 @@ bit-exact reload of the packed file) → MLflow (under the trial's run) + Model 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -338,7 +339,7 @@ def export(
     prep = prepared or prepare(cfg, log=log)
     data, baseline = prep.data, prep.baseline
     base_test = baseline.metrics.test_accuracy
-    if not base_test == base_test:  # (NaN: searched without a test split)
+    if math.isnan(base_test):  # searched without a test split
         base_test = evaluate(baseline.model, data.test, task=prep.task)[0]
     # A model object has no name to rebuild it by: the loaders start from a copy of it.
     template = baseline.model if cfg.model.name.startswith("object:") else None
