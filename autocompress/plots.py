@@ -5,10 +5,9 @@ Plot data comes in as plain rows, dicts and lists, computed elsewhere; this modu
 
 - ``pareto_html`` / ``pareto_png``: accuracy against each cost objective, the front highlighted;
   the HTML hover shows the trial number, its metrics and its per-layer policy.
-- ``policy_png`` / ``policy_html``: one trial's per-layer sparsity, keep ratio and bits (cheap:
+- ``policy_png``: one trial's per-layer sparsity, keep ratio and bits (cheap:
   logged for every trial).
 - ``hypervolume_png``: hypervolume of the front after each trial.
-- ``heatmap_png``: a sensitivity table (layers x settings -> accuracy change).
 - ``latency_png``: predicted against measured latency of an exported model.
 """
 
@@ -20,12 +19,10 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "heatmap_png",
     "hypervolume_png",
     "latency_png",
     "pareto_html",
     "pareto_png",
-    "policy_html",
     "policy_layers",
     "policy_lines",
     "policy_png",
@@ -126,14 +123,6 @@ def policy_png(policy: Mapping[str, Any], path: Path, *, title: str) -> Path:
     return _save(fig, path)
 
 
-_POLICY_CSS = (
-    "body{font:13px system-ui,sans-serif;margin:12px;color:#222}"
-    "table{border-collapse:collapse}td,th{padding:3px 8px;border-bottom:1px solid #eee;"
-    "text-align:left}.bar{display:inline-block;height:10px;vertical-align:middle;margin-right:6px}"
-    ".num{font-variant-numeric:tabular-nums}"
-)
-
-
 def policy_table_html(policy: Mapping[str, Any]) -> str:
     """The per-layer policy as an HTML table with inline bars (no script, no external file)."""
     out = ["<table><tr><th>layer</th><th>sparsity</th><th>keep ratio</th><th>weight bits</th></tr>"]
@@ -149,17 +138,6 @@ def policy_table_html(policy: Mapping[str, Any]) -> str:
         )
     out.append("</table>")
     return "".join(out)
-
-
-def policy_html(policy: Mapping[str, Any], path: Path, *, title: str) -> Path:
-    """A small self-contained page with the per-layer table (a few KB, no plotly.js)."""
-    page = (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{_POLICY_CSS}</style></head><body><h3>{html.escape(title)}</h3>"
-        f"{policy_table_html(policy)}</body></html>"
-    )
-    Path(path).write_text(page)
-    return Path(path)
 
 
 # -- the Pareto front ------------------------------------------------------------------------
@@ -261,39 +239,6 @@ def hypervolume_png(history: Sequence[Mapping[str, Any]], path: Path, *, title: 
     ax2.set_ylabel("points on the front", color="#707070")
     ax2.set_ylim(bottom=0)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def heatmap_png(
-    layers: Sequence[str],
-    columns: Sequence[str],
-    values: Sequence[Sequence[float | None]],
-    path: Path,
-    *,
-    title: str,
-    label: str = "accuracy change (points)",
-) -> Path:
-    """A layers x settings table as a diverging heat map (red: accuracy lost), cells labelled."""
-    import numpy as np
-
-    data = np.array([[np.nan if v is None else float(v) for v in row] for row in values])
-    fig = _figure(
-        min(max(4.5, 0.8 * len(columns) + 2.5), 16), min(max(2.5, 0.35 * len(layers) + 1.5), 14)
-    )
-    ax = fig.subplots()
-    finite = data[np.isfinite(data)]
-    span = float(np.abs(finite).max()) if finite.size else 1.0
-    im = ax.imshow(data, cmap="RdBu", vmin=-span or -1, vmax=span or 1, aspect="auto")
-    ax.set_xticks(range(len(columns)), list(columns), rotation=30, ha="right", fontsize=8)
-    ax.set_yticks(range(len(layers)), list(layers), fontsize=8)
-    if data.size <= 400:
-        for i in range(data.shape[0]):
-            for j in range(data.shape[1]):
-                if np.isfinite(data[i, j]):
-                    ax.text(j, i, f"{data[i, j]:.1f}", ha="center", va="center", fontsize=7)
-    fig.colorbar(im, ax=ax, label=label)
-    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 

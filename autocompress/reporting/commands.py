@@ -38,11 +38,10 @@ def _ui(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .write import write_report
+    from .html_report import write_report
 
     files = write_report(_load(args), args.out, log_to_mlflow=not args.no_mlflow)
     print(f"report: {files.html}")
-    print(f"markdown: {files.markdown}")
     if files.mlflow_logged:
         print("logged on the search's MLflow run as report/report.html")
     if args.json:
@@ -50,7 +49,6 @@ def _report(args: argparse.Namespace) -> int:
             json.dumps(
                 {
                     "html": str(files.html),
-                    "markdown": str(files.markdown),
                     "figures": {k: str(v) for k, v in files.figures.items()},
                     "mlflow_logged": files.mlflow_logged,
                 }
@@ -71,9 +69,7 @@ def add_commands(sub, experiment_parser: Callable) -> dict[str, Callable]:
         "--allowed-hosts",
         help="Host headers MLflow accepts, passed to 'mlflow ui' (default: localhost, private IPs)",
     )
-    p = experiment_parser(
-        sub, "report", "write a self-contained HTML (and Markdown) report of a search"
-    )
+    p = experiment_parser(sub, "report", "write a self-contained HTML report of a search")
     p.add_argument("--out", type=Path, help="folder (default: OUTPUT_DIR/report)")
     p.add_argument(
         "--no-mlflow", action="store_true", help="do not log the report on the MLflow parent run"

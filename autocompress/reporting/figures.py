@@ -1,11 +1,9 @@
 """Figures logged to MLflow, and the short run descriptions shown in the runs table.
 
-- per trial (at its start, so running trials show it too): ``policy_layers.png`` and
-  ``policy_layers.html`` next to ``policy.json`` — :func:`log_trial_chart`;
-- per search (at its end, on the parent run): ``pareto/hypervolume.{png,json}``, the metric
-  series ``hypervolume_by_trial`` (step = trial number) and, when a sensitivity table is found
-  but the sensitivity stage drew no heat map itself, ``sensitivity/sensitivity_heatmap.png`` —
-  :func:`log_search_figures`;
+- per trial (at its start, so running trials show it too): ``policy_layers.png`` next to
+  ``policy.json`` — :func:`log_trial_chart`;
+- per search (at its end, on the parent run): ``pareto/hypervolume.{png,json}`` and the metric
+  series ``hypervolume_by_trial`` (step = trial number) — :func:`log_search_figures`;
 - per export (under the trial's run): ``export/latency.png``, predicted against measured latency
   — :func:`log_export_figures`.
 
@@ -26,7 +24,6 @@ from typing import Any
 from .. import plots
 from ..policy import CompressionPolicy
 from .history import hypervolume_history
-from .sensitivity import find_sensitivity
 
 __all__ = [
     "log_export_figures",
@@ -38,7 +35,6 @@ __all__ = [
 
 TRIAL_CHART = "policy_layers"
 HV_METRIC = "hypervolume_by_trial"
-HEATMAP = "sensitivity_heatmap.png"
 
 
 def _best_effort(what: str, fn: Callable[[], Any], default: Any = None) -> Any:
@@ -82,15 +78,14 @@ def search_description(
 
 # -- per trial ---------------------------------------------------------------------------------
 def log_trial_chart(tracker, run_id: str, policy: Mapping[str, Any], *, title: str) -> bool:
-    """Draw the per-layer chart of ``policy`` (PNG + small HTML) and log it at the root of the
+    """Draw the per-layer chart of ``policy`` (PNG) and log it at the root of the
     trial's run. Returns False (with a warning) if it could not. ``tracker`` is a
     :class:`autocompress.tracking.Tracker`."""
 
     def run() -> bool:
         with tempfile.TemporaryDirectory(prefix="ac-trial-") as tmp:
             png = plots.policy_png(policy, Path(tmp) / f"{TRIAL_CHART}.png", title=title)
-            page = plots.policy_html(policy, Path(tmp) / f"{TRIAL_CHART}.html", title=title)
-            tracker.log_artifacts(run_id, [png, page])
+            tracker.log_artifacts(run_id, [png])
         return True
 
     return _best_effort(f"per-layer chart of run {run_id}", run, False)
@@ -115,15 +110,13 @@ def _log_metric_series(tracker, run_id: str, key: str, points: list[tuple[int, f
 def log_search_figures(
     tracker, run_id: str, info, baseline: Mapping[str, float], out_dir: Path, *, title: str
 ) -> list[Path]:
-    """Hypervolume over trials (PNG + JSON + metric series) and the sensitivity heat map when
-    present, written to ``out_dir`` (the search's ``pareto/`` folder; the heat map goes to
-    ``out_dir/../sensitivity/``) and logged on the parent run. ``info`` is the search's
+    """Hypervolume over trials (PNG + JSON + metric series), written to ``out_dir`` (the
+    search's ``pareto/`` folder) and logged on the parent run. ``info`` is the search's
     ``StudyInfo``. Returns the files written."""
     from ..search.study import trial_rows
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths: list[Path] = []
 
     def hv() -> list[Path]:
         history = hypervolume_history(trial_rows(info), info.objectives, baseline)
@@ -136,26 +129,7 @@ def log_search_figures(
         )
         return [data, fig]
 
-    paths += _best_effort("hypervolume over trials", hv, [])
-
-    def heat() -> list[Path]:
-        folder = out_dir.parent / "sensitivity"
-        table = find_sensitivity(out_dir.parent)
-        if table is None or (folder / HEATMAP).is_file():  # none, or the stage logged its own
-            return []
-        fig = plots.heatmap_png(
-            table.layers,
-            table.columns,
-            table.values,
-            folder / HEATMAP,
-            title=f"{title}: per-layer sensitivity",
-            label=table.label,
-        )
-        tracker.log_artifacts(run_id, [fig], "sensitivity")
-        return [fig]
-
-    paths += _best_effort("sensitivity heat map", heat, [])
-    return paths
+    return _best_effort("hypervolume over trials", hv, [])
 
 
 # -- per export --------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
-"""The HTML form of the report: one file, inline CSS, PNG figures embedded as data URIs, the
-Pareto front as inline SVG with a tooltip per point. No script and no external request, so it
-opens from disk, from an e-mail or as an MLflow artifact."""
+"""The report page: one file, inline CSS, PNG figures embedded as data URIs, the per-layer policy
+of each front point in a collapsible table. No script and no external request, so it opens from
+disk, from an e-mail or as an MLflow artifact."""
 
 from __future__ import annotations
 
@@ -9,17 +9,20 @@ import html
 from pathlib import Path
 
 from .. import plots
+from ..config import ExperimentConfig
 from .report import (
     FRONT_HEADER,
     ReportData,
+    ReportFiles,
     baseline_rows,
+    collect,
     export_rows,
     front_table_rows,
+    report_figures,
     summary_line,
 )
-from .svg import scatter_svg
 
-__all__ = ["render_html"]
+__all__ = ["render_html", "write_report"]
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;margin:0;color:#1f272d;
@@ -34,17 +37,12 @@ td,th{padding:4px 10px;border-bottom:1px solid #eef0f2;text-align:left;vertical-
 th{font-weight:600;background:#fafbfc}
 td.num{font-variant-numeric:tabular-nums;text-align:right}
 .plots{display:flex;flex-wrap:wrap;gap:12px}
-svg.scatter text{font-size:11px;fill:#445461}svg.scatter text.axis{font-size:12px;fill:#1f272d}
-svg.scatter text.lbl{font-size:10px;fill:#9e102c}
-svg.scatter g.pt:hover circle{stroke:#000;stroke-width:2}
 img{max-width:100%;height:auto}
 .tag{display:inline-block;font-size:11px;padding:0 6px;border-radius:8px;background:#fde2e2;
 color:#9e102c;margin-left:4px}
 .bar{display:inline-block;height:10px;vertical-align:middle;margin-right:6px}
 details summary{cursor:pointer}
 code{background:#f0f2f4;padding:1px 4px;border-radius:3px}
-.legend span{margin-right:14px}.dot{display:inline-block;width:10px;height:10px;
-border-radius:50%;margin-right:4px;vertical-align:middle}
 """
 
 
@@ -72,43 +70,6 @@ def _table(header: list[str] | None, rows: list[list[str]], num_cols: set[int] =
 
 def _kv(rows: list[tuple[str, str]]) -> str:
     return _table(None, [[html.escape(k), html.escape(v)] for k, v in rows], {1})
-
-
-def _tooltip(r: dict) -> str:
-    head = f"trial {r['trial']}: accuracy {r['val_accuracy']:.4f}"
-    if r.get("latency_ms") is not None:
-        head += f", {r['latency_ms']:.3f} ms"
-    if r.get("size_kb") is not None:
-        head += f", {r['size_kb']:.1f} KB"
-    return "\n".join([head, r.get("summary", ""), *plots.policy_lines(r.get("policy"))])
-
-
-def _pareto_svgs(d: ReportData) -> str:
-    exported = d.exported["trial"] if d.exported else None
-    panels = []
-    for key, label in (("latency_ms", "latency (ms)"), ("size_kb", "size (KB)")):
-        if not d.rows or d.rows[0].get(key) is None:
-            continue
-        pts = [
-            {
-                "x": r[key],
-                "y": r["val_accuracy"],
-                "tooltip": _tooltip(r),
-                "kind": "picked"
-                if r["trial"] == exported
-                else ("front" if r.get("pareto") else "trial"),
-                "label": r["trial"] if r.get("pareto") else None,
-            }
-            for r in d.rows
-        ]
-        panels.append(scatter_svg(pts, x_label=label, y_label="validation accuracy"))
-    legend = (
-        '<p class="legend sub"><span><i class="dot" style="background:#b0b0b0"></i>trial</span>'
-        '<span><i class="dot" style="background:#d62728"></i>Pareto front (number = trial)</span>'
-        '<span><i class="dot" style="background:#d62728;border:2px solid #000"></i>exported</span>'
-        "hover a point for its policy</p>"
-    )
-    return f'<div class="plots">{"".join(panels)}</div>{legend}'
 
 
 def _front_table(d: ReportData) -> str:
@@ -172,7 +133,12 @@ def render_html(d: ReportData, figures: dict[str, Path]) -> str:
         + (_kv(baseline_rows(d.baseline)) if d.baseline else "<p>No baseline yet.</p>")
         + "</section>",
         "<section id='front'><h2>Pareto front</h2>"
-        + (_pareto_svgs(d) + _front_table(d) if d.front else "<p>No complete trial yet.</p>")
+        + (
+            (_img(figures["pareto"], "Pareto front") if "pareto" in figures else "")
+            + _front_table(d)
+            if d.front
+            else "<p>No complete trial yet.</p>"
+        )
         + "</section>",
     ]
     if "hypervolume" in figures:
@@ -182,11 +148,10 @@ def render_html(d: ReportData, figures: dict[str, Path]) -> str:
             f"{_img(figures['hypervolume'], 'hypervolume over trials')}</section>"
         )
     if "sensitivity" in figures:
-        src = d.sensitivity.source if d.sensitivity else figures["sensitivity"].name
-        what = d.sensitivity.label if d.sensitivity else "sensitivity"
         parts.append(
-            f"<section><h2>Sensitivity</h2><p class='sub'>{esc(what.capitalize())} when one "
-            f"layer alone is compressed; from <code>{esc(str(src))}</code>.</p>"
+            "<section><h2>Sensitivity</h2><p class='sub'>Each layer compressed alone, one "
+            f"level at a time; table in <code>{esc(str(d.output_dir))}/sensitivity/"
+            "</code>.</p>"
             f"{_img(figures['sensitivity'], 'sensitivity heat map')}</section>"
         )
     else:
@@ -202,3 +167,29 @@ def render_html(d: ReportData, figures: dict[str, Path]) -> str:
         f"<code>autocompress ui {esc(d.source)}</code>.</p></section></main></body></html>"
     )
     return "".join(parts)
+
+
+def write_report(
+    cfg: ExperimentConfig, out_dir: Path | None = None, *, log_to_mlflow: bool = True
+) -> ReportFiles:
+    """Write ``report.html`` and its PNG figures into ``out_dir`` (default
+    ``output_dir/report``); log the HTML on the MLflow parent run if asked and known."""
+    from .figures import _best_effort
+
+    data = collect(cfg)
+    folder = Path(out_dir) if out_dir else cfg.output_dir / "report"
+    folder.mkdir(parents=True, exist_ok=True)
+    figures = report_figures(data, folder)
+    page = folder / "report.html"
+    page.write_text(render_html(data, figures))
+    files = ReportFiles(page, figures)
+    if log_to_mlflow and data.parent_run_id:
+
+        def log() -> bool:
+            from ..tracking import Tracker
+
+            Tracker(cfg.tracking, cfg.name).log_artifacts(data.parent_run_id, [page], "report")
+            return True
+
+        files.mlflow_logged = _best_effort("logging the report to MLflow", log, False)
+    return files

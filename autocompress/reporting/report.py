@@ -1,4 +1,4 @@
-"""``autocompress report``: one self-contained HTML page (and the same as Markdown with PNG files)
+"""``autocompress report``: one self-contained HTML page (``report.html``, PNG figures beside it)
 about a search: baseline, progress, the Pareto front as a plot and a table, hypervolume over
 trials, the sensitivity heat map when present, and the exported model with its verification.
 
@@ -18,11 +18,11 @@ from typing import Any
 
 from .. import plots
 from ..config import ExperimentConfig
+from ..sensitivity.table import SensitivityTable
 from ..tracking import mask_secrets
 from .history import hypervolume_history
-from .sensitivity import SensitivityTable, find_sensitivity
 
-__all__ = ["ReportData", "ReportFiles", "collect", "render_markdown", "report_figures"]
+__all__ = ["ReportData", "ReportFiles", "collect", "report_figures"]
 
 
 @dataclass
@@ -54,7 +54,6 @@ class ReportData:
 @dataclass
 class ReportFiles:
     html: Path
-    markdown: Path
     figures: dict[str, Path]
     mlflow_logged: bool = False
 
@@ -80,6 +79,13 @@ def _baseline(info, output_dir: Path) -> dict | None:
     try:
         return json.loads(path.read_text()).get("baseline")
     except (OSError, ValueError):
+        return None
+
+
+def _sensitivity(output_dir: Path) -> SensitivityTable | None:
+    try:
+        return SensitivityTable.load(output_dir / "sensitivity" / "sensitivity_table.json")
+    except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
@@ -114,7 +120,7 @@ def collect(cfg: ExperimentConfig) -> ReportData:
         front=front,
         history=history,
         knee=knee,
-        sensitivity=find_sensitivity(cfg.output_dir),
+        sensitivity=_sensitivity(cfg.output_dir),
         exports=_exports(cfg.output_dir),
         tracking=mask_secrets(cfg.tracking),
         parent_run_id=info.study.user_attrs.get("mlflow_parent_run_id"),
@@ -127,7 +133,7 @@ def fmt_seconds(seconds: float) -> str:
 
 
 def report_figures(data: ReportData, folder: Path) -> dict[str, Path]:
-    """The PNG figures the Markdown report links and the HTML report embeds."""
+    """The PNG figures the HTML report embeds, written to ``folder``."""
     figs: dict[str, Path] = {}
     if data.rows:
         title = f"{data.name}: {len(data.rows)} trials, {len(data.front)} on the Pareto front"
@@ -140,14 +146,10 @@ def report_figures(data: ReportData, folder: Path) -> dict[str, Path]:
     if drawn.is_file():
         figs["sensitivity"] = Path(shutil.copy(drawn, folder / drawn.name))
     elif data.sensitivity is not None:
-        s = data.sensitivity
-        figs["sensitivity"] = plots.heatmap_png(
-            s.layers,
-            s.columns,
-            s.values,
-            folder / "sensitivity_heatmap.png",
-            title="sensitivity",
-            label=s.label,
+        from ..sensitivity.report import heatmap_png
+
+        figs["sensitivity"] = heatmap_png(
+            data.sensitivity, folder / drawn.name, title=f"{data.name}: sensitivity"
         )
     exp = data.exported
     if exp and exp.get("measured_latency_ms") is not None:
@@ -268,62 +270,3 @@ FRONT_HEADER = [
     "ratio",
     "policy",
 ]
-
-
-def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    def esc(s: str) -> str:
-        return str(s).replace("|", "\\|")
-
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    return lines + ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
-
-
-def render_markdown(d: ReportData, figures: dict[str, Path], folder: Path) -> str:
-    """The report as Markdown; figures are linked relative to ``folder``."""
-
-    def img(key: str, alt: str) -> list[str]:
-        return [f"![{alt}]({figures[key].relative_to(folder)})", ""] if key in figures else []
-
-    lines = [
-        f"# Compression search report: {d.name}",
-        "",
-        f"{summary_line(d)}.",
-        "",
-        f"Experiment `{d.source}`, output `{d.output_dir}`, generated {d.generated}.",
-        "",
-    ]
-    lines += ["## Baseline", ""]
-    if d.baseline:
-        lines += _md_table(["metric", "value"], [list(r) for r in baseline_rows(d.baseline)])
-    else:
-        lines.append("No baseline recorded yet.")
-    lines += ["", "## Pareto front", ""] + img("pareto", "Pareto front")
-    lines += _md_table(FRONT_HEADER, front_table_rows(d)) if d.front else ["No front yet."]
-    lines += ["", "## Hypervolume over trials", ""] + img("hypervolume", "hypervolume")
-    lines += ["## Sensitivity", ""]
-    lines += img("sensitivity", "sensitivity heat map") or ["No sensitivity analysis found.", ""]
-    lines += ["## Exported model", ""]
-    e = d.exported
-    if e:
-        lines += [f"Trial {e['trial']}, files in `{e['dir']}`.", ""]
-        lines += _md_table(["metric", "value"], [list(r) for r in export_rows(e)])
-        lines += [""] + img("latency", "latency") + img("export_policy", "policy")
-        lines += _md_table(
-            ["layer", "sparsity", "bits", "keep ratio"],
-            [
-                [r["layer"], f"{r['sparsity']:.2f}", str(r["bits"]), f"{r['keep_ratio']:.2f}"]
-                for r in plots.policy_layers(e.get("policy") or {})
-            ],
-        )
-    else:
-        knee = f" (the knee of the front is trial {d.knee})" if d.knee is not None else ""
-        lines.append(f"No model exported yet: `autocompress export {d.source} --knee`{knee}.")
-    lines += [
-        "",
-        "## MLflow",
-        "",
-        f"Tracking URI `{d.tracking}`, parent run "
-        f"`{d.parent_run_id}`: `autocompress ui {d.source}`.",
-        "",
-    ]
-    return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Files of the sensitivity stage (CSV table, heat maps in HTML and PNG, JSON summaries) and
+"""Files of the sensitivity stage (CSV table, JSON table, PNG heat map, shaping summary) and
 their logging to MLflow; every artifact name contains ``sensitivity``."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 
 from .table import SensitivityTable
 
-__all__ = ["heatmap_html", "heatmap_png", "log_files", "write_json", "write_table"]
+__all__ = ["heatmap_png", "log_files", "write_json", "write_table"]
 
 _TITLE = {
     "drop": "accuracy drop (points)",
@@ -42,67 +42,16 @@ def write_json(path: Path, data: Any) -> Path:
 
 
 def write_table(table: SensitivityTable, out_dir: Path) -> list[Path]:
-    """``sensitivity.csv`` (one row per layer level), ``sensitivity_table.json`` (the whole
-    table) and ``sensitivity.json``: records ``{layer, knob, value, delta}`` with the accuracy
-    change as a fraction, the shape the HTML report's heat map reads."""
+    """``sensitivity.csv`` (one row per layer level) and ``sensitivity_table.json`` (the whole
+    table, what ``autocompress report`` reads)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = out_dir / "sensitivity.csv"
     csv_path.write_text(table.to_csv())
-    metric = _metric(table)
-    records = [
-        {
-            "layer": r.layer,
-            "knob": r.dim,
-            "value": int(r.value) if r.dim == "bits" else r.value,
-            "delta": -table.score(r.layer, r.dim, r.value, metric) / 100.0,
-        }
-        for r in table.rows
-    ]
-    return [
-        csv_path,
-        write_json(out_dir / "sensitivity.json", {"metric": metric, "rows": records}),
-        write_json(out_dir / "sensitivity_table.json", table.to_dict()),
-    ]
+    return [csv_path, write_json(out_dir / "sensitivity_table.json", table.to_dict())]
 
 
 def _metric(table: SensitivityTable) -> str:
     return "drop" if table.has("drop") else "loss" if table.has("loss") else "estimate"
-
-
-def heatmap_html(table: SensitivityTable, path: Path, *, title: str) -> Path:
-    """Layers x levels, coloured by accuracy drop; hover adds loss increase and estimate."""
-    import plotly.graph_objects as go
-
-    metric = _metric(table)
-    layers, cols, z = table.matrix(metric)
-    _, _, loss = table.matrix("loss")
-    _, _, est = table.matrix("estimate")
-    hover = [
-        [
-            f"{layers[i]} {cols[j]}<br>{_TITLE[metric]} {z[i, j]:.3g}<br>"
-            f"loss +{loss[i, j]:.3g}<br>estimate {est[i, j]:.3g}"
-            for j in range(len(cols))
-        ]
-        for i in range(len(layers))
-    ]
-    text = [["" if np.isnan(v) else f"{v:.1f}" for v in row] for row in z]
-    fig = go.Figure(
-        go.Heatmap(
-            z=z,
-            x=cols,
-            y=layers,
-            text=text,
-            texttemplate="%{text}",
-            hovertext=hover,
-            hoverinfo="text",
-            colorscale="Reds",
-            colorbar={"title": _TITLE[metric]},
-        )
-    )
-    fig.update_yaxes(autorange="reversed")
-    fig.update_layout(title=title, template="plotly_white", height=200 + 28 * len(layers))
-    fig.write_html(str(path), include_plotlyjs=True, full_html=True)
-    return path
 
 
 def heatmap_png(table: SensitivityTable, path: Path, *, title: str) -> Path:

@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..search_space import SearchSpace
 from .analysis import analyze
-from .report import heatmap_html, heatmap_png, log_files, write_json, write_table
+from .report import heatmap_png, log_files, write_json, write_table
 from .settings import SensitivitySettings
 from .shaping import describe_shaping, shape_space, shaping_report
 from .table import SensitivityTable
@@ -71,7 +71,6 @@ class SensitivityStage:
         title = f"{name}: sensitivity per layer and level ({self.table.meta.get('images')} images)"
         paths = write_table(self.table, d)
         paths += [
-            heatmap_html(self.table, d / "sensitivity_heatmap.html", title=title),
             heatmap_png(self.table, d / "sensitivity_heatmap.png", title=title),
             write_json(
                 d / "sensitivity_shaped_space.json",

@@ -51,15 +51,13 @@ def test_policy_layers_reads_policy_and_bare_mapping():
     assert lines[1] == "conv2: sparsity 0.00, fp32, keep 0.75"
 
 
-def test_policy_png_and_html(tmp_path):
+def test_policy_png_and_table(tmp_path):
     png = plots.policy_png(POLICY, tmp_path / "p.png", title="trial 3")
     w, h = _png_size(png)
     assert w > 300 and h > 200
-    page = plots.policy_html(POLICY, tmp_path / "p.html", title="trial <3>").read_text()
-    assert "trial &lt;3&gt;" in page  # escaped
-    assert page.count("<tr>") == 4  # header + 3 layers
-    assert "fp32" in page and "0.75" in page
-    assert "<script" not in page and "http" not in page.replace("http-equiv", "")
+    table = plots.policy_table_html({"layers": {"a<b": {"sparsity": 0.5, "bits": 32}}})
+    assert "a&lt;b" in table  # escaped
+    assert table.count("<tr>") == 2 and "fp32" in table and "0.50" in table
 
 
 def test_policy_png_many_layers_stays_bounded(tmp_path):
@@ -88,17 +86,9 @@ def test_pareto_png_one_or_two_panels(tmp_path):
     assert w1 < w2
 
 
-def test_hypervolume_heatmap_latency_pngs(tmp_path):
+def test_hypervolume_latency_pngs(tmp_path):
     history = [{"trial": i, "hypervolume": i / 10, "front_size": i} for i in range(5)]
     assert _png_size(plots.hypervolume_png(history, tmp_path / "hv.png", title="hv"))[0] > 300
-    heat = plots.heatmap_png(
-        ["conv1", "fc"],
-        ["sparsity 0.5", "4 bits"],
-        [[-1.5, None], [0.2, -0.1]],
-        tmp_path / "h.png",
-        title="s",
-    )
-    assert _png_size(heat)[0] > 300
     lat = plots.latency_png(
         predicted_ms=0.02, measured_ms=0.08, baseline_ms=0.12, path=tmp_path / "l.png", title="x"
     )

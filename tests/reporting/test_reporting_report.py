@@ -18,9 +18,10 @@ from autocompress.reporting.figures import (
     log_trial_chart,
     trial_description,
 )
+from autocompress.reporting.html_report import write_report
 from autocompress.reporting.report import collect
-from autocompress.reporting.write import write_report
 from autocompress.search.study import load_study
+from autocompress.sensitivity.table import LevelResult, SensitivityTable
 from autocompress.tracking import Tracker
 
 
@@ -71,30 +72,6 @@ def test_search_figures_logged_on_parent(done, tmp_path):
     assert len(client.get_metric_history(parent.info.run_id, HV_METRIC)) == len(series)
 
 
-def test_sensitivity_heatmap_logged_when_present(done, tmp_path):
-    _, cfg, result = done
-    client, parent, _ = _runs(cfg)
-    out_dir = tmp_path / "run"
-    (out_dir / "sensitivity").mkdir(parents=True)
-    table = {"layers": {"conv1": {"sparsity": {"0.5": -0.02}}, "fc": {"bits": {"4": -0.01}}}}
-    (out_dir / "sensitivity" / "sensitivity.json").write_text(json.dumps(table))
-    tracker = Tracker(cfg.tracking, cfg.name)
-    paths = log_search_figures(
-        tracker, parent.info.run_id, load_study(cfg), result.baseline, out_dir / "pareto", title="t"
-    )
-    assert out_dir / "sensitivity" / "sensitivity_heatmap.png" in paths
-    assert "sensitivity/sensitivity_heatmap.png" in _artifacts(
-        client, parent.info.run_id, "sensitivity"
-    )
-    # a heat map the sensitivity stage drew (and logged) itself is left alone
-    drawn = out_dir / "sensitivity" / "sensitivity_heatmap.png"
-    drawn.write_bytes(b"the stage's own")
-    paths = log_search_figures(
-        tracker, parent.info.run_id, load_study(cfg), result.baseline, out_dir / "pareto", title="t"
-    )
-    assert drawn not in paths and drawn.read_bytes() == b"the stage's own"
-
-
 def test_trial_chart_and_description(done):
     _, cfg, _ = done
     client, _, trials = _runs(cfg)
@@ -102,7 +79,7 @@ def test_trial_chart_and_description(done):
     policy = json.loads(open(client.download_artifacts(run.info.run_id, "policy.json")).read())
     tracker = Tracker(cfg.tracking, cfg.name)
     assert log_trial_chart(tracker, run.info.run_id, policy, title="trial 0")
-    assert {"policy_layers.png", "policy_layers.html"} <= _artifacts(client, run.info.run_id)
+    assert "policy_layers.png" in _artifacts(client, run.info.run_id)
     text = trial_description(policy, run.data.metrics, pareto=True)
     first, _, rest = text.partition("\n\n")
     assert first.startswith(f"acc {run.data.metrics['val_accuracy']:.4f}") and "Pareto" in first
@@ -154,13 +131,12 @@ def test_report_shows_baseline_front_and_export(done, tmp_path):
     files = write_report(cfg, tmp_path / "a", log_to_mlflow=False)
     page = files.html.read_text()
     assert "Baseline" in page and "Pareto front" in page and "No model exported yet" in page
-    for p in result.front:  # every front point in the table and with a tooltip in the plot
-        assert f"<title>trial {p.trial}: accuracy" in page
+    for p in result.front:  # every front point in the table, its policy beside it
+        assert f"<tr><td>{p.trial}" in page
+    assert page.count("<details><summary>") >= len(result.front)
     assert "<script" not in page and 'src="http' not in page  # self-contained
-    assert "data:image/png;base64," in page
-    md = files.markdown.read_text()
-    assert "| trial |" in md and "![Pareto front](pareto_front.png)" in md
-    assert (files.markdown.parent / "pareto_front.png").is_file()
+    assert page.count("data:image/png;base64,") >= 2  # the front and the hypervolume
+    assert (files.html.parent / "pareto_front.png").is_file()
 
     exported = _fake_export(cfg, result.front[0].row())
     try:
@@ -169,20 +145,20 @@ def test_report_shows_baseline_front_and_export(done, tmp_path):
         assert f"Trial {exported['trial']}" in page and "exported</span>" in page
         assert "0.0200 / 0.0100 ms" in page  # measured / predicted latency
         assert {"latency", "export_policy"} <= set(files.figures)
-        assert "name=tiny version=1 alias=picked" in files.markdown.read_text()
+        assert "name=tiny version=1 alias=picked" in page
     finally:
         shutil.rmtree(cfg.output_dir / "export")
 
     sens = cfg.output_dir / "sensitivity"
     shutil.rmtree(sens, ignore_errors=True)  # the search's own stage: replaced by a fake table
     sens.mkdir()
-    records = [{"layer": "conv1", "knob": "bits", "value": 4, "delta": -0.02}]
-    (sens / "sensitivity.json").write_text(json.dumps({"metric": "drop", "rows": records}))
+    SensitivityTable([LevelResult("conv1", "bits", 4, acc_drop=2.0)]).save(
+        sens / "sensitivity_table.json"
+    )
     try:
         files = write_report(cfg, tmp_path / "c", log_to_mlflow=False)
-        assert "sensitivity" in files.figures
-        assert "Accuracy change (points) when one layer alone" in files.html.read_text()
-        assert "![sensitivity heat map](sensitivity_heatmap.png)" in files.markdown.read_text()
+        assert files.figures["sensitivity"].is_file()
+        assert "Each layer compressed alone" in files.html.read_text()
     finally:
         shutil.rmtree(sens)
 

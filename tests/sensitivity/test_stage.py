@@ -41,7 +41,7 @@ def test_log_to_mlflow(prep, stage, tmp_path):
     run = tracker.client.create_run(tracker.experiment_id, run_name="x")
     stage.log(tracker, run.info.run_id)
     names = {a.path for a in tracker.client.list_artifacts(run.info.run_id, "sensitivity")}
-    for n in ("sensitivity.csv", "sensitivity_heatmap.html", "sensitivity_heatmap.png"):
+    for n in ("sensitivity.csv", "sensitivity_table.json", "sensitivity_heatmap.png"):
         assert f"sensitivity/{n}" in names
     assert "sensitivity/sensitivity_shaped_space.json" in names
     metrics = tracker.client.get_run(run.info.run_id).data.metrics
