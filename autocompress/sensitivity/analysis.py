@@ -16,11 +16,10 @@ import torch
 from ..cache_key import content_key, file_digest
 from ..errors import AutocompressError
 from ..metrics import spearman
-from ..search_space import SearchSpace
 from ..training import batches
 from .estimators import estimate_levels
 from .settings import SensitivitySettings
-from .sweep import SweepData, levels_of, model_structure, run_sweep
+from .sweep import SweepData, levels_of, run_sweep
 from .table import LevelResult, SensitivityTable
 
 if TYPE_CHECKING:
@@ -124,7 +123,7 @@ def analyze(
     meta: dict[str, Any] = {"key": key, "images": len(data.x), "settings": settings.to_dict()}
     t0 = time.perf_counter()
     if settings.method == "sweep":
-        rows, structure, (acc, loss) = run_sweep(
+        rows, (acc, loss) = run_sweep(
             model,
             prep.space,
             data,
@@ -136,16 +135,6 @@ def analyze(
         meta.update(baseline_accuracy=acc, baseline_loss=loss)
     else:
         rows = [LevelResult(*lvl) for lvl in levels_of(prep.space)]
-        structure = model_structure(model)
-        if any(d == "keep_ratio" for _, d, _ in levels_of(prep.space)):
-            _, structure, _ = run_sweep(  # shapes only: channel levels on a tiny subset
-                model,
-                _keep_only(prep.space),
-                SweepData(data.x[:2], data.y[:2], data.calib[:1], data.example),
-                importance=comp.importance,
-                round_to=comp.round_to,
-                log=lambda *_: None,
-            )
     meta["sweep_seconds"] = time.perf_counter() - t0
     est_name = settings.method if settings.method != "sweep" else settings.estimator
     if est_name is not None:
@@ -167,18 +156,10 @@ def analyze(
         if settings.method == "sweep":
             meta["agreement"] = _agreement(rows)
     meta["seconds"] = time.perf_counter() - t0
-    table = SensitivityTable(rows, meta, structure)
+    table = SensitivityTable(rows, meta)
     table.save(path)
     table.meta["cached"] = False
     agree = meta.get("agreement", {})
     extra = f", {est_name} vs sweep Spearman {agree['spearman_drop']:.2f}" if agree else ""
     log(f"sensitivity: {len(rows)} levels in {meta['seconds']:.1f} s{extra} -> {path.name}")
     return table
-
-
-def _keep_only(space: SearchSpace) -> SearchSpace:
-    from ..search_space import LayerChoices
-
-    return SearchSpace(
-        {n: LayerChoices((0.0,), (32,), c.keep_ratio) for n, c in space.layers.items()}
-    )

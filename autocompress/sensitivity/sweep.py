@@ -36,7 +36,7 @@ from ..search_space import SearchSpace
 from .replay import ModuleTrace, call_order
 from .table import IDENTITY, LevelResult, harsh_order, interpolate_levels
 
-__all__ = ["SweepData", "levels_of", "model_structure", "run_sweep"]
+__all__ = ["SweepData", "levels_of", "run_sweep"]
 
 _TRACE_BUDGET = 256 * 2**20  # bytes of recorded module outputs per batch
 
@@ -68,25 +68,6 @@ def _points(values: list[float], max_points: int | None) -> set[float]:
         return set(values)
     idx = np.unique(np.round(np.linspace(0, len(values) - 1, max_points)).astype(int))
     return {values[i] for i in idx}
-
-
-def _weight_floats(model: nn.Module) -> tuple[dict[str, int], dict[str, int], int]:
-    layers = compressible_layers(model)
-    numel = {n: int(m.weight.numel()) for n, m in layers.items()}
-    out = {n: int(m.weight.shape[0]) for n, m in layers.items()}
-    weights = {f"{n}.weight" if n else "weight" for n in layers}
-    other = sum(
-        int(v.numel())
-        for k, v in model.state_dict().items()
-        if k not in weights and not k.endswith("num_batches_tracked")
-    )
-    return numel, out, other
-
-
-def model_structure(model: nn.Module) -> dict:
-    """Weight elements and output channels per compressible layer, other float elements."""
-    numel, out, other = _weight_floats(model)
-    return {"numel": numel, "out": out, "other_floats": other, "keep": {}}
 
 
 @torch.no_grad()
@@ -253,36 +234,6 @@ def _keep_variant(model: nn.Module, key, data: SweepData, importance: str, round
     return _Variant(key, pruned, _changed_leaves(pruned, model))
 
 
-def _record_structure(structure: dict, key, pruned: nn.Module) -> None:
-    numel, outs, other = _weight_floats(pruned)
-    structure["keep"].setdefault(key[0], {})[f"{key[2]:g}"] = {
-        "numel": {n: v for n, v in numel.items() if v != structure["numel"][n]},
-        "out_changed": [n for n, v in outs.items() if v != structure["out"][n]],
-        "other_floats": other,
-    }
-
-
-def _skip_rule(model: nn.Module, structure: dict, example, importance: str, round_to: int) -> str:
-    """How the compressor treats two layers' channel removals when the second consumes the
-    first's output: ``out`` (both pruned: only layers sharing output channels are coupled) or
-    ``touched`` (the second is skipped: every layer the first's removal touches is coupled)."""
-    keep = structure["keep"]
-    for p, levels in keep.items():
-        value, rec = min(levels.items(), key=lambda kv: float(kv[0]))
-        for q in rec["numel"]:
-            if q != p and q in keep and q not in rec["out_changed"]:
-                qv = min(keep[q], key=float)
-                policy = CompressionPolicy(
-                    {p: LayerPolicy(keep_ratio=float(value)), q: LayerPolicy(keep_ratio=float(qv))}
-                )
-                pruned = apply_policy(
-                    model, policy, example=example, importance=importance, round_to=round_to
-                )
-                out_q = compressible_layers(pruned)[q].weight.shape[0]
-                return "touched" if out_q == structure["out"][q] else "out"
-    return "out"
-
-
 class _Progress:
     """A line at every tenth of the sweep: levels scored, elapsed, ETA."""
 
@@ -310,7 +261,7 @@ def _chunks(model: nn.Module, keep_todo: list) -> list[list]:
     return [keep_todo[i : i + n] for i in range(0, len(keep_todo), n)] or [[]]
 
 
-def _measure(model, todo, data, *, importance, round_to, structure, log):
+def _measure(model, todo, data, *, importance, round_to, log):
     """Scores of all levels: batch by batch, the baseline pass is recorded once and each level
     replays it up to the first module it changes (after re-estimating, on ``data.bn``, the
     statistics of the BatchNorm layers after that module)."""
@@ -338,7 +289,6 @@ def _measure(model, todo, data, *, importance, round_to, structure, log):
             variants = weight_variants if c == 0 else []
             for key in chunk:
                 v = _keep_variant(model, key, data, importance, round_to)
-                _record_structure(structure, key, v.model)
                 if trace is not None:
                     trace.wrap(v.model)
                 variants.append(v)
@@ -389,9 +339,9 @@ def run_sweep(
     round_to: int = 1,
     max_points: int | None = None,
     log: Callable[[str], None] = print,
-) -> tuple[list[LevelResult], dict, tuple[float, float]]:
+) -> tuple[list[LevelResult], tuple[float, float]]:
     """Measure every level of ``space`` on ``data``; returns the rows (in ``levels_of`` order),
-    the structure record of the channel-removal levels and the baseline (accuracy, loss)."""
+    and the baseline (accuracy, loss)."""
     model = model.eval()
     all_levels = levels_of(space)
     todo = []
@@ -399,7 +349,6 @@ def run_sweep(
         vals = [v for n, d, v in all_levels if n == name and d == dim]
         chosen = _points(vals, max_points)
         todo += [(name, dim, v) for v in vals if v in chosen]
-    structure = model_structure(model)
     log(
         f"sensitivity: measuring {len(todo)} levels of {len(space)} layers on "
         f"{len(data.x)} validation images"
@@ -410,15 +359,12 @@ def run_sweep(
         data,
         importance=importance,
         round_to=round_to,
-        structure=structure,
         log=log,
     )
-    if structure["keep"]:
-        structure["skip_rule"] = _skip_rule(model, structure, data.example, importance, round_to)
     rows = []
     for key, (acc, loss) in scores.items():
         drop = 100.0 * (base_acc - acc)
         rows.append(LevelResult(*key, acc_drop=drop, loss_increase=loss - base_loss))
         if not math.isfinite(loss):
             rows[-1] = LevelResult(*key, acc_drop=drop, loss_increase=None)
-    return interpolate_levels(rows, all_levels), structure, (base_acc, base_loss)
+    return interpolate_levels(rows, all_levels), (base_acc, base_loss)

@@ -71,12 +71,10 @@ class LevelResult:
 @dataclass
 class SensitivityTable:
     """All levels of all layers, plus ``meta`` (cache key, baseline on the subset, timings,
-    rank agreement) and ``structure`` (what removing channels of each layer does to the shapes:
-    used by the size estimate)."""
+    rank agreement)."""
 
     rows: list[LevelResult]
     meta: dict[str, Any] = field(default_factory=dict)
-    structure: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._index = {(r.layer, r.dim, float(r.value)): r for r in self.rows}
@@ -141,14 +139,14 @@ class SensitivityTable:
             for k in ("acc_drop", "loss_increase", "estimate"):
                 d[k] = _num(d[k])
             rows.append(d)
-        return {"version": 1, "meta": self.meta, "structure": self.structure, "rows": rows}
+        return {"version": 1, "meta": self.meta, "rows": rows}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SensitivityTable:
         if data.get("version") != 1:
             raise ValueError(f"unsupported sensitivity table version {data.get('version')!r}")
         rows = [LevelResult(**r) for r in data["rows"]]
-        return cls(rows, dict(data.get("meta", {})), dict(data.get("structure", {})))
+        return cls(rows, dict(data.get("meta", {})))
 
     def save(self, path: Path) -> Path:
         return atomic_write(path, json.dumps(self.to_dict(), indent=1))

@@ -44,7 +44,7 @@ def _scores_by_hand(model, key, data, round_to=1, bn=False):
 
 def test_sweep_equals_apply_policy(prep):
     data = analysis_mod.sweep_data(prep, SensitivitySettings(images=150, bn_batches=0))
-    rows, _, (base_acc, base_loss) = run_sweep(prep.baseline.model, prep.space, data, **QUIET)
+    rows, (base_acc, base_loss) = run_sweep(prep.baseline.model, prep.space, data, **QUIET)
     assert {r.layer for r in rows} == set(prep.space.layers)
     for r in rows:
         if (r.layer, r.dim, r.value) in {("conv2", "bits", 2.0), ("conv1", "sparsity", 0.8)}:
@@ -87,15 +87,11 @@ def test_sweep_replay_with_reused_modules_and_channel_removal(bn):
             "fc": LayerChoices((0.0, 0.5), (4, 32)),
         }
     )
-    rows, structure, (base_acc, base_loss) = run_sweep(model, space, data, **QUIET)
+    rows, (base_acc, base_loss) = run_sweep(model, space, data, **QUIET)
     assert len(rows) == 7
     for r in rows:
         acc, loss = _scores_by_hand(model, (r.layer, r.dim, r.value), data, bn=bn)
         assert r.loss_increase == pytest.approx(loss - base_loss, rel=1e-4, abs=1e-5), r
-    # removing conv1's channels shrinks conv1 (outputs) and conv2 (inputs)
-    rec = structure["keep"]["conv1"]["0.5"]
-    assert rec["numel"]["conv1"] == 27 and rec["numel"]["conv2"] == 8 * 3 * 9
-    assert rec["out_changed"] == ["conv1"]
 
 
 class _Residual(nn.Module):
@@ -138,7 +134,7 @@ def test_sweep_replay_of_a_residual_block_with_an_in_place_add():
             "down": LayerChoices((0.0, 0.3, 0.6), (8, 4, 32)),
         }
     )
-    rows, _, (base_acc, base_loss) = run_sweep(model, space, data, **QUIET)
+    rows, (base_acc, base_loss) = run_sweep(model, space, data, **QUIET)
     assert len(rows) == 6
     for r in rows:
         acc, loss = _scores_by_hand(model, (r.layer, r.dim, r.value), data, bn=True)
