@@ -34,6 +34,7 @@ from ..search.objective import TrialEvaluator
 from ..search.pick import PickCriteria, pick
 from ..tracking import Tracker
 from ..training import CLASSIFICATION, Task, batches, evaluate
+from .summary import verification_markdown
 from .unpack import onnx_outputs_equal, unpack
 
 __all__ = ["ExportResult", "export", "onnx_accuracy"]
@@ -209,97 +210,6 @@ def _fp16_note(m: dict[str, FormMeasurement], threads: int, batch: int) -> str:
     return " and ".join(gains) + " than FP32 on this target"
 
 
-def _form(r: ExportResult) -> str:
-    if r.deployed_form != "int8-qdq":
-        return f"FP32 ({r.int8_fallback})" if r.int8_fallback else "FP32"
-    rng = "weights on -64..64 (U8S8 saturation workaround)" if r.int8_reduce_range else "-127..127"
-    return f"INT8 QDQ, {rng}"
-
-
-def _forms_md(r: ExportResult) -> list[str]:
-    """The forms table (what each ONNX form costs on the target) and the throughput table.
-    Memory is what the model adds to a fresh process (net of an empty model), at the target's
-    threads; latency per call at the target's threads."""
-    if not r.forms:
-        return []
-    t = r.throughput_threads
-    batches_ = sorted({p["batch"] for m in r.forms.values() for p in m["throughput"]})
-    lo, hi = batches_[0], batches_[-1]
-    lines = [
-        "## Forms on the target",
-        "",
-        f"Memory: resident set a fresh ONNX Runtime process gains with the model ({t} thread(s)); "
-        f"latency per call at {t} thread(s).",
-        "",
-        f"| form | file bytes | steady MB | peak MB | ms at batch {lo} | ms at batch {hi} "
-        "| test accuracy | note |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for name, m in r.forms.items():
-        lat = {p["batch"]: p["ms"] for p in m["throughput"] if p["threads"] == t}
-        acc = "" if m.get("test_accuracy") is None else f"{m['test_accuracy']:.4f}"
-        label = f"**{name}** (deployed)" if m.get("deployed") else name
-        lines.append(
-            f"| {label} | {m['onnx_bytes']} | {m['memory_steady_mb']:.2f} | "
-            f"{m['memory_peak_mb']:.2f} | {lat.get(lo, float('nan')):.3f} | "
-            f"{lat.get(hi, float('nan')):.3f} | {acc} | {m.get('note', '')} |"
-        )
-    lines += [
-        "",
-        "### Throughput",
-        "",
-        "| form | threads | batch | ms per call | images/s |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for name, m in r.forms.items():
-        for p in m["throughput"]:
-            lines.append(
-                f"| {name} | {p['threads']} | {p['batch']} | {p['ms']:.3f} | "
-                f"{p['images_per_s']:.0f} |"
-            )
-    return [*lines, ""]
-
-
-def _report_md(r: ExportResult, cfg: ExperimentConfig) -> str:
-    pol = CompressionPolicy.from_dict(r.policy)
-    lines = [
-        f"# Export of {cfg.name}, trial {r.trial}",
-        "",
-        "| metric | value |",
-        "| --- | --- |",
-        f"| test accuracy (deployed ONNX) | {r.test_accuracy:.4f} |",
-        f"| test accuracy (compressed torch model) | {r.torch_test_accuracy:.4f} |",
-        f"| baseline test accuracy | {r.baseline_test_accuracy:.4f} |",
-        f"| test accuracy drop | {100 * (r.baseline_test_accuracy - r.test_accuracy):.2f} points |",
-        f"| measured latency (ONNX Runtime) | {r.measured_latency_ms:.4f} ms |",
-        f"| predicted latency | {r.predicted_latency_ms:.4f} ms |",
-        f"| baseline FP32 ONNX latency | {r.baseline_latency_ms:.4f} ms |",
-        f"| speed-up | {r.speedup:.2f}x |",
-        f"| packed bytes (model.acpk) | {r.packed_bytes} |",
-        f"| deployed ONNX file bytes | {r.onnx_bytes} (baseline FP32: {r.baseline_onnx_bytes}) |",
-        f"| resident memory, steady | {r.memory_steady_mb:.2f} MB "
-        f"(baseline FP32: {r.baseline_memory_steady_mb:.2f} MB) |",
-        f"| resident memory, peak | {r.memory_peak_mb:.2f} MB "
-        f"(baseline FP32: {r.baseline_memory_peak_mb:.2f} MB) |",
-        f"| FP32 state_dict bytes | {r.fp32_state_dict_bytes} |",
-        f"| compression ratio (state_dict / packed) | {r.compression_ratio:.1f}x |",
-        f"| packed file reloads bit-exact | {r.packed_reload_exact} |",
-        f"| ONNX unpacked from the packed file equals the shipped one | {r.unpack_exact} |",
-        f"| deployed ONNX form | {_form(r)} |",
-        "",
-        *_forms_md(r),
-        "## Policy",
-        "",
-        "| layer | sparsity | bits | keep ratio | deployed as |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for name, lp in pol.items():
-        kind = r.deployed_forms.get(name, "fp32")
-        lines.append(f"| {name} | {lp.sparsity:.2f} | {lp.bits} | {lp.keep_ratio:.2f} | {kind} |")
-    lines += ["", "## Artifacts", ""] + [f"- {k}: `{v}`" for k, v in r.artifacts.items()]
-    return "\n".join(lines) + "\n"
-
-
 def _register(tracker: Tracker, run_id: str, onnx_path: Path, data: DataBundle, cfg, trial: int):
     import mlflow
     import onnx
@@ -464,7 +374,7 @@ def export(
             tracker, run_id, Path(deployed), data, cfg, row["trial"]
         )
     result.seconds = time.perf_counter() - t0
-    report_md.write_text(_report_md(result, cfg))
+    report_md.write_text(verification_markdown(result.to_dict(), cfg.name))
     report_json.write_text(json.dumps(result.to_dict(), indent=2))
     if run_id:
         metrics = {

@@ -10,13 +10,13 @@ from pathlib import Path
 
 from .. import plots
 from ..config import ExperimentConfig
+from ..export.summary import export_rows
 from .report import (
     FRONT_HEADER,
     ReportData,
     ReportFiles,
     baseline_rows,
     collect,
-    export_rows,
     front_table_rows,
     report_figures,
     summary_line,

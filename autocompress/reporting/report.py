@@ -182,47 +182,6 @@ def baseline_rows(b: dict) -> list[tuple[str, str]]:
     ]
 
 
-def _deployed_rows(e: dict) -> list[tuple[str, str]]:
-    """Sizes and memory of the deployed ONNX model (exports before these were measured have
-    none)."""
-    if not e.get("onnx_bytes"):
-        return []
-    tput = ", ".join(f"b{b}: {v:.0f}/s" for b, v in (e.get("throughput") or {}).items())
-    return [
-        ("deployed form, ONNX file bytes", f"{e['deployed_form']}, {e['onnx_bytes']}"),
-        (
-            "resident memory steady / peak (baseline)",
-            f"{e['memory_steady_mb']:.2f} / {e['memory_peak_mb']:.2f} MB "
-            f"({e['baseline_memory_steady_mb']:.2f} / {e['baseline_memory_peak_mb']:.2f} MB)",
-        ),
-        (f"throughput at {e.get('throughput_threads')} threads", tput or "–"),
-        ("ONNX unpacked from the packed file equals the shipped one", str(e.get("unpack_exact"))),
-    ]
-
-
-def export_rows(e: dict) -> list[tuple[str, str]]:
-    drop = (e["baseline_test_accuracy"] - e["test_accuracy"]) * 100
-    return [
-        ("test accuracy (deployed ONNX)", f"{e['test_accuracy']:.4f}"),
-        ("test accuracy (compressed torch model)", f"{e['torch_test_accuracy']:.4f}"),
-        ("baseline test accuracy", f"{e['baseline_test_accuracy']:.4f} (drop {drop:.2f} points)"),
-        ("validation accuracy during the search", f"{e['val_accuracy_search']:.4f}"),
-        (
-            "latency measured / predicted",
-            f"{e['measured_latency_ms']:.4f} / {e['predicted_latency_ms']:.4f} ms",
-        ),
-        ("baseline latency, speed-up", f"{e['baseline_latency_ms']:.4f} ms, {e['speedup']:.2f}x"),
-        ("packed bytes (ratio)", f"{e['packed_bytes']} ({e['compression_ratio']:.1f}x)"),
-        ("packed file reloads bit-exact", str(e["packed_reload_exact"])),
-        *_deployed_rows(e),
-        ("INT8 layers", ", ".join(e.get("int8_layers") or []) or "none"),
-        (
-            "registered model",
-            " ".join(f"{k}={v}" for k, v in e.get("registered_model", {}).items()) or "–",
-        ),
-    ]
-
-
 def summary_line(d: ReportData) -> str:
     st = d.status
     hv = f", hypervolume {d.history[-1]['hypervolume']:.4f}" if d.history else ""
