@@ -8,9 +8,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .errors import AutocompressError, ConfigError
 
@@ -73,12 +75,32 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("packed", help="packed model file written by export, e.g. .../model.acpk")
     p.add_argument("-o", "--output", required=True, help="ONNX file to write")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p = _experiment_parser(
+        sub, "sensitivity", "per-layer sensitivity table (cached), heat map and shaped space"
+    )
+    p.add_argument("--force", action="store_true", help="measure again, ignoring the cache")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p = _experiment_parser(sub, "ui", "start the MLflow UI on the experiment's tracking backend")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1; 0.0.0.0 exposes the UI, unauthenticated)",
+    )
+    p.add_argument("--port", type=int, help="port (default: a free one)")
+    p.add_argument(
+        "--allowed-hosts",
+        help="Host headers MLflow accepts, passed to 'mlflow ui' (default: localhost, private IPs)",
+    )
+    p = _experiment_parser(sub, "report", "write a self-contained HTML report of a search")
+    p.add_argument("--out", type=Path, help="folder (default: OUTPUT_DIR/report)")
+    p.add_argument(
+        "--no-mlflow", action="store_true", help="do not log the report on the MLflow parent run"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     from .hardware.commands import add_commands as hardware_commands
-    from .reporting.commands import add_commands as reporting_commands
-    from .sensitivity.commands import add_commands as sensitivity_commands
 
-    for add in (hardware_commands, sensitivity_commands, reporting_commands):
-        _COMMANDS.update(add(sub, _experiment_parser))
+    _COMMANDS.update(hardware_commands(sub, _experiment_parser))
     return parser
 
 
@@ -149,7 +171,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_unpack(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from .errors import ModelError
     from .export.unpack import unpack
@@ -164,7 +185,7 @@ def _cmd_unpack(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace, *, check_files: bool = True):
     from .config import load_experiment
 
     overrides = list(args.overrides)
@@ -172,7 +193,7 @@ def _load(args: argparse.Namespace):
         overrides.append(f"storage={args.storage}")
     if getattr(args, "tracking_uri", None):
         overrides.append(f"tracking_uri={args.tracking_uri}")
-    return load_experiment(args.experiment, overrides)
+    return load_experiment(args.experiment, overrides, check_files=check_files)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -241,6 +262,84 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_sensitivity(args: argparse.Namespace) -> int:
+    from .prepare import prepare
+    from .sensitivity import SensitivityStage, settings_for
+    from .tracking import Tracker
+
+    cfg = _load(args)
+    cfg.output_dir.mkdir(parents=True, exist_ok=True)
+    prep = prepare(cfg)
+    stage = SensitivityStage.start(prep, settings_for(cfg, {"enabled": True}), force=args.force)
+    table = stage.table
+    metric = "drop" if table.has("drop") else "loss"
+    scored = [(table.score(r.layer, r.dim, r.value, metric), r) for r in table.rows if r.measured]
+    print("most sensitive levels (one layer compressed alone, no fine-tune):")
+    for v, r in sorted((s for s in scored if math.isfinite(s[0])), key=lambda s: -s[0])[:8]:
+        unit = "points" if metric == "drop" else "nats"
+        print(f"  {r.layer:<24} {r.dim:<10} {r.value:<6g} {v:8.2f} {unit}")
+    agree = table.meta.get("agreement", {})
+    if agree:
+        print(
+            f"{table.meta.get('estimator')} estimate vs sweep: Spearman "
+            f"{agree.get('spearman_drop', float('nan')):.3f} (accuracy drop), "
+            f"{agree.get('spearman_loss', float('nan')):.3f} (loss increase)"
+        )
+    if args.no_mlflow:
+        paths = stage.files()
+    else:
+        tracker = Tracker(cfg.tracking, cfg.name, cfg.output_dir / "mlartifacts")
+        run = tracker.client.create_run(
+            tracker.experiment_id,
+            run_name=f"sensitivity-{cfg.name}",
+            tags={"autocompress.role": "sensitivity"},
+        )
+        paths = stage.log(tracker, run.info.run_id)
+        tracker.finish_search(run.info.run_id, "FINISHED")
+        print(f"MLflow: run {run.info.run_id} (experiment {cfg.name}, {cfg.tracking})")
+    print(f"files: {stage.out_dir}/ ({', '.join(p.name for p in paths)})")
+    if args.json:
+        summary = {
+            "levels": len(table.rows),
+            "seconds": table.meta.get("seconds"),
+            "cached": bool(table.meta.get("cached")),
+            "space_before": prep.space.cardinality,
+            "space_after": stage.space.cardinality,
+            "agreement": agree,
+        }
+        print(json.dumps(summary, default=str))
+    return EXIT_OK
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    from .reporting.ui import serve
+
+    cfg = _load(args, check_files=False)
+    local = cfg.tracking.startswith(("sqlite:", "file:"))
+    return serve(
+        cfg.tracking,
+        cfg.name,
+        host=args.host,
+        port=args.port,
+        cwd=cfg.output_dir if local and cfg.output_dir.is_dir() else None,
+        allowed_hosts=args.allowed_hosts,
+    )
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .reporting.html_report import write_report
+
+    files = write_report(_load(args, check_files=False), args.out, log_to_mlflow=not args.no_mlflow)
+    print(f"report: {files.html}")
+    if files.mlflow_logged:
+        print("logged on the search's MLflow run as report/report.html")
+    if args.json:
+        figures = {k: str(v) for k, v in files.figures.items()}
+        out = {"html": str(files.html), "figures": figures, "mlflow_logged": files.mlflow_logged}
+        print(json.dumps(out))
+    return EXIT_OK
+
+
 _COMMANDS = {
     "validate": _cmd_validate,
     "search": _cmd_search,
@@ -248,6 +347,9 @@ _COMMANDS = {
     "pick": _cmd_pick,
     "export": _cmd_export,
     "unpack": _cmd_unpack,
+    "sensitivity": _cmd_sensitivity,
+    "ui": _cmd_ui,
+    "report": _cmd_report,
 }
 
 

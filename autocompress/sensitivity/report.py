@@ -1,5 +1,5 @@
-"""Files of the sensitivity stage (CSV table, JSON table, PNG heat map, shaping summary) and
-their logging to MLflow; every artifact name contains ``sensitivity``."""
+"""Files of the sensitivity stage (CSV table, JSON table, PNG heat map, shaping summary); every
+artifact name contains ``sensitivity``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 
 from .table import SensitivityTable
 
-__all__ = ["heatmap_png", "log_files", "write_json", "write_table"]
+__all__ = ["heatmap_png", "write_json", "write_table"]
 
 _TITLE = {
     "drop": "accuracy drop (points)",
@@ -80,8 +80,3 @@ def heatmap_png(table: SensitivityTable, path: Path, *, title: str) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
-
-
-def log_files(tracker, run_id: str, paths: list[Path]) -> None:
-    """Log files under the run's ``sensitivity/`` artifact folder."""
-    tracker.log_artifacts(run_id, paths, "sensitivity")

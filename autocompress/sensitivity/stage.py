@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..search_space import SearchSpace
 from .analysis import analyze
-from .report import heatmap_png, log_files, write_json, write_table
+from .report import heatmap_png, write_json, write_table
 from .settings import SensitivitySettings
 from .shaping import describe_shaping, shape_space, shaping_report
 from .table import SensitivityTable
@@ -93,7 +93,10 @@ class SensitivityStage:
             out["sensitivity_estimator_spearman"] = float(agree["spearman_drop"])
         return {k: v for k, v in out.items() if np.isfinite(v)}
 
-    def log(self, tracker, run_id: str) -> None:
-        """Files under ``sensitivity/`` and ``sensitivity_*`` metrics on the run."""
-        log_files(tracker, run_id, self.files())
+    def log(self, tracker, run_id: str) -> list[Path]:
+        """Files under ``sensitivity/`` and ``sensitivity_*`` metrics on the run; returns the
+        files."""
+        paths = self.files()
+        tracker.log_artifacts(run_id, paths, "sensitivity")
         tracker.log_search_metrics(run_id, self.metrics())
+        return paths
