@@ -26,10 +26,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from autocompress.config import load_experiment  # noqa: E402
-from autocompress.hardware import profile, validate_latency  # noqa: E402
+from autocompress.hardware import profile  # noqa: E402
 from autocompress.hardware.latency import describe_fit  # noqa: E402
 from autocompress.hardware.profiler import machine_fingerprint  # noqa: E402
 from autocompress.hardware.targets import load_target  # noqa: E402
+from autocompress.hardware.validate import validate_latency  # noqa: E402
 from autocompress.models import build_model  # noqa: E402
 
 EXPERIMENTS = {

@@ -1,6 +1,7 @@
 """Hardware targets: measured latency (ONNX Runtime), the profiler and latency table of measured
 targets, analytic targets, the deployed forms (FP32 / INT8 QDQ / FP16 ONNX) and what each one
-costs (file bytes, resident memory, throughput), and latency validation."""
+costs (file bytes, resident memory, throughput). Latency validation (a stage above: it prepares
+the experiment) is :func:`autocompress.hardware.validate.validate_latency`."""
 
 from __future__ import annotations
 
@@ -9,14 +10,8 @@ from typing import TYPE_CHECKING
 
 from .deploy import export_deployed
 from .forms import DeploySpec, FormMeasurement, build_form, deployed_onnx_bytes, measure_forms
-from .latency import (
-    LatencyModel,
-    ProxyLatencyModel,
-    TableLatencyModel,
-    available_targets,
-    count_macs,
-    make_latency_model,
-)
+from .latency import LatencyModel, ProxyLatencyModel, TableLatencyModel, make_latency_model
+from .layers import count_macs
 from .measure import (
     ThroughputPoint,
     export_onnx,
@@ -25,8 +20,7 @@ from .measure import (
     measure_torch_model_latency,
 )
 from .memory import MemoryUse, measure_memory
-from .targets import load_target
-from .validate import ValidationReport, validate_latency
+from .targets import available_targets, load_target
 
 if TYPE_CHECKING:
     from ..config import ExperimentConfig
@@ -39,7 +33,6 @@ __all__ = [
     "ProxyLatencyModel",
     "TableLatencyModel",
     "ThroughputPoint",
-    "ValidationReport",
     "available_targets",
     "build_form",
     "count_macs",
@@ -54,7 +47,6 @@ __all__ = [
     "measure_throughput",
     "measure_torch_model_latency",
     "profile",
-    "validate_latency",
 ]
 
 
@@ -65,12 +57,9 @@ def profile(
     target=None,
     log: Callable[[str], None] = print,
 ) -> TableLatencyModel:
-    """Build (or load from the cache) the latency table of the experiment's measured target.
-
-    Latency does not depend on the weights, so the model is built untrained (no baseline
-    training); the table is the one a search of the same config then loads. ``target``
-    overrides the named preset (same key, e.g. a larger profiling budget).
-    """
+    """Build (or load from the cache) the latency table of the experiment's measured target, on
+    the untrained model (latency does not depend on the weights); ``target`` overrides the
+    preset (same key, e.g. a larger profiling budget)."""
     from ..data import load_data
     from ..errors import ConfigError
     from ..models import build_model

@@ -1,18 +1,30 @@
-"""Run by :func:`autocompress.hardware.memory.measure_memory` as a script in a fresh interpreter
-(not imported: it must not load torch or the autocompress package, so that the process holds
-what a deployment holds: Python, NumPy, ONNX Runtime and the model).
-
-    python _memory_probe.py MODEL.onnx '[1, 1, 28, 28]' THREADS RUNS
-
-Creates the session as :func:`autocompress.hardware.measure.make_session` does (``THREADS``
-intra-op threads, sequential, all graph optimisations), runs 10 warm-up + ``RUNS`` inferences on
-seeded normal inputs and prints one JSON line: resident memory (KiB) before the session, after
-the runs (steady) and the process peak (``VmHWM``; ``ru_maxrss`` where there is none).
+"""The ONNX Runtime session every measurement uses, and the memory probe that
+:func:`autocompress.hardware.memory.measure_memory` runs as a script in a fresh interpreter
+(``python _memory_probe.py MODEL.onnx '[1, 1, 28, 28]' THREADS RUNS``): it imports neither torch
+nor autocompress, so the process holds what a deployment holds (Python, NumPy, ONNX Runtime and
+the model). It runs 10 warm-up + ``RUNS`` inferences on seeded normal inputs and prints one JSON
+line: resident memory (KiB) before the session, after the runs (steady) and the process peak.
 """
 
 import json
 import resource
 import sys
+
+
+def make_session(path, *, threads: int = 2, profile_prefix: str | None = None):
+    """An ONNX Runtime CPU session: ``threads`` intra-op threads, sequential, all optimisations."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    if profile_prefix is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def _status_kib(key: str) -> int | None:
@@ -26,33 +38,20 @@ def _status_kib(key: str) -> int | None:
     return None
 
 
-def _peak_kib() -> int:
-    # VmHWM: the peak resident set of this process image. ``ru_maxrss`` is not used where
-    # VmHWM exists: Linux carries it over fork + exec, so a child started by a large parent
-    # (a training process) reports the parent's size.
-    hwm = _status_kib("VmHWM")
-    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
 def main(argv: list[str]) -> None:
     import numpy as np
-    import onnxruntime as ort
 
     path, shape, threads, runs = argv[0], json.loads(argv[1]), int(argv[2]), int(argv[3])
     feed_x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     before = _status_kib("VmRSS") or 0
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    sess = make_session(path, threads=threads)
     feed = {sess.get_inputs()[0].name: feed_x}
     for _ in range(10 + runs):
         sess.run(None, feed)
     steady = _status_kib("VmRSS") or 0
-    peak = _peak_kib()
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork + exec from a (large) parent
+    peak = _status_kib("VmHWM")
+    peak = peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"before_kib": before, "steady_kib": steady, "peak_kib": peak}))
 
 

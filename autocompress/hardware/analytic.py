@@ -1,15 +1,10 @@
-"""Analytic latency for hardware the user does not have: per-layer roofline.
-
-``t_layer = max(compute, memory) + per_layer``, ``t_model = sum(t_layer) + per_inference``:
-
-- compute, bit-serial (BitFusion / HAQ): ``MACs * ceil(w/b) * ceil(a/b) / (bricks * clock)``
-  with ``b`` the brick width; peak: ``MACs / macs_per_s[p]``, ``p`` the smallest listed
-  precision >= the weight bits.
-- memory: ``(weights * w + (inputs + outputs) * a) / 8 / bandwidth`` bytes per second, weights
-  scaled by their density when the target credits unstructured sparsity.
-
-Float (32-bit) layers run at ``precision.float_bits`` for weights and activations; quantised
-layers at their weight bits (8 when the target gives sub-8-bit no credit) and ``act_bits``.
+"""Analytic latency for hardware the user does not have, a per-layer roofline: ``t_layer =
+max(compute, memory) + per_layer``, ``t_model = sum(t_layer) + per_inference``. Compute is
+``MACs * ceil(w/b) * ceil(a/b) / (bricks * clock)`` bit-serial (BitFusion / HAQ, brick width
+``b``) or ``MACs / macs_per_s[p]`` (``p`` the smallest listed precision >= the weight bits);
+memory is ``(weights * density * w + (inputs + outputs) * a) / 8 / bandwidth``. Float layers run
+at ``float_bits``; quantised ones at their weight bits (>= 8 without sub-8-bit credit) and
+``act_bits``.
 """
 
 from __future__ import annotations
@@ -64,10 +59,9 @@ class AnalyticLatencyModel:
     def predict(self, model: nn.Module, policy: CompressionPolicy) -> float:
         total = self.target.overhead.per_inference_us * 1e-6
         for name, (cin, cout) in channels(model).items():
-            geo = self.geometry.get(name)
-            if geo is None:
-                continue
-            total += layer_seconds(self.target, geo, cin, cout, policy.layers.get(name, _FP32))
+            if (geo := self.geometry.get(name)) is not None:
+                lp = policy.layers.get(name, _FP32)
+                total += layer_seconds(self.target, geo, cin, cout, lp)
         return total * 1e3
 
 

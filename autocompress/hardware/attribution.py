@@ -1,19 +1,14 @@
-"""Attribute the nodes of an ONNX Runtime profile to the model's layers.
-
-ONNX Runtime renames nodes when it optimises the graph (``/features/features.3/Conv_token_9``,
-or a Conv fused with its ReLU named after the ReLU's output, ``.../Relu_output_0_nchwc``). A
-layer's *aliases* are the name and outputs of its node in the deployed graph and of the chain of
-single-consumer element-wise nodes after it (what ORT may fuse into it). A profiled compute node
-(Conv, QLinearConv, Gemm, QGemm, MatMul...) belongs to the layer whose alias starts its name.
-
-Every other node joins the *block* of the last layer executed before it: a block is a layer's
-compute node plus the glue that follows it (activations, pooling, Quantize/DequantizeLinear,
-layout changes) up to the next layer.
+"""Attribute the nodes of an ONNX Runtime profile to the model's layers. ORT renames the nodes
+it optimises (``/features/features.3/Conv_token_9``, a Conv fused with its ReLU named after the
+ReLU's output), so a layer's *aliases* are the name and outputs of its node and of the chain of
+single-consumer element-wise nodes after it (what ORT may fuse into it); a profiled compute node
+belongs to the layer whose alias starts its name. Every other node joins the *block* of the last
+layer executed before it (its glue: activations, pooling, Q/DQ, layout changes).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -23,19 +18,10 @@ from .measure import NodeTime
 
 __all__ = ["Block", "attribute", "layer_aliases"]
 
-_FUSABLE = {
-    "Relu",
-    "Clip",
-    "Add",
-    "Sum",
-    "Sigmoid",
-    "LeakyRelu",
-    "HardSigmoid",
-    "Mul",
-    "QuantizeLinear",
-    "DequantizeLinear",
-    "BatchNormalization",
-}
+_FUSABLE = set(
+    "Relu Clip Add Sum Sigmoid LeakyRelu HardSigmoid Mul QuantizeLinear DequantizeLinear "
+    "BatchNormalization".split()
+)
 _COMPUTE_WORDS = ("Conv", "Gemm", "MatMul")
 
 
@@ -79,16 +65,12 @@ class Block:
     compute_us: float = 0.0
     glue_us: float = 0.0
     glue_nodes: int = 0
-    ops: list[str] = field(default_factory=list)
 
 
 def attribute(nodes: list[NodeTime], aliases: dict[str, list[list[str]]]) -> list[Block]:
-    """Blocks in execution order; raises ModelError if a layer has no compute node.
-
-    A compute node goes to the layer with the longest alias that starts its name (then the
-    shallowest); layers left without a node take the remaining compute nodes in order when
-    their numbers agree.
-    """
+    """Blocks in execution order: a compute node goes to the layer with the longest (then
+    shallowest) alias that starts its name; layers left without one take the remaining compute
+    nodes in order when their numbers agree, else :class:`ModelError`."""
     compute = [i for i, n in enumerate(nodes) if is_compute(n.op_type)]
     best: dict[int, tuple[tuple[int, int], str]] = {}
     for layer, levels in aliases.items():
@@ -113,9 +95,8 @@ def attribute(nodes: list[NodeTime], aliases: dict[str, list[list[str]]]) -> lis
     blocks = [Block(None)]
     for i, node in enumerate(nodes):
         if i in owner:
-            blocks.append(Block(owner[i], compute_us=node.us, ops=[node.op_type]))
+            blocks.append(Block(owner[i], compute_us=node.us))
         else:
             blocks[-1].glue_us += node.us
             blocks[-1].glue_nodes += 1
-            blocks[-1].ops.append(node.op_type)
     return blocks

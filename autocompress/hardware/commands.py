@@ -1,15 +1,6 @@
-"""CLI sub-commands of the hardware package (``autocompress latency ...``).
-
-``add_commands(sub, experiment_parser)`` adds parsers to the CLI's sub-parser set and returns
-``{command name: handler(args) -> exit code}``; ``experiment_parser(sub, name, help)`` makes a
-parser that already takes the experiment file and ``--set`` overrides.
-
-- ``autocompress latency profile EXP.yaml [--force] [--max-configs N] [--max-seconds S]``:
-  build (or load) the latency table (a larger budget than the preset's for big models);
-- ``autocompress latency validate EXP.yaml --samples K [--seed S] [--json] [--no-track]``;
-- ``autocompress latency targets``: the shipped target presets;
-- ``autocompress memory validate EXP.yaml --samples K [--seed S] [--json]``: resident memory
-  of random policies' deployed forms against the memory model's cross-validated prediction.
+"""CLI sub-commands of the hardware package: ``autocompress latency profile|validate|targets``
+and ``autocompress memory validate``. ``add_commands(sub, experiment_parser)`` adds their parsers
+and returns ``{command name: handler(args) -> exit code}``.
 """
 
 from __future__ import annotations
@@ -63,12 +54,10 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _memory_validate(args: argparse.Namespace) -> int:
+    from ..prepare import prepare
     from .memory_model import validate_memory
 
-    cfg = _load(args)
-    from ..prepare import prepare
-
-    r = validate_memory(prepare(cfg), args.samples, seed=args.seed)
+    r = validate_memory(prepare(_load(args)), args.samples, seed=args.seed)
     for what, fit in (("steady", r.steady), ("peak", r.peak)):
         print(
             f"memory model ({what}): {fit['cv_within_10pct']:.0%} of {r.samples} cross-validated "
@@ -89,6 +78,13 @@ def _targets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sample_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--samples", type=int, default=20, help="random policies (default 20)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random policies")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    return p
+
+
 def add_commands(sub, experiment_parser: Callable) -> dict[str, Callable]:
     parser = sub.add_parser(
         "latency",
@@ -103,10 +99,7 @@ def add_commands(sub, experiment_parser: Callable) -> dict[str, Callable]:
     p = experiment_parser(
         lsub, "validate", "compare predicted with measured latency of random policies"
     )
-    p.add_argument("--samples", type=int, default=20, help="random policies (default 20)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random policies")
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    _sample_args(p).add_argument("--no-track", action="store_true", help="do not log to MLflow")
     lsub.add_parser("targets", help="list the target presets", description="Target presets.")
     handlers = {"profile": _profile, "validate": _validate, "targets": _targets}
 
@@ -119,10 +112,9 @@ def add_commands(sub, experiment_parser: Callable) -> dict[str, Callable]:
         description="Resident memory of deployed ONNX models on this machine.",
     )
     msub = mparser.add_subparsers(dest="memory_command", metavar="SUBCOMMAND", required=True)
-    p = experiment_parser(
-        msub, "validate", "fit the memory model to random policies' measured memory (K-fold CV)"
+    _sample_args(
+        experiment_parser(
+            msub, "validate", "fit the memory model to random policies' measured memory (K-fold CV)"
+        )
     )
-    p.add_argument("--samples", type=int, default=20, help="random policies (default 20)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random policies")
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     return {"latency": dispatch, "memory": _memory_validate}

@@ -1,8 +1,7 @@
-"""The deployed form of a compressed model: FP32 ONNX, or a QDQ INT8 ONNX model where exactly the
+"""The deployed form of a compressed model: FP32 ONNX, or QDQ INT8 ONNX where exactly the
 quantised layers run as INT8 kernels (ONNX Runtime static quantisation, per-channel weights).
-
-What the latency table profiles, what ``latency validate`` measures and what ``export`` ships
-are all built by :func:`export_deployed`, so that what is measured is what is deployed.
+What the latency table profiles, ``latency validate`` measures and ``export`` ships are all
+built by :func:`export_deployed`, so what is measured is what is deployed.
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from torch import nn
 
 from ..errors import ModelError
 from ..policy import compressible_layers
-from .measure import export_onnx
+from .measure import cpu_info, export_onnx
 
 __all__ = ["activation_qparams", "export_deployed", "onnx_layer_nodes", "u8s8_saturates"]
 
@@ -28,12 +28,8 @@ _LAYER_OPS = ("Conv", "Gemm", "MatMul")
 
 
 def _scope_to_module(node_name: str) -> str | None:
-    """``/layer2/layer2.0/downsample/downsample.0/Conv`` -> ``layer2.0.downsample.0``.
-
-    The legacy exporter names a node by its module scopes: one component per module, the child's
-    attribute name, or ``<container>.<index>`` for a child of a Sequential/ModuleList (which then
-    replaces the container's component); the last component is the op's own name.
-    """
+    """``/layer2/layer2.0/downsample/downsample.0/Conv`` -> ``layer2.0.downsample.0`` (legacy
+    exporter scopes; ``<container>.<index>`` replaces its container's component)."""
     comps = [p for p in node_name.split("/") if p][:-1]
     parts: list[str] = []
     for comp in comps:
@@ -46,9 +42,7 @@ def _scope_to_module(node_name: str) -> str | None:
 
 def _weight_shape(graph, node) -> tuple[int, ...] | None:
     inits = {t.name: tuple(t.dims) for t in graph.initializer}
-    if len(node.input) < 2:
-        return None
-    return inits.get(node.input[1])
+    return inits.get(node.input[1]) if len(node.input) >= 2 else None
 
 
 def _expected_shape(layer: nn.Module, op_type: str) -> set[tuple[int, ...]]:
@@ -59,11 +53,8 @@ def _expected_shape(layer: nn.Module, op_type: str) -> set[tuple[int, ...]]:
 
 
 def onnx_layer_nodes(onnx_model, model: nn.Module) -> dict[str, str]:
-    """``{torch layer name: ONNX node name}`` for every Conv2d/Linear of ``model``.
-
-    Nodes are matched by their scope name (legacy exporter) and checked by weight shape; a layer
-    whose node is ambiguous or missing raises :class:`ModelError`.
-    """
+    """``{torch layer name: ONNX node name}`` for every Conv2d/Linear of ``model``: matched by
+    scope name and checked by weight shape (a mismatch raises :class:`ModelError`)."""
     graph = onnx_model.graph
     layers = compressible_layers(model)
     found: dict[str, str] = {}
@@ -104,47 +95,28 @@ def _match_by_shape(graph, layers: dict[str, nn.Module], found: dict[str, str]) 
 def u8s8_saturates(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     """Whether ONNX Runtime's U8S8 integer kernels may saturate on this CPU.
 
-    On x86-64 with AVX2/AVX-512 but no VNNI, ORT multiplies uint8 activations by int8 weights
-    with ``VPMADDUBSW``, which sums pairs of products into int16 and saturates when both weights
-    of a pair are large. Weights on a coarse (sub-8-bit) grid sit at large int8 codes, so it hits
-    exactly the layers a mixed-precision policy squeezes hardest (measured: 2.5 points of
-    Fashion-MNIST test accuracy on the quick experiment's knee). ORT's documented workaround is
-    ``reduce_range`` (7-bit weights), which keeps the fast kernels. VNNI (``VPDPBUSD``) and
-    non-x86 CPUs accumulate in int32 and are not affected. An x86 CPU whose flags cannot be read
-    counts as affected (the workaround costs little accuracy, saturation can cost a lot).
+    On x86-64 without VNNI, ORT multiplies uint8 activations by int8 weights with
+    ``VPMADDUBSW``, which saturates int16 pair sums when both weights of a pair are large:
+    exactly the coarse (sub-8-bit) layers a mixed-precision policy squeezes hardest (2.5 points
+    of Fashion-MNIST accuracy measured). The workaround is ``reduce_range`` (7-bit weights).
+    VNNI and non-x86 CPUs accumulate in int32; an x86 CPU whose flags cannot be read counts as
+    affected (the workaround costs little accuracy, saturation can cost a lot).
     """
     if platform.machine().lower() not in ("x86_64", "amd64", "x86", "i686"):
         return False
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        return True
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[-1].split())
-    vnni = {"avx512_vnni", "avx_vnni", "amx_int8"} & flags
-    return not vnni
+    flags = set(cpu_info(cpuinfo).get("flags", "").split())
+    return not {"avx512_vnni", "avx_vnni", "amx_int8"} & flags
 
 
-class _Reader:
-    """A ``CalibrationDataReader`` over a list of input batches."""
-
-    def __init__(self, input_name: str, batches: list[np.ndarray]) -> None:
-        self.input_name = input_name
-        self._it = iter(batches)
-
-    def get_next(self) -> dict | None:
-        x = next(self._it, None)
-        return None if x is None else {self.input_name: x}
-
-
-def _calibration_batches(example: torch.Tensor, calibration: Iterable[torch.Tensor]) -> list:
+def _calibration_reader(input_name: str, example: torch.Tensor, calibration) -> SimpleNamespace:
+    """A ``CalibrationDataReader`` over the ``calibration`` batches (random ones when there are
+    none: ranges only matter for accuracy, not timing)."""
     batches = [t.detach().cpu().float().numpy() for t in calibration]
-    if not batches:  # ranges only matter for accuracy: random batches calibrate for timing
+    if not batches:
         gen = torch.Generator().manual_seed(0)
         batches = [torch.randn(example.shape, generator=gen).numpy() for _ in range(2)]
-    return batches
+    feeds = iter([{input_name: x} for x in batches])
+    return SimpleNamespace(get_next=lambda: next(feeds, None))
 
 
 def export_deployed(
@@ -157,17 +129,13 @@ def export_deployed(
     reduce_range: bool | None = None,
     activation_qparams: dict[str, tuple[float, int]] | None = None,
 ) -> Path:
-    """Export a plain model (``materialize(compressed)[0]``) as it is deployed.
+    """Export a plain model (``materialize(compressed)[0]``) to ``path`` as it is deployed.
 
-    Without ``int8_layers`` the FP32 ONNX model is written to ``path``. Otherwise the FP32 model
-    is pre-processed (``quant_pre_process``) and statically quantised to QDQ (per-channel INT8
-    weights, UINT8 activations, MinMax calibration on ``calibration`` batches or, when none are
-    given, on random inputs) with exactly the Conv/Gemm/MatMul nodes of ``int8_layers``
-    quantised. ``reduce_range`` stores the INT8 weights on ORT's reduced range (-64..64); ``None``
-    decides by :func:`u8s8_saturates`. ``activation_qparams`` (``{tensor: (scale, zero
-    point)}``, as :func:`activation_qparams` reads them off a deployed model) fixes the
-    activations' quantisation instead of calibrating: what rebuilds a shipped model from its
-    weights alone. Returns ``path``.
+    Without ``int8_layers``: FP32 ONNX. Otherwise static QDQ quantisation of exactly the
+    Conv/Gemm/MatMul nodes of ``int8_layers`` (per-channel INT8 weights, UINT8 activations,
+    MinMax calibration on ``calibration`` or random inputs). ``reduce_range``: INT8 weights on
+    -64..64 (``None``: :func:`u8s8_saturates` decides). ``activation_qparams`` (``{tensor:
+    (scale, zero point)}``) fixes the activations' quantisation instead of calibrating.
     """
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
@@ -195,7 +163,7 @@ def export_deployed(
                     f"no ONNX Conv/Gemm/MatMul node found for layer(s) {', '.join(missing)}"
                 )
             input_name = onnx.load(str(prep), load_external_data=False).graph.input[0].name
-            reader = _Reader(input_name, _calibration_batches(example, calibration))
+            reader = _calibration_reader(input_name, example, calibration)
             out = Path(tmp) / "int8.onnx"
             extra = {"ActivationSymmetric": False, "WeightSymmetric": True}
             if activation_qparams:
@@ -222,9 +190,8 @@ def export_deployed(
 
 
 def activation_qparams(path: str | Path) -> dict[str, tuple[float, int]]:
-    """``{activation tensor: (scale, zero point)}`` of every ``QuantizeLinear`` of a QDQ model
-    whose input is not a weight: what the calibration decided, and all that
-    :func:`export_deployed` needs besides the weights to rebuild the model."""
+    """``{activation tensor: (scale, zero point)}`` of a QDQ model's non-weight
+    ``QuantizeLinear`` nodes: what :func:`export_deployed` needs to rebuild it from weights."""
     import onnx
     from onnx import numpy_helper
 
@@ -237,8 +204,7 @@ def activation_qparams(path: str | Path) -> dict[str, tuple[float, int]]:
         scale, zp = inits.get(node.input[1]), inits.get(node.input[2])
         if scale is None or zp is None or scale.size != 1:
             continue
-        # A graph output's quantised tensor is renamed ``<output>_QuantizeLinear_Input``; the
-        # override (like the scale initializer, ``<tensor>_scale``) names the original tensor.
+        # a graph output's quantised tensor is renamed; the override names the original
         name = node.input[0].removesuffix("_QuantizeLinear_Input")
         out[name] = (float(scale.reshape(())), int(zp.reshape(())))
     return out

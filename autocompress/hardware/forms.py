@@ -1,18 +1,10 @@
 """The deployed forms of a compressed model on ONNX Runtime (CPU), and what each one costs.
 
-A *form* is one ONNX model of the same weights:
-
-- ``fp32``: the plain model (masks and quantised values baked into float32 weights);
-- ``int8-qdq``: INT8 QDQ for the quantised Conv/Gemm layers (static quantisation, per-channel
-  weights, calibrated UINT8 activations), FP32 elsewhere;
-- ``fp16``: every weight stored as float16 (inputs and outputs kept float32).
-
-:class:`DeploySpec` is what rebuilds a form from the weights alone (the INT8 activation
-scales/zero points read off the calibrated model), so the packed file carries it and
-``autocompress unpack`` re-creates the shipped ONNX model (:func:`build_form`).
-:func:`measure_forms` measures each form where it runs: bytes of the file, steady and peak
-resident memory of a fresh process (:mod:`autocompress.hardware.memory`), latency and images/s
-per batch size and thread count (:func:`autocompress.hardware.measure.measure_throughput`).
+A form is one ONNX model of the same weights: ``fp32`` (masks and quantised values baked into
+float32 weights), ``int8-qdq`` (INT8 QDQ for the quantised Conv/Gemm layers, FP32 elsewhere) or
+``fp16`` (float16 weights, float32 inputs and outputs). A :class:`DeploySpec` rebuilds a form
+from the weights alone (``autocompress unpack``); :func:`measure_forms` measures each form's
+file bytes, steady and peak resident memory, latency and images/s.
 """
 
 from __future__ import annotations
@@ -93,9 +85,8 @@ def build_form(
     *,
     calibration: Iterable[torch.Tensor] = (),
 ) -> tuple[Path, DeploySpec]:
-    """Write the ONNX model of ``spec.form`` for ``plain`` (``materialize(compressed)[0]``) to
-    ``path``. An ``int8-qdq`` spec without activation parameters is calibrated on ``calibration``
-    and returned with the parameters it got (what :func:`build_form` needs to rebuild it)."""
+    """Write the ONNX model of ``spec.form`` for ``plain`` to ``path``; an ``int8-qdq`` spec
+    without activation parameters is calibrated on ``calibration`` and returned with them."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if spec.form == "fp32" or (spec.form == "int8-qdq" and not spec.int8_layers):
@@ -120,24 +111,17 @@ def build_form(
     return path, spec
 
 
-def _structure(model: nn.Module, int8: Iterable[str]) -> tuple:
-    layers = compressible_layers(model)
-    shapes = tuple((n, tuple(m.weight.shape)) for n, m in layers.items())
-    return shapes, tuple(sorted(int8))
-
-
 def deployed_onnx_bytes(
     compressed: nn.Module, example: torch.Tensor, *, cache: dict | None = None
 ) -> int:
-    """Bytes of the ONNX file a compressed model is deployed as: INT8 QDQ for its quantised
-    layers (FP32 when none are), written and counted. The file stores zeros densely and every
-    sub-8-bit layer as INT8, so its size depends only on the layers' shapes and which are
-    quantised (``cache``, a dict the caller keeps, holds it per such structure) -- up to one
-    byte per quantised activation: ONNX stores a UINT8 zero point as a varint (one byte below
-    128, two from 128), and the activation ranges are calibrated here on random inputs, at
-    export on training batches."""
+    """Bytes of the ONNX file a compressed model is deployed as (INT8 QDQ for its quantised
+    layers), written and counted. It depends only on the layers' shapes and which are quantised
+    (``cache`` holds it per such structure), up to a byte per quantised activation (a UINT8 zero
+    point is a varint; ranges are calibrated here on random inputs, at export on training data).
+    """
     plain, int8 = materialize(compressed)
-    key = _structure(plain, int8)
+    shapes = tuple((n, tuple(m.weight.shape)) for n, m in compressible_layers(plain).items())
+    key = shapes, tuple(sorted(int8))
     if cache is not None and key in cache:
         return cache[key]
     spec = DeploySpec("int8-qdq", tuple(sorted(int8))) if int8 else DeploySpec("fp32")
@@ -164,10 +148,8 @@ class FormMeasurement:
     note: str = ""
 
     def latency_ms(self, batch: int, threads: int) -> float | None:
-        for p in self.throughput:
-            if p["batch"] == batch and p["threads"] == threads:
-                return p["ms"]
-        return None
+        ms = [p["ms"] for p in self.throughput if (p["batch"], p["threads"]) == (batch, threads)]
+        return ms[0] if ms else None
 
     def images_per_s(self, threads: int) -> dict[str, float]:
         """``{batch size: images/s}`` at ``threads``."""
@@ -188,24 +170,24 @@ def measure_forms(
     thread_counts: tuple[int, ...],
     memory_repeats: int = 3,
 ) -> dict[str, FormMeasurement]:
-    """Measure every ONNX model of ``paths`` (``{form or "baseline": path}``): file bytes,
-    steady/peak memory of a fresh process at batch 1 and ``threads`` (net of an empty model),
-    latency and images/s per batch size and thread count."""
-    names = list(paths)
+    """File bytes, steady/peak memory (fresh process, batch 1, ``threads``), latency and images/s
+    per batch size and thread count of every ONNX model of ``paths`` (``{form: path}``)."""
     mem = measure_memory(
-        [paths[n] for n in names], (1, *sample_shape), threads=threads, repeats=memory_repeats
+        list(paths.values()), (1, *sample_shape), threads=threads, repeats=memory_repeats
     )
-    out = {}
-    for name, m in zip(names, mem, strict=True):
-        points = measure_throughput(
-            paths[name], sample_shape, batch_sizes=batch_sizes, threads=thread_counts
+    return {
+        name: FormMeasurement(
+            name,
+            str(path),
+            Path(path).stat().st_size,
+            m.steady_mb,
+            m.peak_mb,
+            [
+                p.to_dict()
+                for p in measure_throughput(
+                    path, sample_shape, batch_sizes=batch_sizes, threads=thread_counts
+                )
+            ],
         )
-        out[name] = FormMeasurement(
-            form=name,
-            path=str(paths[name]),
-            onnx_bytes=Path(paths[name]).stat().st_size,
-            memory_steady_mb=m.steady_mb,
-            memory_peak_mb=m.peak_mb,
-            throughput=[p.to_dict() for p in points],
-        )
-    return out
+        for (name, path), m in zip(paths.items(), mem, strict=True)
+    }

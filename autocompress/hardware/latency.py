@@ -1,11 +1,7 @@
 """Latency models: the interface the search scores policies with, and the factory that builds
-the one an experiment's ``latency.target`` names.
-
-- measured targets (``cpu-onnxruntime``): a latency table profiled on this machine, cached in
-  ``output_dir/cache`` keyed by target, machine fingerprint, architecture and search space;
-- analytic targets (``bitfusion``, ``edge-roofline``): a per-layer roofline formula;
-- ``proxy``: MACs x weight bits scaled to the baseline's measured FP32 latency (a placeholder
-  that credits fewer bits linearly, which CPU kernels do not).
+the one ``latency.target`` names: a latency table profiled on this machine for measured targets
+(cached in ``output_dir/cache``), a per-layer roofline for analytic ones, or ``proxy`` (MACs x
+weight bits scaled to the baseline's measured FP32 latency, a placeholder).
 """
 
 from __future__ import annotations
@@ -17,8 +13,8 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from ..policy import FLOAT_BITS, CompressionPolicy, compressible_layers
-from .layers import channels, precisions
+from ..policy import FLOAT_BITS, CompressionPolicy
+from .layers import channels, count_macs, precisions
 from .table import LatencyTable
 from .targets import AnalyticTarget, MeasuredTarget, Runtime, available_targets, load_target
 
@@ -39,37 +35,12 @@ __all__ = [
 
 @runtime_checkable
 class LatencyModel(Protocol):
-    """Predicts milliseconds per inference of the deployed form of a compressed model.
-
-    ``model`` is the compressed model (channels already removed), ``policy`` its per-layer bits.
-    """
+    """Predicts milliseconds per inference of the deployed form of a compressed model
+    (``model``: channels already removed; ``policy``: its per-layer bits)."""
 
     name: str
 
     def predict(self, model: nn.Module, policy: CompressionPolicy) -> float: ...
-
-
-@torch.no_grad()
-def count_macs(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
-    """Multiply-accumulates of every Conv2d/Linear layer for one forward pass of ``example``."""
-    macs: dict[str, int] = {}
-    hooks = []
-    for name, layer in compressible_layers(model).items():
-
-        def hook(mod: nn.Module, args: tuple, out: torch.Tensor, name: str = name) -> None:
-            per_out = mod.weight[0].numel()  # in_channels/groups * kh * kw, or in_features
-            macs[name] = int(out.numel() // out.shape[0] * per_out)
-
-        hooks.append(layer.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        model(example)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    return macs
 
 
 class ProxyLatencyModel:
@@ -85,28 +56,18 @@ class ProxyLatencyModel:
         self._total = sum(count_macs(reference, example).values()) * FLOAT_BITS or 1
 
     def predict(self, model: nn.Module, policy: CompressionPolicy) -> float:
-        cost = 0
-        for name, m in count_macs(model, self.example).items():
-            lp = policy.layers.get(name)
-            cost += m * (lp.bits if lp is not None else FLOAT_BITS)
+        bits = {n: lp.bits for n, lp in policy.layers.items()}
+        cost = sum(m * bits.get(n, FLOAT_BITS) for n, m in count_macs(model, self.example).items())
         return self.reference_ms * cost / self._total
 
 
 class TableLatencyModel:
-    """The predictor of a measured target: channel counts read off the compressed model,
-    precision from the policy (< 32 bits = INT8), looked up in the profiled table. Unstructured
-    sparsity and sub-8-bit weights get no credit (the CPU kernels give none)."""
+    """A measured target's predictor: the compressed model's channel counts and the policy's
+    precisions (< 32 bits = INT8) looked up in the profiled table (no credit for sparsity or
+    sub-8-bit weights: the CPU kernels give none)."""
 
-    def __init__(
-        self,
-        name: str,
-        table: LatencyTable,
-        path: Path | None = None,
-        runtime: Runtime | None = None,
-    ) -> None:
-        self.name = name
-        self.table = table
-        self.path = path
+    def __init__(self, name: str, table: LatencyTable, path: Path | None = None, runtime=None):
+        self.name, self.table, self.path = name, table, path
         self.runtime = runtime or Runtime()
         self.threads = self.runtime.threads  # what measurements of this target must use
 
@@ -120,30 +81,22 @@ WEAK_FIT = 0.8  # cross-validated fraction within ±10 % below which describe_fi
 
 def describe_fit(table: LatencyTable) -> str:
     """One line on how well the table fits its own measurements (cross-validated)."""
-    fit = table.meta.get("fit", {})
+    fit, meta = table.meta.get("fit", {}), table.meta
     head = f"{fit.get('configs', 0)} configurations"
-    if "seconds" in table.meta:
-        head += f" profiled in {table.meta['seconds']:.0f} s"
-    if "cv_within_10pct" in fit:
-        line = (
-            f"{head}, cross-validated {fit['cv_within_10pct']:.0%} within ±10 %, "
-            f"MAPE {fit['cv_mape']:.1%}"
+    if "seconds" in meta:
+        head += f" profiled in {meta['seconds']:.0f} s"
+    if "cv_within_10pct" not in fit:
+        return f"{head}, in-sample {fit.get('within_10pct', 0):.0%} within ±10 %"
+    line = f"{head}, cross-validated {fit['cv_within_10pct']:.0%} within ±10 %, "
+    line += f"MAPE {fit['cv_mape']:.1%}"
+    if meta.get("cpu_steal"):
+        line += f", {meta['cpu_steal']:.1%} of the CPU time stolen by the host while profiling"
+    if fit["cv_within_10pct"] < WEAK_FIT:  # seen on a shared VM: 96 % once, 21-34 % under load
+        line += (
+            " -- warning: a weak fit (timings were noisy?): re-profile on a quiet machine "
+            "with `autocompress latency profile EXP --force`"
         )
-        steal = table.meta.get("cpu_steal")
-        if steal:
-            line += f", {steal:.1%} of the CPU time stolen by the host while profiling"
-        if fit["cv_within_10pct"] < WEAK_FIT:
-            # Seen on a shared VM: the same profile fitted 96 % once and 21-34 % under host load.
-            line += (
-                " -- warning: a weak fit (timings were noisy?): re-profile on a quiet machine "
-                "with `autocompress latency profile EXP --force`"
-            )
-        return line
-    return f"{head}, in-sample {fit.get('within_10pct', 0):.0%} within ±10 %"
-
-
-def _cache_path(cfg: ExperimentConfig, target: str, key: str) -> Path:
-    return cfg.output_dir / "cache" / f"latency-{target}-{key}.json"
+    return line
 
 
 def load_or_profile(
@@ -164,7 +117,7 @@ def load_or_profile(
     if not isinstance(target, MeasuredTarget):
         raise ValueError(f"latency target {target.name!r} is not measured")
     key = table_key(model, space, example, target, cfg.compression.round_to)
-    path = _cache_path(cfg, target.name, key)
+    path = cfg.output_dir / "cache" / f"latency-{target.name}-{key}.json"
     if path.is_file() and not force:
         try:
             table = LatencyTable.load(path)
@@ -202,9 +155,9 @@ def make_latency_model(
     reference_ms: float = 1.0,
     log=print,
 ) -> LatencyModel:
-    """Build the latency model ``cfg.latency.target`` names for ``model`` (the uncompressed
-    baseline) over the choices of ``space``; ``reference_ms`` is the baseline's measured FP32
-    latency. Measured targets load (or build and store) their latency table here."""
+    """The latency model ``cfg.latency.target`` names for the uncompressed baseline ``model``
+    over ``space`` (``reference_ms``: its measured FP32 latency; a measured target's table is
+    loaded, or profiled and stored, here)."""
     from .analytic import AnalyticLatencyModel
 
     target = load_target(cfg.latency.target)

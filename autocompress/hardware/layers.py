@@ -12,16 +12,14 @@ from torch.nn.utils import parametrize
 
 from ..policy import FLOAT_BITS, CompressionPolicy, compressible_layers
 
-__all__ = ["LayerGeometry", "channels", "layer_geometry", "precisions"]
+__all__ = ["LayerGeometry", "channels", "count_macs", "layer_geometry", "precisions"]
 
 
 @dataclass(frozen=True)
 class LayerGeometry:
-    """Shape facts of one Conv2d/Linear layer that pruning does not change.
-
-    ``in_positions``/``out_positions``: spatial positions (H*W, or tokens for Linear) per sample;
-    ``kernel``: kernel elements (kh*kw, 1 for Linear); ``depthwise``: groups == in channels.
-    """
+    """Shape facts of one Conv2d/Linear layer that pruning does not change: spatial positions
+    (H*W, or tokens for Linear) per sample, kernel elements (kh*kw, 1 for Linear), whether
+    groups == in channels, and the groups."""
 
     kind: str
     batch: int
@@ -29,6 +27,7 @@ class LayerGeometry:
     out_positions: int
     kernel: int
     depthwise: bool
+    groups: int = 1
 
     def macs(self, cin: int, cout: int) -> int:
         per_out = self.kernel * (1 if self.depthwise else cin)
@@ -48,44 +47,44 @@ class LayerGeometry:
 def layer_geometry(model: nn.Module, example: torch.Tensor) -> dict[str, LayerGeometry]:
     """Geometry of every Conv2d/Linear of ``model`` for one forward pass of ``example``."""
     geo: dict[str, LayerGeometry] = {}
-    hooks = []
-    for name, layer in compressible_layers(model).items():
 
-        def hook(mod: nn.Module, args: tuple, out: torch.Tensor, name: str = name) -> None:
-            x = args[0]
-            batch = int(x.shape[0])
-            if isinstance(mod, nn.Conv2d):
-                cin, cout = mod.in_channels, mod.out_channels
-                kernel = int(mod.kernel_size[0] * mod.kernel_size[1])
-                depthwise = mod.groups > 1 and mod.groups == cin
-                kind = "conv"
-            else:
-                cin, cout, kernel, depthwise, kind = (
-                    mod.in_features,
-                    mod.out_features,
-                    1,
-                    False,
-                    "fc",
-                )
-            geo[name] = LayerGeometry(
-                kind=kind,
-                batch=batch,
-                in_positions=int(x.numel() // (batch * cin)),
-                out_positions=int(out.numel() // (batch * cout)),
-                kernel=kernel,
-                depthwise=depthwise,
-            )
+    def hook(mod: nn.Module, args: tuple, out: torch.Tensor, name: str) -> None:
+        batch, conv = int(args[0].shape[0]), isinstance(mod, nn.Conv2d)
+        cin, cout = (
+            (mod.in_channels, mod.out_channels) if conv else (mod.in_features, mod.out_features)
+        )
+        groups = mod.groups if conv else 1
+        geo[name] = LayerGeometry(
+            kind="conv" if conv else "fc",
+            batch=batch,
+            in_positions=int(args[0].numel() // (batch * cin)),
+            out_positions=int(out.numel() // (batch * cout)),
+            kernel=int(mod.kernel_size[0] * mod.kernel_size[1]) if conv else 1,
+            depthwise=groups > 1 and groups == cin,
+            groups=groups,
+        )
 
-        hooks.append(layer.register_forward_hook(hook))
+    hooks = [
+        layer.register_forward_hook(lambda m, a, o, n=name: hook(m, a, o, n))
+        for name, layer in compressible_layers(model).items()
+    ]
     was_training = model.training
-    model.eval()
     try:
-        model(example)
+        model.eval()(example)
     finally:
         for h in hooks:
             h.remove()
         model.train(was_training)
     return geo
+
+
+def count_macs(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
+    """Multiply-accumulates per sample of every Conv2d/Linear layer (a forward of ``example``)."""
+    geo, chans = layer_geometry(model, example), channels(model)
+    return {
+        n: g.out_positions * chans[n][1] * g.kernel * (chans[n][0] // g.groups)
+        for n, g in geo.items()
+    }
 
 
 def _weight_shape(layer: nn.Module) -> torch.Size:
@@ -107,8 +106,5 @@ def channels(model: nn.Module) -> dict[str, tuple[int, int]]:
 
 def precisions(policy: CompressionPolicy, names) -> dict[str, str]:
     """``{layer: "int8" | "fp32"}``: layers below 32 bits are deployed as INT8."""
-    out = {}
-    for name in names:
-        lp = policy.layers.get(name)
-        out[name] = "int8" if lp is not None and lp.bits != FLOAT_BITS else "fp32"
-    return out
+    bits = {n: lp.bits for n, lp in policy.layers.items()}
+    return {n: "int8" if bits.get(n, FLOAT_BITS) != FLOAT_BITS else "fp32" for n in names}

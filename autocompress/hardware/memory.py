@@ -1,18 +1,8 @@
-"""Resident memory of a deployed ONNX model, measured on a process.
-
-A fresh interpreter (``_memory_probe.py``: Python, NumPy and ONNX Runtime only, no torch) creates
-the ONNX Runtime session with the target's threads and runs warm-up + timed inferences; the same
-is done with an *empty* model (one ``Identity`` node on the same input), and the model's memory
-is the difference:
-
-- ``steady_mb``: resident set (``VmRSS``) after the runs, minus the empty model's;
-- ``peak_mb``: the process peak (``VmHWM``, the peak resident set of the process image: load,
-  graph optimisation and weight pre-packing transients included), minus the empty model's.
-  ``ru_maxrss`` is not used on Linux: it is carried over fork + exec from the parent, so a probe
-  started by a training process would report the trainer's size.
-
-``tracemalloc`` would not see ONNX Runtime's native allocations; the peak is usually well above
-the steady value. Each process is run ``repeats`` times and the median kept.
+"""Resident memory of a deployed ONNX model, measured on fresh processes (``_memory_probe.py``)
+that run it, net of an *empty* model (one ``Identity`` node): ``steady_mb`` from the resident
+set after the runs (``VmRSS``), ``peak_mb`` from the process peak (``VmHWM``: load, graph
+optimisation and weight pre-packing included; ``tracemalloc`` misses ONNX Runtime's native
+allocations). The median over ``repeats`` processes is kept.
 """
 
 from __future__ import annotations
@@ -52,16 +42,15 @@ def empty_model(path: str | Path, input_shape: tuple[int, ...]) -> Path:
     import onnx
     from onnx import TensorProto, helper
 
-    dims: list = ["batch", *input_shape[1:]]
-    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, dims)
-    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, dims)
+    x, y = (
+        helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", *input_shape[1:]])
+        for n in ("input", "logits")
+    )
     graph = helper.make_graph(
         [helper.make_node("Identity", ["input"], ["logits"])], "empty", [x], [y]
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    path = Path(path)
-    onnx.save(model, str(path))
-    return path
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return Path(path)
 
 
 def _probe(path: Path, input_shape: tuple[int, ...], threads: int, runs: int) -> dict:
@@ -84,14 +73,12 @@ def measure_memory(
     runs: int = 20,
     repeats: int = 3,
 ) -> list[MemoryUse]:
-    """Steady and peak resident memory each ONNX model of ``paths`` adds to a fresh process that
-    creates its session (``threads``) and runs 10 warm-up + ``runs`` inferences at
-    ``input_shape``, net of the empty model; median over ``repeats`` rounds (every model and
-    the empty one once per round)."""
+    """Steady and peak resident memory each ONNX model of ``paths`` adds to a fresh process
+    (``threads``, 10 warm-up + ``runs`` inferences at ``input_shape``), net of the empty model;
+    the median over ``repeats`` rounds of every model and the empty one."""
     from .measure import measurement_lock
 
-    with tempfile.TemporaryDirectory() as tmp, measurement_lock():
-        # (the lock: probes would disturb a timing run of another process, and be disturbed)
+    with tempfile.TemporaryDirectory() as tmp, measurement_lock():  # probes disturb timings
         empty = empty_model(Path(tmp) / "empty.onnx", input_shape)
         todo = [Path(p) for p in paths] + [empty]
         rounds = [[_probe(p, input_shape, threads, runs) for p in todo] for _ in range(repeats)]
@@ -100,17 +87,7 @@ def measure_memory(
         return statistics.median(r[i][key] for r in rounds) * 1024 / 1e6
 
     e_steady, e_peak = med(len(paths), "steady_kib"), med(len(paths), "peak_kib")
-    out = []
-    for i in range(len(paths)):
-        steady, peak = med(i, "steady_kib"), med(i, "peak_kib")
-        out.append(
-            MemoryUse(
-                steady_mb=max(steady - e_steady, 0.0),
-                peak_mb=max(peak - e_peak, 0.0),
-                process_steady_mb=steady,
-                process_peak_mb=peak,
-                empty_steady_mb=e_steady,
-                empty_peak_mb=e_peak,
-            )
-        )
-    return out
+    return [
+        MemoryUse(max(s - e_steady, 0.0), max(p - e_peak, 0.0), s, p, e_steady, e_peak)
+        for s, p in ((med(i, "steady_kib"), med(i, "peak_kib")) for i in range(len(paths)))
+    ]

@@ -1,12 +1,8 @@
-"""A model of the resident memory a deployed ONNX model adds to a process, and its validation.
-
-Memory is predicted from what a policy leaves of the model: bytes of INT8 weights, bytes of
-float weights (biases included) and the largest activation at batch 1 — a linear model with
-non-negative coefficients (scikit-learn), fitted to steady and to peak resident memory measured
-on fresh processes (:func:`autocompress.hardware.memory.measure_memory`).
-``autocompress memory validate EXP --samples K`` measures K random policies of the search space,
-fits the model by K-fold cross-validation and reports the fraction of cross-validated
-predictions within ±10 % and the MAPE (as ``latency validate`` does for latency).
+"""A model of the resident memory a deployed ONNX model adds to a process: a linear model with
+non-negative coefficients (scikit-learn) over the bytes of INT8 weights, of float weights and of
+the largest activation at batch 1, fitted to steady and peak resident memory measured on fresh
+processes; ``autocompress memory validate EXP --samples K`` reports its K-fold cross-validated
+accuracy (fraction within ±10 %, MAPE), as ``latency validate`` does for latency.
 """
 
 from __future__ import annotations
@@ -103,31 +99,28 @@ class MemoryValidation:
 
     def summary(self) -> dict:
         keys = ("cv_within_10pct", "cv_mape", "cv_spearman", "intercept_mb", "coef")
-        return {
-            "samples": self.samples,
-            "threads": self.threads,
-            "seconds": self.seconds,
-            "steady": {k: self.steady[k] for k in keys},
-            "peak": {k: self.peak[k] for k in keys},
-            "artifacts": self.artifacts,
-        }
+        fits = {w: {k: getattr(self, w)[k] for k in keys} for w in ("steady", "peak")}
+        return (
+            {"samples": self.samples, "threads": self.threads, "seconds": self.seconds}
+            | fits
+            | {"artifacts": self.artifacts}
+        )
 
 
-def _measured_samples(
-    cfg, model, space, example, calib, samples: int, threads: int, seed: int, log
-):
-    """``samples`` random policies of ``space``: exported to their deployed form, resident
-    memory measured on fresh processes; one row per policy (features, sizes, memory)."""
+def _measured_samples(prep, inputs, samples: int, seed: int, log) -> list[dict]:
+    """``samples`` random policies exported as deployed, resident memory measured on fresh
+    processes; one row per policy (features, sizes, memory)."""
     from ..compression.apply import materialize
     from .forms import DeploySpec, build_form
     from .memory import measure_memory
     from .samples import random_compressed
 
-    rng = random.Random(seed)
+    runtime, example, calib = inputs
+    model, rng = prep.baseline.model.eval(), random.Random(seed)
     rows, paths = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(samples):
-            policy, compressed = random_compressed(cfg, model, space, example, calib, rng)
+            policy, compressed = random_compressed(prep.cfg, model, prep.space, example, calib, rng)
             plain, bits = materialize(compressed)
             spec = DeploySpec("int8-qdq", tuple(sorted(bits))) if bits else DeploySpec("fp32")
             path, _ = build_form(plain, example, Path(tmp) / f"s{i}.onnx", spec, calibration=calib)
@@ -141,23 +134,15 @@ def _measured_samples(
                 }
             )
         log(f"memory: {samples} policies exported, measuring resident memory")
-        mem = measure_memory(paths, tuple(example.shape), threads=threads, repeats=1)
+        mem = measure_memory(paths, tuple(example.shape), threads=runtime.threads, repeats=1)
     for row, m in zip(rows, mem, strict=True):
         row["steady_mb"], row["peak_mb"] = m.steady_mb, m.peak_mb
     return rows
 
 
-def _context(cfg, prep, seed: int = 0):
-    from itertools import islice
-
-    from ..training import batches
-    from .targets import MeasuredTarget, Runtime, load_target
-
-    target = load_target(cfg.latency.target)
-    threads = (target.runtime if isinstance(target, MeasuredTarget) else Runtime()).threads
-    example = prep.data.example_input(cfg.latency.batch_size)
-    calib = [x for x, _ in islice(batches(prep.data.train, 16, shuffle=True, seed=seed), 2)]
-    return threads, example, calib
+def _fits(rows: list[dict], keys: tuple[str, ...], seed: int = 0) -> list[dict]:
+    x = np.array([[r[f] for f in FEATURES] for r in rows])
+    return [fit_cv(x, np.array([r[k] for r in rows]), seed=seed) for k in keys]
 
 
 @dataclass
@@ -179,15 +164,11 @@ class MemoryModel:
         return self.intercept_mb + sum(self.coef[f] * x[f] for f in FEATURES)
 
     def describe(self) -> str:
-        weak = (
-            " (weak: more objectives.size.memory_samples may help)"
-            if (self.cv_within_10pct < 0.8)
-            else ""
-        )
+        weak = " (weak: more objectives.size.memory_samples may help)"
         return (
             f"memory model: {self.cv_within_10pct:.0%} of {self.samples} cross-validated "
-            f"predictions within ±10 %, MAPE {self.cv_mape:.1f} %{weak}"
-        )
+            f"predictions within ±10 %, MAPE {self.cv_mape:.1%}"
+        ) + weak * (self.cv_within_10pct < 0.8)
 
 
 def compressed_features(model: nn.Module, example: torch.Tensor) -> dict[str, float]:
@@ -195,11 +176,12 @@ def compressed_features(model: nn.Module, example: torch.Tensor) -> dict[str, fl
     whose weights are quantised deploy as INT8."""
     from torch.nn.utils import parametrize
 
-    int8 = []
-    for name, layer in compressible_layers(model).items():
-        if parametrize.is_parametrized(layer, "weight"):
-            if layer.parametrizations["weight"][0].bits < 32:
-                int8.append(name)
+    int8 = [
+        name
+        for name, layer in compressible_layers(model).items()
+        if parametrize.is_parametrized(layer, "weight")
+        and layer.parametrizations["weight"][0].bits < 32
+    ]
     return memory_features(model, int8, example)
 
 
@@ -208,9 +190,11 @@ def get_memory_model(cfg, prep, *, force: bool = False, log: Callable[[str], Non
     (``objectives.size.memory_samples`` random policies) and cached."""
     from .._files import atomic_write
     from ..cache_key import content_key
-    from .profiler import machine_fingerprint
+    from .measure import machine_fingerprint
+    from .samples import measurement_inputs
 
-    threads, example, calib = _context(cfg, prep)
+    inputs = measurement_inputs(prep)
+    runtime, example, _ = inputs
     n = cfg.objectives.size.memory_samples
     key = content_key(
         {
@@ -219,7 +203,7 @@ def get_memory_model(cfg, prep, *, force: bool = False, log: Callable[[str], Non
             "checkpoint": str(prep.baseline.checkpoint),
             "choices": {k: list(v) for k, v in prep.space.choices().items()},
             "input": list(example.shape),
-            "threads": threads,
+            "threads": runtime.threads,
             "machine": machine_fingerprint(),
             "samples": n,
             "compression": [cfg.compression.round_to, cfg.compression.importance],
@@ -234,13 +218,9 @@ def get_memory_model(cfg, prep, *, force: bool = False, log: Callable[[str], Non
         except (ValueError, TypeError) as exc:
             log(f"memory: {path.name} unreadable ({exc}): measuring again")
     t0 = time.perf_counter()
-    model = prep.baseline.model.eval()
-    rows = _measured_samples(cfg, model, prep.space, example, calib, n, threads, 0, log)
-    x = np.array([[r[f] for f in FEATURES] for r in rows])
-    fit = fit_cv(x, np.array([r["steady_mb"] for r in rows]))
-    mm = MemoryModel(
-        fit["intercept_mb"], fit["coef"], fit["cv_within_10pct"], fit["cv_mape"], n, threads
-    )
+    [fit] = _fits(_measured_samples(prep, inputs, n, 0, log), ("steady_mb",))
+    keys = ("intercept_mb", "coef", "cv_within_10pct", "cv_mape")
+    mm = MemoryModel(*(fit[k] for k in keys), n, runtime.threads)
     atomic_write(path, json.dumps(asdict(mm), indent=1))
     log(f"{mm.describe()} ({time.perf_counter() - t0:.0f} s)")
     return mm
@@ -252,17 +232,18 @@ def validate_memory(
     """Measure the deployed form of ``samples`` random policies of ``prep``'s space (fresh
     processes, net of an empty model), fit the memory model by cross-validation, write
     ``output_dir/memory/``."""
+    from .samples import measurement_inputs
+
     cfg = prep.cfg
     if samples < 4:
         raise ConfigError(f"--samples must be at least 4 (got {samples})")
     t0 = time.perf_counter()
-    threads, example, calib = _context(cfg, prep, seed)
-    model = prep.baseline.model.eval()
-    rows = _measured_samples(cfg, model, prep.space, example, calib, samples, threads, seed, log)
-    x = np.array([[r[f] for f in FEATURES] for r in rows])
-    steady = fit_cv(x, np.array([r["steady_mb"] for r in rows]), seed=seed)
-    peak = fit_cv(x, np.array([r["peak_mb"] for r in rows]), seed=seed)
-    report = MemoryValidation(samples, steady, peak, rows, threads, time.perf_counter() - t0)
+    inputs = measurement_inputs(prep, seed)
+    rows = _measured_samples(prep, inputs, samples, seed, log)
+    steady, peak = _fits(rows, ("steady_mb", "peak_mb"), seed)
+    report = MemoryValidation(
+        samples, steady, peak, rows, inputs[0].threads, time.perf_counter() - t0
+    )
     out = cfg.output_dir / "memory"
     out.mkdir(parents=True, exist_ok=True)
     path = out / "validate.json"

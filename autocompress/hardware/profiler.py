@@ -1,18 +1,13 @@
-"""The profiler: measure a grid of configurations of the model on a measured target and build
-its latency table (cached per target, machine fingerprint, architecture and search space).
-
-Each configuration is a compression policy over the space's channel counts (keep ratios) and
-precisions (FP32 / INT8): it is applied to the model, materialised, exported as deployed
-(:func:`~autocompress.hardware.deploy.export_deployed`) and run by ONNX Runtime twice: once
-with its profiler, which gives every node's time inside the whole-graph run (attributed to the
-layers' blocks), and once plainly, timed end to end (the calibration of the table against
-whole-model runs). The design covers every (in, out) channel pair of consecutive layers at both
-precisions, both uniform precisions at every channel level, and random configurations.
+"""The profiler: measure configurations (compression policies over the space's keep ratios and
+FP32/INT8 precisions) of the model on a measured target and fit its latency table. Each one is
+exported as deployed and run by ONNX Runtime with its profiler (every node's time inside the
+whole-graph run, attributed to the layers' blocks) and timed end to end (the calibration). The
+design covers every (in, out) channel pair of consecutive layers at both precisions, both
+uniform precisions at every channel level, then random configurations.
 """
 
 from __future__ import annotations
 
-import platform
 import random
 import tempfile
 import time
@@ -27,11 +22,10 @@ from ..policy import FLOAT_BITS, CompressionPolicy, LayerPolicy, compressible_la
 from ..search_space import SearchSpace
 from .measure import (
     cpu_busy_fraction,
+    machine_fingerprint,
     measure_passes,
     measurement_lock,
-    onnx_fingerprint_env,
     profile_onnx_nodes,
-    random_feed,
 )
 from .table import TABLE_VERSION, LatencyTable, fit_table
 from .targets import MeasuredTarget
@@ -39,57 +33,21 @@ from .targets import MeasuredTarget
 __all__ = ["design_policies", "machine_fingerprint", "profile_model", "table_key"]
 
 
-def machine_fingerprint() -> dict[str, str]:
-    """What makes a latency table valid only on this kind of machine."""
-    cpu = platform.processor() or platform.machine()
-    flags = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu in ("", platform.machine()):
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                keep = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "avx_vnni")
-                flags = ",".join(f for f in keep if f in have)
-                break
-    except OSError:
-        pass
-    import os
-
-    return {
-        "cpu": cpu,
-        "machine": platform.machine(),
-        "cores": str(os.cpu_count()),
-        "isa": flags,
-        **onnx_fingerprint_env(),
-    }
-
-
 def _choices(space: SearchSpace, layers: list[str]) -> dict[str, tuple[list[float], list[int]]]:
     """Per layer: keep ratios and the deployed precisions (bits 8 = INT8, 32 = FP32)."""
-    out = {}
-    for name in layers:
-        ch = space.layers.get(name)
-        if ch is None:
-            out[name] = ([1.0], [FLOAT_BITS])
-            continue
-        precs = sorted({8 if b != FLOAT_BITS else FLOAT_BITS for b in ch.bits}, reverse=True)
-        out[name] = (list(ch.keep_ratio), precs)
-    return out
-
-
-def _int8_share(space: SearchSpace, name: str) -> float:
-    ch = space.layers.get(name)
-    if ch is None:
-        return 0.0
-    return sum(b != FLOAT_BITS for b in ch.bits) / len(ch.bits)
+    return {
+        n: (list(ch.keep_ratio), sorted({8 if b != FLOAT_BITS else b for b in ch.bits})[::-1])
+        if (ch := space.layers.get(n)) is not None
+        else ([1.0], [FLOAT_BITS])
+        for n in layers
+    }
 
 
 def design_policies(
     space: SearchSpace, layers: list[str], *, seed: int = 0
 ) -> Iterator[CompressionPolicy]:
-    """The profiling design (see the module docstring): the baseline, the covering design, then
-    random configurations without end (drawn like the search draws policies)."""
+    """The baseline, the covering design (see the module docstring), then random configurations
+    without end (drawn like the search draws policies)."""
     choices = _choices(space, layers)
     n_keep = max(len(k) for k, _ in choices.values())
     mixed = any(len(p) > 1 for _, p in choices.values())
@@ -116,7 +74,10 @@ def design_policies(
                 yield build({n: (a, prec) for n in layers})
     # random configurations drawn as the search draws them: uniform over each layer's choices,
     # so a layer with bits [2..8, 32] is INT8 in 6 of 7 draws
-    p_int8 = {n: _int8_share(space, n) for n in layers}
+    p_int8 = {
+        n: sum(b != FLOAT_BITS for b in ch.bits) / len(ch.bits) if ch is not None else 0.0
+        for n, ch in ((n, space.layers.get(n)) for n in layers)
+    }
     rng = random.Random(seed)
     while True:
         yield build(
@@ -193,13 +154,10 @@ def profile_model(
     log: Callable[[str], None] = print,
     seed: int = 0,
 ) -> LatencyTable:
-    """Measure configurations on ``target`` within its budget and fit the table (no cache).
-
-    Phase 1 exports configurations (the covering design first, then random ones) until
-    ``max_configs`` or 65 % of ``max_seconds`` (but at least ``min_configs``), and profiles the
-    design and every ``profile_every``-th random one; phase 2 times every exported model end
-    to end in ``passes`` passes (at least two).
-    """
+    """Measure configurations on ``target`` within its budget and fit the table (no cache):
+    export (design first) until ``max_configs`` or 65 % of ``max_seconds`` (at least
+    ``min_configs``), profiling the design and every ``profile_every``-th random one; then time
+    every exported model end to end in ``passes`` passes."""
     from ..compression.apply import apply_policy, materialize
     from .deploy import export_deployed
     from .layers import channels
@@ -254,10 +212,9 @@ def profile_model(
             f"latency profile: timing {len(records)} configurations end to end "
             f"({target.runtime.passes} passes), {time.perf_counter() - t0:.0f} s"
         )
-        feed = random_feed(tuple(example.shape))
         walls = measure_passes(
             paths,
-            feed,
+            tuple(example.shape),
             threads=target.runtime.threads,
             passes=target.runtime.passes,
             deadline=t0 + budget.max_seconds,

@@ -1,5 +1,5 @@
-"""Random policies of a search space, applied as a trial applies them: what latency and memory
-validation (and the memory model's fit) measure."""
+"""Random policies of a search space, applied as a trial applies them, and the inputs they are
+measured with: what latency and memory validation (and the memory model's fit) measure."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import random
 from ..policy import CompressionPolicy, LayerPolicy
 from ..search_space import SearchSpace
 
-__all__ = ["random_compressed", "random_policy"]
+__all__ = ["measurement_inputs", "random_compressed", "random_policy"]
 
 
 def random_policy(space: SearchSpace, rng: random.Random) -> CompressionPolicy:
@@ -26,9 +26,8 @@ def random_policy(space: SearchSpace, rng: random.Random) -> CompressionPolicy:
 
 
 def random_compressed(cfg, model, space, example, calibration, rng: random.Random):
-    """A random policy of ``space`` applied to ``model`` as a trial applies it (channel
-    removal, masks, quantisers, activation ranges calibrated): ``(policy, compressed)``; what
-    ``latency validate`` and ``memory validate`` measure."""
+    """``(policy, compressed)``: a random policy applied as a trial applies it (channel removal,
+    masks, quantisers, activation ranges calibrated on ``calibration``)."""
     from ..compression.apply import apply_policy, calibrate
 
     policy = random_policy(space, rng)
@@ -41,3 +40,19 @@ def random_compressed(cfg, model, space, example, calibration, rng: random.Rando
     )
     calibrate(compressed, calibration)
     return policy, compressed
+
+
+def measurement_inputs(prep, seed: int = 0):
+    """``(runtime, example, calibration batches)`` of a prepared experiment; analytic and proxy
+    targets are measured as this CPU's measured target times it."""
+    from itertools import islice
+
+    from ..training import batches
+    from .targets import MeasuredTarget, Runtime, load_target
+
+    cfg = prep.cfg
+    target = load_target(cfg.latency.target)
+    runtime = target.runtime if isinstance(target, MeasuredTarget) else Runtime()
+    example = prep.data.example_input(cfg.latency.batch_size)
+    calib = [x for x, _ in islice(batches(prep.data.train, 16, shuffle=True, seed=seed), 2)]
+    return runtime, example, calib

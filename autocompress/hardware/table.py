@@ -1,34 +1,20 @@
-"""The latency table of a measured target, fitted from profiled configurations.
-
-The table is per layer, in microseconds of end-to-end latency:
-
-- ``compute[layer][precision]``: a grid over (in channels, out channels), bilinear in between
-  and linearly extended outside, made monotone (more channels never cost less);
-- ``glue[layer]["<precision>><next layer's precision>"]``: ``[a, b]``, the cost ``a + b * out
-  channels`` of what runs after the layer up to the next one (activations, pooling,
-  Quantize/DequantizeLinear, layout changes: boundaries between FP32 and INT8 regions cost);
-- ``head[first layer's precision]`` and ``const``: what runs before the first layer and the
-  per-run overhead.
-
-It is fitted in two steps. (1) A prior from the in-graph profile: each cell of a compute grid is
-the median profiled time of the layer's node in whole-model runs (cells never visited are filled
-by a bilinear least-squares surface), glue is a line fitted to the profiled glue nodes; a linear
-calibration with non-negative weights maps the profiled sums to the end-to-end latency measured
-without the profiler (whose per-node overhead inflates tiny nodes). (2) A ridge regression of the
-remaining relative error of every configuration (profiled or only timed end to end) onto its
-cells and glue contexts (shrunk to the prior where few configurations inform a cell), folded back
-into the table. Measured cells need not be monotone (e.g. channel counts that suit the kernels'
-vector width run faster); the table is projected onto monotone grids all the same, so that the
-search never sees removing channels as a slow-down (it costs ~2 points of accuracy here).
+"""The latency table of a measured target, fitted from profiled configurations: per layer, in
+microseconds of end-to-end latency, ``compute[layer][precision]`` (a monotone grid over (in, out)
+channels, bilinear in between), ``glue[layer]["<precision>><next precision>"] = [a, b]`` (``a +
+b * out channels`` for what runs up to the next layer: activations, pooling, Q/DQ, layout), and
+``head``/``const`` (before the first layer, per run). Fitted in two steps: (1) a prior from the
+in-graph profile (median node times per cell, a bilinear surface for unvisited cells, lines for
+glue), calibrated to the end-to-end latency by non-negative weights; (2) a ridge regression of
+the remaining relative error onto cells and glue contexts, folded back in. Grids are projected
+onto monotone ones so that the search never sees removing channels as a slow-down.
 """
 
 from __future__ import annotations
 
 import copy
-import itertools
 import json
-from collections import defaultdict
-from dataclasses import dataclass, field
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -125,27 +111,23 @@ def _line(xs: list[float], ys: list[float]) -> tuple[float, float]:
 
 
 def _nnls_free_intercept(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Weighted least squares, free first coefficient, the others >= 0 (exhaustive over the
-    active sets: there are only a handful of features)."""
-    k = x.shape[1]
-    xw, yw = x * w[:, None], y * w
-    best, best_err = np.zeros(k), np.inf
-    for r in range(k):
-        for subset in itertools.combinations(range(1, k), r):
-            cols = [0, *subset]
-            coef = np.linalg.lstsq(xw[:, cols], yw, rcond=None)[0]
-            if (coef[1:] < 0).any():
-                continue
-            err = float(np.sum((xw[:, cols] @ coef - yw) ** 2))
-            if err < best_err:
-                best, best_err = np.zeros(k), err
-                best[cols] = coef
-    return best
+    """Least squares weighted by ``w``: first coefficient (the constant column) free, the
+    others >= 0."""
+    from sklearn.linear_model import LinearRegression
+
+    fit = LinearRegression(positive=True).fit(x[:, 1:], y, sample_weight=w**2)
+    return np.array([fit.intercept_, *fit.coef_])
 
 
 def _context(prec: dict[str, str], order: list[str], i: int) -> str:
     nxt = prec[order[i + 1]] if i + 1 < len(order) else "end"
     return f"{prec[order[i]]}>{nxt}"
+
+
+def _crosses(key: str) -> float:
+    """1 for a glue context between FP32 and INT8 regions (``fp32>int8``), else 0."""
+    p, nxt = key.split(">")
+    return float(nxt not in (p, "end"))
 
 
 @dataclass
@@ -187,18 +169,7 @@ class LatencyTable:
 
     # -- (de)serialisation ------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {
-            "version": TABLE_VERSION,
-            "meta": self.meta,
-            "order": self.order,
-            "const": self.const,
-            "head": self.head,
-            "compute": {
-                n: {p: g.__dict__ for p, g in grids.items()} for n, grids in self.compute.items()
-            },
-            "glue": self.glue,
-            "records": self.records,
-        }
+        return {"version": TABLE_VERSION, **asdict(self)}
 
     @classmethod
     def from_dict(cls, d: dict) -> LatencyTable:
@@ -230,9 +201,7 @@ def _chans(record: dict) -> dict[str, tuple[int, int]]:
 
 def _exec_order(records: list[dict]) -> list[str]:
     """The most common order of the layers' blocks in the profiles."""
-    orders: dict[tuple, int] = defaultdict(int)
-    for r in records:
-        orders[tuple(b[0] for b in r["blocks"] if b[0] is not None)] += 1
+    orders = Counter(tuple(b[0] for b in r["blocks"] if b[0] is not None) for r in records)
     return list(max(orders, key=orders.__getitem__))
 
 
@@ -283,7 +252,7 @@ def _prior(records: list[dict], layers: list[str]) -> LatencyTable:
             a, b, n = glue_raw[name].get(key) or next(iter(glue_raw[name].values()))
             f["glue_us"] += a + b * chans[name][1]
             f["glue_nodes"] += n
-            f["boundaries"] += float(key.split(">")[1] not in (p, "end"))
+            f["boundaries"] += _crosses(key)
         return np.array([f[k] for k in _PRIOR])
 
     x = np.array([features(r) for r in records])
@@ -295,9 +264,7 @@ def _prior(records: list[dict], layers: list[str]) -> LatencyTable:
     glue = {
         layer: {
             key: [
-                c["glue_us"] * a
-                + c["glue_nodes"] * n
-                + c["boundaries"] * float(key.split(">")[1] not in (key.split(">")[0], "end")),
+                c["glue_us"] * a + c["glue_nodes"] * n + c["boundaries"] * _crosses(key),
                 c["glue_us"] * b,
             ]
             for key, (a, b, n) in opts.items()
@@ -312,27 +279,28 @@ def _prior(records: list[dict], layers: list[str]) -> LatencyTable:
 
 def _keys(r: dict, order: list[str]) -> list[tuple]:
     prec, chans = r["precision"], _chans(r)
-    out = []
-    for i, name in enumerate(order):
-        out.append(("cell", name, prec[name], *chans[name]))
-        out.append(("glue", name, _context(prec, order, i)))
-    return out
+    return [
+        k
+        for i, n in enumerate(order)
+        for k in (("cell", n, prec[n], *chans[n]), ("glue", n, _context(prec, order, i)))
+    ]
 
 
 def _refine(table: LatencyTable, records: list[dict], ridge: float) -> None:
     """Step 2: ridge regression of the relative residuals onto cells and glue contexts."""
-    keys = sorted({k for r in records for k in _keys(r, table.order)}, key=str)
+    from sklearn.linear_model import Ridge
+
+    rows = [_keys(r, table.order) for r in records]
+    keys = sorted({k for ks in rows for k in ks}, key=str)
     index = {k: i for i, k in enumerate(keys)}
     x = np.zeros((len(records), len(keys)))
-    for row, r in enumerate(records):
-        for k in _keys(r, table.order):
-            x[row, index[k]] = 1.0
+    for row, ks in enumerate(rows):
+        x[row, [index[k] for k in ks]] = 1.0
     y = np.array([r["wall_ms"] * 1e3 for r in records])
     base = np.array([table.predict_us(_chans(r), r["precision"]) for r in records])
-    w = 1.0 / y
-    a = x * w[:, None]
-    penalty = ridge * float(np.mean(w**2)) * np.eye(len(keys))
-    delta = np.linalg.solve(a.T @ a + penalty, a.T @ ((y - base) * w))
+    sw = 1.0 / y**2  # relative errors
+    ridge_fit = Ridge(ridge * float(np.mean(sw)), fit_intercept=False)
+    delta = ridge_fit.fit(x, y - base, sample_weight=sw).coef_
     for k, d in zip(keys, delta, strict=True):
         if k[0] == "cell":
             _, name, p, cin, cout = k
@@ -343,11 +311,6 @@ def _refine(table: LatencyTable, records: list[dict], ridge: float) -> None:
     for grids in table.compute.values():
         for grid in grids.values():
             grid.make_monotone()
-
-
-def _score(table: LatencyTable, records: list[dict]) -> tuple[float, float]:
-    p = [table.predict_ms(_chans(r), r["precision"]) for r in records]
-    return summarize(p, [r["wall_ms"] for r in records])[:2]
 
 
 def _fit(records: list[dict], layers: list[str], ridge: float) -> LatencyTable:
@@ -361,16 +324,13 @@ def _cross_validate(
     records: list[dict], layers: list[str], ridge: float, folds: int
 ) -> tuple[float, float]:
     idx = np.random.default_rng(0).permutation(len(records))
-    hits, errs = [], []
+    pred, wall = [], []
     for k in range(folds):
         test = set(idx[k::folds].tolist())
         sub = _fit([r for i, r in enumerate(records) if i not in test], layers, ridge)
-        for i in test:
-            r = records[i]
-            e = abs(sub.predict_ms(_chans(r), r["precision"]) - r["wall_ms"]) / r["wall_ms"]
-            hits.append(e <= 0.10)
-            errs.append(e)
-    return float(np.mean(hits)), float(np.mean(errs))
+        pred += [sub.predict_ms(_chans(records[i]), records[i]["precision"]) for i in test]
+        wall += [records[i]["wall_ms"] for i in test]
+    return summarize(pred, wall)[:2]
 
 
 RIDGES = (0.0, 3.0, 10.0, 30.0, 100.0)
@@ -379,12 +339,9 @@ RIDGES = (0.0, 3.0, 10.0, 30.0, 100.0)
 def fit_table(
     records: list[dict], layers: list[str], *, ridge: float | None = None, folds: int = 5
 ) -> LatencyTable:
-    """Fit the table from profiled configuration records (see :mod:`.profiler`).
-
-    ``ridge`` is the shrinkage of step 2 (0: the calibrated profile alone); ``None`` picks it
-    from :data:`RIDGES` by ``folds``-fold cross-validation (lowest MAPE). ``meta["fit"]`` holds
-    the in-sample and cross-validated accuracy of the chosen fit.
-    """
+    """Fit the table from profiled records (see :mod:`.profiler`); ``ridge`` (step 2's
+    shrinkage, 0: the calibrated profile alone; ``None``: the lowest cross-validated MAPE of
+    :data:`RIDGES`). ``meta["fit"]`` holds the in-sample and cross-validated accuracy."""
     can_cv = folds > 1 and len(records) >= 5 * folds
     scores: dict[float, tuple[float, float]] = {}
     if can_cv:
@@ -394,7 +351,8 @@ def fit_table(
     elif ridge is None:
         ridge = 0.0
     table = _fit(records, layers, ridge)
-    within, mape = _score(table, records)
+    p = [table.predict_ms(_chans(r), r["precision"]) for r in records]
+    within, mape = summarize(p, [r["wall_ms"] for r in records])[:2]
     fit = {
         "configs": len(records),
         "ridge": ridge,

@@ -40,7 +40,7 @@ class Credit(_Strict):
 
 
 class Runtime(_Strict):
-    """How one model is timed (see :func:`~autocompress.hardware.measure.time_session`)."""
+    """How one model is timed (see :func:`~autocompress.hardware.measure.measure_onnx_latency`)."""
 
     threads: int = Field(1, ge=1)
     warmup: int = Field(20, ge=0)
@@ -51,13 +51,8 @@ class Runtime(_Strict):
     passes: int = Field(3, ge=1)
 
     def timing(self) -> dict:
-        return {
-            "warmup": self.warmup,
-            "repeats": self.repeats,
-            "rounds": self.rounds,
-            "tolerance": self.tolerance,
-            "round_seconds": self.round_seconds,
-        }
+        """The keyword arguments of :func:`~autocompress.hardware.measure.measure_onnx_latency`."""
+        return self.model_dump(exclude={"threads", "passes"})
 
 
 class ProfileSettings(_Strict):

@@ -1,9 +1,6 @@
-"""Validation of a latency model against real latency: random policies from the search space,
-each materialised, exported as deployed and measured end to end, compared to the prediction.
-
-Reports the fraction of predictions within ±10 % of the measurement, MAPE and Spearman's rank
-correlation; writes a predicted-vs-measured plot and the pairs as JSON, and logs them to MLflow
-as a run named ``latency-validate``.
+"""Validation of a latency model against real latency: random policies of the search space, each
+exported as deployed and timed end to end, compared to the prediction (fraction within ±10 %,
+MAPE, Spearman); writes the pairs as JSON and a plot, logged to MLflow as ``latency-validate``.
 """
 
 from __future__ import annotations
@@ -22,10 +19,7 @@ from ..errors import ConfigError
 from ..metrics import summarize
 from ..policy import FLOAT_BITS
 
-__all__ = [
-    "ValidationReport",
-    "validate_latency",
-]
+__all__ = ["ValidationReport", "validate_latency"]
 
 
 @dataclass
@@ -48,29 +42,24 @@ class ValidationReport:
 
 
 def _plot(pairs: list[dict], path: Path, title: str) -> Path:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    meas = np.array([p["measured_ms"] for p in pairs])
-    pred = np.array([p["predicted_ms"] for p in pairs])
+    meas, pred = (np.array([p[k] for p in pairs]) for k in ("measured_ms", "predicted_ms"))
     lo, hi = min(meas.min(), pred.min()) * 0.9, max(meas.max(), pred.max()) * 1.1
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig = Figure(figsize=(5.5, 5))
+    ax = fig.subplots()
     line = np.linspace(lo, hi, 50)
     ax.fill_between(line, line * 0.9, line * 1.1, color="tab:green", alpha=0.15, label="±10 %")
     ax.plot(line, line, color="tab:green", lw=1)
     int8 = np.array([p["int8_layers"] > 0 for p in pairs])
     ax.scatter(meas[~int8], pred[~int8], s=18, label="all FP32")
     ax.scatter(meas[int8], pred[int8], s=18, marker="^", label="with INT8 layers")
-    ax.set(xlabel="measured latency (ms)", ylabel="predicted latency (ms)")
+    ax.set(xlabel="measured latency (ms)", ylabel="predicted latency (ms)", xlim=(lo, hi))
+    ax.set(ylim=(lo, hi))
     ax.set_title(title, fontsize=10)
-    ax.set_xlim(lo, hi)
-    ax.set_ylim(lo, hi)
     ax.legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
@@ -78,22 +67,18 @@ def _log_mlflow(cfg, report: ValidationReport, paths: list[Path]) -> str:
     from ..tracking import Tracker
 
     tracker = Tracker(cfg.tracking, cfg.name, cfg.output_dir / "mlartifacts")
-    client = tracker.client
-    run = client.create_run(
-        tracker.experiment_id,
-        run_name="latency-validate",
-        tags={"autocompress.role": "latency-validate", "latency.target": report.target},
+    tags = {"autocompress.role": "latency-validate", "latency.target": report.target}
+    rid = tracker.client.create_run(
+        tracker.experiment_id, run_name="latency-validate", tags=tags
+    ).info.run_id
+    tracker.client.log_param(rid, "target", report.target)
+    tracker.client.log_param(rid, "samples", report.samples)
+    keys = ("within_10pct", "mape", "spearman", "seconds")
+    tracker.log_search_metrics(
+        rid, {k: getattr(report, k) for k in keys if np.isfinite(getattr(report, k))}
     )
-    rid = run.info.run_id
-    client.log_param(rid, "target", report.target)
-    client.log_param(rid, "samples", report.samples)
-    for key in ("within_10pct", "mape", "spearman", "seconds"):
-        value = getattr(report, key)
-        if np.isfinite(value):
-            client.log_metric(rid, key, float(value))
-    for p in paths:
-        client.log_artifact(rid, str(p), "latency")
-    client.set_terminated(rid, "FINISHED")
+    tracker.log_artifacts(rid, paths, "latency")
+    tracker.finish_search(rid)
     return rid
 
 
@@ -107,32 +92,23 @@ def validate_latency(
 ) -> ValidationReport:
     """Compare the experiment's latency model with measurements of ``samples`` random policies
     (measured on the CPU with ONNX Runtime, the deployed form: FP32 / INT8 QDQ)."""
-    from itertools import islice
-
     from ..compression.apply import materialize
     from ..prepare import prepare
-    from ..training import batches
     from .deploy import export_deployed
     from .latency import make_latency_model
     from .layers import channels
-    from .measure import cpu_busy_fraction, measure_passes, random_feed
-    from .samples import random_compressed
-    from .targets import MeasuredTarget, Runtime, load_target
+    from .measure import cpu_busy_fraction, measure_passes
+    from .samples import measurement_inputs, random_compressed
 
     if samples < 2:
         raise ConfigError(f"--samples must be at least 2 (got {samples})")
     t0 = time.perf_counter()
     prep = prepare(cfg, log=log)
-    target = load_target(cfg.latency.target)
-    # analytic and proxy targets are compared with this CPU as the measured target times it
-    runtime = target.runtime if isinstance(target, MeasuredTarget) else Runtime()
-    threads, passes, timing = runtime.threads, runtime.passes, runtime.timing()
-    example = prep.data.example_input(cfg.latency.batch_size)
+    runtime, example, calib = measurement_inputs(prep, seed)
     model = prep.baseline.model.eval()
     latency_model = make_latency_model(
         cfg, model, prep.space, example, reference_ms=prep.baseline.metrics.latency_ms, log=log
     )
-    calib = [x for x, _ in islice(batches(prep.data.train, 16, shuffle=True, seed=seed), 2)]
     rng = random.Random(seed)
     busy = cpu_busy_fraction(0.5)
     if busy > 0.3:
@@ -163,9 +139,13 @@ def validate_latency(
                     "sparsity": {n: lp.sparsity for n, lp in policy.items()},
                 }
             )
-        log(f"latency validate: {samples} policies exported, timing them ({passes} passes)")
+        log(f"latency validate: {samples} policies exported, timing them ({runtime.passes} passes)")
         measured = measure_passes(
-            paths, random_feed(tuple(example.shape)), threads=threads, passes=passes, **timing
+            paths,
+            tuple(example.shape),
+            threads=runtime.threads,
+            passes=runtime.passes,
+            **runtime.timing(),
         )
     for pair, ms in zip(pairs, measured, strict=True):
         pair["measured_ms"] = round(ms, 5)
