@@ -263,17 +263,21 @@ class ObjectivesConfig(_Strict):
 
 
 class LatencyConfig(_Strict):
-    target: str = Field("proxy", description="hardware target preset used as latency objective")
+    target: str = Field(
+        "proxy", description="hardware target preset (a shipped name or a preset .yaml file)"
+    )
     batch_size: int = Field(1, ge=1)
 
     @field_validator("target")
     @classmethod
     def _known(cls, v: str) -> str:
-        from .hardware.targets import available_targets  # (a leaf: no import of config)
+        from .hardware.targets import available_targets, is_target_file  # (imports no config)
 
         names = available_targets()
-        if v not in names:
-            raise ValueError(f"unknown latency target {v!r}; allowed: {', '.join(names)}")
+        if v not in names and not is_target_file(v):
+            raise ValueError(
+                f"unknown latency target {v!r}; allowed: {', '.join(names)} or a preset .yaml file"
+            )
         return v
 
 
@@ -497,6 +501,10 @@ def load_experiment(
     cfg.output_dir = _abs(cfg.output_dir)
     cfg.model.checkpoint = _abs(cfg.model.checkpoint)
     cfg.data.root = _abs(cfg.data.root)
+    from .hardware.targets import is_target_file
+
+    if is_target_file(cfg.latency.target):
+        cfg.latency.target = str(_abs(Path(cfg.latency.target)))
     cfg.source = path.resolve()
     if check_files:
         if not cfg.search_space.is_file():

@@ -94,9 +94,7 @@ def test_export_of_a_point_and_its_packed_file(searched, tmp_path):
     assert art.onnx_path.is_file() and art.report_path.is_file()
     assert art.onnx_bytes == art.onnx_path.stat().st_size
     assert art.unpack_exact and art.packed_reload_exact
-    assert (
-        0.0 <= art.test_accuracy <= 1.0 and art.baseline_test_accuracy == art.baseline_test_accuracy
-    )
+    assert 0.0 <= art.test_accuracy <= 1.0 and 0.0 <= art.baseline_test_accuracy <= 1.0
     # a file packed from a model object needs the architecture to load
     with pytest.raises(ModelError, match="model="):
         load_packed_model(art.packed_path)
@@ -194,7 +192,7 @@ def test_a_regression_task_with_its_own_metric_and_loss(tmp_path):
         settings=_FAST,
         log=lambda *_: None,
     )
-    assert result.n_complete == 2
+    assert result.n_complete == 2 and result.front
     assert all(p.metrics.val_accuracy <= 0.0 for p in result.front)  # -MSE, not an accuracy
     base = result.prepared.baseline.metrics.val_accuracy
     assert base == pytest.approx(

@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import gzip
+import importlib
 import shutil
-import sys
 
 import pytest
 import torch
@@ -13,6 +13,7 @@ import yaml
 from conftest import tiny_config
 
 from autocompress.cli import main
+from autocompress.errors import DataError
 
 
 def _edit(path, fn):
@@ -160,6 +161,7 @@ def test_bad_input(tmp_path, fmnist_root, capsys, command, breaker, code, words)
     assert rc == code, err
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert "Traceback" not in err and "s3cret" not in err
+    assert words  # a case without words would check no message at all
     for word in words:
         assert word in err, (word, err)
 
@@ -175,13 +177,24 @@ def test_usage_error_exit_2(capsys):
     assert info.value.code == 2
 
 
-def test_debug_shows_traceback(tmp_path, fmnist_root):
+def test_debug_shows_traceback(tmp_path, fmnist_root, capsys):
+    """With --debug the error propagates (Python prints its traceback) instead of being turned
+    into the one ``error:`` line."""
     path = tiny_config(tmp_path, fmnist_root)
     _edit(path, lambda d: d["data"].update(root=str(tmp_path / "no-data")))
-    with pytest.raises(Exception, match="Fashion-MNIST not found"):
+    with pytest.raises(DataError, match="Fashion-MNIST not found"):
         main(["--debug", "validate", str(path)])
+    assert "error: " not in capsys.readouterr().err
 
 
-def test_corpus_is_large_enough():
-    assert len(CASES) >= 15
-    assert sys.modules[__name__]  # the callables above are importable as test_bad_inputs:...
+def test_corpus_is_large_enough_and_well_formed():
+    ids = [c[0] for c in CASES]
+    assert len(CASES) >= 15 and len(set(ids)) == len(ids), ids
+    for case_id, _, _, code, words in CASES:
+        assert code in (1, 2) and words, case_id
+    # the cases name model callables as test_bad_inputs:...; they must import under that name,
+    # and the missing-attribute case needs `nothing` to stay undefined
+    mod = importlib.import_module("test_bad_inputs")
+    for name in ("_raising_model", "_wrong_input_model", "_three_class_model"):
+        assert callable(getattr(mod, name, None)), name
+    assert not hasattr(mod, "nothing")

@@ -54,6 +54,7 @@ def test_kills_and_restarts_lose_nothing_and_count_nothing_twice(tmp_path, fmnis
     assert facts["failed"] >= 1 and facts["rerun"] >= 1, detail
     # Every worker that ended on its own without being killed either finished (0) or said why
     # in one line (and was started again by the same command).
+    assert run.exits, detail
     for e in run.exits:
         if not e.killed and e.code != 0:
             assert e.last_line.startswith("error: ") and not e.traceback, detail

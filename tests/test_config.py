@@ -27,7 +27,9 @@ def _valid(tmp_path: Path) -> dict:
 
 
 def test_shipped_experiments_load():
-    for path in (REPO / "experiments").glob("*.yaml"):
+    paths = sorted((REPO / "experiments").glob("*.yaml"))
+    assert paths, "no shipped experiment files found"
+    for path in paths:
         cfg = load_experiment(path)
         assert cfg.search_space.is_file()
         assert cfg.output_dir.is_absolute()

@@ -121,14 +121,18 @@ def test_int8_model_that_loses_accuracy_is_not_deployed(
     FP32 ONNX model's validation accuracy; otherwise the FP32 model is, and the report says why."""
     cfg = load_experiment(tiny_config(tmp_path, fmnist_root))
     data = load_data(cfg.data)
+    asked: list[tuple[str, bool]] = []
 
     def fake_accuracy(path, ds, **_):
-        assert ds is data.val  # decided on validation data, never on the test split
+        asked.append((Path(path).name, ds is data.val))
         return int8_acc if "int8" in Path(path).name else 0.90
 
     monkeypatch.setattr(export_run, "onnx_accuracy", fake_accuracy)
     said = []
     dep = export_run._deploy(TinyCNN().eval(), {"conv2": 4}, data, tmp_path, cfg, log=said.append)
+    # both ONNX models were scored, on validation data, never on the test split
+    assert {"int8" in name for name, _ in asked} == {True, False}, asked
+    assert all(on_val for _, on_val in asked), asked
     assert dep.form == form
     if form == "fp32":
         assert dep.path == dep.fp32 and "10.00 points" in dep.fallback and said

@@ -17,9 +17,18 @@ def test_json_round_trip():
     assert list(q) == ["conv1", "conv2", "fc"]
 
 
-@pytest.mark.parametrize("kw", [{"sparsity": 1.0}, {"sparsity": -0.1}, {"bits": 1}, {"bits": 16}])
-def test_invalid_layer_policy(kw):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"sparsity": 1.0}, "sparsity must be"),
+        ({"sparsity": -0.1}, "sparsity must be"),
+        ({"bits": 1}, "bits must be"),
+        ({"bits": 16}, "bits must be"),
+        ({"keep_ratio": 0.0}, "keep_ratio must be"),
+    ],
+)
+def test_invalid_layer_policy(kw, match):
+    with pytest.raises(ValueError, match=match):
         LayerPolicy(**kw)
 
 

@@ -36,4 +36,6 @@ def test_test_accuracy_only_when_enabled(tmp_path, fmnist_root):
 
     off = load_experiment(on.source, ["search.report_test_accuracy=false", "name=tiny-off"])
     search(off, log=lambda *_: None)
-    assert all("test_accuracy" not in m for m in _metrics(off))
+    rows = _metrics(off)
+    assert len(rows) == 2
+    assert all("test_accuracy" not in m for m in rows)

@@ -1,4 +1,5 @@
-"""Hardware target presets: YAML files shipped in ``autocompress/hardware/targets/``.
+"""Hardware target presets: YAML files shipped in ``autocompress/hardware/targets/``, or a
+user's own preset file (``latency.target: my_npu.yaml``, relative to the experiment file).
 
 A preset is ``measured`` (a latency table is profiled on this machine), ``analytic`` (a formula
 for hardware the user may not have) or ``proxy`` (the MACs x bits placeholder).
@@ -128,8 +129,13 @@ def _presets() -> dict[str, Path]:
 
 
 def available_targets() -> tuple[str, ...]:
-    """Names of the shipped presets (what ``latency.target`` may be)."""
+    """Names of the shipped presets (what ``latency.target`` may be besides a preset file)."""
     return tuple(_presets())
+
+
+def is_target_file(name: str) -> bool:
+    """Whether ``latency.target`` names a preset file rather than a shipped preset."""
+    return name.endswith((".yaml", ".yml"))
 
 
 def parse_target(raw: dict, source: str = "target") -> Target:
@@ -147,7 +153,16 @@ def parse_target(raw: dict, source: str = "target") -> Target:
 
 @cache
 def load_target(name: str) -> Target:
-    """The preset called ``name``."""
+    """The shipped preset called ``name``, or the preset file at path ``name``."""
+    if is_target_file(name):
+        path = Path(name)
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except OSError:
+            raise ConfigError(f"latency.target: preset file not found: {path}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"latency.target: {path} is not valid YAML: {exc}") from None
+        return parse_target(raw, f"latency.target {path}")
     presets = _presets()
     if name not in presets:
         raise ConfigError(f"unknown latency target {name!r}; allowed: {', '.join(presets)}")

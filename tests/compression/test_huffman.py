@@ -102,7 +102,7 @@ def test_table_string_round_trip() -> None:
     text = table.to_string()
     assert len(text) == 6  # trailing absent symbols are dropped
     assert HuffmanTable.from_string(text) == HuffmanTable(table.lengths[:6])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="invalid Huffman table string"):
         HuffmanTable.from_string("1!")
 
 
@@ -121,14 +121,14 @@ def test_fixed_length_codes_across_chunks(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_invalid_inputs() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="non-negative"):
         encode(np.array([1, -1]))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="must be integers"):
         encode(np.array([0.5, 1.0]))
     data, table = encode(np.arange(10))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="too short"):
         decode(data[:1], table, 10)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="does not code every symbol"):
         encode(np.array([0, 1, 2]), HuffmanTable(np.array([1, 1])))
 
 
@@ -142,7 +142,7 @@ def test_fixed_width_round_trip(width: int) -> None:
 
 
 def test_fixed_width_rejects_overflow() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="do not fit in 2 bits"):
         pack_fixed(np.array([4]), 2)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="fixed width must be"):
         pack_fixed(np.array([1]), 0)

@@ -245,7 +245,7 @@ def test_rejects_bad_inputs() -> None:
     data = pack_state({"b": np.ones(3, dtype=np.float32)})
     with pytest.raises(ValueError, match="magic"):
         unpack_state(b"XXXX" + data[4:])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="truncated|size mismatch"):
         unpack_state(data[:-1])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="size mismatch"):
         unpack_state(data + b"\0")

@@ -116,3 +116,34 @@ def test_invalid_preset_is_one_clear_error():
         parse_target({"name": "x", "kind": "quantum"})
     with pytest.raises(ConfigError, match="memory"):
         parse_target({"name": "x", "kind": "analytic", "compute": {"kind": "peak"}})
+
+
+def test_a_users_own_preset_file_is_a_target(tmp_path, fmnist_root):
+    """``latency.target: my_npu.yaml`` resolves beside the experiment file and drives the
+    latency model; a missing or invalid file is a one-line ConfigError naming the key."""
+    import yaml
+    from conftest import tiny_config
+
+    from autocompress import load_experiment
+    from autocompress.hardware.latency import make_latency_model
+    from autocompress.models import build_model
+    from autocompress.search_space import load_search_space
+
+    preset = yaml.safe_load(load_target.__wrapped__("edge-roofline").model_dump_json())
+    preset["name"] = "my-npu"
+    preset["memory"]["bandwidth_bytes_per_s"] = 1.0  # memory-bound: latency = bytes / 1 B/s
+    (tmp_path / "my_npu.yaml").write_text(yaml.safe_dump(preset))
+    cfg = load_experiment(tiny_config(tmp_path, fmnist_root, latency__target="my_npu.yaml"))
+    assert cfg.latency.target == str(tmp_path / "my_npu.yaml")
+    model = build_model("tiny_cnn", num_classes=10)
+    space = load_search_space(cfg.search_space).resolve(model)
+    lat = make_latency_model(cfg, model, space, torch.zeros(1, 1, 28, 28), log=lambda *_: None)
+    dense = lat.predict(model, CompressionPolicy())
+    weight_bytes = 4 * sum(m.weight.numel() for m in (model.conv1, model.conv2, model.fc))
+    assert dense >= 1e3 * weight_bytes  # ms: every FP32 weight byte at 1 B/s
+    assert lat.predict(model, CompressionPolicy({"fc": LayerPolicy(bits=4)})) < dense
+    with pytest.raises(ConfigError, match="latency.target: preset file not found"):
+        load_target(str(tmp_path / "missing.yaml"))
+    (tmp_path / "bad.yaml").write_text("kind: analytic\nname: x\n")
+    with pytest.raises(ConfigError, match="latency.target .*bad.yaml: compute"):
+        load_target(str(tmp_path / "bad.yaml"))

@@ -81,7 +81,7 @@ def test_memory_features_count_int8_and_float_weights():
     assert f32["int8_weight_mb"] == 0 and f32["float_weight_mb"] == 4 * 650 / 1e6
 
 
-def test_memory_as_the_size_objective_is_fitted_cached_and_predicted(tmp_path, fmnist_root):
+def test_memory_as_the_size_objective_is_fitted_cached_and_predicted(tmp_path, fmnist_root, capsys):
     import json
 
     from conftest import tiny_config
@@ -115,8 +115,16 @@ def test_memory_as_the_size_objective_is_fitted_cached_and_predicted(tmp_path, f
     result = ac.search(cfg, log=lines.append)
     assert result.n_complete == 2
     assert sum("memory model:" in line and "cached" in line for line in lines) >= 1
-    for t in load_study(cfg).study.trials:
-        if t.user_attrs.get("metrics"):
-            assert t.user_attrs["metrics"]["size_kb"] > 0
+    sizes = [
+        t.user_attrs["metrics"]["size_kb"]
+        for t in load_study(cfg).study.trials
+        if t.state.name == "COMPLETE"
+    ]
+    assert len(sizes) == 2 and all(s > 0 for s in sizes)
     # `memory validate` reports the same kind of fit from measured samples.
+    capsys.readouterr()
     assert main(["memory", "validate", str(path), "--samples", "4", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["samples"] == 4
+    for fit in (out["steady"], out["peak"]):
+        assert 0.0 <= fit["cv_within_10pct"] <= 1.0 and fit["cv_mape"] >= 0.0

@@ -122,6 +122,7 @@ def _fake_export(cfg, row) -> dict:
 
 def test_report_shows_baseline_front_and_export(done, tmp_path):
     _, cfg, result = done
+    assert result.front
     data = collect(cfg)
     assert data.status["complete"] == 4 and data.baseline["val_accuracy"] > 0
     assert {r["trial"] for r in data.front} == {p.trial for p in result.front}

@@ -13,6 +13,7 @@ import pytest
 from conftest import tiny_config
 
 from autocompress.cli import main
+from autocompress.errors import AutocompressError
 from autocompress.reporting import ui
 
 # Stands in for the mlflow executable: answers /health on the --port it is given.
@@ -112,7 +113,7 @@ def test_start_ui_reports_a_server_that_dies(tmp_path):
     exe = tmp_path / "mlflow"
     exe.write_text(f"#!{sys.executable}\nimport sys\nprint('boom: bad store')\nsys.exit(3)\n")
     exe.chmod(0o755)
-    with pytest.raises(Exception, match="exited with code 3.*boom"):
+    with pytest.raises(AutocompressError, match="exited with code 3.*boom"):
         ui.start_ui("sqlite:///x", executable=str(exe), log_path=tmp_path / "log", timeout=30)
 
 
@@ -129,8 +130,9 @@ def test_cli_ui_and_report_are_registered(tmp_path, fmnist_root, capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "--host" in out and "--port" in out and "127.0.0.1" in out
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exc:
         main(["report", "--help"])
+    assert exc.value.code == 0
     assert "--out" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exc:
         main(["ui", str(tiny_config(tmp_path, fmnist_root)), "--port", "notanumber"])

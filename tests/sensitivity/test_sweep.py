@@ -46,11 +46,13 @@ def test_sweep_equals_apply_policy(prep):
     data = analysis_mod.sweep_data(prep, SensitivitySettings(images=150, bn_batches=0))
     rows, (base_acc, base_loss) = run_sweep(prep.baseline.model, prep.space, data, **QUIET)
     assert {r.layer for r in rows} == set(prep.space.layers)
-    for r in rows:
-        if (r.layer, r.dim, r.value) in {("conv2", "bits", 2.0), ("conv1", "sparsity", 0.8)}:
-            acc, loss = _scores_by_hand(prep.baseline.model, (r.layer, r.dim, r.value), data)
-            assert r.acc_drop == pytest.approx(100 * (base_acc - acc), abs=1e-9)
-            assert r.loss_increase == pytest.approx(loss - base_loss, rel=1e-4, abs=1e-6)
+    by_hand = {("conv2", "bits", 2.0), ("conv1", "sparsity", 0.8)}
+    checked = [r for r in rows if (r.layer, r.dim, r.value) in by_hand]
+    assert len(checked) == len(by_hand), [(r.layer, r.dim, r.value) for r in rows]
+    for r in checked:
+        acc, loss = _scores_by_hand(prep.baseline.model, (r.layer, r.dim, r.value), data)
+        assert r.acc_drop == pytest.approx(100 * (base_acc - acc), abs=1e-9)
+        assert r.loss_increase == pytest.approx(loss - base_loss, rel=1e-4, abs=1e-6)
 
 
 class _Shared(nn.Module):
@@ -209,6 +211,7 @@ def test_estimator_only_table_shapes_by_loss(prep):
 
     settings = SensitivitySettings(method="fisher", max_loss_increase=0.01, images=50)
     table = analyze(prep, settings, **QUIET)
+    assert table.rows
     assert all(r.acc_drop is None and r.estimate is not None for r in table.rows)
     assert table.has("loss") and not table.has("drop")
     shaped = shape_space(prep.space, table, settings)
