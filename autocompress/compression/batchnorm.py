@@ -28,7 +28,6 @@ __all__ = [
     "BNState",
     "batch_statistics",
     "batchnorms",
-    "batchnorms_after",
     "corrected_statistics",
     "train_mode",
 ]
@@ -38,14 +37,6 @@ _BN = nn.modules.batchnorm._BatchNorm
 
 def batchnorms(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, _BN) and m.track_running_stats}
-
-
-def batchnorms_after(model: nn.Module, order: list[str], cut: int) -> dict[str, nn.Module]:
-    """BatchNorm layers of ``model`` whose first call comes at or after position ``cut``."""
-    first: dict[str, int] = {}
-    for i, n in enumerate(order):
-        first.setdefault(n, i)
-    return {n: m for n, m in batchnorms(model).items() if first.get(n, -1) >= cut}
 
 
 class BNState:

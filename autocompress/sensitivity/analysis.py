@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = ["analyze", "cache_key", "sweep_data"]
 
-_VERSION = 4  # 4: BatchNorm re-estimation no longer sees in-place edits of replayed outputs
+_VERSION = 5  # 5: each level through apply_policy + calibrate + correct_batchnorm (as a screen)
 _CALIB_BATCHES = 4
 
 

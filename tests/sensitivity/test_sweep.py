@@ -55,51 +55,9 @@ def test_sweep_equals_apply_policy(prep):
         assert r.loss_increase == pytest.approx(loss - base_loss, rel=1e-4, abs=1e-6)
 
 
-class _Shared(nn.Module):
-    """One ReLU module called twice and a functional op between layers (replay must follow
-    the call order, not the module list)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 6, 3, padding=1)
-        self.bn = nn.BatchNorm2d(6)
-        self.conv2 = nn.Conv2d(6, 8, 3, stride=2, padding=1)
-        self.act = nn.ReLU(inplace=True)
-        self.fc = nn.Linear(8, 10)
-
-    def forward(self, x):
-        x = self.act(self.bn(self.conv1(x)))
-        x = self.act(self.conv2(x) + 0.1)
-        return self.fc(x.mean(dim=(2, 3)))
-
-
-@pytest.mark.parametrize("bn", [False, True])
-def test_sweep_replay_with_reused_modules_and_channel_removal(bn):
-    torch.manual_seed(0)
-    model = _Shared().eval()
-    with torch.no_grad():
-        model.bn.running_mean.uniform_(-0.2, 0.2)
-    x, y = torch.randn(96, 1, 12, 12), torch.randint(0, 10, (96,))
-    extra = torch.randn(64, 1, 12, 12)
-    data = SweepData(x, y, [x[:32], x[32:64]], x[:2], [extra[:32], extra[32:]] if bn else [])
-    space = SearchSpace(
-        {
-            "conv1": LayerChoices((0.0, 0.6), (3, 32), (1.0, 0.5)),
-            "conv2": LayerChoices((0.0, 0.7), (2, 32)),
-            "fc": LayerChoices((0.0, 0.5), (4, 32)),
-        }
-    )
-    rows, (base_acc, base_loss) = run_sweep(model, space, data, **QUIET)
-    assert len(rows) == 7
-    for r in rows:
-        acc, loss = _scores_by_hand(model, (r.layer, r.dim, r.value), data, bn=bn)
-        assert r.loss_increase == pytest.approx(loss - base_loss, rel=1e-4, abs=1e-5), r
-
-
 class _Residual(nn.Module):
-    """A residual block whose shortcut conv runs after the main path's last BatchNorm and is
-    added in place to its output (torchvision's ``BasicBlock``): levels of the shortcut conv
-    replay that output, and the in-place add must not leak into the next level's pass."""
+    """A residual block whose shortcut is added in place to the main path's last BatchNorm output
+    (torchvision's ``BasicBlock``), and a next block whose statistics every level corrects."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -121,26 +79,35 @@ class _Residual(nn.Module):
         return self.fc(self.relu(out).mean(dim=(2, 3)))
 
 
-def test_sweep_replay_of_a_residual_block_with_an_in_place_add():
+def test_levels_are_independent_and_the_model_is_left_as_it_was():
+    """A level scores the same alone as after the other levels (no state leaks between them:
+    BatchNorm statistics, in-place adds, quantisers) and equals apply_policy by hand."""
     torch.manual_seed(0)
     model = _Residual().eval()
     with torch.no_grad():
         for bn in (model.bn1, model.bn2, model.down_bn, model.bn3):
             bn.running_mean.uniform_(-0.2, 0.2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     x, y = torch.randn(96, 1, 12, 12), torch.randint(0, 10, (96,))
     extra = torch.randn(64, 1, 12, 12)
     data = SweepData(x, y, [x[:32], x[32:64]], x[:2], [extra[:32], extra[32:]])
     space = SearchSpace(
         {
+            "conv1": LayerChoices((0.0, 0.6), (3, 32), (1.0, 0.5)),
             "conv2": LayerChoices((0.0, 0.5), (8, 32)),
             "down": LayerChoices((0.0, 0.3, 0.6), (8, 4, 32)),
         }
     )
-    rows, (base_acc, base_loss) = run_sweep(model, space, data, **QUIET)
-    assert len(rows) == 6
-    for r in rows:
-        acc, loss = _scores_by_hand(model, (r.layer, r.dim, r.value), data, bn=True)
+    rows, (_, base_loss) = run_sweep(model, space, data, **QUIET)
+    assert len(rows) == 9 and all(r.measured for r in rows)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    alone, _ = run_sweep(model, SearchSpace({"down": space.layers["down"]}), data, **QUIET)
+    by_key = {(r.layer, r.dim, r.value): r for r in rows}
+    for r in alone:
+        assert by_key[(r.layer, r.dim, r.value)].loss_increase == pytest.approx(r.loss_increase)
+        _, loss = _scores_by_hand(model, (r.layer, r.dim, r.value), data, bn=True)
         assert r.loss_increase == pytest.approx(loss - base_loss, rel=1e-4, abs=1e-5), r
+    assert len({round(r.loss_increase, 6) for r in rows}) > 5  # levels differ
 
 
 def test_cache_is_reused_and_keyed(prep, monkeypatch):
