@@ -13,6 +13,19 @@ Typical use, on a model and data sets of your own::
 or on an experiment file (what the CLI runs)::
 
     result = ac.search(ac.load_experiment("experiments/fashion_mnist_quick.yaml"))
+
+Layers, lowest first: a module imports from its own layer and the ones before it, never from a
+later one (``tests/test_layering.py`` checks every import, also those inside functions). A name
+covers its sub-modules unless one is listed itself.
+
+1. foundation: errors, _files, _retry, cache_key, metrics, policy, models, training, config,
+   plots, tracking, hardware.targets
+2. compression and measurement: compression, search_space, data, size, compressed, hardware
+3. stages before the search: baseline, prepare, sensitivity, hardware.validate,
+   hardware.commands
+4. search: search
+5. export: export
+6. entry points: api, reporting, cli, autocompress, __main__
 """
 
 from .api import ValidationReport, export, search, status, validate

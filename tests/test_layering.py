@@ -73,7 +73,59 @@ def test_no_module_cycles_even_through_imports_inside_functions():
 
 def test_search_does_not_import_the_export_stage():
     mods = _modules()
+    search_mods = [m for m in mods if m.startswith("autocompress.search.")]
+    assert len(search_mods) > 5  # the search package is where this test looks for it
     for m, p in mods.items():
         if m.startswith("autocompress.search"):
             bad = {d for d in _imports(m, p, mods, top_level=False) if ".export" in d}
             assert not bad, (m, bad)
+
+
+def _stated_layers() -> list[list[str]]:
+    """The layer list of the package docstring: lines ``N. title: mod, mod, ...`` (continued on
+    indented lines), lowest layer first."""
+    import re
+
+    import autocompress
+
+    doc = autocompress.__doc__.split("Layers", 1)[1]
+    layers: list[list[str]] = []
+    for line in doc.splitlines():
+        m = re.match(r"\s*\d+\. [^:]+: (.*)", line)
+        if m:
+            layers.append([])
+        elif not layers or not line.startswith("   ") or not line.strip():
+            if layers and not line.strip():
+                break
+            continue
+        text = m.group(1) if m else line
+        layers[-1] += [w.strip(" .,") for w in text.split(",") if w.strip(" .,")]
+    return layers
+
+
+def _layer_of(mod: str, layers: list[list[str]]) -> int:
+    """Index of the layer naming the longest prefix of ``mod`` (``hardware`` covers
+    ``hardware.table`` unless ``hardware.table`` is named itself)."""
+    rel = mod.removeprefix("autocompress").removeprefix(".") or "autocompress"
+    best = (-1, -1)
+    for i, names in enumerate(layers):
+        for n in names:
+            if rel == n or rel.startswith(n + "."):
+                best = max(best, (len(n), i))
+    assert best[1] >= 0, f"{mod} is in no layer of the package docstring"
+    return best[1]
+
+
+def test_every_module_imports_only_its_own_layer_or_lower_ones():
+    layers = _stated_layers()
+    assert len(layers) >= 4 and "config" in layers[0]
+    mods = _modules()
+    named = {n for names in layers for n in names}
+    assert {f"autocompress.{n}" for n in named - {"autocompress"}} <= set(mods)  # no stale names
+    bad = []
+    for m, p in mods.items():
+        mine = _layer_of(m, layers)
+        for d in _imports(m, p, mods, top_level=False):
+            if _layer_of(d, layers) > mine:
+                bad.append(f"{m} (layer {mine + 1}) imports {d} (layer {_layer_of(d, layers) + 1})")
+    assert not bad, "\n".join(sorted(bad))

@@ -69,8 +69,8 @@ def check_mlflow_ui(
     :func:`.ui.set_runs_view` stored; open the search's Pareto artifacts (PNG and HTML) and,
     given ``trial_run_id``, a trial's artifacts. Record each check and save the screenshots
     ``mlflow_{runs,tradeoff,pareto,pareto_html,trial}.png`` in ``out_dir``."""
-    from autocompress.reporting.figures import TRIAL_CHART
     from autocompress.reporting.ui import experiment_url
+    from autocompress.search.figures import TRIAL_CHART
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ from ..hardware.latency import make_latency_model
 from ..hardware.measure import export_onnx, make_session, measure_onnx_latency
 from ..policy import CompressionPolicy, compressible_layers
 from ..prepare import Prepared, prepare
-from ..reporting.figures import log_export_figures
+from ..search.figures import log_export_figures
 from ..search.objective import TrialEvaluator
 from ..search.pick import PickCriteria, pick
 from ..tracking import Tracker

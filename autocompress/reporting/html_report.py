@@ -174,7 +174,7 @@ def write_report(
 ) -> ReportFiles:
     """Write ``report.html`` and its PNG figures into ``out_dir`` (default
     ``output_dir/report``); log the HTML on the MLflow parent run if asked and known."""
-    from .figures import _best_effort
+    from ..search.figures import _best_effort
 
     data = collect(cfg)
     folder = Path(out_dir) if out_dir else cfg.output_dir / "report"

@@ -18,9 +18,9 @@ from typing import Any
 
 from .. import plots
 from ..config import ExperimentConfig
+from ..search.history import hypervolume_history
 from ..sensitivity.table import SensitivityTable
 from ..tracking import mask_secrets
-from .history import hypervolume_history
 
 __all__ = ["ReportData", "ReportFiles", "collect", "report_figures"]
 

@@ -5,14 +5,5 @@ from .result import FrontPoint, SearchResult
 from .run import search
 from .study import front_rows, load_study, trial_rows
 
-__all__ = [
-    "FrontPoint",
-    "SearchResult",
-    "front_rows",
-    "hypervolume",
-    "knee_index",
-    "load_study",
-    "non_dominated",
-    "search",
-    "trial_rows",
-]
+__all__ = ["FrontPoint", "SearchResult", "front_rows", "hypervolume", "knee_index"]
+__all__ += ["load_study", "non_dominated", "search", "trial_rows"]

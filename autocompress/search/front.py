@@ -11,22 +11,14 @@ from pathlib import Path
 
 from ..config import ExperimentConfig
 from ..plots import pareto_html, pareto_png
-from ..reporting.figures import trial_description
 from ..tracking import Tracker
+from .figures import trial_description
 from .study import StudyInfo, front_rows, trial_rows
 
 __all__ = ["write_front"]
 
-_COLUMNS = [
-    "trial",
-    "val_accuracy",
-    "latency_ms",
-    "size_kb",
-    "compression_ratio",
-    "weight_sparsity",
-    "summary",
-    "mlflow_run_id",
-]
+_COLUMNS = ["trial", "val_accuracy", "latency_ms", "size_kb", "compression_ratio"]
+_COLUMNS += ["weight_sparsity", "summary", "mlflow_run_id"]
 
 
 def write_front(
@@ -40,10 +32,8 @@ def write_front(
         r["pareto"] = r["trial"] in on_front
         if r["mlflow_run_id"]:
             note = trial_description(r["policy"] or {}, r, pareto=r["pareto"])
-            tracker.set_tags(
-                r["mlflow_run_id"],
-                {"pareto": str(r["pareto"]).lower(), "mlflow.note.content": note},
-            )
+            tags = {"pareto": str(r["pareto"]).lower(), "mlflow.note.content": note}
+            tracker.set_tags(r["mlflow_run_id"], tags)
     # Staged in a folder of this process, then moved into place: workers that finish together
     # never write into each other's files.
     final = cfg.output_dir / "pareto"

@@ -24,14 +24,18 @@ from ..policy import CompressionPolicy
 from ..search_space import SearchSpace
 from ..size import size_bytes
 from ..training import CLASSIFICATION, Task, batches, evaluate, train
+from .study import worker_id
 
 __all__ = ["TrialEvaluator", "suggest_policy"]
 
 
 def suggest_policy(trial: optuna.Trial, space: SearchSpace) -> CompressionPolicy:
-    """Ask the trial for every searched parameter (categorical choices)."""
+    """Ask the trial for every searched parameter; record the policy and this worker on it."""
     params = {k: trial.suggest_categorical(k, list(v)) for k, v in space.choices().items()}
-    return space.policy_from_params(params)
+    policy = space.policy_from_params(params)
+    trial.set_user_attr("worker", worker_id())
+    trial.set_user_attr("policy", policy.to_dict())
+    return policy
 
 
 @dataclass
@@ -51,8 +55,8 @@ class TrialEvaluator:
     def compress(
         self, policy: CompressionPolicy, *, recipe: FinetuneConfig | None = None, seed: int = 0
     ):
-        """The compressed model fine-tuned by ``recipe`` (default: the per-trial fine-tune),
-        with masks and fake-quant in place; returns (model, mean final loss)."""
+        """``(model, mean final loss)``: compressed, fine-tuned by ``recipe`` (default: the
+        per-trial fine-tune), masks and fake-quant in place."""
         ft = recipe or self.cfg.finetune
         bs = ft.batch_size or self.cfg.data.batch_size
         train_ds = self.data.train_full if ft.full_train else self.data.train
@@ -74,9 +78,7 @@ class TrialEvaluator:
         calib, ref_stats = self._calibration[key]
         calibrate(model, calib)
         if ft.correct_batchnorm:
-            # The fine-tune starts from statistics that fit the compressed model: a short one
-            # does not repair them alone (ResNet-18 at 70 % sparsity: 88.0 % val after 20 steps
-            # from the trained statistics, 90.7 % from the corrected ones; bn-finetune.md).
+            # A short fine-tune does not repair the statistics alone (bn-finetune.md).
             correct_batchnorm(model, self.baseline.model, calib, reference_estimate=ref_stats)
         loss = train(
             model,
@@ -93,17 +95,6 @@ class TrialEvaluator:
         )
         return model, loss
 
-    def size_bytes(self, model: nn.Module, policy: CompressionPolicy) -> int:
-        """The size objective (:func:`autocompress.size.size_bytes`)."""
-        return size_bytes(
-            self.cfg,
-            model,
-            policy,
-            self.data.input_shape,
-            onnx_cache=self._onnx_sizes,
-            memory_model=self.memory_model,
-        )
-
     def measure(
         self,
         model: nn.Module,
@@ -113,10 +104,10 @@ class TrialEvaluator:
         val: Dataset | None = None,
         report_test: bool = True,
     ) -> TrialMetrics:
-        """Accuracy on ``val`` (default: the validation split), predicted latency, size
-        (:meth:`size_bytes`)."""
+        """Accuracy on ``val`` (default: the validation split), predicted latency, size."""
         acc, val_loss = evaluate(model, self.data.val if val is None else val, task=self.task)
-        size = self.size_bytes(model, policy)
+        cache = {"onnx_cache": self._onnx_sizes, "memory_model": self.memory_model}
+        size = size_bytes(self.cfg, model, policy, self.data.input_shape, **cache)
         # Benchmarks only (search.report_test_accuracy): stored, never seen by the sampler.
         test_acc = None
         if report_test and self.cfg.search.report_test_accuracy:
@@ -137,8 +128,7 @@ class TrialEvaluator:
     def __call__(
         self, policy: CompressionPolicy, *, seed: int = 0, save_to: Path | None = None
     ) -> TrialMetrics:
-        """Compress, fine-tune and measure; with ``save_to`` also write the fine-tuned model's
-        packed file there (``load_packed_model`` rebuilds it bit for bit)."""
+        """Compress, fine-tune and measure; with ``save_to`` also save the packed model there."""
         model, loss = self.compress(policy, seed=seed)
         metrics = self.measure(model, policy, loss)
         if save_to is not None:

@@ -1,85 +1,53 @@
-"""Pareto fronts of trial results: non-dominated filtering, hypervolume, knee point."""
+"""Pareto fronts of trial results: non-dominated filtering, hypervolume (Optuna's), knee point."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
+from optuna._hypervolume import _solve_hssp, compute_hypervolume
+from optuna.study._multi_objective import _is_pareto_front
 
-__all__ = [
-    "diverse_order",
-    "front_hypervolume",
-    "hypervolume",
-    "hypervolume_order",
-    "knee_index",
-    "non_dominated",
-    "to_minimization",
-]
+from ..metrics import OBJECTIVES
+
+__all__ = ["diverse_order", "front_hypervolume", "hypervolume", "hypervolume_order"]
+__all__ += ["knee_index", "non_dominated", "normalised", "to_minimization"]
 
 
 def to_minimization(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
     """Flip maximised columns so that every column is minimised."""
-    v = np.asarray(values, dtype=float).copy()
-    for j, d in enumerate(directions):
-        if d == "maximize":
-            v[:, j] = -v[:, j]
-    return v
+    sign = np.array([-1.0 if d == "maximize" else 1.0 for d in directions])
+    return np.asarray(values, dtype=float).reshape(-1, len(sign)) * sign
 
 
 def non_dominated(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
     """Indices of the rows no other row dominates (duplicates: the first one is kept)."""
     v = to_minimization(values, directions)
-    keep = []
-    for i in range(len(v)):
-        le = np.all(v <= v[i], axis=1)
-        lt = np.any(v < v[i], axis=1)
-        dominated = np.any(le & lt)
-        duplicate = any(np.array_equal(v[i], v[k]) for k in keep)
-        if not dominated and not duplicate:
-            keep.append(i)
-    return np.asarray(keep, dtype=int)
+    if not len(v):
+        return np.zeros(0, dtype=int)
+    unique, first = np.unique(v, axis=0, return_index=True)  # lexsorted, first occurrences
+    return np.sort(first[_is_pareto_front(unique, assume_unique_lexsorted=True)])
 
 
 def hypervolume(points: np.ndarray, reference: Sequence[float]) -> float:
-    """Hypervolume dominated by ``points`` (all minimised) up to ``reference``.
-
-    Exact, by recursive slicing over the first axis: fine for the tens of points a front has.
-    """
+    """Hypervolume dominated by ``points`` (all minimised) up to ``reference`` (exact)."""
     ref = np.asarray(reference, dtype=float)
-    p = np.asarray(points, dtype=float)
-    if p.size == 0:
-        return 0.0
-    p = p[np.all(p < ref, axis=1)]
-    if len(p) == 0:
-        return 0.0
-    if p.shape[1] == 1:
-        return float(ref[0] - p[:, 0].min())
-    p = p[np.argsort(p[:, 0])]
-    total = 0.0
-    for i in range(len(p)):
-        upper = p[i + 1, 0] if i + 1 < len(p) else ref[0]
-        width = upper - p[i, 0]
-        if width > 0:
-            total += width * hypervolume(p[: i + 1, 1:], ref[1:])
-    return float(total)
+    p = np.asarray(points, dtype=float).reshape(-1, len(ref))
+    return float(compute_hypervolume(p[np.all(p < ref, axis=1)], ref))
 
 
 def knee_index(values: np.ndarray, directions: Sequence[str]) -> int:
     """The front point closest (normalised Euclidean distance) to the ideal point."""
     v = to_minimization(values, directions)
     lo, hi = v.min(axis=0), v.max(axis=0)
-    span = np.where(hi > lo, hi - lo, 1.0)
-    norm = (v - lo) / span
+    norm = (v - lo) / np.where(hi > lo, hi - lo, 1.0)
     return int(np.argmin(np.linalg.norm(norm, axis=1)))
 
 
 def _crowding(v: np.ndarray) -> np.ndarray:
     """NSGA-II crowding distance of the rows of one front (minimised columns); extremes inf."""
-    n = len(v)
-    dist = np.zeros(n)
-    if n <= 2:
-        return np.full(n, np.inf)
-    for j in range(v.shape[1]):
+    dist = np.zeros(len(v)) if len(v) > 2 else np.full(len(v), np.inf)
+    for j in range(v.shape[1] if len(v) > 2 else 0):
         order = np.argsort(v[:, j], kind="stable")
         span = v[order[-1], j] - v[order[0], j]
         dist[order[0]] = dist[order[-1]] = np.inf
@@ -89,37 +57,38 @@ def _crowding(v: np.ndarray) -> np.ndarray:
 
 
 def diverse_order(values: np.ndarray, directions: Sequence[str]) -> list[int]:
-    """All row indices, best first: by non-domination rank (NSGA-II's fronts), and within a
-    rank by decreasing crowding distance, so that any prefix is as spread as the ranks allow.
-    Duplicate rows follow every distinct one."""
+    """All row indices by non-domination rank, within a rank by decreasing crowding distance
+    (any prefix is as spread as the ranks allow); a duplicate ranks after its first copy."""
     v = to_minimization(values, directions)
-    left = list(range(len(v)))
-    out: list[int] = []
-    while left:
-        front = [left[i] for i in non_dominated(v[left], ["minimize"] * v.shape[1])]
-        crowd = _crowding(v[front])
-        out += [front[i] for i in np.argsort(-crowd, kind="stable")]
-        taken = set(front)
-        left = [i for i in left if i not in taken]
+    left, out = np.arange(len(v)), []
+    while left.size:
+        front = left[non_dominated(v[left], ["minimize"] * v.shape[1])]
+        out += front[np.argsort(-_crowding(v[front]), kind="stable")].tolist()
+        left = np.setdiff1d(left, front)
     return out
 
 
 def hypervolume_order(points: np.ndarray, reference: Sequence[float]) -> list[int]:
-    """Indices of the rows (all minimised) that add hypervolume up to ``reference``, greedily:
-    each next row is the one that adds the most to the rows before it (so any prefix is a good
-    subset, spread where the volume is). Rows that add nothing are left out."""
-    p = np.asarray(points, dtype=float)
-    left = [i for i in range(len(p)) if np.all(p[i] < reference)]
-    chosen: list[int] = []
-    current = 0.0
-    while left:
-        gains = [hypervolume(p[chosen + [i]], reference) - current for i in left]
-        best = int(np.argmax(gains))
-        if gains[best] <= 0:
-            break
-        current += gains[best]
-        chosen.append(left.pop(best))
-    return chosen
+    """Indices of the rows (all minimised) that add hypervolume up to ``reference``, greedily
+    (Optuna's HSSP: each next row adds the most to the ones before); the others left out."""
+    ref = np.asarray(reference, dtype=float)
+    p = np.asarray(points, dtype=float).reshape(-1, len(ref))
+    idx = np.flatnonzero(np.all(p < ref, axis=1))
+    idx = idx[non_dominated(p[idx], ["minimize"] * len(ref))]
+    if idx.size <= 1:
+        return idx.tolist()
+    first = _solve_hssp(p[idx], idx, idx.size - 1, ref).tolist()  # the last one: what is left
+    return first + [i for i in idx.tolist() if i not in first]
+
+
+def normalised(values: np.ndarray, objectives: Sequence[str], scale: Mapping) -> np.ndarray:
+    """Objective values as ``1 - accuracy`` and ``value / scale[metric]``: all minimised."""
+    v = np.asarray(values, dtype=float).reshape(-1, len(objectives))
+    cols = [
+        1.0 - v[:, j] if o == "accuracy" else v[:, j] / scale[OBJECTIVES[o].metric]
+        for j, o in enumerate(objectives)
+    ]
+    return np.stack(cols, axis=1)
 
 
 def front_hypervolume(
@@ -129,14 +98,5 @@ def front_hypervolume(
     point (1, 1.1, 1.1): comparable between runs of the same experiment."""
     if not front:
         return 0.0
-    scale = {"accuracy": 1.0, "latency": baseline["latency_ms"], "size": baseline["size_kb"]}
-    pts = to_minimization([r["values"] for r in front], directions)
-    ref = []
-    for j, o in enumerate(objectives):
-        if o == "accuracy":
-            pts[:, j] = 1.0 + pts[:, j]  # -acc -> 1 - acc
-            ref.append(1.0)
-        else:
-            pts[:, j] = pts[:, j] / scale[o]
-            ref.append(1.1)
-    return hypervolume(pts, ref)
+    pts = normalised([r["values"] for r in front], objectives, baseline)
+    return hypervolume(pts, [1.0 if o == "accuracy" else 1.1 for o in objectives])

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from ..config import ExperimentConfig
 from ..errors import AutocompressError
 from .pareto import knee_index
@@ -14,6 +12,11 @@ from .study import front_rows, load_study, trial_rows
 
 __all__ = ["PickCriteria", "PickResult", "pick", "select"]
 
+_BOUNDS = [  # (criterion, row key, sign of "better", description)
+    ("min_accuracy", "val_accuracy", -1, "val accuracy >= {}"),
+    ("max_latency_ms", "latency_ms", 1, "latency <= {} ms"),
+    ("max_size_kb", "size_kb", 1, "size <= {} KB"),
+]
 _PREFER = {"accuracy": ("val_accuracy", -1), "latency": ("latency_ms", 1), "size": ("size_kb", 1)}
 
 
@@ -32,27 +35,20 @@ class PickCriteria:
         if self.prefer not in _PREFER:
             raise AutocompressError(f"prefer must be one of {', '.join(_PREFER)}")
 
+    def _bounds(self) -> list[tuple[float, str, int, str]]:
+        out = [(getattr(self, name), *rest) for name, *rest in _BOUNDS]
+        return [b for b in out if b[0] is not None]
+
     def describe(self) -> str:
         if self.trial is not None:
             return f"trial {self.trial}"
-        parts = []
-        if self.min_accuracy is not None:
-            parts.append(f"val accuracy >= {self.min_accuracy}")
-        if self.max_latency_ms is not None:
-            parts.append(f"latency <= {self.max_latency_ms} ms")
-        if self.max_size_kb is not None:
-            parts.append(f"size <= {self.max_size_kb} KB")
-        parts.append("knee" if self.knee else f"best {self.prefer}")
-        return ", ".join(parts)
+        parts = [text.format(bound) for bound, _, _, text in self._bounds()]
+        return ", ".join([*parts, "knee" if self.knee else f"best {self.prefer}"])
 
     def admits(self, row: dict) -> bool:
-        def ok(value, bound, sign) -> bool:
-            return bound is None or (value is not None and sign * value <= sign * bound)
-
-        return (
-            ok(row["val_accuracy"], self.min_accuracy, -1)
-            and ok(row["latency_ms"], self.max_latency_ms, 1)
-            and ok(row["size_kb"], self.max_size_kb, 1)
+        return all(
+            row[key] is not None and sign * row[key] <= sign * bound
+            for bound, key, sign, _ in self._bounds()
         )
 
 
@@ -93,7 +89,7 @@ def select(
     key, sign = _PREFER[criteria.prefer]
     cands.sort(key=lambda r: sign * r[key])
     if criteria.knee and len(cands) > 2:
-        k = knee_index(np.array([r["values"] for r in cands]), directions)
+        k = knee_index([r["values"] for r in cands], directions)
         cands.insert(0, cands.pop(k))
     return cands[0], cands
 

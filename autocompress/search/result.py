@@ -1,5 +1,5 @@
-"""What a search returns: the typed Pareto front (:class:`FrontPoint`) and
-:class:`SearchResult`, which picks from it (bounds, knee or a trial) for ``export``."""
+"""What a search returns: the typed Pareto front (:class:`FrontPoint`) and :class:`SearchResult`,
+which picks from it (bounds, knee or a trial) for ``export``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from ..errors import AutocompressError
 from ..metrics import TrialMetrics
 from ..policy import CompressionPolicy
 from .pick import PickCriteria, select
+from .study import trial_row
 
 if TYPE_CHECKING:
     from ..config import ExperimentConfig
@@ -42,19 +43,8 @@ class FrontPoint:
 
     def row(self) -> dict[str, Any]:
         """The front table's row (``front_rows``' form) of this point."""
-        m = self.metrics
-        return {
-            "trial": self.trial,
-            "val_accuracy": m.val_accuracy,
-            "latency_ms": m.latency_ms,
-            "size_kb": m.size_kb,
-            "compression_ratio": m.compression_ratio,
-            "weight_sparsity": m.weight_sparsity,
-            "summary": self.policy.summary(),
-            "policy": self.policy.to_dict(),
-            "mlflow_run_id": self.mlflow_run_id,
-            "values": list(self.values),
-        }
+        m, p = self.metrics.to_dict(), self.policy.to_dict()
+        return trial_row(self.trial, m, p, self.mlflow_run_id, self.values)
 
 
 @dataclass

@@ -1,10 +1,7 @@
-"""``search(config)``: baseline -> search space -> Optuna study, each trial logged to MLflow as a
-nested run -> Pareto front artifacts. Re-running the same config resumes the study.
-
-Scale-out: any number of ``search`` processes may share one study on a storage several
-processes can use (``journal`` on one machine, PostgreSQL across machines) and one MLflow
-parent run; ``workers=N`` starts N such processes here. The process that creates the study sets
-it up (parent run, anchor trial); the others find it.
+"""``search(config)``: baseline -> search space -> Optuna study (each trial an MLflow nested run)
+-> Pareto front artifacts. The same config resumes the study; any number of processes may share
+it and one MLflow parent run (``journal`` storage on one machine, PostgreSQL across machines;
+``workers=N`` starts N here): the one that creates the study sets it up, the others find it.
 """
 
 from __future__ import annotations
@@ -14,7 +11,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import optuna
 import yaml
 from optuna.trial import TrialState
@@ -23,68 +19,33 @@ from .._files import check_output_dir
 from ..config import ExperimentConfig
 from ..errors import AutocompressError, ConfigError, ServiceUnavailable
 from ..hardware.latency import make_latency_model
-from ..metrics import OBJECTIVES
 from ..policy import CompressionPolicy
 from ..prepare import Prepared, prepare
-from ..reporting.figures import log_search_figures, search_description
 from ..sensitivity.settings import settings_for
 from ..sensitivity.stage import SensitivityStage
 from ..tracking import Tracker, mask_secrets
+from .figures import log_search_figures, search_description
 from .front import write_front
 from .objective import TrialEvaluator
 from .pareto import front_hypervolume
 from .result import FrontPoint, SearchResult
-from .screen import (
-    REFERENCE_ATTR,
-    Screener,
-    promote,
-    run_screen,
-    screen_agreement,
-    uniform_seeds,
-    write_screen_table,
-)
+from .screen import log_screen, open_screen, promote, run_screen
 from .study import StudyInfo, check_storage, open_study, run_once, storage_kind, wait_for_attr
 from .trials import make_stale_callback, reconcile_runs, run_trials
 
 __all__ = ["SearchResult", "search"]
 
 PARENT_ATTR = "mlflow_parent_run_id"
-_LOW_AGREEMENT = 0.5  # screen_rank_spearman below this: the screen is not to be trusted
 
 
 def _fail_leftovers(info: StudyInfo, on_stale, log) -> None:
-    """With SQLite only this process can use the study: a RUNNING trial at start-up was left
-    by a killed run. Fail it now (MLflow run KILLED, parameters re-enqueued)."""
+    """SQLite (one process): fail the trials a killed run left RUNNING, and re-enqueue them."""
     storage = info.study._storage
     for t in info.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         storage.set_trial_user_attr(t._trial_id, "fail_reason", "interrupted (left RUNNING)")
         if storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
             on_stale(info.study, storage.get_trial(t._trial_id))
             log(f"trial {t.number} was left RUNNING by an interrupted run: marked FAIL, re-queued")
-
-
-def _log_screen(
-    screen: StudyInfo, info: StudyInfo, tracker: Tracker, parent: str, cfg: ExperimentConfig, log
-) -> None:
-    """The screened table (``screen/screened.csv``) and how well the screen ranked the promoted
-    policies' fine-tuned accuracy (metric ``screen_rank_spearman``) on the parent run."""
-    path = write_screen_table(screen, info, cfg.output_dir / "screen" / "screened.csv")
-    tracker.log_artifacts(parent, [path], "screen")
-    agree = screen_agreement(info)
-    metrics = {"screen_trials": float(screen.count(TrialState.COMPLETE))}
-    if np.isfinite(agree["spearman"]):
-        metrics["screen_rank_spearman"] = agree["spearman"]
-        hint = ""
-        if agree["spearman"] < _LOW_AGREEMENT:
-            hint = (
-                ": the screen ranks poorly on this model; a short fine-tune per screened "
-                "policy (search.screen_steps, e.g. 20) or more search.screen_images may help"
-            )
-        log(
-            f"screen vs fine-tuned accuracy over {agree['n']} promoted trials: "
-            f"Spearman {agree['spearman']:.2f}{hint}"
-        )
-    tracker.log_search_metrics(parent, metrics)
 
 
 def _spawn_workers(cfg: ExperimentConfig, workers: int, log) -> None:
@@ -119,13 +80,9 @@ def search(
     sampler: optuna.samplers.BaseSampler | None = None,
     log=print,
 ) -> SearchResult:
-    """Run (or resume, or join) the search the config describes; see the module docstring.
-
-    ``workers > 1`` starts that many worker processes on the shared storage and waits for them;
-    ``worker=True`` marks such a process (it leaves the final front to its starter).
-    ``prepared`` (a Python caller's own model, data and space) replaces what the config names;
-    ``sampler`` replaces ``search.sampler`` for the screen (or, without one, the trials).
-    """
+    """Run, resume or join (``worker``: leave the front to the starter) the config's search;
+    ``prepared`` replaces the config's model, data and space, ``sampler`` the screen's (or
+    without a screen the trials') ``search.sampler``."""
     t_start = time.perf_counter()
     # The budget is charged from the start of this call: baseline, latency table included.
     budget = cfg.search.budget_s
@@ -148,13 +105,8 @@ def search(
     # The output folder, the storage and the tracking server, before any long work.
     check_output_dir(cfg.output_dir)
     check_storage(cfg)
-    tracker = Tracker(
-        cfg.tracking,
-        cfg.name,
-        cfg.output_dir / "mlartifacts",
-        reconnect_s=cfg.search.reconnect_s,
-        log=log,
-    )
+    mlartifacts, reconnect_s = cfg.output_dir / "mlartifacts", cfg.search.reconnect_s
+    tracker = Tracker(cfg.tracking, cfg.name, mlartifacts, reconnect_s=reconnect_s, log=log)
     prep = prepared or prepare(cfg, log=log)
     baseline = prep.baseline_summary()
     bm = prep.baseline.metrics
@@ -189,20 +141,7 @@ def search(
     study = info.study
     screen = screener = None
     if screening:
-        screener = Screener.build(evaluator)
-        screen, _ = open_study(cfg, space_params, on_stale, screen=True, sampler=sampler)
-
-        def seed_screen() -> None:
-            ref = screener(CompressionPolicy())
-            screen.study.set_user_attr(
-                REFERENCE_ATTR, {o.metric: ref.value(n) for n, o in OBJECTIVES.items()}
-            )
-            for params in uniform_seeds(space):
-                screen.study.enqueue_trial(
-                    params, user_attrs={"origin": "uniform"}, skip_if_exists=True
-                )
-
-        run_once(screen.study, "seed", seed_screen)
+        screen, screener = open_screen(cfg, space, space_params, on_stale, evaluator, sampler)
     # One MLflow parent run per study: the first process makes it, the others find it (a
     # tag on the run, so a creator that died before recording it in the study is no loss).
     parent = None if created else wait_for_attr(study, PARENT_ATTR, 10 if not worker else 120)
@@ -223,15 +162,11 @@ def search(
         for each in (info, screen) if screen is not None else (info,):
             _fail_leftovers(each, on_stale, log)
 
-    def anchor() -> None:
-        # The least aggressive policy, so the front reaches the accurate end.
-        study.enqueue_trial(
-            space.extreme(aggressive=False),
-            user_attrs={"anchor": True, "origin": "anchor"},
-            skip_if_exists=True,
-        )
-
-    run_once(study, "anchor", anchor)
+    # The least aggressive policy, so the front reaches the accurate end.
+    gentle, attrs = space.extreme(aggressive=False), {"anchor": True, "origin": "anchor"}
+    run_once(
+        study, "anchor", lambda: study.enqueue_trial(gentle, user_attrs=attrs, skip_if_exists=True)
+    )
     if sens is not None and not worker:
         sens.log(tracker, parent)
 
@@ -241,18 +176,9 @@ def search(
             _spawn_workers(cfg, workers, log)
         else:
             if screen is not None:
-                screen_deadline = None
-                if deadline is not None:  # a share of what the preparation left
-                    left = max(deadline - time.monotonic(), 0.0)
-                    screen_deadline = time.monotonic() + cfg.search.screen_share * left
-                run_screen(screen, cfg, space, screener, deadline=screen_deadline, log=log)
-                promote(
-                    screen,
-                    info,
-                    cfg.search.n_trials,
-                    max_drop=cfg.search.promote_max_drop,
-                    log=log,
-                )
+                run_screen(screen, cfg, space, screener, deadline=deadline, log=log)
+                drop = cfg.search.promote_max_drop
+                promote(screen, info, cfg.search.n_trials, max_drop=drop, log=log)
             run_trials(info, cfg, space, evaluator, tracker, parent, deadline=deadline, log=log)
     except KeyboardInterrupt:
         status = "KILLED"
@@ -266,29 +192,17 @@ def search(
         if not worker and status != "UNAVAILABLE":
             reconcile_runs(info, tracker, parent, log)
             if screen is not None:
-                _log_screen(screen, info, tracker, parent, cfg, log)
+                log_screen(screen, info, tracker, parent, cfg, log)
             front, paths = write_front(info, cfg, tracker, parent, baseline)
             hv = front_hypervolume(front, info.objectives, info.directions, baseline)
             paths += log_search_figures(
                 tracker, parent, info, baseline, cfg.output_dir / "pareto", title=cfg.name
             )
-            note = search_description(
-                cfg.name,
-                n_complete=info.count(TrialState.COMPLETE),
-                n_failed=info.count(TrialState.FAIL),
-                front_size=len(front),
-                hypervolume=hv,
-            )
+            n = {"n_complete": info.count(TrialState.COMPLETE)}
+            n["n_failed"] = info.count(TrialState.FAIL)
+            note = search_description(cfg.name, **n, front_size=len(front), hypervolume=hv)
             tracker.set_tags(parent, {"mlflow.note.content": note})
-            tracker.log_search_metrics(
-                parent,
-                {
-                    "n_complete": info.count(TrialState.COMPLETE),
-                    "n_failed": info.count(TrialState.FAIL),
-                    "pareto_size": len(front),
-                    "hypervolume": hv,
-                },
-            )
+            tracker.log_search_metrics(parent, n | {"pareto_size": len(front), "hypervolume": hv})
             tracker.finish_search(parent, status)
     rows = front if not worker else []
     failures = [

@@ -1,24 +1,16 @@
-"""Fidelity 0 of the search: many policies scored without a fine-tune, and the promotion of
-their front into the fine-tuned study.
+"""Fidelity 0 of the search: many policies scored without a fine-tune (user attribute
+``fidelity = 0``), and the promotion of their front into the fine-tuned study.
 
-Each screened policy is applied as a trial applies it (channels removed, masks, quantisers),
-its activation ranges calibrated and its BatchNorm statistics corrected on fixed batches, then
-scored on a fixed validation subset (``search.screen_images``) — optionally after a short
-fine-tune (``search.screen_steps``, the middle fidelity for models whose screen ranks poorly).
-Size is the exact packed byte count (counted from histograms, not encoded) and latency the
-latency model's prediction, as for a fine-tuned trial.
-
-The screen is its own Optuna study (``<name>-screen``) in the experiment's storage, so resume,
-workers and heartbeats work as for the fine-tuned study; its trials carry ``fidelity = 0``.
-Promotion enqueues the screened front's policies into the fine-tuned study, the one that adds
-the most screened hypervolume first (then every other policy, non-dominated ranks and most
-spread first), once per ``n_trials``: the storage's unique study names elect the one process
-that does it.
+A screened policy is applied as a trial applies it, calibrated and BatchNorm-corrected on fixed
+batches and scored on a fixed validation subset (``search.screen_images``), optionally after a
+short fine-tune (``search.screen_steps``). The screen is its own Optuna study (``<name>-screen``)
+in the experiment's storage, so resume, workers and heartbeats work as for the fine-tuned one.
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -33,30 +25,26 @@ from ..config import ExperimentConfig
 from ..metrics import OBJECTIVES, TrialMetrics, spearman
 from ..policy import CompressionPolicy
 from ..search_space import SearchSpace
+from ..tracking import Tracker
 from .objective import TrialEvaluator, suggest_policy
-from .pareto import diverse_order, hypervolume_order, non_dominated
+from .pareto import diverse_order, hypervolume_order, non_dominated, normalised
 from .study import (
     CONSTRAINTS_ATTR,
     StudyInfo,
     constraints_of,
-    front_rows,
+    open_study,
+    progress_tail,
     run_once,
-    worker_id,
+    trial_rows,
 )
-from .trials import _fmt_time
 
-__all__ = [
-    "Screener",
-    "promote",
-    "run_screen",
-    "screen_agreement",
-    "uniform_seeds",
-    "write_screen_table",
-]
+__all__ = ["Screener", "log_screen", "open_screen", "promote", "run_screen"]
+__all__ += ["screen_agreement", "uniform_seeds", "write_screen_table"]
 
 PROMOTED_ATTR = "promoted_for_n_trials"
 REFERENCE_ATTR = "reference_metrics"  # the uncompressed model, screened
 _ORIGIN = "origin"
+_LOW_AGREEMENT = 0.5  # screen_rank_spearman below this: the screen is not to be trusted
 _UNIFORM_SPARSITY = (0.0, 0.5, 0.8)
 _UNIFORM_BITS = (8, 4)
 _UNIFORM_KEEP = (1.0, 0.5)
@@ -90,18 +78,32 @@ class Screener:
 
 
 def uniform_seeds(space: SearchSpace) -> list[dict]:
-    """Params of the uniform policies (same sparsity, bits and kept channels everywhere) the
-    screen starts from: what one-line configs give, for the sampler to improve on."""
-    out, seen = [], set()
-    for keep in _UNIFORM_KEEP:
-        for bits in _UNIFORM_BITS:
-            for sp in _UNIFORM_SPARSITY:
-                params = space.params_from_policy(space.uniform_policy(sp, bits, keep_ratio=keep))
-                key = tuple(sorted(params.items()))
-                if key not in seen:
-                    seen.add(key)
-                    out.append(params)
-    return out
+    """Params of the uniform policies (one sparsity, bits and kept share everywhere) the screen
+    starts from, for the sampler to improve on."""
+    grid = itertools.product(_UNIFORM_KEEP, _UNIFORM_BITS, _UNIFORM_SPARSITY)
+    params = [
+        space.params_from_policy(space.uniform_policy(s, b, keep_ratio=k)) for k, b, s in grid
+    ]
+    return list({tuple(sorted(p.items())): p for p in params}.values())
+
+
+def open_screen(
+    cfg: ExperimentConfig, space: SearchSpace, space_params: dict, on_stale, evaluator, sampler
+) -> tuple[StudyInfo, Screener]:
+    """The screen's study, seeded once (the uncompressed model's screened metrics, the uniform
+    policies), and its :class:`Screener`."""
+    screener = Screener.build(evaluator)
+    screen, _ = open_study(cfg, space_params, on_stale, screen=True, sampler=sampler)
+
+    def seed() -> None:
+        ref = screener(CompressionPolicy())
+        metrics = {o.metric: ref.value(n) for n, o in OBJECTIVES.items()}
+        screen.study.set_user_attr(REFERENCE_ATTR, metrics)
+        for params in uniform_seeds(space):
+            screen.study.enqueue_trial(params, user_attrs={_ORIGIN: "uniform"}, skip_if_exists=True)
+
+    run_once(screen.study, "seed", seed)
+    return screen, screener
 
 
 def run_screen(
@@ -113,8 +115,10 @@ def run_screen(
     deadline: float | None,
     log,
 ) -> None:
-    """Screen policies until the screen study holds ``search.screen_trials`` complete ones
-    (or the screen's share of the budget is spent)."""
+    """Screen policies until the screen study holds ``search.screen_trials`` complete ones or
+    its share (``search.screen_share``) of the time to the search's ``deadline`` is spent."""
+    if deadline is not None:  # a share of what the preparation left
+        deadline = time.monotonic() + cfg.search.screen_share * max(deadline - time.monotonic(), 0)
     n_total = cfg.search.screen_trials
     bounds = {o: getattr(cfg.objectives, o).bound for o in info.objectives}
     remaining = n_total - info.count(TrialState.COMPLETE)
@@ -127,8 +131,6 @@ def run_screen(
     def objective(trial: optuna.Trial):
         policy = suggest_policy(trial, space)
         trial.set_user_attr("fidelity", 0)
-        trial.set_user_attr("worker", worker_id())
-        trial.set_user_attr("policy", policy.to_dict())
         try:
             metrics = screener(policy)
         except Exception as exc:
@@ -150,20 +152,8 @@ def run_screen(
             return
         elapsed = time.perf_counter() - t0
         per = elapsed / done["n"]
-        front = front_rows(info)
-        best = (
-            f"front {len(front)} pts, best acc {front[0]['val_accuracy']:.4f}, "
-            f"smallest {min(r['size_kb'] for r in front):.1f} KB"
-            if front
-            else "front empty"
-        )
-        eta = per * max(n_total - complete, 0)
-        if deadline is not None:
-            eta = min(eta, max(deadline - time.monotonic(), 0.0))
-        log(
-            f"[screen {complete}/{n_total}] {per:.2f} s/policy | {best} | "
-            f"{_fmt_time(elapsed)} elapsed, ETA {_fmt_time(eta)}"
-        )
+        tail = progress_tail(info, elapsed, per * max(n_total - complete, 0), deadline)
+        log(f"[screen {complete}/{n_total}] {per:.2f} s/policy | {tail}")
 
     timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
     log(
@@ -172,24 +162,10 @@ def run_screen(
         + (f", {screener.steps} fine-tune steps each" if screener.steps else "")
         + ")"
     )
+    enough = optuna.study.MaxTrialsCallback(n_total, states=(TrialState.COMPLETE,))
     info.study.optimize(
-        objective,
-        n_trials=None,
-        timeout=timeout,
-        catch=(Exception,),
-        callbacks=[
-            optuna.study.MaxTrialsCallback(n_total, states=(TrialState.COMPLETE,)),
-            progress,
-        ],
+        objective, timeout=timeout, catch=(Exception,), callbacks=[enough, progress]
     )
-
-
-def _screened(info: StudyInfo) -> list[FrozenTrial]:
-    return [
-        t
-        for t in info.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if all(c <= 0 for c in constraints_of(t))
-    ]
 
 
 def promote(
@@ -201,15 +177,12 @@ def promote(
     log,
     wait_s: float = 3600.0,
 ) -> int:
-    """Enqueue screened policies into the fine-tuned study so that it holds ``n_trials``
-    trials (the anchor included), in :func:`_promotion_order`; once per ``n_trials``, by one
-    process (:func:`run_once`; a promoter that dies half-way is taken over). Returns how many
-    this call enqueued."""
+    """Enqueue screened policies (:func:`_promotion_order`) until the fine-tuned study holds
+    ``n_trials`` trials; once per ``n_trials``, by one process. Returns how many it enqueued."""
     study = main.study
     if (study.user_attrs.get(PROMOTED_ATTR) or 0) >= n_trials:
         return 0
-    # The screen's trials still running elsewhere finish first (their worker's heartbeat, or
-    # its loss, ends them).
+    # The screen's trials still running elsewhere finish (or their worker is lost) first.
     deadline = time.monotonic() + wait_s
     while screen.count(TrialState.RUNNING) and time.monotonic() < deadline:
         optuna.storages.fail_stale_trials(screen.study)
@@ -217,27 +190,20 @@ def promote(
     chosen: list[FrozenTrial] = []
 
     def enqueue() -> None:
-        trials = _screened(screen)
+        done = screen.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        trials = [t for t in done if all(c <= 0 for c in constraints_of(t))]
         known = {tuple(sorted(t.params.items())) for t in study.get_trials(deepcopy=False)}
-        unique: list[FrozenTrial] = []
+        fresh: dict[tuple, FrozenTrial] = {}
         for t in trials:
-            key = tuple(sorted(t.params.items()))
-            if key not in known:
-                known.add(key)
-                unique.append(t)
+            fresh.setdefault(tuple(sorted(t.params.items())), t)
+        unique = [t for key, t in fresh.items() if key not in known]
         room = max(n_trials - len(study.get_trials(deepcopy=False)), 0)
         ref = screen.study.user_attrs.get(REFERENCE_ATTR)
         chosen.extend(_promotion_order(unique, main, ref, max_drop)[:room])
         for t in chosen:
-            study.enqueue_trial(
-                t.params,
-                user_attrs={
-                    _ORIGIN: t.user_attrs.get(_ORIGIN, "screen"),
-                    "screen_trial": t.number,
-                    "screen_metrics": t.user_attrs.get("metrics", {}),
-                },
-                skip_if_exists=True,
-            )
+            screened = {"screen_trial": t.number, "screen_metrics": t.user_attrs.get("metrics", {})}
+            attrs = {_ORIGIN: t.user_attrs.get(_ORIGIN, "screen")} | screened
+            study.enqueue_trial(t.params, user_attrs=attrs, skip_if_exists=True)
         study.set_user_attr(PROMOTED_ATTR, n_trials)
         log(
             f"promoted {len(chosen)} of {len(trials)} screened policies to fine-tuned trials "
@@ -250,8 +216,7 @@ def promote(
 
 
 def screen_agreement(main: StudyInfo) -> dict:
-    """Spearman rank correlation between screened and fine-tuned validation accuracy over the
-    promoted trials: whether the screen can be trusted on this model."""
+    """Spearman correlation of screened and fine-tuned validation accuracy (promoted trials)."""
     pairs = [
         (t.user_attrs["screen_metrics"]["val_accuracy"], t.user_attrs["metrics"]["val_accuracy"])
         for t in main.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -264,36 +229,27 @@ def screen_agreement(main: StudyInfo) -> dict:
 def _promotion_order(
     trials: list[FrozenTrial], main: StudyInfo, ref: dict | None, max_drop: float | None
 ) -> list[FrozenTrial]:
-    """The screened non-dominated policies by how much screened hypervolume each adds (greedy),
-    against a reference ``max_drop`` points below the uncompressed model's screened accuracy
-    and 1.1 x its latency and size; then every other policy, non-dominated ranks first and most
-    spread first. The screen's drops before fine-tune are large (on the small CNN a policy
-    screened 45 points down fine-tuned to within 3 points), so the reference only keeps
-    near-chance models back."""
+    """The screened front by greedy hypervolume contribution against a reference ``max_drop``
+    points below the uncompressed model's screened accuracy and 1.1 x its latency and size (the
+    screen's drops are large: it only keeps near-chance models back); then every other policy,
+    by non-domination rank and spread."""
     if not trials:
         return []
     values = np.array([t.values for t in trials])
     first: list[int] = []
     if ref is not None and max_drop is not None:
-        pts, reference = [], []
-        for j, o in enumerate(main.objectives):
-            metric = OBJECTIVES[o].metric
-            if o == "accuracy":
-                pts.append(1.0 - values[:, j])
-                reference.append(1.0 - (ref[metric] - max_drop / 100.0))
-            else:
-                pts.append(values[:, j] / max(ref[metric], 1e-12))
-                reference.append(1.1)
+        pts = normalised(values, main.objectives, {k: max(v, 1e-12) for k, v in ref.items()})
+        acc = 1.0 - (ref["val_accuracy"] - max_drop / 100.0)
+        reference = [acc if o == "accuracy" else 1.1 for o in main.objectives]
         front = non_dominated(values, main.directions).tolist()
-        first = [front[i] for i in hypervolume_order(np.stack(pts, 1)[front], reference)]
+        first = [front[i] for i in hypervolume_order(pts[front], reference)]
     rest = [i for i in range(len(trials)) if i not in set(first)]
     later = [rest[i] for i in diverse_order(values[rest], main.directions)] if rest else []
     return [trials[i] for i in first + later]
 
 
 def write_screen_table(screen: StudyInfo, main: StudyInfo, path: Path) -> Path:
-    """One CSV row per screened policy: metrics, origin, whether it was promoted (and the
-    fine-tuned trial it became)."""
+    """One CSV row per screened policy: metrics, origin, the fine-tuned trial it became."""
     promoted = {
         t.user_attrs["screen_trial"]: t.number
         for t in main.study.get_trials(deepcopy=False)
@@ -301,21 +257,41 @@ def write_screen_table(screen: StudyInfo, main: StudyInfo, path: Path) -> Path:
     }
     cols = ["screen_trial", "origin", "val_accuracy", "latency_ms", "size_kb", "feasible"]
     cols += ["promoted_to", "summary"]
+    origin = {
+        t.number: t.user_attrs.get(_ORIGIN, "sampler")
+        for t in screen.study.get_trials(deepcopy=False)
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=cols)
+        w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
-        for t in screen.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            m = t.user_attrs.get("metrics", {})
-            pol = t.user_attrs.get("policy")
+        for r in trial_rows(screen):
+            n = r["trial"]
             w.writerow(
-                {
-                    "screen_trial": t.number,
-                    "origin": t.user_attrs.get(_ORIGIN, "sampler"),
-                    **{k: m.get(k) for k in ("val_accuracy", "latency_ms", "size_kb")},
-                    "feasible": all(c <= 0 for c in constraints_of(t)),
-                    "promoted_to": promoted.get(t.number, ""),
-                    "summary": CompressionPolicy.from_dict(pol).summary() if pol else "",
-                }
+                r | {"screen_trial": n, "origin": origin[n], "promoted_to": promoted.get(n, "")}
             )
     return path
+
+
+def log_screen(
+    screen: StudyInfo, main: StudyInfo, tracker: Tracker, parent: str, cfg: ExperimentConfig, log
+) -> None:
+    """The screened table (``screen/screened.csv``) and how well the screen ranked the promoted
+    policies' fine-tuned accuracy (metric ``screen_rank_spearman``) on the parent run."""
+    path = write_screen_table(screen, main, cfg.output_dir / "screen" / "screened.csv")
+    tracker.log_artifacts(parent, [path], "screen")
+    agree = screen_agreement(main)
+    metrics = {"screen_trials": float(screen.count(TrialState.COMPLETE))}
+    if np.isfinite(agree["spearman"]):
+        metrics["screen_rank_spearman"] = agree["spearman"]
+        hint = ""
+        if agree["spearman"] < _LOW_AGREEMENT:
+            hint = (
+                ": the screen ranks poorly on this model; a short fine-tune per screened "
+                "policy (search.screen_steps, e.g. 20) or more search.screen_images may help"
+            )
+        log(
+            f"screen vs fine-tuned accuracy over {agree['n']} promoted trials: "
+            f"Spearman {agree['spearman']:.2f}{hint}"
+        )
+    tracker.log_search_metrics(parent, metrics)

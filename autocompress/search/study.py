@@ -11,7 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import optuna
 from optuna.storages._cached_storage import _CachedStorage  # Optuna's own cache, as for URLs
 from optuna.trial import FrozenTrial, TrialState
@@ -26,28 +25,18 @@ from ..size import size_measure
 from ..tracking import mask_secrets
 from .pareto import non_dominated
 
-__all__ = [
-    "StudyInfo",
-    "constraints_of",
-    "front_rows",
-    "load_study",
-    "check_storage",
-    "open_study",
-    "run_once",
-    "storage_kind",
-    "wait_for_attr",
-    "worker_id",
-    "trial_rows",
-]
+__all__ = ["StudyInfo", "check_storage", "constraints_of", "front_rows", "load_study"]
+__all__ += ["open_study", "progress_tail", "run_once", "storage_kind", "trial_row"]
+__all__ += ["trial_rows", "wait_for_attr", "worker_id"]
 
 CONSTRAINTS_ATTR = "constraints"
 SCREEN_SUFFIX = "-screen"  # the screen's study: ``<name>-screen`` in the same storage
+_ROW_METRICS = ("val_accuracy", "latency_ms", "size_kb", "compression_ratio", "weight_sparsity")
 StaleCallback = Callable[[optuna.Study, FrozenTrial], None]
 
 
 def worker_id() -> str:
-    """``host:pid`` of this process: recorded on each trial it runs (user attribute
-    ``worker``), so a trial in the study says which worker runs it."""
+    """``host:pid`` of this process (user attribute ``worker`` of the trials it runs)."""
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -59,24 +48,17 @@ def constraints_of(trial: FrozenTrial) -> list[float]:
 def _sampler(
     cfg: ExperimentConfig, n_trials: int, screen: bool = False
 ) -> optuna.samplers.BaseSampler:
-    """The configured sampler for a study of ``n_trials`` trials. The screen's NSGA-II
-    population is small (at most 24) so that a budget of a few hundred policies still runs
-    several generations."""
+    """The configured sampler; the screen's NSGA-II population is at most 24 (a budget of a few
+    hundred policies still runs several generations)."""
     s = cfg.search
     has_bounds = any(getattr(cfg.objectives, n).bound is not None for n in cfg.objectives.enabled())
-    cons = constraints_of if has_bounds else None
+    kw = {"seed": s.seed, "constraints_func": constraints_of if has_bounds else None}
     if s.sampler == "nsga2":
         pop = s.population_size or max(4, min(24 if screen else 50, n_trials // 3))
-        return optuna.samplers.NSGAIISampler(
-            population_size=pop, seed=s.seed, constraints_func=cons
-        )
+        return optuna.samplers.NSGAIISampler(population_size=pop, **kw)
     if s.sampler == "tpe":
-        return optuna.samplers.TPESampler(
-            seed=s.seed,
-            constraints_func=cons,
-            multivariate=True,
-            n_startup_trials=min(10, n_trials // 3 + 1),
-        )
+        startup = min(10, n_trials // 3 + 1)
+        return optuna.samplers.TPESampler(multivariate=True, n_startup_trials=startup, **kw)
     return optuna.samplers.RandomSampler(seed=s.seed)
 
 
@@ -112,11 +94,10 @@ _OPEN: dict[tuple, object] = {}  # one storage (one connection pool) per URL and
 
 
 def _storage(cfg: ExperimentConfig, on_stale: StaleCallback | None = None):
-    """The Optuna storage the config names: for a database server one per process and
-    callback (each holds a connection pool); files are opened afresh. RDB storages (SQLite,
-    PostgreSQL, MySQL) get a heartbeat so that trials of a killed worker are failed (and
-    retried) by a live one."""
-    if storage_kind(cfg) != "rdb":  # files: opened afresh (a folder may be deleted between)
+    """The config's storage: one per process and callback for a database server (a connection
+    pool), files opened afresh (a folder may be deleted between). RDB storages get a heartbeat:
+    a live worker fails (and retries) the trials of a killed one."""
+    if storage_kind(cfg) != "rdb":
         return _new_storage(cfg, on_stale)
     s = cfg.search
     key = (cfg.optuna_storage, s.heartbeat_interval, s.grace_period, s.reconnect_s, on_stale)
@@ -180,56 +161,42 @@ def open_study(
     screen: bool = False,
     sampler: optuna.samplers.BaseSampler | None = None,
 ) -> tuple[StudyInfo, bool]:
-    """Create the study (the fine-tuned one, or with ``screen`` the screen's), or load it to
-    resume or to join other workers; refuse a study made for another space. Returns
-    ``(info, created)``: exactly one process creates a study (the storage enforces unique
-    names), and that one sets it up. ``sampler`` replaces the configured one."""
+    """Create the study (with ``screen`` the screen's) or load it to resume or join; refuse one
+    made for another space. Returns ``(info, created)``: exactly one process creates it."""
     objectives = cfg.objectives.enabled()
     fp = _space_fingerprint(cfg, space_params)
     storage = _storage(cfg, on_stale)
     name = cfg.study_name + (SCREEN_SUFFIX if screen else "")
     n = cfg.search.screen_trials if screen else cfg.search.n_trials
     kw = {"study_name": name, "storage": storage, "sampler": sampler or _sampler(cfg, n, screen)}
+    directions = [OBJECTIVES[o].direction for o in objectives]
     try:
-        study = optuna.create_study(
-            directions=[OBJECTIVES[o].direction for o in objectives], load_if_exists=False, **kw
-        )
-        created = True
-        study.set_user_attr("objectives", objectives)
-        study.set_user_attr("space_fingerprint", fp)
+        study, created = optuna.create_study(directions=directions, **kw), True
     except optuna.exceptions.DuplicatedStudyError:
-        study = optuna.load_study(**kw)
-        created = False
+        study, created = optuna.load_study(**kw), False
     except Exception as exc:  # noqa: BLE001 - the server went away between connect and use
         raise AutocompressError(
             f"storage {mask_secrets(cfg.optuna_storage)}: {type(exc).__name__}: {_first_line(exc)}"
         ) from None
-    if not created:
-        old = wait_for_attr(study, "space_fingerprint", 30.0)
-        if old is None:  # its creator died before setting the study up: do it here
-            study.set_user_attr("objectives", objectives)
-            study.set_user_attr("space_fingerprint", fp)
-            old = fp
-        if old != fp:
-            raise ConfigError(
-                f"{cfg.source}: study {name!r} in {mask_secrets(cfg.optuna_storage)} "
-                "was made for another search space or objectives; choose another name or "
-                "output_dir"
-            )
+    old = None if created else wait_for_attr(study, "space_fingerprint", 30.0)
+    if old is None:  # a new study, or its creator died before setting it up
+        study.set_user_attr("objectives", objectives)
+        study.set_user_attr("space_fingerprint", fp)
+    elif old != fp:
+        raise ConfigError(
+            f"{cfg.source}: study {name!r} in {mask_secrets(cfg.optuna_storage)} "
+            "was made for another search space or objectives; choose another name or "
+            "output_dir"
+        )
     return StudyInfo(study, objectives), created
 
 
 def run_once(
     study: optuna.Study, key: str, fn: Callable[[], object], lease_s: float = 60.0
 ) -> bool:
-    """Run ``fn`` in exactly one of the processes sharing ``study`` (set-up steps such as
-    enqueueing seeds or promoting the screen's front); the others wait until it is done.
-    Returns whether this process ran it.
-
-    The storage's unique study names elect the runner (a lock study per attempt). A runner
-    that dies before it is done is replaced after ``lease_s``: the next attempt's lock elects
-    another process, so ``fn`` must tolerate a half-done earlier attempt (enqueue with
-    ``skip_if_exists``)."""
+    """Run ``fn`` in exactly one of the processes sharing ``study`` (the others wait); returns
+    whether this one ran it. A lock study per attempt elects the runner; one that dies is
+    replaced after ``lease_s``, so ``fn`` must tolerate a half-done attempt (``skip_if_exists``)."""
     done = f"done:{key}"
     attempt = 0
     while not study.user_attrs.get(done):
@@ -269,26 +236,20 @@ def load_study(cfg: ExperimentConfig) -> StudyInfo:
     return StudyInfo(study, list(study.user_attrs.get("objectives", cfg.objectives.enabled())))
 
 
+def trial_row(number: int, metrics: dict, policy: dict | None, run_id: str | None, values) -> dict:
+    """The trial table's row (``trial_rows`` and ``FrontPoint.row``)."""
+    out = {"trial": number, **{k: metrics.get(k) for k in _ROW_METRICS}}
+    out["summary"] = CompressionPolicy.from_dict(policy).summary() if policy else ""
+    return out | {"policy": policy, "mlflow_run_id": run_id, "values": list(values)}
+
+
 def trial_rows(info: StudyInfo) -> list[dict]:
     """One row per complete trial: number, metrics, policy, feasibility, MLflow run id."""
     rows = []
     for t in info.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        metrics = t.user_attrs.get("metrics", {})
-        policy = t.user_attrs.get("policy")
-        rows.append(
-            {
-                "trial": t.number,
-                **{k: metrics.get(k) for k in ("val_accuracy", "latency_ms", "size_kb")},
-                "compression_ratio": metrics.get("compression_ratio"),
-                "weight_sparsity": metrics.get("weight_sparsity"),
-                "feasible": all(c <= 0 for c in constraints_of(t)),
-                "summary": CompressionPolicy.from_dict(policy).summary() if policy else "",
-                "policy": policy,
-                "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
-                "values": list(t.values),
-                "metrics": metrics,
-            }
-        )
+        metrics, attrs = t.user_attrs.get("metrics", {}), t.user_attrs
+        r = trial_row(t.number, metrics, attrs.get("policy"), attrs.get("mlflow_run_id"), t.values)
+        rows.append(r | {"feasible": all(c <= 0 for c in constraints_of(t)), "metrics": metrics})
     return rows
 
 
@@ -296,8 +257,25 @@ def front_rows(info: StudyInfo, rows: list[dict] | None = None) -> list[dict]:
     """The feasible non-dominated trials, sorted by accuracy (best first)."""
     rows = trial_rows(info) if rows is None else rows
     feasible = [r for r in rows if r["feasible"]]
-    if not feasible:
-        return []
-    idx = non_dominated(np.array([r["values"] for r in feasible]), info.directions)
-    front = [feasible[i] for i in idx]
+    front = [feasible[i] for i in non_dominated([r["values"] for r in feasible], info.directions)]
     return sorted(front, key=lambda r: -(r["val_accuracy"] or 0))
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def progress_tail(info: StudyInfo, elapsed: float, eta: float, deadline: float | None) -> str:
+    """The end of a progress line: the front so far, elapsed time and ETA (capped by the
+    ``deadline``, ``time.monotonic()``, of the stage's budget)."""
+    if deadline is not None:
+        eta = min(eta, max(deadline - time.monotonic(), 0.0))
+    front = front_rows(info)
+    best = (
+        f"front {len(front)} pts, best acc {front[0]['val_accuracy']:.4f}, "
+        f"smallest {min(r['size_kb'] for r in front):.1f} KB"
+        if front
+        else "front empty"
+    )
+    return f"{best} | {_fmt_time(elapsed)} elapsed, ETA {_fmt_time(eta)}"

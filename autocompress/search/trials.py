@@ -18,11 +18,11 @@ from optuna.trial import FrozenTrial, TrialState
 from ..config import ExperimentConfig
 from ..errors import ServiceUnavailable
 from ..metrics import OBJECTIVES
-from ..reporting.figures import log_trial_chart, trial_description
 from ..search_space import SearchSpace
 from ..tracking import Tracker
+from .figures import log_trial_chart, trial_description
 from .objective import TrialEvaluator, suggest_policy
-from .study import CONSTRAINTS_ATTR, StudyInfo, front_rows, run_once, worker_id
+from .study import CONSTRAINTS_ATTR, StudyInfo, progress_tail, run_once
 
 __all__ = ["make_stale_callback", "reconcile_runs", "run_trials"]
 
@@ -33,8 +33,8 @@ _KEEP_ON_REQUEUE = ("origin", "anchor", "screen_trial", "screen_metrics")
 
 
 def make_stale_callback(tracker: Tracker, retries: int) -> Callable:
-    """For a trial whose worker stopped sending heartbeats: end its MLflow run KILLED, then let
-    Optuna re-enqueue the same parameters (up to ``retries`` times)."""
+    """For a trial whose worker lost its heartbeat: end its MLflow run KILLED, then let Optuna
+    re-enqueue its parameters (up to ``retries`` times)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         retry = RetryHeartbeatStaleTrialCallback(max_retry=retries)
@@ -52,11 +52,8 @@ def make_stale_callback(tracker: Tracker, retries: int) -> Callable:
 
 
 def reconcile_runs(info: StudyInfo, tracker: Tracker, parent: str, log) -> int:
-    """Make MLflow agree with the study (the source of truth) after workers died: a trial run
-    left RUNNING whose Optuna trial has ended is ended too — FINISHED with its metrics when the
-    trial completed with this run (its end was not logged: the tracking server was away), else
-    KILLED. Runs of trials still RUNNING are left to their workers. Returns how many runs it
-    ended."""
+    """End the trial runs left RUNNING whose Optuna trial (the source of truth) has ended:
+    FINISHED with its metrics if it completed with this run, else KILLED. Returns how many."""
     trials = {t.number: t for t in info.study.get_trials(deepcopy=False)}
     fixed = 0
     for run in tracker.trial_runs(parent):
@@ -83,29 +80,18 @@ class _TakenOver(Exception):
     """This worker's trial was failed by another (its heartbeats lapsed) and re-queued."""
 
 
-def _fmt_time(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+def _progress(info: StudyInfo, n_trials: int, log, deadline: float | None) -> Callable:
+    """A callback printing one line per finished trial: counter, metrics, front, ETA."""
+    t0, done_here = time.perf_counter(), [0]
 
-
-class _Progress:
-    """Prints one line per finished trial: counter, metrics, front size, best, ETA."""
-
-    def __init__(self, info: StudyInfo, n_trials: int, log, deadline: float | None = None):
-        self.info, self.n_trials, self.log, self.deadline = info, n_trials, log, deadline
-        self.t0 = time.perf_counter()
-        self.done_here = 0
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+    def progress(study: optuna.Study, trial: FrozenTrial) -> None:
         if trial.state == TrialState.PRUNED:
             return  # a surplus trial: nothing was evaluated
-        complete = self.info.count(TrialState.COMPLETE)
-        self.done_here += 1
-        elapsed = time.perf_counter() - self.t0
-        eta = elapsed / self.done_here * max(self.n_trials - complete, 0)
-        if self.deadline is not None:  # the budget ends the stage first
-            eta = min(eta, max(self.deadline - time.monotonic(), 0.0))
-        head = f"[trial {trial.number:3d} | {complete}/{self.n_trials} done]"
+        complete = info.count(TrialState.COMPLETE)
+        done_here[0] += 1
+        elapsed = time.perf_counter() - t0
+        eta = elapsed / done_here[0] * max(n_trials - complete, 0)
+        head = f"[trial {trial.number:3d} | {complete}/{n_trials} done]"
         if trial.state == TrialState.COMPLETE:
             m = trial.user_attrs["metrics"]
             body = (
@@ -114,21 +100,14 @@ class _Progress:
             )
         else:
             body = f"{trial.state.name}: {trial.user_attrs.get('fail_reason', 'see log')}"
-        front = front_rows(self.info)
-        best = (
-            f"front {len(front)} pts, best acc {front[0]['val_accuracy']:.4f}, "
-            f"smallest {min(r['size_kb'] for r in front):.1f} KB"
-            if front
-            else "front empty"
-        )
-        self.log(f"{head} {body} | {best} | {_fmt_time(elapsed)} elapsed, ETA {_fmt_time(eta)}")
+        log(f"{head} {body} | {progress_tail(info, elapsed, eta, deadline)}")
+
+    return progress
 
 
 def _retries_due(study: optuna.Study, trials: list[FrozenTrial], retries: int) -> int:
-    """Trials just failed for a lost worker whose re-run is not enqueued yet: Optuna marks
-    such a trial FAIL first and enqueues its re-run a moment later, and a new trial must not
-    take the slot in between. When the re-run has not appeared after ``_RETRY_DUE_S`` (the
-    process that failed the trial died in that moment), it is enqueued here, by one process."""
+    """Trials failed for a lost worker whose re-run Optuna has not enqueued yet (a new trial must
+    not take the slot); one process enqueues those still missing after ``_RETRY_DUE_S``."""
     callback = study._storage.get_heartbeat_stale_trial_callback()
     if callback is None:  # no heartbeat: nothing is re-run for a lost worker
         return 0
@@ -165,17 +144,10 @@ def _order(trial: FrozenTrial) -> tuple[bool, int]:
 def _wait_for_budget(
     study: optuna.Study, number: int, n_total: int, queued: bool, retries: int, log=None
 ) -> str:
-    """Whether trial ``number`` is needed to reach ``n_total`` complete trials: ``"run"``,
-    ``"surplus"`` (the study has them) or ``"yield"`` (queued trials come first).
-
-    Trials are served in one order: queued ones (seeds, promoted policies, re-runs of lost
-    trials) before sampled ones, each by number. A trial runs when the complete trials, the
-    running trials before it in that order and — for a sampled trial — the queued and the
-    due re-runs are fewer than the budget. While running trials before it may still fail (or
-    their worker may be lost), it waits and sees instead of running a surplus trial; a sampled
-    trial gives way when queued trials fill the budget (a worker that re-runs a lost trial's
-    parameters must find its slot free).
-    """
+    """Whether trial ``number`` is needed for ``n_total`` complete trials: ``"run"``,
+    ``"surplus"`` or ``"yield"`` (to queued trials). It runs when the complete trials, those
+    running before it (:func:`_order`) and, for a sampled one, the queued and due re-runs are
+    fewer than the budget; while trials before it may still fail, it waits."""
     said = None
     while True:
         trials = study.get_trials(deepcopy=False)
@@ -218,8 +190,8 @@ def run_trials(
     deadline: float | None = None,
     log,
 ) -> None:
-    """Run trials until the study holds ``cfg.search.n_trials`` complete ones, or until the
-    ``deadline`` (``time.monotonic()``) of the search's budget."""
+    """Run trials until the study holds ``cfg.search.n_trials`` complete ones or the budget's
+    ``deadline`` (``time.monotonic()``) passes."""
     n_total = cfg.search.n_trials
     bounds = {o: getattr(cfg.objectives, o).bound for o in info.objectives}
 
@@ -252,8 +224,6 @@ def run_trials(
         if verdict == "yield":
             raise optuna.TrialPruned("yields to a re-queued trial")
         policy = suggest_policy(trial, space)
-        trial.set_user_attr("worker", worker_id())
-        trial.set_user_attr("policy", policy.to_dict())
         params = space.params_from_policy(policy)
         run_id = tracker.start_trial(
             parent, trial.number, params, policy.to_dict(), policy.summary()
@@ -331,7 +301,7 @@ def run_trials(
 
     callbacks = [
         MaxTrialsCallback(n_total, states=(TrialState.COMPLETE,)),
-        _Progress(info, n_total, log, deadline),
+        _progress(info, n_total, log, deadline),
         stop_on_failures,
         stop_at_deadline,
     ]

@@ -11,15 +11,15 @@ from conftest import tiny_config
 
 from autocompress import load_experiment, search
 from autocompress.cli import main
-from autocompress.reporting.figures import (
+from autocompress.reporting.html_report import write_report
+from autocompress.reporting.report import collect
+from autocompress.search.figures import (
     HV_METRIC,
     log_export_figures,
     log_search_figures,
     log_trial_chart,
     trial_description,
 )
-from autocompress.reporting.html_report import write_report
-from autocompress.reporting.report import collect
 from autocompress.search.study import load_study
 from autocompress.sensitivity.table import LevelResult, SensitivityTable
 from autocompress.tracking import Tracker

@@ -113,7 +113,7 @@ def log_search_figures(
     """Hypervolume over trials (PNG + JSON + metric series), written to ``out_dir`` (the
     search's ``pareto/`` folder) and logged on the parent run. ``info`` is the search's
     ``StudyInfo``. Returns the files written."""
-    from ..search.study import trial_rows
+    from .study import trial_rows
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from autocompress.reporting.history import hypervolume_history
+from autocompress.search.history import hypervolume_history
 from autocompress.search.pareto import front_hypervolume
 
 OBJ = ["accuracy", "latency", "size"]

@@ -1,0 +1,35 @@
+"""The trial table and the progress line read back from a study."""
+
+from __future__ import annotations
+
+import time
+
+import optuna
+
+from autocompress.search.study import StudyInfo, front_rows, progress_tail, trial_rows
+
+
+def _study() -> StudyInfo:
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for acc, size, cons in [(0.9, 20.0, 0.0), (0.8, 10.0, 0.0), (0.7, 30.0, 0.0), (0.95, 5, 1.0)]:
+        metrics = {"val_accuracy": acc, "size_kb": size}
+        attrs = {"metrics": metrics, "constraints": [cons]}
+        study.add_trial(optuna.trial.create_trial(values=[acc, size], user_attrs=attrs))
+    return StudyInfo(study, ["accuracy", "size"])
+
+
+def test_rows_and_front_of_the_feasible_trials():
+    info = _study()
+    rows = trial_rows(info)
+    assert [r["feasible"] for r in rows] == [True, True, True, False]
+    assert rows[0]["summary"] == "" and rows[0]["latency_ms"] is None
+    assert [r["trial"] for r in front_rows(info)] == [0, 1]  # the infeasible one is left out
+
+
+def test_progress_tail_reports_the_front_and_caps_the_eta_at_the_deadline():
+    empty = StudyInfo(
+        optuna.create_study(directions=["maximize", "minimize"]), ["accuracy", "size"]
+    )
+    assert progress_tail(empty, 5, 10, None) == "front empty | 5s elapsed, ETA 10s"
+    tail = progress_tail(_study(), 75, 1000, time.monotonic() + 30.5)
+    assert tail == "front 2 pts, best acc 0.9000, smallest 10.0 KB | 1m15s elapsed, ETA 30s"
