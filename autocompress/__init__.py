@@ -18,8 +18,8 @@ Layers, lowest first: a module imports from its own layer and the ones before it
 later one (``tests/test_layering.py`` checks every import, also those inside functions). A name
 covers its sub-modules unless one is listed itself.
 
-1. foundation: errors, _files, _retry, cache_key, metrics, policy, models, training, config,
-   plots, tracking, hardware.targets
+1. foundation: errors, _files, _retry, cache_key, metrics, policy, models, samplers, training,
+   config, plots, tracking, hardware.targets
 2. compression and measurement: compression, search_space, data, size, compressed, hardware
 3. stages before the search: baseline, prepare, sensitivity, hardware.validate,
    hardware.commands
@@ -39,6 +39,7 @@ from .export.unpack import unpack
 from .metrics import TrialMetrics
 from .models import build_model, register_model
 from .policy import CompressionPolicy, LayerPolicy
+from .samplers import register_sampler
 from .search import FrontPoint, SearchResult, front_rows, hypervolume, load_study
 from .search.pick import PickCriteria
 from .search_space import SearchSpace, load_search_space
@@ -73,6 +74,7 @@ __all__ = [
     "load_study",
     "materialize",
     "register_model",
+    "register_sampler",
     "search",
     "status",
     "unpack",

@@ -205,7 +205,9 @@ class SearchConfig(_Strict):
         description="with budget_s: the share of the budget left after the baseline and the "
         "latency table that the screen may use at most",
     )
-    sampler: Literal["nsga2", "tpe", "random"] = "nsga2"
+    sampler: str = Field(
+        "nsga2", description="nsga2, tpe, random, a register_sampler name or 'module:callable'"
+    )
     seed: int = 0
     population_size: int | None = Field(
         None, ge=2, description="NSGA-II population of the study that samples"
@@ -231,6 +233,13 @@ class SearchConfig(_Strict):
         description="also score each trial on the test split (metric test_accuracy; for "
         "benchmarks only: never an objective, the sampler does not see it)",
     )
+
+    @field_validator("sampler")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from .samplers import sampler_names
+
+        return _check_ref(v, "sampler", sampler_names())
 
 
 class ObjectiveConfig(_Strict):

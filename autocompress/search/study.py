@@ -21,6 +21,7 @@ from ..config import ExperimentConfig
 from ..errors import AutocompressError, ConfigError
 from ..metrics import OBJECTIVES
 from ..policy import CompressionPolicy
+from ..samplers import make_sampler
 from ..size import size_measure
 from ..tracking import mask_secrets
 from .pareto import non_dominated
@@ -48,18 +49,17 @@ def constraints_of(trial: FrozenTrial) -> list[float]:
 def _sampler(
     cfg: ExperimentConfig, n_trials: int, screen: bool = False
 ) -> optuna.samplers.BaseSampler:
-    """The configured sampler; the screen's NSGA-II population is at most 24 (a budget of a few
-    hundred policies still runs several generations)."""
+    """The configured sampler (:mod:`autocompress.samplers`)."""
     s = cfg.search
     has_bounds = any(getattr(cfg.objectives, n).bound is not None for n in cfg.objectives.enabled())
-    kw = {"seed": s.seed, "constraints_func": constraints_of if has_bounds else None}
-    if s.sampler == "nsga2":
-        pop = s.population_size or max(4, min(24 if screen else 50, n_trials // 3))
-        return optuna.samplers.NSGAIISampler(population_size=pop, **kw)
-    if s.sampler == "tpe":
-        startup = min(10, n_trials // 3 + 1)
-        return optuna.samplers.TPESampler(multivariate=True, n_startup_trials=startup, **kw)
-    return optuna.samplers.RandomSampler(seed=s.seed)
+    return make_sampler(
+        s.sampler,
+        seed=s.seed,
+        n_trials=n_trials,
+        screen=screen,
+        population_size=s.population_size,
+        constraints_func=constraints_of if has_bounds else None,
+    )
 
 
 def _space_fingerprint(cfg: ExperimentConfig, space_params: dict) -> str:

@@ -33,3 +33,40 @@ def test_progress_tail_reports_the_front_and_caps_the_eta_at_the_deadline():
     assert progress_tail(empty, 5, 10, None) == "front empty | 5s elapsed, ETA 10s"
     tail = progress_tail(_study(), 75, 1000, time.monotonic() + 30.5)
     assert tail == "front 2 pts, best acc 0.9000, smallest 10.0 KB | 1m15s elapsed, ETA 30s"
+
+
+def test_samplers_by_registered_name_and_by_module_callable(tmp_path, fmnist_root):
+    """``search.sampler`` names a registered factory or a ``module:callable`` beside the
+    experiment file; the study of the search (and of its screen) uses it; a wrong name or a
+    factory that returns no sampler is a one-line ConfigError."""
+    import pytest
+    from conftest import tiny_config
+
+    import autocompress as ac
+    from autocompress.errors import ConfigError
+    from autocompress.search.study import _sampler
+
+    calls = []
+
+    @ac.register_sampler("test-qmc")
+    def _qmc(*, seed, n_trials, screen, population_size, constraints_func):
+        calls.append(screen)
+        return optuna.samplers.QMCSampler(seed=seed)
+
+    cfg = ac.load_experiment(tiny_config(tmp_path, fmnist_root, search__sampler="test-qmc"))
+    assert isinstance(_sampler(cfg, 10, screen=True), optuna.samplers.QMCSampler)
+    assert calls == [True]
+    (tmp_path / "my_samplers.py").write_text(
+        "import optuna\n"
+        "def gp(*, seed, **_):\n    return optuna.samplers.RandomSampler(seed=seed + 1)\n"
+        "def broken(**_):\n    return 42\n"
+    )
+    cfg = ac.load_experiment(tiny_config(tmp_path, fmnist_root, search__sampler="my_samplers:gp"))
+    assert isinstance(_sampler(cfg, 10), optuna.samplers.RandomSampler)
+    cfg = cfg.model_copy(
+        update={"search": cfg.search.model_copy(update={"sampler": "my_samplers:broken"})}
+    )
+    with pytest.raises(ConfigError, match="search.sampler: 'my_samplers:broken' returned int"):
+        _sampler(cfg, 10)
+    with pytest.raises(ConfigError, match="unknown sampler 'grid'"):
+        ac.load_experiment(tiny_config(tmp_path, fmnist_root, search__sampler="grid"))
