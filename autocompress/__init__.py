@@ -21,8 +21,7 @@ covers its sub-modules unless one is listed itself.
 1. foundation: errors, _files, _retry, cache_key, metrics, policy, models, samplers, training,
    config, plots, tracking, hardware.targets
 2. compression and measurement: compression, search_space, data, size, compressed, hardware
-3. stages before the search: baseline, prepare, sensitivity, hardware.validate,
-   hardware.commands
+3. stages before the search: baseline, prepare, sensitivity, hardware.validate
 4. search: search
 5. export: export
 6. entry points: api, reporting, cli, autocompress, __main__

@@ -98,10 +98,40 @@ def _build_parser() -> argparse.ArgumentParser:
         "--no-mlflow", action="store_true", help="do not log the report on the MLflow parent run"
     )
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    from .hardware.commands import add_commands as hardware_commands
-
-    _COMMANDS.update(hardware_commands(sub, _experiment_parser))
+    p = sub.add_parser(
+        "latency",
+        help="hardware latency: profile the table, validate the model, list targets",
+        description="Hardware latency model of the experiment's latency.target.",
+    )
+    lsub = p.add_subparsers(dest="latency_command", metavar="SUBCOMMAND", required=True)
+    p = _experiment_parser(lsub, "profile", "measure and store the latency table of the target")
+    p.add_argument("--force", action="store_true", help="profile again even if cached")
+    p.add_argument("--max-configs", type=int, help="configurations to measure at most")
+    p.add_argument("--max-seconds", type=float, help="time budget of the profile")
+    p = _experiment_parser(
+        lsub, "validate", "compare predicted with measured latency of random policies"
+    )
+    _sample_args(p).add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    lsub.add_parser("targets", help="list the target presets", description="Target presets.")
+    p = sub.add_parser(
+        "memory",
+        help="resident memory of the deployed model: validate the memory model",
+        description="Resident memory of deployed ONNX models on this machine.",
+    )
+    msub = p.add_subparsers(dest="memory_command", metavar="SUBCOMMAND", required=True)
+    _sample_args(
+        _experiment_parser(
+            msub, "validate", "fit the memory model to random policies' measured memory (K-fold CV)"
+        )
+    )
     return parser
+
+
+def _sample_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--samples", type=int, default=20, help="random policies (default 20)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random policies")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    return p
 
 
 def _selectors(p: argparse.ArgumentParser) -> None:
@@ -264,13 +294,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_sensitivity(args: argparse.Namespace) -> int:
     from .prepare import prepare
-    from .sensitivity import SensitivityStage, settings_for
+    from .sensitivity import SensitivityStage
     from .tracking import Tracker
 
     cfg = _load(args)
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
     prep = prepare(cfg)
-    stage = SensitivityStage.start(prep, settings_for(cfg, {"enabled": True}), force=args.force)
+    stage = SensitivityStage.start(prep, cfg.sensitivity.with_(enabled=True), force=args.force)
     table = stage.table
     metric = "drop" if table.has("drop") else "loss"
     scored = [(table.score(r.layer, r.dim, r.value, metric), r) for r in table.rows if r.measured]
@@ -340,6 +370,57 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_latency(args: argparse.Namespace) -> int:
+    from .hardware.targets import MeasuredTarget, available_targets, load_target
+
+    if args.latency_command == "targets":
+        for name in available_targets():
+            t = load_target(name)
+            print(f"{name:16s} {t.kind:9s} {t.description}")
+        return EXIT_OK
+    cfg = _load(args)
+    if args.latency_command == "validate":
+        from .hardware.validate import validate_latency
+
+        r = validate_latency(cfg, args.samples, seed=args.seed, track=not args.no_track)
+        print(
+            f"{r.target}: {r.within_10pct:.0%} of {r.samples} predictions within ±10 %, MAPE "
+            f"{r.mape:.1%}, Spearman {r.spearman:.3f} ({r.seconds:.0f} s); plot and pairs: "
+            f"{', '.join(r.artifacts)}"
+        )
+        if args.json:
+            print(json.dumps(r.summary()))
+        return EXIT_OK
+    from .hardware import profile
+    from .hardware.latency import describe_fit
+
+    target = load_target(cfg.latency.target)
+    budget = {"max_configs": args.max_configs, "max_seconds": args.max_seconds}
+    budget = {k: v for k, v in budget.items() if v is not None}
+    if budget and isinstance(target, MeasuredTarget):
+        target = target.model_copy(update={"profile": target.profile.model_copy(update=budget)})
+    result = profile(cfg, force=args.force, target=target)
+    print(f"latency table for {cfg.name} on {result.name}: {describe_fit(result.table)}")
+    print(f"stored in {result.path}")
+    return EXIT_OK
+
+
+def _cmd_memory(args: argparse.Namespace) -> int:
+    from .hardware.memory_model import validate_memory
+    from .prepare import prepare
+
+    r = validate_memory(prepare(_load(args)), args.samples, seed=args.seed)
+    for what, fit in (("steady", r.steady), ("peak", r.peak)):
+        print(
+            f"memory model ({what}): {fit['cv_within_10pct']:.0%} of {r.samples} cross-validated "
+            f"predictions within ±10 %, MAPE {fit['cv_mape']:.1%}"
+        )
+    print(f"samples and fits: {', '.join(r.artifacts)} ({r.seconds:.0f} s)")
+    if args.json:
+        print(json.dumps(r.summary()))
+    return EXIT_OK
+
+
 _COMMANDS = {
     "validate": _cmd_validate,
     "search": _cmd_search,
@@ -350,6 +431,8 @@ _COMMANDS = {
     "sensitivity": _cmd_sensitivity,
     "ui": _cmd_ui,
     "report": _cmd_report,
+    "latency": _cmd_latency,
+    "memory": _cmd_memory,
 }
 
 

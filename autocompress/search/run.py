@@ -21,7 +21,6 @@ from ..errors import AutocompressError, ConfigError, ServiceUnavailable
 from ..hardware.latency import make_latency_model
 from ..policy import CompressionPolicy
 from ..prepare import Prepared, prepare
-from ..sensitivity.settings import settings_for
 from ..sensitivity.stage import SensitivityStage
 from ..tracking import Tracker, mask_secrets
 from .figures import log_search_figures, search_description
@@ -120,7 +119,7 @@ def search(
         f"({cfg.search_space})"
     )
     # Sensitivity (cached per checkpoint): the shaped space is the study's space.
-    sens = SensitivityStage.start(prep, settings_for(cfg), log=log)
+    sens = SensitivityStage.start(prep, cfg.sensitivity, log=log)
     space = sens.space if sens is not None else prep.space
     example = prep.data.example_input(cfg.latency.batch_size)
     # The latency table covers the whole (unshaped) space: export and validate reuse it.

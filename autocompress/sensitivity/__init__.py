@@ -12,9 +12,9 @@ uniform corners, the two-stage proxy front) are superseded by the search's scree
 whole policies directly (``autocompress.search.screen``).
 """
 
+from ..config import SensitivityConfig as SensitivitySettings
 from ..metrics import spearman
 from .analysis import analyze, cache_key
-from .settings import SensitivitySettings, settings_for
 from .shaping import describe_shaping, shape_space, shaping_report
 from .stage import SensitivityStage
 from .table import LevelResult, SensitivityTable
@@ -27,7 +27,6 @@ __all__ = [
     "analyze",
     "cache_key",
     "describe_shaping",
-    "settings_for",
     "shape_space",
     "shaping_report",
     "spearman",

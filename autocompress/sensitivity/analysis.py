@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..cache_key import content_key, file_digest
+from ..config import SensitivityConfig as SensitivitySettings
 from ..errors import AutocompressError
 from ..metrics import spearman
 from ..training import batches
 from .estimators import estimate_levels
-from .settings import SensitivitySettings
 from .sweep import SweepData, levels_of, run_sweep
 from .table import LevelResult, SensitivityTable
 

@@ -9,8 +9,8 @@ ones, and each keeps at least its gentlest choice.
 
 from __future__ import annotations
 
+from ..config import SensitivityConfig as SensitivitySettings
 from ..search_space import LayerChoices, SearchSpace
-from .settings import SensitivitySettings
 from .table import DIMENSIONS, SensitivityTable, harsh_order
 
 __all__ = ["shape_space", "shaping_report"]

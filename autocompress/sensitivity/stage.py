@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..config import SensitivityConfig as SensitivitySettings
 from ..errors import ConfigError
 from ..search_space import SearchSpace
 from .analysis import analyze
 from .report import heatmap_png, write_json, write_table
-from .settings import SensitivitySettings
 from .shaping import describe_shaping, shape_space, shaping_report
 from .table import SensitivityTable
 

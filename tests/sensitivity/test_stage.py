@@ -13,7 +13,7 @@ from conftest import tiny_config
 from autocompress import load_experiment
 from autocompress.cli import main
 from autocompress.prepare import prepare
-from autocompress.sensitivity import SensitivitySettings, SensitivityStage, settings_for
+from autocompress.sensitivity import SensitivitySettings, SensitivityStage
 from autocompress.tracking import Tracker
 
 QUIET = {"log": lambda *_: None}
@@ -88,7 +88,7 @@ def test_search_screens_the_shaped_space(tmp_path, fmnist_root):
     cfg = load_experiment(path)
     search(cfg, log=lambda *_: None)
     # the search's own settings: the table comes from the cache the search wrote
-    stage = SensitivityStage.start(prepare(cfg, **QUIET), settings_for(cfg), **QUIET)
+    stage = SensitivityStage.start(prepare(cfg, **QUIET), cfg.sensitivity, **QUIET)
     allowed = stage.space.choices()
     screen = optuna.load_study(study_name=cfg.name + SCREEN_SUFFIX, storage=cfg.optuna_storage)
     assert screen.trials
