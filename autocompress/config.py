@@ -357,22 +357,6 @@ class SensitivityConfig(_Strict):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
 
-    @classmethod
-    def from_mapping(cls, data: Any) -> SensitivityConfig:
-        """From a dict or another settings object (``None``: the defaults)."""
-        if data is None:
-            return cls()
-        if isinstance(data, cls):
-            return data
-        data = dict(data.model_dump() if hasattr(data, "model_dump") else data)
-        unknown = sorted(set(data) - set(cls.model_fields))
-        if unknown:
-            raise ConfigError(
-                f"sensitivity: unknown key {unknown[0]!r}; allowed keys: "
-                f"{', '.join(sorted(cls.model_fields))}"
-            )
-        return cls(**data)
-
     def with_(self, **changes: Any) -> SensitivityConfig:
         return type(self)(**(self.model_dump() | changes))
 

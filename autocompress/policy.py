@@ -6,7 +6,6 @@ it, MLflow stores it (``policy.json``), export materialises it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from types import MappingProxyType
@@ -93,13 +92,6 @@ class CompressionPolicy(Mapping[str, LayerPolicy]):
             return cls({n: LayerPolicy(**dict(p)) for n, p in layers.items()})
         except (TypeError, ValueError) as exc:
             raise ValueError(f"invalid compression policy: {exc}") from None
-
-    def to_json(self, **kw: Any) -> str:
-        return json.dumps(self.to_dict(), **kw)
-
-    @classmethod
-    def from_json(cls, text: str) -> CompressionPolicy:
-        return cls.from_dict(json.loads(text))
 
     # checks and summaries ---------------------------------------------------------------
     def validate(self, model: nn.Module) -> None:

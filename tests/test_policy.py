@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from autocompress.errors import ModelError
@@ -11,7 +13,7 @@ def test_json_round_trip():
     p = CompressionPolicy(
         {"conv1": LayerPolicy(0.5, 4), "conv2": LayerPolicy(0.0, 32), "fc": LayerPolicy(0.9, 2)}
     )
-    q = CompressionPolicy.from_json(p.to_json())
+    q = CompressionPolicy.from_dict(json.loads(json.dumps(p.to_dict())))
     assert q == p and hash(q) == hash(p)
     assert q["fc"].bits == 2 and q["conv1"].sparsity == 0.5
     assert list(q) == ["conv1", "conv2", "fc"]

@@ -70,26 +70,6 @@ class _Scores:
         return self.correct / max(self.n, 1), self.loss / max(self.n, 1)
 
 
-class _Progress:
-    """A line at every tenth of the sweep: levels scored, elapsed, ETA."""
-
-    def __init__(self, total: int, log: Callable[[str], None]) -> None:
-        self.total, self.done, self.log = total, 0, log
-        self.t0, self.next = time.perf_counter(), 0.1
-
-    def step(self) -> None:
-        self.done += 1
-        frac = self.done / max(self.total, 1)
-        if frac >= self.next and frac < 1.0:
-            el = time.perf_counter() - self.t0
-            self.log(
-                f"sensitivity: {100 * frac:.0f}% of the sweep, {el:.0f} s elapsed, "
-                f"ETA {el * (1 - frac) / frac:.0f} s"
-            )
-            while self.next <= frac:
-                self.next += 0.1
-
-
 @torch.no_grad()
 def _score(model: nn.Module, data: SweepData) -> tuple[float, float]:
     s = _Scores()
@@ -123,9 +103,9 @@ def run_sweep(
     )
     ref = batch_statistics(model, data.bn, model) if data.bn else None
     base_acc, base_loss = _score(model, data)
-    progress = _Progress(len(todo), log)
+    t0, step = time.perf_counter(), max(1, len(todo) // 10)
     rows = []
-    for layer, dim, value in todo:
+    for i, (layer, dim, value) in enumerate(todo, start=1):
         lp = LayerPolicy(**{dim: int(value) if dim == "bits" else value})
         comp = apply_policy(
             model,
@@ -142,5 +122,8 @@ def run_sweep(
         rows.append(
             LevelResult(layer, dim, value, acc_drop=100.0 * (base_acc - acc), loss_increase=inc)
         )
-        progress.step()
+        if i % step == 0 and i < len(todo):  # a line at every tenth: done, elapsed, ETA
+            el = time.perf_counter() - t0
+            eta = el * (len(todo) - i) / i
+            log(f"sensitivity: {i}/{len(todo)} levels, {el:.0f} s elapsed, ETA {eta:.0f} s")
     return interpolate_levels(rows, all_levels), (base_acc, base_loss)

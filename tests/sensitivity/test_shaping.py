@@ -84,9 +84,9 @@ def test_settings_validation():
         SensitivitySettings(method="fisher")
     with pytest.raises(ConfigError, match="images"):
         SensitivitySettings(images=3)
-    with pytest.raises(ConfigError, match="unknown key 'imagez'"):
-        SensitivitySettings.from_mapping({"imagez": 10})
-    assert SensitivitySettings.from_mapping({"max_drop": 1.0}).max_drop == 1.0
+    with pytest.raises(ConfigError, match="sensitivity: imagez: Extra inputs are not permitted"):
+        SensitivitySettings(imagez=10)
+    assert SensitivitySettings().with_(max_drop=1.0).max_drop == 1.0
 
 
 def test_spearman():
