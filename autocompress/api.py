@@ -34,7 +34,7 @@ from .data import DataBundle, check_available, load_data
 from .errors import ConfigError
 from .export.run import ExportResult
 from .export.run import export as _export_config
-from .models import build_model, check_model_fits
+from .models import check_model_fits
 from .prepare import prepare
 from .search.pick import PickCriteria
 from .search.result import FrontPoint, SearchResult
@@ -229,13 +229,7 @@ def validate(cfg: ExperimentConfig) -> ValidationReport:
             f"model.num_classes is {cfg.model.num_classes} but the data has "
             f"{data.num_classes} classes: set model.num_classes: {data.num_classes}"
         )
-    model = build_model(
-        cfg.model.name,
-        num_classes=cfg.model.num_classes,
-        in_channels=data.input_shape[0],
-        kwargs=cfg.model.kwargs,
-        checkpoint=cfg.model.checkpoint,
-    )
+    model = cfg.model.build(data.input_shape[0])
     x = next(batches(data.val, 8))[0]
     classes = None if cfg.task.evaluate else cfg.model.num_classes
     check_model_fits(model, x, classes, name=cfg.model.name)

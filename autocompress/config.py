@@ -68,6 +68,18 @@ class ModelConfig(_Strict):
 
         return _check_ref(v, "model", model_names())
 
+    def build(self, in_channels: int):
+        """The configured model (the checkpoint loaded when there is one)."""
+        from .models import build_model
+
+        return build_model(
+            self.name,
+            num_classes=self.num_classes,
+            in_channels=in_channels,
+            kwargs=self.kwargs,
+            checkpoint=self.checkpoint,
+        )
+
 
 class DataConfig(_Strict):
     """Where the data comes from and how it is split."""

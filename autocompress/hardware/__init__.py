@@ -62,7 +62,6 @@ def profile(
     preset (same key, e.g. a larger profiling budget)."""
     from ..data import load_data
     from ..errors import ConfigError
-    from ..models import build_model
     from ..search_space import load_search_space
     from .latency import load_or_profile
     from .targets import MeasuredTarget
@@ -74,13 +73,7 @@ def profile(
             f"(profiling applies to measured targets such as cpu-onnxruntime)"
         )
     data = load_data(cfg.data)
-    model = build_model(
-        cfg.model.name,
-        num_classes=cfg.model.num_classes,
-        in_channels=data.input_shape[0],
-        kwargs=cfg.model.kwargs,
-        checkpoint=cfg.model.checkpoint,
-    ).eval()
+    model = cfg.model.build(data.input_shape[0]).eval()
     space = load_search_space(cfg.search_space).resolve(model)
     example = data.example_input(cfg.latency.batch_size)
     return load_or_profile(cfg, model, space, example, force=force, target=target, log=log)
