@@ -495,9 +495,9 @@ def load_experiment(
     except ValidationError as exc:
         raise ConfigError(validation_message(exc, str(path), ExperimentConfig)) from None
     base = path.resolve().parent
-    from .models import add_search_dir
+    from . import models
 
-    add_search_dir(base)  # module:callable references may name modules beside the file
+    models.add_search_dir(base)  # module:callable references may name modules beside the file
 
     def _abs(p: Path | None) -> Path | None:
         return None if p is None else (p if p.is_absolute() else (base / p).resolve())
@@ -512,6 +512,11 @@ def load_experiment(
         cfg.latency.target = str(_abs(Path(cfg.latency.target)))
     cfg.source = path.resolve()
     if check_files:
+        from .hardware.targets import load_target
+
+        load_target(cfg.latency.target)  # a preset file: exists and parses, before any work
+        if ":" in cfg.search.sampler:
+            models.load_callable(cfg.search.sampler, what="search.sampler")
         if not cfg.search_space.is_file():
             raise ConfigError(f"{path}: search_space: file not found: {cfg.search_space}")
         if cfg.model.checkpoint is not None and not cfg.model.checkpoint.is_file():

@@ -180,8 +180,14 @@ def open_study(
         ) from None
     old = None if created else wait_for_attr(study, "space_fingerprint", 30.0)
     if old is None:  # a new study, or its creator died before setting it up
-        study.set_user_attr("objectives", objectives)
-        study.set_user_attr("space_fingerprint", fp)
+        try:
+            study.set_user_attr("objectives", objectives)
+            study.set_user_attr("space_fingerprint", fp)
+        except Exception as exc:  # noqa: BLE001 - as above
+            raise AutocompressError(
+                f"storage {mask_secrets(cfg.optuna_storage)}: {type(exc).__name__}: "
+                f"{_first_line(exc)}"
+            ) from None
     elif old != fp:
         raise ConfigError(
             f"{cfg.source}: study {name!r} in {mask_secrets(cfg.optuna_storage)} "

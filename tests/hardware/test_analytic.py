@@ -144,6 +144,8 @@ def test_a_users_own_preset_file_is_a_target(tmp_path, fmnist_root):
     assert lat.predict(model, CompressionPolicy({"fc": LayerPolicy(bits=4)})) < dense
     with pytest.raises(ConfigError, match="latency.target: preset file not found"):
         load_target(str(tmp_path / "missing.yaml"))
+    with pytest.raises(ConfigError, match="latency.target: preset file not found"):  # at load
+        load_experiment(tiny_config(tmp_path, fmnist_root, latency__target="nope.yaml"))
     (tmp_path / "bad.yaml").write_text("kind: analytic\nname: x\n")
     with pytest.raises(ConfigError, match="latency.target .*bad.yaml: compute"):
         load_target(str(tmp_path / "bad.yaml"))

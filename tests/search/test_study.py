@@ -68,5 +68,7 @@ def test_samplers_by_registered_name_and_by_module_callable(tmp_path, fmnist_roo
     )
     with pytest.raises(ConfigError, match="search.sampler: 'my_samplers:broken' returned int"):
         _sampler(cfg, 10)
+    with pytest.raises(ConfigError, match="search.sampler: module 'my_samplers' has no"):
+        ac.load_experiment(tiny_config(tmp_path, fmnist_root, search__sampler="my_samplers:nope"))
     with pytest.raises(ConfigError, match="unknown sampler 'grid'"):
         ac.load_experiment(tiny_config(tmp_path, fmnist_root, search__sampler="grid"))
