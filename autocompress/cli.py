@@ -98,12 +98,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "--no-mlflow", action="store_true", help="do not log the report on the MLflow parent run"
     )
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    p = sub.add_parser(
+    lsub = _group(
+        sub,
         "latency",
-        help="hardware latency: profile the table, validate the model, list targets",
-        description="Hardware latency model of the experiment's latency.target.",
+        "hardware latency: profile the table, validate the model, list targets",
+        "Hardware latency model of the experiment's latency.target.",
     )
-    lsub = p.add_subparsers(dest="latency_command", metavar="SUBCOMMAND", required=True)
     p = _experiment_parser(lsub, "profile", "measure and store the latency table of the target")
     p.add_argument("--force", action="store_true", help="profile again even if cached")
     p.add_argument("--max-configs", type=int, help="configurations to measure at most")
@@ -113,18 +113,24 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     _sample_args(p).add_argument("--no-track", action="store_true", help="do not log to MLflow")
     lsub.add_parser("targets", help="list the target presets", description="Target presets.")
-    p = sub.add_parser(
+    msub = _group(
+        sub,
         "memory",
-        help="resident memory of the deployed model: validate the memory model",
-        description="Resident memory of deployed ONNX models on this machine.",
+        "resident memory of the deployed model: validate the memory model",
+        "Resident memory of deployed ONNX models on this machine.",
     )
-    msub = p.add_subparsers(dest="memory_command", metavar="SUBCOMMAND", required=True)
     _sample_args(
         _experiment_parser(
             msub, "validate", "fit the memory model to random policies' measured memory (K-fold CV)"
         )
     )
     return parser
+
+
+def _group(sub, name: str, help_text: str, description: str):
+    """A command with sub-commands (``args.<name>_command``)."""
+    p = sub.add_parser(name, help=help_text, description=description)
+    return p.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND", required=True)
 
 
 def _sample_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:

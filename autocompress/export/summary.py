@@ -8,11 +8,11 @@ from typing import Any
 
 from ..policy import CompressionPolicy
 
-__all__ = ["deployed_form", "export_rows", "forms_markdown", "verification_markdown"]
+__all__ = ["deployed_form", "export_rows", "fmt", "forms_markdown", "verification_markdown"]
 
 
-def _num(e: dict, key: str, spec: str) -> str:
-    v = e.get(key)
+def fmt(v: Any, spec: str) -> str:
+    """``v`` formatted with ``spec``, or ``–`` when it is missing."""
     return "–" if v is None else format(v, spec)
 
 
@@ -28,9 +28,11 @@ def export_rows(e: dict) -> list[tuple[str, str]]:
     """(label, value) of every headline number of an export."""
     drop = (e["baseline_test_accuracy"] - e["test_accuracy"]) * 100
     tput = ", ".join(f"b{b}: {v:.0f}/s" for b, v in (e.get("throughput") or {}).items())
-    mem = "{} / {} MB".format(*(_num(e, k, ".2f") for k in ("memory_steady_mb", "memory_peak_mb")))
+    mem = "{} / {} MB".format(
+        *(fmt(e.get(k), ".2f") for k in ("memory_steady_mb", "memory_peak_mb"))
+    )
     base = "{} / {} MB".format(
-        *(_num(e, f"baseline_{k}", ".2f") for k in ("memory_steady_mb", "memory_peak_mb"))
+        *(fmt(e.get(f"baseline_{k}"), ".2f") for k in ("memory_steady_mb", "memory_peak_mb"))
     )
     reg = " ".join(f"{k}={v}" for k, v in (e.get("registered_model") or {}).items())
     return [

@@ -14,10 +14,10 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from .. import plots
 from ..config import ExperimentConfig
+from ..export.summary import fmt
 from ..search.history import hypervolume_history
 from ..sensitivity.table import SensitivityTable
 from ..tracking import mask_secrets
@@ -167,18 +167,14 @@ def report_figures(data: ReportData, folder: Path) -> dict[str, Path]:
     return figs
 
 
-def _num(v: Any, spec: str) -> str:
-    return "–" if v is None else format(v, spec)
-
-
 def baseline_rows(b: dict) -> list[tuple[str, str]]:
     return [
-        ("validation accuracy", _num(b.get("val_accuracy"), ".4f")),
-        ("test accuracy", _num(b.get("test_accuracy"), ".4f")),
-        ("latency (ONNX Runtime, measured)", _num(b.get("latency_ms"), ".4f") + " ms"),
-        ("packed size", _num(b.get("size_kb"), ".1f") + " KB"),
-        ("FP32 state_dict", _num(b.get("fp32_state_dict_bytes"), "d") + " bytes"),
-        ("parameters", _num(b.get("params"), "d")),
+        ("validation accuracy", fmt(b.get("val_accuracy"), ".4f")),
+        ("test accuracy", fmt(b.get("test_accuracy"), ".4f")),
+        ("latency (ONNX Runtime, measured)", fmt(b.get("latency_ms"), ".4f") + " ms"),
+        ("packed size", fmt(b.get("size_kb"), ".1f") + " KB"),
+        ("FP32 state_dict", fmt(b.get("fp32_state_dict_bytes"), "d") + " bytes"),
+        ("parameters", fmt(b.get("params"), "d")),
     ]
 
 
@@ -211,10 +207,10 @@ def front_table_rows(d: ReportData) -> list[list[str]]:
         out.append(
             [
                 f"{r['trial']}{marks}",
-                f"{_num(r['val_accuracy'], '.4f')}{delta}",
-                _num(r["latency_ms"], ".3f"),
-                _num(r["size_kb"], ".1f"),
-                _num(r["compression_ratio"], ".1f") + "x",
+                f"{fmt(r['val_accuracy'], '.4f')}{delta}",
+                fmt(r["latency_ms"], ".3f"),
+                fmt(r["size_kb"], ".1f"),
+                fmt(r["compression_ratio"], ".1f") + "x",
                 r["summary"],
             ]
         )

@@ -172,22 +172,18 @@ def open_study(
     directions = [OBJECTIVES[o].direction for o in objectives]
     try:
         study, created = optuna.create_study(directions=directions, **kw), True
+        study.set_user_attr("objectives", objectives)
+        study.set_user_attr("space_fingerprint", fp)
     except optuna.exceptions.DuplicatedStudyError:
         study, created = optuna.load_study(**kw), False
     except Exception as exc:  # noqa: BLE001 - the server went away between connect and use
         raise AutocompressError(
             f"storage {mask_secrets(cfg.optuna_storage)}: {type(exc).__name__}: {_first_line(exc)}"
         ) from None
-    old = None if created else wait_for_attr(study, "space_fingerprint", 30.0)
-    if old is None:  # a new study, or its creator died before setting it up
-        try:
-            study.set_user_attr("objectives", objectives)
-            study.set_user_attr("space_fingerprint", fp)
-        except Exception as exc:  # noqa: BLE001 - as above
-            raise AutocompressError(
-                f"storage {mask_secrets(cfg.optuna_storage)}: {type(exc).__name__}: "
-                f"{_first_line(exc)}"
-            ) from None
+    old = fp if created else wait_for_attr(study, "space_fingerprint", 30.0)
+    if old is None:  # its creator died before setting the study up: do it here
+        study.set_user_attr("objectives", objectives)
+        study.set_user_attr("space_fingerprint", fp)
     elif old != fp:
         raise ConfigError(
             f"{cfg.source}: study {name!r} in {mask_secrets(cfg.optuna_storage)} "
