@@ -202,19 +202,25 @@ def _counts(study_name: str, url: str) -> tuple[int, int]:
 
 def _schedule(plan: Plan, rng: random.Random) -> list[tuple[str, int, str]]:
     """(stage, count, action) triggers: an action fires once that stage has ``count`` complete
-    trials (then after a random delay, so it lands at a random moment of the next trials)."""
+    trials (then after a random delay, so it lands at a random moment of the next trials).
+
+    Every main-stage trigger lies in the first half of the main stage: tiny trials end in about
+    a second each, and the actions fire one after another (a kill waits for a busy worker, a
+    restart takes seconds), so the second half is the margin that lets all of them fire before
+    the workers are done."""
     actions: list[tuple[str, int, str]] = []
     n = plan.n_trials
+    half = max(2, n // 2)
     in_screen = min(plan.kills_in_screen, plan.kills) if plan.screen_trials > 0 else 0
     for _ in range(in_screen):
         actions.append(("screen", rng.randint(2, max(2, plan.screen_trials - 8)), "kill"))
     for _ in range(plan.kills - in_screen):
-        actions.append(("main", rng.randint(1, max(1, n - 4)), "kill"))
+        actions.append(("main", rng.randint(1, half), "kill"))
     for i in range(plan.postgres_restarts):
-        lo = max(1, (i + 1) * n // (plan.postgres_restarts + 2))
+        lo = max(1, (i + 1) * half // (plan.postgres_restarts + 1) - 1)
         actions.append(("main", rng.randint(lo, lo + 2), "restart_postgres"))
     for i in range(plan.mlflow_restarts):
-        lo = max(1, (i + 1) * n // (plan.mlflow_restarts + 1) - 2)
+        lo = max(1, (i + 1) * half // (plan.mlflow_restarts + 1))
         actions.append(("main", rng.randint(lo, lo + 2), "restart_mlflow"))
     order = {"screen": 0, "main": 1}
     return sorted(actions, key=lambda a: (order[a[0]], a[1]))
@@ -319,8 +325,9 @@ def run(
                 reached = (screened if stage == "screen" else complete) >= count
                 if stage == "screen" and complete > 0:
                     reached = True  # the screen is over: fire now
-                if reached:
-                    fire_at = now + rng.uniform(0.0, 1.5)
+                if reached:  # behind schedule (the count is past the trigger): no delay
+                    late = (screened if stage == "screen" else complete) > count + 1
+                    fire_at = now + (0.0 if late else rng.uniform(0.0, 1.5))
             elif now >= fire_at:
                 fire_at = None
                 actions.pop(0)
@@ -331,7 +338,7 @@ def run(
                     busy = _busy_pids(study_name, pg, "screen") | _busy_pids(study_name, pg, "main")
                     if any(procs[w].pid in busy for w in live):
                         live = [w for w in live if procs[w].pid in busy]
-                    elif tries < 20:
+                    elif tries < 8:
                         tries += 1
                         actions.insert(0, (stage, count, what))
                         fire_at = now + 0.3
