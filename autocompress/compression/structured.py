@@ -1,12 +1,16 @@
-"""Structured pruning: real removal of output channels through Torch-Pruning's dependency graph
-(residual additions, depthwise convolutions, BatchNorm and concatenations stay consistent).
+"""Structured pruning: real removal of output channels through Torch-Pruning's high-level
+``BasePruner`` (its dependency graph keeps residual additions, depthwise and grouped
+convolutions, BatchNorm, concatenations, channel shuffles and attention heads consistent).
 
-A layer's ``keep_ratio`` decides how many of its output channels survive, rounded to a multiple
-of ``round_to``. Layers coupled with each other (e.g. every conv that writes into one residual
-stream) form one group: the first layer of the group in module order decides for all of them.
+A layer's ``keep_ratio`` decides how many of its output channels survive (``kept_channels``:
+a multiple of ``round_to``). Layers coupled with each other (e.g. every conv that writes into
+one residual stream) form one group, pruned as one: Torch-Pruning takes the ratio of the
+group's first member that the policy names. The model's output layers are never pruned.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch import nn
@@ -14,7 +18,7 @@ from torch import nn
 from ..errors import ModelError
 from ..policy import CompressionPolicy, compressible_layers
 
-__all__ = ["IMPORTANCES", "kept_channels", "output_layers", "prune_channels"]
+__all__ = ["IMPORTANCES", "kept_channels", "output_layers", "prunable_layers", "prune_channels"]
 
 IMPORTANCES = ("l1", "l2", "fpgm")
 
@@ -56,6 +60,262 @@ def kept_channels(channels: int, keep_ratio: float, round_to: int) -> int:
     return min(channels, max(round_to, keep, 1))
 
 
+def _attention_heads(model: nn.Module) -> dict[nn.Module, int]:
+    """``num_heads`` for Torch-Pruning: every ``nn.MultiheadAttention`` (heads keep their count,
+    each head loses the same dimensions)."""
+    return {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+
+
+def _sync_attributes(model: nn.Module) -> None:
+    """Width attributes that torchvision models read in ``forward`` and Torch-Pruning cannot
+    know about (a ViT's ``hidden_dim``, a MultiheadAttention's ``head_dim``)."""
+    for m in model.modules():
+        if isinstance(m, nn.MultiheadAttention):
+            m.embed_dim = m.out_proj.out_features
+            m.kdim = m.vdim = m.embed_dim
+            m.head_dim = m.embed_dim // m.num_heads
+        if hasattr(m, "hidden_dim") and hasattr(m, "conv_proj"):  # torchvision ViT
+            m.hidden_dim = m.conv_proj.out_channels
+
+
+def _out_channels(layer: nn.Module) -> int:
+    return layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
+
+
+def _join(scope: str, child: str) -> str:
+    return f"{scope}.{child}" if scope else child
+
+
+def _within(layer: str, scope: str) -> bool:
+    return not scope or layer == scope or layer.startswith(scope + ".")
+
+
+@torch.no_grad()
+def _child_inputs(scope: nn.Module, args: tuple) -> dict[str, tuple | None]:
+    """The positional inputs of each child's first call (None: called with keyword arguments;
+    absent: not called)."""
+    seen: dict[str, tuple | None] = {}
+
+    def hook(mod, a, kw, n):
+        # (a copy of list arguments: DenseNet's blocks append to the list after the call)
+        seen.setdefault(n, None if kw else tuple(list(v) if isinstance(v, list) else v for v in a))
+
+    hooks = [
+        c.register_forward_pre_hook(lambda m, a, kw, n=n: hook(m, a, kw, n), with_kwargs=True)
+        for n, c in scope.named_children()
+    ]
+    try:
+        scope(*args)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+class _GroupTooLarge(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _group_budget(limit: int):
+    """Torch-Pruning's group search revisits nodes with ever longer index lists on some
+    reshapes (window attention with relative position tables: MaxViT) and grows without bound.
+    Stop a group once it holds ``limit`` channel indices: a sound group has at most one index
+    list per graph node and dependency, each no longer than the widest layer input, so the
+    caller's limit (twice that) is deterministic and never hit by a sound group."""
+    from torch_pruning.dependency.group import Group
+
+    original = Group.add_dep
+    held: dict[int, int] = {}
+
+    def add_dep(self, dep, idxs):
+        held[id(self)] = held.get(id(self), 0) + len(idxs)
+        if held[id(self)] > limit:
+            raise _GroupTooLarge
+        return original(self, dep, idxs)
+
+    Group.add_dep = add_dep
+    try:
+        yield
+    finally:
+        Group.add_dep = original
+
+
+def _limit(scope: nn.Module) -> int:
+    """Channel indices a sound group of ``scope`` stays below (see ``_group_budget``)."""
+    widest = max(
+        (m.in_channels if isinstance(m, nn.Conv2d) else m.in_features)
+        for m in compressible_layers(scope).values()
+    )
+    return 8 * sum(1 for _ in scope.modules()) * widest
+
+
+class _Scopes:
+    """Where Torch-Pruning may work: the whole model when its dependency graph traces every
+    layer, else sub-modules, recursively (a sub-module's own output channels are kept, so the
+    rest of the model is untouched). Fails only on layers no traceable scope can prune."""
+
+    def __init__(self, model: nn.Module, example: torch.Tensor, todo: set[str]):
+        self.model, self.todo = model, todo
+        self.units: list[tuple[str, nn.Module, tuple]] = []  # (name, module, inputs)
+        self.unprunable: dict[str, str] = {}  # layer -> why
+        self._traced: dict[str, str] = {}  # scope -> "" (traceable) or why not
+        self._split("", model, (example,), "")
+
+    def _why_not(self, name: str, scope: nn.Module, args: tuple) -> str:
+        """ "" when Torch-Pruning traces ``scope`` and every layer inside it and inside its
+        sub-modules; else why not."""
+        if name in self._traced:
+            return self._traced[name]
+        import torch_pruning as tp
+
+        why, graph = "", None
+        try:
+            graph = tp.DependencyGraph().build_dependency(scope, example_inputs=args)
+        except Exception as exc:  # noqa: BLE001 - Torch-Pruning's tracer on the user's model
+            why = f"Torch-Pruning cannot trace {name or 'the model'} ({type(exc).__name__}: {exc})"
+        else:
+            seen = {n for n, m in scope.named_modules() if m in graph.module2node}
+            for n, m in scope.named_modules():
+                parts = n.split(".")
+                covered = any(".".join(parts[:i]) in seen for i in range(1, len(parts) + 1))
+                if isinstance(m, (nn.Conv2d, nn.Linear)) and not covered:
+                    why = (
+                        f"{_join(name, n)} is not called as a module (its weight is used directly)"
+                    )
+                    break
+        if not why:
+            inputs = _child_inputs(scope, args)
+            for cname, child in scope.named_children():
+                if next(child.children(), None) is None or cname not in inputs:
+                    continue
+                if child in graph.module2node:  # one node for Torch-Pruning (attention)
+                    continue
+                full = _join(name, cname)
+                if not any(_within(t, full) for t in self.todo):
+                    continue
+                if inputs[cname] is None:
+                    why = f"{full} is called with keyword arguments"
+                else:
+                    why = self._why_not(full, child, inputs[cname])
+                if why:
+                    break
+        self._traced[name] = why
+        return why
+
+    def _split(self, name: str, scope: nn.Module, args: tuple, parent_why: str) -> None:
+        if not any(_within(t, name) for t in self.todo):
+            return
+        if next(scope.children(), None) is None:  # a layer alone: its output must stay
+            self.unprunable[name] = parent_why
+            return
+        why = self._why_not(name, scope, args)
+        if not why:
+            self.units.append((name, scope, args))
+            return
+        inputs = _child_inputs(scope, args)
+        for cname, child in scope.named_children():
+            full = _join(name, cname)
+            if cname in inputs and inputs[cname] is not None:
+                self._split(full, child, inputs[cname], why)
+            else:
+                for t in self.todo:
+                    if _within(t, full):
+                        self.unprunable[t] = why or f"{full} is not called with positional inputs"
+
+
+def _shape(out) -> tuple:
+    return tuple(out.shape) if isinstance(out, torch.Tensor) else ()
+
+
+def _pruner(unit: nn.Module, args: tuple, ratios: dict, scorer, ignored: list):
+    import torch_pruning as tp
+
+    layers = set(compressible_layers(unit).values())
+    return tp.pruner.BasePruner(
+        unit,
+        args[0] if len(args) == 1 else args,
+        importance=scorer,
+        pruning_ratio=0.0,
+        pruning_ratio_dict={m: r for m, r in ratios.items() if m in layers},
+        ignored_layers=ignored,
+        num_heads=_attention_heads(unit),
+    )
+
+
+def _boundary_layers(unit: nn.Module, args: tuple, todo: set[str], scorer) -> set[str]:
+    """The layers of a sub-module whose channels reach its output (or that cannot be pruned
+    inside it): pruning each alone, on a copy, must leave the sub-module's output shape as is."""
+    import copy
+
+    with torch.no_grad():
+        want = _shape(unit(*args))
+    bad = set()
+    for n in sorted(todo):
+        trial = copy.deepcopy(unit)
+        try:
+            with _group_budget(_limit(trial)):
+                _pruner(trial, args, {trial.get_submodule(n): 0.5}, scorer, []).step()
+            with torch.no_grad():
+                ok = _shape(trial(*args)) == want
+        except Exception:  # noqa: BLE001 - a failed trial marks the layer, nothing else
+            ok = False
+        if not ok:
+            bad.add(n)
+    return bad
+
+
+def _prune_unit(name: str, unit: nn.Module, args: tuple, ratios: dict, scorer, keep: set) -> None:
+    layers = compressible_layers(unit)
+    protected = output_layers(unit, args[0]) if len(args) == 1 else set()
+    ignored = [layers[n] for n in protected | keep]
+    names = {m: _join(name, n) for n, m in layers.items()}
+    root = name or "the model"
+    try:
+        with _group_budget(_limit(unit)):
+            for group in _pruner(unit, args, ratios, scorer, ignored).step(interactive=True):
+                root = names.get(group[0].dep.target.module, name or "the model")
+                group.prune()
+    except _GroupTooLarge:
+        raise ModelError(
+            f"cannot remove output channels in {root}: Torch-Pruning's channel groups there do "
+            "not converge; use keep_ratio: [1.0]"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - say which layer, not an internal error
+        raise ModelError(
+            f"cannot remove output channels of {root} ({type(exc).__name__}: {exc}); "
+            f"use keep_ratio: [1.0] for it"
+        ) from None
+
+
+def _plan(model: nn.Module, example: torch.Tensor, todo: set[str], scorer):
+    """Scopes and, per scope, the layers kept whole; and the layers no scope can prune."""
+    scopes = _Scopes(model, example, todo)
+    plan = []
+    for name, unit, args in scopes.units:
+        local = {n[len(name) + 1 :] if name else n for n in todo if _within(n, name)}
+        keep = _boundary_layers(unit, args, local, scorer) if name else set()
+        for n in keep:
+            scopes.unprunable[_join(name, n)] = (
+                f"its channels leave {name}, and {scopes._traced['']}"
+            )
+        plan.append((name, unit, args, keep))
+    return plan, scopes.unprunable
+
+
+def prunable_layers(model: nn.Module, example: torch.Tensor, importance: str = "l1") -> set[str]:
+    """The layers whose output channels ``prune_channels`` can remove (not the model's output
+    layers, not layers that no traceable part of the model can prune)."""
+    was_training = model.training
+    model.eval()
+    try:
+        todo = set(compressible_layers(model)) - output_layers(model, example)
+        _, unprunable = _plan(model, example, todo, _importance(importance))
+    finally:
+        model.train(was_training)
+    return todo - set(unprunable)
+
+
 def prune_channels(
     model: nn.Module,
     policy: CompressionPolicy,
@@ -66,52 +326,40 @@ def prune_channels(
 ) -> dict[str, int]:
     """Remove output channels in place as the policy's ``keep_ratio`` says.
 
-    Returns the number of channels removed per deciding layer. Raises ModelError when a layer
-    whose output is the model's output is asked to lose channels.
+    Returns the number of output channels each pruned layer lost. Raises ModelError naming the
+    layer and why when a layer cannot lose channels: it is the model's output, or no part of
+    the model around it can be traced by Torch-Pruning, or a group fails to prune.
     """
-    todo = [(n, lp) for n, lp in policy.items() if lp.keep_ratio < 1.0]
+    todo = {n for n, lp in policy.items() if lp.keep_ratio < 1.0}
     if not todo:
         return {}
-    import torch_pruning as tp
-
     layers = compressible_layers(model)
-    protected = output_layers(model, example)
-    bad = [n for n, _ in todo if n in protected]
-    if bad:
-        raise ModelError(
-            f"cannot remove output channels of {', '.join(bad)}: it is the model output"
-        )
-    scorer = _importance(importance)
     was_training = model.training
     model.eval()
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
-    done: set[nn.Module] = set()
-    removed: dict[str, int] = {}
-    order = {n: i for i, n in enumerate(layers)}
-    for name, lp in sorted(todo, key=lambda item: order[item[0]]):
-        layer = layers[name]
-        if isinstance(layer, nn.Conv2d):
-            fn, channels = tp.prune_conv_out_channels, layer.out_channels
-        else:
-            fn, channels = tp.prune_linear_out_channels, layer.out_features
-        group = graph.get_pruning_group(layer, fn, idxs=list(range(channels)))
-        members = {  # layers whose outputs this group removes (consumers' inputs don't count)
-            dep.target.module for dep, _ in group if graph.is_out_channel_pruning_fn(dep.handler)
+    try:
+        protected = output_layers(model, example)
+        bad = sorted(todo & protected)
+        if bad:
+            raise ModelError(
+                f"cannot remove output channels of {', '.join(bad)}: it is the model output"
+            )
+        scorer = _importance(importance)
+        plan, unprunable = _plan(model, example, todo, scorer)
+        if unprunable:
+            layer, why = sorted(unprunable.items())[0]
+            raise ModelError(
+                f"cannot remove output channels of {layer}: {why}; use keep_ratio: [1.0] for it"
+            )
+        before = {n: _out_channels(m) for n, m in layers.items()}
+        ratios = {  # a ratio whose int() truncation lands exactly on kept_channels
+            layers[n]: 1.0
+            - (kept_channels(before[n], policy[n].keep_ratio, round_to) + 0.5) / before[n]
+            for n in todo
         }
-        if members & done:
-            continue  # coupled with a layer already decided
-        n_remove = channels - kept_channels(channels, lp.keep_ratio, round_to)
-        if n_remove <= 0:
-            continue
-        scores = scorer(group)
-        if scores is None:
-            raise ModelError(f"no importance for layer {name}: cannot prune its channels")
-        idxs = torch.argsort(scores)[:n_remove].tolist()
-        group = graph.get_pruning_group(layer, fn, idxs=sorted(idxs))
-        if not graph.check_pruning_group(group):
-            raise ModelError(f"pruning {n_remove} channels of {name} would break the model")
-        group.prune()
-        done |= members
-        removed[name] = n_remove
-    model.train(was_training)
-    return removed
+        for name, unit, args, keep in plan:
+            _prune_unit(name, unit, args, ratios, scorer, keep)
+        _sync_attributes(model)
+    finally:
+        model.train(was_training)
+    after = {n: _out_channels(m) for n, m in compressible_layers(model).items()}
+    return {n: before[n] - after[n] for n in before if after.get(n, before[n]) < before[n]}
