@@ -1,0 +1,77 @@
+"""Structured pruning on one small model of each torchvision family (the sweep over every
+model is benchmarks/torchvision_sweep.py): half of the prunable channels removed, 50 % sparsity,
+4 bits, and ONNX Runtime's outputs match PyTorch's (tests/torchvision_check.py)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torchvision_check
+
+import autocompress as ac
+from autocompress.compression.structured import prunable_layers, prune_channels
+from autocompress.errors import ModelError
+
+FAMILIES = [
+    "resnet18",
+    "resnext50_32x4d",  # grouped convolutions
+    "regnet_x_400mf",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "efficientnet_b0",
+    "shufflenet_v2_x0_5",  # channel shuffle: Torch-Pruning cannot trace the whole model
+    "squeezenet1_1",
+    "densenet121",
+    "convnext_tiny",
+    "mnasnet0_5",
+    "googlenet",
+    "vgg11",
+    "vit_b_32",  # attention heads
+    "swin_t",  # attention that uses its weights directly: its MLPs are pruned alone
+]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_half_the_channels_go_and_onnx_runtime_agrees(name):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rec = torchvision_check.check(name)
+    assert rec["ok"], rec
+    assert rec["prunable"] > 0 and rec["params_after"] < rec["params"], rec
+
+
+def test_a_model_whose_groups_do_not_converge_ends_in_a_model_error():
+    model = torchvision_check.build("maxvit_t")
+    example = torch.rand(1, 3, 224, 224)
+    policy = torchvision_check.harsh_policy(model, example)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ModelError, match="do not converge; use keep_ratio"):
+            ac.compress(model, policy, example=example)
+
+
+def test_sub_modules_keep_their_output_channels_when_the_model_cannot_be_traced():
+    model = torchvision_check.build("shufflenet_v2_x0_5")
+    example = torch.rand(1, 3, 64, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prunable = prunable_layers(model, example)
+        # inside each branch: the first 1x1 conv's channels (the depthwise conv follows them)
+        assert "stage2.1.branch2.0" in prunable
+        # the branch's last conv feeds the channel shuffle: never pruned alone
+        assert "stage2.1.branch2.5" not in prunable
+        policy = torchvision_check.harsh_policy(model, example)
+        removed = prune_channels(model, policy, example)
+    assert removed["stage2.1.branch2.0"] == model.stage2[1].branch2[0].out_channels
+    assert model.stage2[1].branch2[5].out_channels == 24
+    assert model(example).shape == (1, 10)
+    with pytest.raises(ModelError, match="stage2.1.branch2.5"):
+        from autocompress.policy import CompressionPolicy, LayerPolicy
+
+        prune_channels(
+            torchvision_check.build("shufflenet_v2_x0_5"),
+            CompressionPolicy({"stage2.1.branch2.5": LayerPolicy(keep_ratio=0.5)}),
+            example,
+        )
