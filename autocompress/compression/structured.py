@@ -90,10 +90,20 @@ def _within(layer: str, scope: str) -> bool:
     return not scope or layer == scope or layer.startswith(scope + ".")
 
 
+def _children(scope: nn.Module, prefix: str = ""):
+    """The sub-modules ``scope`` calls itself: its children, and the items of its ModuleLists
+    and ModuleDicts (containers are never called)."""
+    for n, c in scope.named_children():
+        if isinstance(c, (nn.ModuleList, nn.ModuleDict)):
+            yield from _children(c, f"{prefix}{n}.")
+        else:
+            yield f"{prefix}{n}", c
+
+
 @torch.no_grad()
 def _child_inputs(scope: nn.Module, args: tuple) -> dict[str, tuple | None]:
-    """The positional inputs of each child's first call (None: called with keyword arguments;
-    absent: not called)."""
+    """The positional inputs of each sub-module's first call (None: called with keyword
+    arguments; absent: not called)."""
     seen: dict[str, tuple | None] = {}
 
     def hook(mod, a, kw, n):
@@ -102,7 +112,7 @@ def _child_inputs(scope: nn.Module, args: tuple) -> dict[str, tuple | None]:
 
     hooks = [
         c.register_forward_pre_hook(lambda m, a, kw, n=n: hook(m, a, kw, n), with_kwargs=True)
-        for n, c in scope.named_children()
+        for n, c in _children(scope)
     ]
     try:
         scope(*args)
@@ -186,7 +196,7 @@ class _Scopes:
                     break
         if not why:
             inputs = _child_inputs(scope, args)
-            for cname, child in scope.named_children():
+            for cname, child in _children(scope):
                 if next(child.children(), None) is None or cname not in inputs:
                     continue
                 if child in graph.module2node:  # one node for Torch-Pruning (attention)
@@ -200,6 +210,17 @@ class _Scopes:
                     why = self._why_not(full, child, inputs[cname])
                 if why:
                     break
+        if not why:  # the groups BasePruner will walk (output layers ignored, as there)
+            kept = output_layers(scope, args[0]) if len(args) == 1 else set()
+            try:
+                with _group_budget(_limit(scope)):
+                    for _ in graph.get_all_groups(
+                        ignored_layers=[scope.get_submodule(n) for n in kept],
+                        root_module_types=(nn.Conv2d, nn.Linear),
+                    ):
+                        pass
+            except _GroupTooLarge:
+                why = f"Torch-Pruning's channel groups of {name or 'the model'} do not converge"
         self._traced[name] = why
         return why
 
@@ -214,7 +235,7 @@ class _Scopes:
             self.units.append((name, scope, args))
             return
         inputs = _child_inputs(scope, args)
-        for cname, child in scope.named_children():
+        for cname, child in _children(scope):
             full = _join(name, cname)
             if cname in inputs and inputs[cname] is not None:
                 self._split(full, child, inputs[cname], why)

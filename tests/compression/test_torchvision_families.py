@@ -13,6 +13,7 @@ import torchvision_check
 import autocompress as ac
 from autocompress.compression.structured import prunable_layers, prune_channels
 from autocompress.errors import ModelError
+from autocompress.policy import CompressionPolicy, LayerPolicy
 
 FAMILIES = [
     "resnet18",
@@ -42,14 +43,27 @@ def test_half_the_channels_go_and_onnx_runtime_agrees(name):
     assert rec["prunable"] > 0 and rec["params_after"] < rec["params"], rec
 
 
-def test_a_model_whose_groups_do_not_converge_ends_in_a_model_error():
+def test_groups_that_do_not_converge_end_in_a_model_error_naming_the_layer(monkeypatch):
+    # Torch-Pruning's group search can grow without bound on some reshapes; the budget that
+    # stops it is set to nothing here, so no group of any part of the model converges.
+    from autocompress.compression import structured
+
+    monkeypatch.setattr(structured, "_limit", lambda scope: 0)
+    model = torchvision_check.build("resnet18")
+    example = torch.rand(1, 3, 64, 64)
+    policy = CompressionPolicy({"layer1.0.conv1": LayerPolicy(keep_ratio=0.5)})
+    with pytest.raises(ModelError, match=r"layer1\.0\.conv1: .*do not converge"):
+        ac.compress(model, policy, example=example)
+
+
+def test_maxvit_loses_channels_in_the_parts_that_can_be_traced():
     model = torchvision_check.build("maxvit_t")
     example = torch.rand(1, 3, 224, 224)
-    policy = torchvision_check.harsh_policy(model, example)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with pytest.raises(ModelError, match="do not converge; use keep_ratio"):
-            ac.compress(model, policy, example=example)
+        prunable = prunable_layers(model, example)
+    assert "blocks.0.layers.0.layers.MBconv.layers.conv_a.0" in prunable
+    assert not any(n.endswith("to_qkv") for n in prunable)  # its heads are reshaped by hand
 
 
 def test_sub_modules_keep_their_output_channels_when_the_model_cannot_be_traced():
@@ -68,8 +82,6 @@ def test_sub_modules_keep_their_output_channels_when_the_model_cannot_be_traced(
     assert model.stage2[1].branch2[5].out_channels == 24
     assert model(example).shape == (1, 10)
     with pytest.raises(ModelError, match="stage2.1.branch2.5"):
-        from autocompress.policy import CompressionPolicy, LayerPolicy
-
         prune_channels(
             torchvision_check.build("shufflenet_v2_x0_5"),
             CompressionPolicy({"stage2.1.branch2.5": LayerPolicy(keep_ratio=0.5)}),
