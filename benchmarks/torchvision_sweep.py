@@ -81,6 +81,7 @@ def report() -> None:
         f"**{len(passed)} of {len(rows)} pass ({100 * len(passed) / max(1, len(rows)):.1f} %)**"
         f" of {data.get('listed', '?')} listed models.",
         "",
+        *([f"Note: {data['note']}", ""] if data.get("note") else []),
         "| model | input | prunable / layers | params before → after | max rel. error | "
         "s | result |",
         "|---|---|---|---|---|---|---|",

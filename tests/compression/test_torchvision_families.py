@@ -4,8 +4,6 @@ model is benchmarks/torchvision_sweep.py): half of the prunable channels removed
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 import torchvision_check
@@ -14,6 +12,8 @@ import autocompress as ac
 from autocompress.compression.structured import prunable_layers, prune_channels
 from autocompress.errors import ModelError
 from autocompress.policy import CompressionPolicy, LayerPolicy
+
+pytestmark = pytest.mark.filterwarnings("ignore")  # Torch-Pruning's and torchvision's notes
 
 FAMILIES = [
     "resnet18",
@@ -36,9 +36,7 @@ FAMILIES = [
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_half_the_channels_go_and_onnx_runtime_agrees(name):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        rec = torchvision_check.check(name)
+    rec = torchvision_check.check(name)
     assert rec["ok"], rec
     assert rec["prunable"] > 0 and rec["params_after"] < rec["params"], rec
 
@@ -59,9 +57,7 @@ def test_groups_that_do_not_converge_end_in_a_model_error_naming_the_layer(monke
 def test_maxvit_loses_channels_in_the_parts_that_can_be_traced():
     model = torchvision_check.build("maxvit_t")
     example = torch.rand(1, 3, 224, 224)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        prunable = prunable_layers(model, example)
+    prunable = prunable_layers(model, example)
     assert "blocks.0.layers.0.layers.MBconv.layers.conv_a.0" in prunable
     assert not any(n.endswith("to_qkv") for n in prunable)  # its heads are reshaped by hand
 
@@ -69,15 +65,12 @@ def test_maxvit_loses_channels_in_the_parts_that_can_be_traced():
 def test_sub_modules_keep_their_output_channels_when_the_model_cannot_be_traced():
     model = torchvision_check.build("shufflenet_v2_x0_5")
     example = torch.rand(1, 3, 64, 64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        prunable = prunable_layers(model, example)
-        # inside each branch: the first 1x1 conv's channels (the depthwise conv follows them)
-        assert "stage2.1.branch2.0" in prunable
-        # the branch's last conv feeds the channel shuffle: never pruned alone
-        assert "stage2.1.branch2.5" not in prunable
-        policy = torchvision_check.harsh_policy(model, example)
-        removed = prune_channels(model, policy, example)
+    prunable = prunable_layers(model, example)
+    # inside each branch: the first 1x1 conv's channels (the depthwise conv follows them)
+    assert "stage2.1.branch2.0" in prunable
+    # the branch's last conv feeds the channel shuffle: never pruned alone
+    assert "stage2.1.branch2.5" not in prunable
+    removed = prune_channels(model, torchvision_check.harsh_policy(model, example), example)
     assert removed["stage2.1.branch2.0"] == model.stage2[1].branch2[0].out_channels
     assert model.stage2[1].branch2[5].out_channels == 24
     assert model(example).shape == (1, 10)
