@@ -144,6 +144,19 @@ class FinetuneConfig(_Strict):
         description="before the fine-tune, move every BatchNorm layer's statistics by the shift "
         "compression causes on the calibration batches (as the sensitivity sweep does)",
     )
+    schedule: Literal["oneshot", "gradual"] = Field(
+        "oneshot",
+        description="oneshot: prune to the policy, then fine-tune; gradual: reach its sparsity in "
+        "prune_stages steps (cubic schedule, AGP), fine-tuning after each",
+    )
+    prune_stages: int = Field(5, ge=2, description="pruning steps of the gradual schedule")
+    recovery_lr_factor: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="learning rate of the recovery fine-tunes between gradual "
+        "steps, as a fraction of lr (the last stage runs at lr)",
+    )
 
 
 def _export_finetune() -> FinetuneConfig:

@@ -15,9 +15,10 @@ from torch import nn
 
 from .errors import ModelError
 
-__all__ = ["CompressionPolicy", "LayerPolicy", "FLOAT_BITS", "compressible_layers"]
+__all__ = ["CompressionPolicy", "LayerPolicy", "FLOAT_BITS", "HALF_BITS", "compressible_layers"]
 
 FLOAT_BITS = 32
+HALF_BITS = 16
 _COMPRESSIBLE = (nn.Conv2d, nn.Linear)
 
 
@@ -31,39 +32,80 @@ class LayerPolicy:
     """What to do with one layer.
 
     ``sparsity``: fraction of weights zeroed by magnitude (unstructured), in [0, 1).
-    ``bits``: weight bit-width, 2..8 (symmetric per-channel integer) or 32 (float).
+    ``threshold``: weights with ``|w| < threshold`` are zeroed too (0 = no threshold).
+    ``bits``: weight bit-width: 2..8 (integer), 16 (FP16 storage) or 32 (float).
     ``keep_ratio``: fraction of output channels kept by structured pruning (1.0 = none removed).
+    ``quantizer``: ``uniform`` (integer grid) or ``kmeans`` (weight sharing: ``2**bits``
+    centroids per layer, Deep Compression).
+    ``scheme``: ``symmetric`` (zero point 0) or ``asymmetric`` (min/max with a zero point) and
+    ``granularity``: ``per_channel`` or ``per_tensor`` scales, for ``uniform`` integer weights.
     """
 
     sparsity: float = 0.0
     bits: int = FLOAT_BITS
     keep_ratio: float = 1.0
+    threshold: float = 0.0
+    quantizer: str = "uniform"
+    scheme: str = "symmetric"
+    granularity: str = "per_channel"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.sparsity < 1.0:
             raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
-        if self.bits != FLOAT_BITS and not 2 <= self.bits <= 8:
-            raise ValueError(f"bits must be 2..8 or 32, got {self.bits}")
+        if self.bits not in (FLOAT_BITS, HALF_BITS) and not 2 <= self.bits <= 8:
+            raise ValueError(f"bits must be 2..8, 16 or 32, got {self.bits}")
         if not 0.0 < self.keep_ratio <= 1.0:
             raise ValueError(f"keep_ratio must be in (0, 1], got {self.keep_ratio}")
+        if not self.threshold >= 0.0:
+            raise ValueError(f"threshold must be >= 0, got {self.threshold}")
+        for key, allowed in _CHOICES.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(
+                    f"{key} must be one of {', '.join(allowed)}, not {getattr(self, key)!r}"
+                )
 
     @property
     def quantized(self) -> bool:
-        return self.bits != FLOAT_BITS
+        """Integer weights (2..8 bits, uniform or k-means): deployed as INT8, 8-bit inputs."""
+        return self.bits <= 8
+
+    @property
+    def half(self) -> bool:
+        return self.bits == HALF_BITS
 
     @property
     def is_identity(self) -> bool:
-        return self.sparsity == 0.0 and not self.quantized and self.keep_ratio == 1.0
+        return (
+            self.sparsity == 0.0
+            and self.threshold == 0.0
+            and self.bits == FLOAT_BITS
+            and self.keep_ratio == 1.0
+        )
+
+
+_CHOICES = {
+    "quantizer": ("uniform", "kmeans"),
+    "scheme": ("symmetric", "asymmetric"),
+    "granularity": ("per_channel", "per_tensor"),
+}
+_DEFAULTS = {name: f.default for name, f in LayerPolicy.__dataclass_fields__.items()}
 
 
 @dataclass(frozen=True)
 class CompressionPolicy(Mapping[str, LayerPolicy]):
-    """Per-layer decisions keyed by module name; layers not named stay untouched."""
+    """Per-layer decisions keyed by module name; layers not named stay untouched.
+
+    ``scope``: ``layer`` (each sparsity applies to its layer) or ``global`` (the policy's total
+    of pruned weights is kept, one magnitude ranking across the pruned layers decides which go).
+    """
 
     layers: Mapping[str, LayerPolicy] = field(default_factory=dict)
+    scope: str = "layer"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", MappingProxyType(dict(self.layers)))
+        if self.scope not in ("layer", "global"):
+            raise ValueError(f"scope must be layer or global, got {self.scope!r}")
 
     # Mapping protocol -------------------------------------------------------------------
     def __getitem__(self, name: str) -> LayerPolicy:
@@ -76,20 +118,28 @@ class CompressionPolicy(Mapping[str, LayerPolicy]):
         return len(self.layers)
 
     def __hash__(self) -> int:
-        return hash(tuple(sorted(self.layers.items())))
+        return hash((tuple(sorted(self.layers.items())), self.scope))
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, CompressionPolicy) and dict(self.layers) == dict(other.layers)
+        return (
+            isinstance(other, CompressionPolicy)
+            and dict(self.layers) == dict(other.layers)
+            and self.scope == other.scope
+        )
 
     # (de)serialisation ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"version": 1, "layers": {n: asdict(p) for n, p in self.layers.items()}}
+        out = {"version": 1, "layers": {n: _layer_dict(p) for n, p in self.layers.items()}}
+        if self.scope != "layer":
+            out["scope"] = self.scope
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CompressionPolicy:
         layers = data.get("layers", data)
         try:
-            return cls({n: LayerPolicy(**dict(p)) for n, p in layers.items()})
+            scope = data.get("scope", "layer") if "layers" in data else "layer"
+            return cls({n: LayerPolicy(**dict(p)) for n, p in layers.items()}, scope=scope)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"invalid compression policy: {exc}") from None
 
@@ -111,5 +161,15 @@ class CompressionPolicy(Mapping[str, LayerPolicy]):
             return "no compression"
         sp = [p.sparsity for p in self.layers.values()]
         bits = sorted({p.bits for p in self.layers.values()})
-        bit_txt = "/".join("fp32" if b == FLOAT_BITS else str(b) for b in bits)
+        bit_txt = "/".join({FLOAT_BITS: "fp32", HALF_BITS: "fp16"}.get(b, str(b)) for b in bits)
         return f"{len(sp)} layers, mean sparsity {sum(sp) / len(sp):.2f}, bits {bit_txt}"
+
+
+def _layer_dict(lp: LayerPolicy) -> dict[str, Any]:
+    """The layer's fields; the options added after version 1 only when not at their default,
+    so a policy written before them reads and hashes as it did."""
+    d = asdict(lp)
+    return {k: v for k, v in d.items() if k in _V1_FIELDS or v != _DEFAULTS[k]}
+
+
+_V1_FIELDS = ("sparsity", "bits", "keep_ratio")

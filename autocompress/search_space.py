@@ -10,9 +10,15 @@ layers:
     sparsity: {low: 0.0, high: 0.9, step: 0.1}
     bits: [8, 32]
     keep_ratio: [1.0, 0.75, 0.5] # structured: fraction of output channels kept (real removal)
+    threshold: [0.0, 0.01]       # also zero weights with |w| < threshold
+    quantizer: [uniform, kmeans] # integer grid, or 2**bits shared weights (k-means)
+    scheme: [symmetric]          # or asymmetric (min/max with a zero point)
+    granularity: [per_channel]   # or per_tensor
 exclude: ["features.0"]          # never compressed
+scope: layer                     # or global: one magnitude ranking across the pruned layers
 ```
 The first rule that matches a layer decides its choices; unmatched layers stay untouched.
+``bits`` choices are 2..8 (integer), 16 (FP16 storage) or 32.
 """
 
 from __future__ import annotations
@@ -20,13 +26,14 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import nn
 
 from .config import read_yaml, validation_message
 from .errors import ConfigError
-from .policy import FLOAT_BITS, CompressionPolicy, LayerPolicy, compressible_layers
+from .policy import FLOAT_BITS, HALF_BITS, CompressionPolicy, LayerPolicy, compressible_layers
 
 __all__ = ["LayerChoices", "SearchSpace", "SearchSpaceSpec", "load_search_space"]
 
@@ -49,6 +56,12 @@ class LayerRule(BaseModel):
     sparsity: list[float] | _Range = Field(default_factory=lambda: [0.0])
     bits: list[int] = Field(default_factory=lambda: [FLOAT_BITS])
     keep_ratio: list[float] = Field(default_factory=lambda: [1.0])
+    threshold: list[float] = Field(default_factory=lambda: [0.0])
+    quantizer: list[Literal["uniform", "kmeans"]] = Field(default_factory=lambda: ["uniform"])
+    scheme: list[Literal["symmetric", "asymmetric"]] = Field(default_factory=lambda: ["symmetric"])
+    granularity: list[Literal["per_channel", "per_tensor"]] = Field(
+        default_factory=lambda: ["per_channel"]
+    )
 
     @model_validator(mode="after")
     def _one_selector(self) -> LayerRule:
@@ -68,9 +81,9 @@ class LayerRule(BaseModel):
     @field_validator("bits")
     @classmethod
     def _bits(cls, v: list[int]) -> list[int]:
-        bad = [b for b in v if b != FLOAT_BITS and not 2 <= b <= 8]
+        bad = [b for b in v if b not in (FLOAT_BITS, HALF_BITS) and not 2 <= b <= 8]
         if bad or not v:
-            raise ValueError(f"bits choices must be 2..8 or 32 (got {bad or 'none'})")
+            raise ValueError(f"bits choices must be 2..8, 16 or 32 (got {bad or 'none'})")
         return v
 
     @field_validator("keep_ratio")
@@ -79,6 +92,13 @@ class LayerRule(BaseModel):
         bad = [k for k in v if not 0.0 < k <= 1.0]
         if bad or not v:
             raise ValueError(f"keep_ratio choices must be in (0, 1] (got {bad or 'none'})")
+        return v
+
+    @field_validator("threshold", "quantizer", "scheme", "granularity")
+    @classmethod
+    def _some(cls, v: list, info) -> list:
+        if not v or (info.field_name == "threshold" and min(v) < 0):
+            raise ValueError(f"{info.field_name} choices must be a non-empty list (threshold >= 0)")
         return v
 
     @property
@@ -101,6 +121,7 @@ class SearchSpaceSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     layers: list[LayerRule] = Field(min_length=1)
     exclude: list[str] = Field(default_factory=list)
+    scope: Literal["layer", "global"] = "layer"
     source: Path | None = Field(None, exclude=True)
 
     def resolve(self, model: nn.Module) -> SearchSpace:
@@ -122,11 +143,16 @@ class SearchSpaceSpec(BaseModel):
                         rule.sparsity_values(),
                         tuple(sorted(set(rule.bits))),
                         tuple(sorted(set(rule.keep_ratio), reverse=True)),
+                        tuple(sorted(set(rule.threshold))),
+                        *(tuple(dict.fromkeys(getattr(rule, k))) for k in _OPTION_DIMS),
                     )
         ordered = {n: choices[n] for n in layers if n in choices}
         if not ordered:
             raise ConfigError(f"{where}every matched layer is excluded: nothing to search")
-        return SearchSpace(ordered)
+        return SearchSpace(ordered, self.scope)
+
+
+_OPTION_DIMS = ("quantizer", "scheme", "granularity")
 
 
 @dataclass(frozen=True)
@@ -134,16 +160,25 @@ class LayerChoices:
     sparsity: tuple[float, ...]
     bits: tuple[int, ...]
     keep_ratio: tuple[float, ...] = (1.0,)
+    threshold: tuple[float, ...] = (0.0,)
+    quantizer: tuple[str, ...] = ("uniform",)
+    scheme: tuple[str, ...] = ("symmetric",)
+    granularity: tuple[str, ...] = ("per_channel",)
 
     @property
     def size(self) -> int:
-        return len(self.sparsity) * len(self.bits) * len(self.keep_ratio)
+        n = 1
+        for opts in self.options().values():
+            n *= len(opts)
+        return n
 
     def options(self) -> dict[str, tuple]:
-        """The searched dimensions of this layer (keep_ratio only when it has a choice)."""
+        """The searched dimensions of this layer (sparsity and bits always; the others only
+        when they offer a choice)."""
         out: dict[str, tuple] = {"sparsity": self.sparsity, "bits": self.bits}
-        if len(self.keep_ratio) > 1:
-            out["keep_ratio"] = self.keep_ratio
+        for dim in ("keep_ratio", "threshold", *_OPTION_DIMS):
+            if len(getattr(self, dim)) > 1:
+                out[dim] = getattr(self, dim)
         return out
 
 
@@ -152,6 +187,7 @@ class SearchSpace:
     """Resolved choices per layer name, in module order."""
 
     layers: dict[str, LayerChoices]
+    scope: str = "layer"
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -163,13 +199,18 @@ class SearchSpace:
         rules: list[dict],
         *,
         exclude: list[str] | tuple[str, ...] = (),
+        scope: str = "layer",
         example=None,
     ) -> SearchSpace:
         """The space of ``rules`` (the YAML file's ``layers`` list, as dicts) on ``model``.
+        ``scope``: ``layer`` (each layer's sparsity is its own) or ``global`` (the policy's
+        pruned-weight count is kept, one magnitude ranking across its layers decides which go).
         With an ``example`` input, channel removal (``keep_ratio`` < 1) is tried once on a copy
         of the model, so a model it cannot handle fails here and not in a trial."""
         try:
-            spec = SearchSpaceSpec.model_validate({"layers": rules, "exclude": list(exclude)})
+            spec = SearchSpaceSpec.model_validate(
+                {"layers": rules, "exclude": list(exclude), "scope": scope}
+            )
         except ValidationError as exc:
             raise ConfigError(validation_message(exc, "rules", SearchSpaceSpec)) from None
         spec.source = Path("rules")  # (errors name the caller's argument)
@@ -208,12 +249,9 @@ class SearchSpace:
         """Rebuild the policy from Optuna trial params (missing ones take their first choice)."""
         out = {}
         for name, ch in self.layers.items():
-            out[name] = LayerPolicy(
-                sparsity=float(params.get(f"{name}.sparsity", ch.sparsity[0])),
-                bits=int(params.get(f"{name}.bits", ch.bits[0])),
-                keep_ratio=float(params.get(f"{name}.keep_ratio", ch.keep_ratio[0])),
-            )
-        return CompressionPolicy(out)
+            values = {f: params.get(f"{name}.{f}", getattr(ch, f)[0]) for f in _FIELDS}
+            out[name] = LayerPolicy(**{f: _FIELDS[f](v) for f, v in values.items()})
+        return CompressionPolicy(out, scope=self.scope)
 
     def params_from_policy(self, policy: CompressionPolicy) -> dict:
         params = {}
@@ -234,6 +272,10 @@ class SearchSpace:
         return CompressionPolicy(
             {
                 name: LayerPolicy(
+                    threshold=ch.threshold[0],
+                    quantizer=ch.quantizer[0],
+                    scheme=ch.scheme[0],
+                    granularity=ch.granularity[0],
                     sparsity=float(near(ch.sparsity, sparsity)),
                     bits=int(near(ch.bits, bits)),
                     keep_ratio=float(
@@ -243,7 +285,8 @@ class SearchSpace:
                     ),
                 )
                 for name, ch in self.layers.items()
-            }
+            },
+            scope=self.scope,
         )
 
     def extreme(self, *, aggressive: bool) -> dict:
@@ -251,10 +294,24 @@ class SearchSpace:
         out = {}
         for key, opts in self.choices().items():
             dim = key.rpartition(".")[2]
+            if dim in _OPTION_DIMS:  # no order: the first listed choice either way
+                out[key] = opts[0]
+                continue
             gentle = max(opts) if dim in ("bits", "keep_ratio") else min(opts)
             harsh = min(opts) if dim in ("bits", "keep_ratio") else max(opts)
             out[key] = harsh if aggressive else gentle
         return out
+
+
+_FIELDS = {
+    "sparsity": float,
+    "bits": int,
+    "keep_ratio": float,
+    "threshold": float,
+    "quantizer": str,
+    "scheme": str,
+    "granularity": str,
+}
 
 
 def load_search_space(path: str | Path) -> SearchSpaceSpec:

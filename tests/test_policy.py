@@ -25,7 +25,11 @@ def test_json_round_trip():
         ({"sparsity": 1.0}, "sparsity must be"),
         ({"sparsity": -0.1}, "sparsity must be"),
         ({"bits": 1}, "bits must be"),
-        ({"bits": 16}, "bits must be"),
+        ({"bits": 12}, "bits must be"),
+        ({"threshold": -0.1}, "threshold must be"),
+        ({"quantizer": "lloyd"}, "quantizer must be"),
+        ({"scheme": "affine"}, "scheme must be"),
+        ({"granularity": "per_group"}, "granularity must be"),
         ({"keep_ratio": 0.0}, "keep_ratio must be"),
     ],
 )

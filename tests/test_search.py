@@ -156,6 +156,37 @@ def test_trial_fine_tune_starts_from_corrected_batchnorm(tmp_path, fmnist_root):
     assert gap(corrected) < gap(plain)
 
 
+def test_gradual_schedule_reaches_the_policy_in_steps(tmp_path, fmnist_root, monkeypatch):
+    """``finetune.schedule: gradual``: the fine-tune is split over the pruning steps, the
+    sparsity rises along the cubic schedule, recovery stages run at the reduced rate, and
+    the model ends at exactly the policy's sparsity."""
+    from autocompress.compression.apply import weight_sparsity
+    from autocompress.prepare import prepare
+    from autocompress.search import objective
+
+    cfg = load_experiment(tiny_config(tmp_path, fmnist_root, finetune__steps=7))
+    cfg.finetune.schedule, cfg.finetune.prune_stages = "gradual", 3
+    prep = prepare(cfg, log=lambda *_: None)
+    calls = []
+    real_train = objective.train
+
+    def spy(model, ds, *, steps, lr, **kw):
+        calls.append((steps, lr, round(weight_sparsity(model), 3)))
+        return real_train(model, ds, steps=steps, lr=lr, **kw)
+
+    monkeypatch.setattr(objective, "train", spy)
+    policy = prep.space.uniform_policy(0.75, 32)
+    model, _ = objective.TrialEvaluator(cfg, prep.baseline, prep.data, None).compress(policy)
+    lr = cfg.finetune.lr
+    assert [(c[0], c[1]) for c in calls] == [(2, lr * 0.1), (2, lr * 0.1), (3, lr)]
+    sparsities = [c[2] for c in calls]
+    assert sparsities[0] < sparsities[1] < sparsities[2]
+    one = objective.TrialEvaluator(cfg, prep.baseline, prep.data, None)
+    cfg.finetune.schedule = "oneshot"
+    oneshot, _ = one.compress(policy)
+    assert abs(weight_sparsity(model) - weight_sparsity(oneshot)) < 1e-6
+
+
 def test_kept_trial_models_reload_bit_for_bit(tmp_path, fmnist_root):
     """``search.keep_models``: each fine-tuned trial's packed file rebuilds the model it scored
     (same validation accuracy), and its size is the size the search recorded."""

@@ -5,16 +5,23 @@ and the packed state that defines the model's size."""
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..policy import CompressionPolicy, compressible_layers
+from ..policy import FLOAT_BITS, HALF_BITS, CompressionPolicy, LayerPolicy, compressible_layers
 from .packing import QuantizedTensor
-from .pruning import magnitude_mask
-from .quantization import ActFakeQuant, fake_quantize_weight, quantize_weight
+from .pruning import global_sparsities, magnitude_mask
+from .quantization import (
+    ActFakeQuant,
+    fake_half,
+    fake_quantize_weight,
+    kmeans_codebook,
+    quantize_weight,
+)
 from .structured import prune_channels
 
 __all__ = [
@@ -22,8 +29,10 @@ __all__ = [
     "attach_input_quant",
     "apply_policy",
     "calibrate",
+    "gradual_policies",
     "compressed_state",
     "materialize",
+    "update_masks",
     "weight_sparsity",
 ]
 
@@ -31,16 +40,32 @@ ACT_BITS = 8
 
 
 class CompressWeight(nn.Module):
-    """Weight parametrisation: ``fake_quant(weight * mask)`` with a fixed mask."""
+    """Weight parametrisation: the compressed ``weight * mask`` with a fixed mask.
 
-    def __init__(self, mask: torch.Tensor, bits: int) -> None:
+    ``uniform`` integer bits: fake-quantised (``scheme``, ``granularity``); 16 bits: rounded to
+    FP16; ``kmeans``: the layer's shared weights, ``centroids[assign]`` — assignments fixed at
+    apply time, the centroids a trained parameter whose gradient is the sum over its cluster
+    (Deep Compression's fine-tuning of shared weights)."""
+
+    def __init__(self, weight: torch.Tensor, mask: torch.Tensor, lp: LayerPolicy) -> None:
         super().__init__()
         self.register_buffer("mask", mask)
-        self.bits = bits
+        self.bits = lp.bits
+        self.quantizer = lp.quantizer if lp.quantized else "uniform"
+        self.options = {"scheme": lp.scheme, "granularity": lp.granularity}
+        if self.quantizer == "kmeans":
+            centroids, assign = kmeans_codebook(weight.detach() * mask, lp.bits)
+            self.centroids = nn.Parameter(centroids.to(weight.dtype))
+            self.register_buffer("assign", assign)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.quantizer == "kmeans":
+            table = torch.cat([self.centroids.new_zeros(1), self.centroids])
+            return table[self.assign]
         w = weight * self.mask
-        return fake_quantize_weight(w, self.bits) if self.bits < 32 else w
+        if self.bits == HALF_BITS:
+            return fake_half(w)
+        return fake_quantize_weight(w, self.bits, **self.options) if self.bits <= 8 else w
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, density={self.mask.float().mean().item():.3f}"
@@ -69,7 +94,8 @@ def apply_policy(
 
     First output channels are removed for layers with ``keep_ratio < 1`` (real removal, needs an
     ``example`` input to trace the model); then each named layer gets a magnitude mask at its
-    sparsity and, below 32 bits, symmetric per-channel weight fake-quantisation plus 8-bit
+    sparsity (ranked across layers when ``policy.scope`` is ``global``) and threshold, then its
+    weight quantiser (integer grid, k-means codebook or FP16) and, for integer weights, 8-bit
     fake-quantisation of its input.
     """
     policy.validate(model)
@@ -79,15 +105,65 @@ def apply_policy(
             raise ValueError("structured pruning (keep_ratio < 1) needs an example input")
         prune_channels(out, policy, example, importance=importance, round_to=round_to)
     layers = compressible_layers(out)
+    masks = _masks({n: layers[n].weight for n in policy}, policy)
     for name, lp in policy.items():
-        if lp.sparsity == 0.0 and not lp.quantized:
+        if name not in masks:
             continue
         layer = layers[name]
-        mask = magnitude_mask(layer.weight, lp.sparsity)
-        parametrize.register_parametrization(layer, "weight", CompressWeight(mask, lp.bits))
+        comp = CompressWeight(layer.weight, masks[name], lp)
+        parametrize.register_parametrization(layer, "weight", comp)
         if lp.quantized:
             attach_input_quant(layer)
     return out
+
+
+def _masks(weights: dict[str, torch.Tensor], policy: CompressionPolicy) -> dict[str, torch.Tensor]:
+    """The pruning mask of every layer the policy changes (sparsity ranked across layers with
+    ``scope: global``), by magnitude of ``weights``."""
+    amounts = {n: lp.sparsity for n, lp in policy.items()}
+    if policy.scope == "global":
+        amounts = global_sparsities(weights, amounts)
+    return {
+        n: magnitude_mask(weights[n], amounts[n], threshold=lp.threshold)
+        for n, lp in policy.items()
+        if not (lp.sparsity == 0.0 and lp.threshold == 0.0 and lp.bits == FLOAT_BITS)
+    }
+
+
+def gradual_policies(policy: CompressionPolicy, stages: int) -> list[CompressionPolicy]:
+    """The steps of gradual pruning toward ``policy`` (Zhu & Gupta's cubic schedule, AGP):
+    stage ``k`` of ``n`` prunes ``s * (1 - (1 - k/n)**3)`` of what ``policy`` prunes (sparsity
+    and threshold); channel counts and bit-widths are the policy's from the first stage."""
+    out = []
+    for k in range(1, stages + 1):
+        frac = 1.0 - (1.0 - k / stages) ** 3
+        layers = {
+            n: replace(lp, sparsity=lp.sparsity * frac, threshold=lp.threshold * frac)
+            for n, lp in policy.items()
+        }
+        out.append(CompressionPolicy(layers, scope=policy.scope))
+    return out
+
+
+@torch.no_grad()
+def update_masks(model: nn.Module, policy: CompressionPolicy) -> None:
+    """Re-prune a model made by :func:`apply_policy` to ``policy``'s sparsities, by the
+    magnitudes its weights have now (one step of gradual pruning); k-means layers re-cluster
+    their surviving weights. Channel counts and bit-widths are left as they are."""
+    layers = compressible_layers(model)
+    parts = {n: _layer_parts(layers[n]) for n in policy}
+    for name, (_, comp) in parts.items():
+        if comp is not None and comp.quantizer == "kmeans":  # trained: the shared weights
+            parts[name] = (layers[name].weight.detach(), comp)
+    masks = _masks({n: w for n, (w, _) in parts.items()}, policy)
+    for name, (weight, comp) in parts.items():
+        if comp is None or name not in masks:
+            continue
+        comp.mask.copy_(masks[name])
+        if comp.quantizer == "kmeans":
+            centroids, assign = kmeans_codebook(weight * comp.mask, comp.bits)
+            comp.centroids.data = centroids.to(weight.dtype)
+            comp.assign = assign
 
 
 def _bake(layer: nn.Module) -> None:
@@ -110,7 +186,7 @@ def materialize(model: nn.Module) -> tuple[nn.Module, dict[str, int]]:
     for name, layer in compressible_layers(plain).items():
         if parametrize.is_parametrized(layer, "weight"):
             comp = layer.parametrizations["weight"][0]
-            if comp.bits < 32:
+            if comp.bits <= 8:
                 bits[name] = comp.bits
             _bake(layer)
         if hasattr(layer, "input_quant"):
@@ -145,25 +221,40 @@ def _layer_parts(layer: nn.Module) -> tuple[torch.Tensor, CompressWeight | None]
 
 def compressed_state(model: nn.Module) -> dict[str, np.ndarray | QuantizedTensor]:
     """Everything a loader needs to rebuild the compressed model: integer codes + scales for
-    quantised weights, masked float weights for pruned float layers, float arrays otherwise."""
+    quantised weights (a codebook for k-means), FP16 arrays for 16-bit layers, masked float
+    weights for pruned float layers, float arrays otherwise."""
     out: dict[str, np.ndarray | QuantizedTensor] = {}
     handled: set[str] = set()
+    state = model.state_dict()
     for name, layer in compressible_layers(model).items():
         weight, comp = _layer_parts(layer)
         if comp is None:
             continue
         prefix = f"{name}." if name else ""
         w = weight * comp.mask
-        if comp.bits < 32:
-            codes, scales = quantize_weight(w, comp.bits)
+        if comp.quantizer == "kmeans":
             out[prefix + "weight"] = QuantizedTensor(
-                codes=codes.numpy().astype(np.int8), bits=comp.bits, scales=scales.numpy()
+                codes=comp.assign.numpy().astype(np.int16),
+                bits=comp.bits,
+                scales=comp.centroids.detach().numpy(),
+                kind="kmeans",
             )
+        elif comp.bits <= 8:
+            codes, scales = quantize_weight(w, comp.bits, **comp.options)
+            kind = comp.options["scheme"]
+            out[prefix + "weight"] = QuantizedTensor(
+                codes=codes.numpy().astype(np.int8 if kind == "symmetric" else np.int16),
+                bits=comp.bits,
+                scales=scales.numpy(),
+                kind=kind,
+            )
+        elif comp.bits == HALF_BITS:
+            out[prefix + "weight"] = w.numpy().astype(np.float16)
         else:
             out[prefix + "weight"] = w.numpy().astype(np.float32)
-        handled.update({prefix + "parametrizations.weight.original", prefix + "weight"})
-        handled.add(prefix + "parametrizations.weight.0.mask")
-    for key, value in model.state_dict().items():
+        handled.add(prefix + "weight")
+        handled.update(k for k in state if k.startswith(prefix + "parametrizations.weight."))
+    for key, value in state.items():
         if key in handled or key.endswith("num_batches_tracked") or key.endswith("initialized"):
             continue
         out[key] = value.detach().cpu().numpy().astype(np.float32)

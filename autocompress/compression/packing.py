@@ -8,11 +8,14 @@ The header is zlib-compressed JSON ``{"meta": <user metadata>, "t": [entry, ...]
 tensor in the original order.  Payloads follow in the same order, back to back:
 
 * plain arrays (``"k": "raw"``): the exact little-endian bytes of the array (shape, dtype kept);
-* quantised tensors (``"k": "q"``): per-output-channel float32 scales, then one stream for a
-  ``"dense"`` encoding (every code) or two for ``"sparse"`` (relative indices, then values).
+* quantised tensors (``"k": "q"``; ``"qk"`` names a non-symmetric kind, ``"ns"`` a scale
+  count other than one per output channel): float32 scales (or the k-means codebook), then one
+  stream for a ``"dense"`` encoding (every code) or two for ``"sparse"`` (relative indices,
+  then values).
   Sparse entries are (gap, value) pairs: skip ``gap`` zeros, then emit ``value``; a gap above
   ``2**b - 1`` becomes filler entries ``(2**b - 1, 0)`` that each cover ``2**b`` positions.
-  Codes are offset by ``2**(bits-1) - 1`` to non-negative symbols.  Each stream is Huffman-coded
+  Codes are offset to non-negative symbols (by ``2**(bits-1) - 1`` for symmetric codes,
+  ``2**bits - 1`` for asymmetric ones, 0 for k-means indices).  Each stream is Huffman-coded
   (its table stored in the header as one base-36 code-length digit per symbol) or bit-packed at a
   fixed width (``b`` for indices, ``bits`` for values); the index width ``b``, the dense/sparse
   choice and the per-stream coding are picked to minimise the size, and recorded.
@@ -57,15 +60,22 @@ _ENCODINGS = ("dense", "sparse")  # candidate encodings of quantised tensors (te
 
 @dataclass(frozen=True, eq=False)
 class QuantizedTensor:
-    """Symmetric per-output-channel quantised weight: ``codes * scales[:, None, ...]``.
+    """A weight stored as integer codes, of one of three kinds:
 
-    ``codes`` are signed integers in ``[-(2**(bits-1) - 1), 2**(bits-1) - 1]`` with the weight's
-    shape; ``scales`` (coerced to float32) has one entry per output channel (axis 0).
+    * ``symmetric``: ``codes * scales`` with codes in ``[-(2**(bits-1) - 1), 2**(bits-1) - 1]``;
+    * ``asymmetric``: ``codes * scales`` with codes relative to the zero point, in
+      ``[-(2**bits - 1), 2**bits - 1]``;
+    * ``kmeans``: ``codebook[codes - 1]`` and 0 where ``codes == 0``, with ``scales`` holding the
+      codebook (at most ``2**bits`` shared weights), codes in ``[0, len(scales)]``.
+
+    For the integer kinds ``scales`` (float32) has one entry per output channel (axis 0), or a
+    single one for a per-tensor scale.
     """
 
     codes: np.ndarray
     bits: int
     scales: np.ndarray
+    kind: str = "symmetric"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "codes", np.asarray(self.codes))
@@ -79,8 +89,22 @@ class QuantizedTensor:
     def qmax(self) -> int:
         return (1 << (self.bits - 1)) - 1
 
+    @property
+    def offset(self) -> int:
+        """The stored symbol of code 0 (symbols are ``codes + offset``, non-negative)."""
+        return {"symmetric": self.qmax, "asymmetric": (1 << self.bits) - 1}.get(self.kind, 0)
+
+    @property
+    def alphabet(self) -> int:
+        """Number of distinct symbols a code of this kind and width may take."""
+        if self.kind == "kmeans":
+            return (1 << self.bits) + 1
+        return 2 * self.offset + 1
+
     def dequantize(self) -> np.ndarray:
-        """The float32 weight ``codes * scales`` (scales broadcast along axis 0)."""
+        """The float32 weight."""
+        if self.kind == "kmeans":
+            return np.concatenate([np.zeros(1, np.float32), self.scales])[self.codes]
         view = (-1,) + (1,) * (self.codes.ndim - 1)
         return self.codes.astype(np.float32) * self.scales.reshape(view)
 
@@ -89,20 +113,30 @@ class QuantizedTensor:
         bits, codes, scales = self.bits, self.codes, self.scales
         if isinstance(bits, bool) or not isinstance(bits, int | np.integer) or not 2 <= bits <= 8:
             raise ValueError(f"tensor {name!r}: bits must be an integer in 2..8, got {bits!r}")
+        if self.kind not in ("symmetric", "asymmetric", "kmeans"):
+            raise ValueError(f"tensor {name!r}: unknown quantised kind {self.kind!r}")
         if not np.issubdtype(codes.dtype, np.integer):
             raise ValueError(f"tensor {name!r}: codes must be integers, got dtype {codes.dtype}")
         if codes.ndim == 0:
             raise ValueError(f"tensor {name!r}: codes must have at least one dimension")
-        q = self.qmax
-        if codes.size and (int(codes.min()) < -q or int(codes.max()) > q):
+        lo, hi = -self.offset, self.alphabet - 1 - self.offset
+        if self.kind == "kmeans":
+            hi = len(scales)
+        if codes.size and (int(codes.min()) < lo or int(codes.max()) > hi):
             raise ValueError(
                 f"tensor {name!r}: codes span [{int(codes.min())}, {int(codes.max())}], "
-                f"outside [-{q}, {q}] for {bits} bits"
+                f"outside [{lo}, {hi}] for {bits}-bit {self.kind}"
             )
-        if scales.ndim != 1 or scales.shape[0] != codes.shape[0]:
+        if self.kind == "kmeans":
+            if scales.ndim != 1 or not 1 <= len(scales) <= 1 << bits:
+                raise ValueError(
+                    f"tensor {name!r}: the codebook must hold 1..{1 << bits} values, "
+                    f"got shape {scales.shape}"
+                )
+        elif scales.ndim != 1 or scales.shape[0] not in (1, codes.shape[0]):
             raise ValueError(
                 f"tensor {name!r}: scales must have shape ({codes.shape[0]},) (one per output "
-                f"channel), got {scales.shape}"
+                f"channel) or (1,), got {scales.shape}"
             )
 
 
@@ -163,6 +197,7 @@ def _sparse_streams(skips: np.ndarray, b: int) -> tuple[np.ndarray, np.ndarray]:
 def _choose_encoding(
     value_hist: np.ndarray, skips: np.ndarray, q: int, bits: int, huffman: bool
 ) -> tuple[int, list[np.ndarray | None], list[np.ndarray]]:
+    # q: the symbol of a zero code; bits: the fixed width of a value symbol
     """Index width ``b`` (0 = dense), per-stream Huffman lengths and per-stream symbol
     histograms of the smallest encoding."""
     best_cost, lens = _stream_plan(value_hist, bits, huffman)
@@ -203,15 +238,19 @@ def _pack_quantized(
     """Header entry and payload chunks; with ``encode=False`` each stream's chunk is only its
     exact length in bytes (the header is the same: it records lengths, not contents)."""
     qt.validate(name)
-    bits, q = int(qt.bits), qt.qmax
+    q, bits = qt.offset, (qt.alphabet - 1).bit_length()  # zero symbol, value width
     flat = qt.codes.ravel()
-    symbols = (flat.astype(np.int16) + q).astype(np.uint8)
+    symbols = (flat.astype(np.int32) + q).astype(np.uint16)
     positions = np.flatnonzero(flat)
     skips = np.diff(positions, prepend=-1) - 1  # zeros before each non-zero
-    value_hist = np.bincount(symbols, minlength=2 * q + 1)
+    value_hist = np.bincount(symbols, minlength=qt.alphabet)
     b, plans, hists = _choose_encoding(value_hist, skips, q, bits, huffman)
-    entry: dict[str, Any] = {"n": name, "k": "q", "s": list(qt.shape), "b": bits}
+    entry: dict[str, Any] = {"n": name, "k": "q", "s": list(qt.shape), "b": int(qt.bits)}
     entry["cd"] = np.dtype(qt.codes.dtype).str
+    if qt.kind != "symmetric":
+        entry["qk"] = qt.kind
+    if qt.kind == "kmeans" or len(qt.scales) != qt.shape[0]:
+        entry["ns"] = len(qt.scales)
     chunks: list[bytes | int] = [np.ascontiguousarray(qt.scales, dtype="<f4").tobytes()]
     widths = [bits] if b == 0 else [b, bits]
     if b != 0:
@@ -222,7 +261,7 @@ def _pack_quantized(
             streams = [symbols]
         else:
             idx, slots = _sparse_streams(skips, b)
-            vals = np.full(idx.size, q, dtype=np.uint8)  # fillers carry a zero value
+            vals = np.full(idx.size, q, dtype=np.uint16)  # fillers carry a zero value
             vals[slots] = symbols[positions]
             streams = [idx, vals]
     entry["st"] = []
@@ -249,10 +288,11 @@ def _read_array(data: bytes, dtype: np.dtype, count: int, offset: int) -> np.nda
 
 
 def _unpack_quantized(entry: dict, data: bytes, offset: int) -> tuple[QuantizedTensor, int]:
-    shape, bits = tuple(entry["s"]), int(entry["b"])
-    q = (1 << (bits - 1)) - 1
+    shape, kind = tuple(entry["s"]), entry.get("qk", "symmetric")
+    proto = QuantizedTensor(np.zeros(1, np.int8), int(entry["b"]), np.ones(1), kind)
+    q, bits = proto.offset, (proto.alphabet - 1).bit_length()
     size = int(np.prod(shape, dtype=np.int64))
-    nscales = shape[0]
+    nscales = int(entry.get("ns", shape[0]))
     scales = _read_array(data, np.dtype("<f4"), nscales, offset)
     offset += 4 * nscales
     streams = []
@@ -264,7 +304,7 @@ def _unpack_quantized(entry: dict, data: bytes, offset: int) -> tuple[QuantizedT
     codes_dtype = np.dtype(entry["cd"]).newbyteorder("=")
     if "ib" not in entry:
         sym = _decode_stream(streams[0], entry["st"][0], bits, size)
-        codes = (sym.astype(np.int16) - q).astype(codes_dtype)
+        codes = (sym.astype(np.int32) - q).astype(codes_dtype)
     else:
         count = int(entry["ne"])
         idx = _decode_stream(streams[0], entry["st"][0], int(entry["ib"]), count)
@@ -273,8 +313,8 @@ def _unpack_quantized(entry: dict, data: bytes, offset: int) -> tuple[QuantizedT
         if pos.size and pos[-1] >= size:
             raise ValueError(f"tensor {entry['n']!r}: relative indices run past the tensor end")
         codes = np.zeros(size, dtype=codes_dtype)
-        codes[pos] = vals.astype(np.int16) - q
-    return QuantizedTensor(codes.reshape(shape), bits, scales), offset
+        codes[pos] = vals.astype(np.int32) - q
+    return QuantizedTensor(codes.reshape(shape), proto.bits, scales, kind), offset
 
 
 # -------------------------------------------------------------------------------- public API

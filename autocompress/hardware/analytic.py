@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from ..policy import FLOAT_BITS, CompressionPolicy, LayerPolicy
+from ..policy import CompressionPolicy, LayerPolicy
 from .layers import LayerGeometry, channels, layer_geometry
 from .targets import AnalyticTarget
 
@@ -35,7 +35,7 @@ def layer_seconds(
     target: AnalyticTarget, geo: LayerGeometry, cin: int, cout: int, lp: LayerPolicy
 ) -> float:
     """Seconds of one layer on ``target`` at ``cin``/``cout`` channels under ``lp``."""
-    if lp.bits == FLOAT_BITS:
+    if not lp.quantized:
         w_bits = a_bits = target.precision.float_bits
     else:
         w_bits = lp.bits if target.credit.sub_8bit else max(lp.bits, 8)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..policy import FLOAT_BITS, CompressionPolicy, compressible_layers
+from ..policy import CompressionPolicy, compressible_layers
 
 __all__ = ["LayerGeometry", "channels", "count_macs", "layer_geometry", "precisions"]
 
@@ -105,6 +105,7 @@ def channels(model: nn.Module) -> dict[str, tuple[int, int]]:
 
 
 def precisions(policy: CompressionPolicy, names) -> dict[str, str]:
-    """``{layer: "int8" | "fp32"}``: layers below 32 bits are deployed as INT8."""
-    bits = {n: lp.bits for n, lp in policy.layers.items()}
-    return {n: "int8" if bits.get(n, FLOAT_BITS) != FLOAT_BITS else "fp32" for n in names}
+    """``{layer: "int8" | "fp32"}``: layers with integer weights (2..8 bits) are deployed as
+    INT8, FP16 and float layers as FP32 (what ONNX Runtime's CPU provider runs)."""
+    quantized = {n for n, lp in policy.layers.items() if lp.quantized}
+    return {n: "int8" if n in quantized else "fp32" for n in names}

@@ -180,7 +180,7 @@ def compressed_features(model: nn.Module, example: torch.Tensor) -> dict[str, fl
         name
         for name, layer in compressible_layers(model).items()
         if parametrize.is_parametrized(layer, "weight")
-        and layer.parametrizations["weight"][0].bits < 32
+        and layer.parametrizations["weight"][0].bits <= 8
     ]
     return memory_features(model, int8, example)
 

@@ -36,7 +36,7 @@ __all__ = ["design_policies", "machine_fingerprint", "profile_model", "table_key
 def _choices(space: SearchSpace, layers: list[str]) -> dict[str, tuple[list[float], list[int]]]:
     """Per layer: keep ratios and the deployed precisions (bits 8 = INT8, 32 = FP32)."""
     return {
-        n: (list(ch.keep_ratio), sorted({8 if b != FLOAT_BITS else b for b in ch.bits})[::-1])
+        n: (list(ch.keep_ratio), sorted({8 if b <= 8 else FLOAT_BITS for b in ch.bits})[::-1])
         if (ch := space.layers.get(n)) is not None
         else ([1.0], [FLOAT_BITS])
         for n in layers
@@ -75,7 +75,7 @@ def design_policies(
     # random configurations drawn as the search draws them: uniform over each layer's choices,
     # so a layer with bits [2..8, 32] is INT8 in 6 of 7 draws
     p_int8 = {
-        n: sum(b != FLOAT_BITS for b in ch.bits) / len(ch.bits) if ch is not None else 0.0
+        n: sum(b <= 8 for b in ch.bits) / len(ch.bits) if ch is not None else 0.0
         for n, ch in ((n, space.layers.get(n)) for n in layers)
     }
     rng = random.Random(seed)

@@ -17,7 +17,6 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..metrics import summarize
-from ..policy import FLOAT_BITS
 
 __all__ = ["ValidationReport", "validate_latency"]
 
@@ -135,7 +134,7 @@ def validate_latency(
                     "int8_layers": len(bits),
                     "summary": policy.summary(),
                     "channels": {n: list(c) for n, c in channels(plain).items()},
-                    "bits": {n: lp.bits for n, lp in policy.items() if lp.bits != FLOAT_BITS},
+                    "bits": {n: lp.bits for n, lp in policy.items() if lp.quantized},
                     "sparsity": {n: lp.sparsity for n, lp in policy.items()},
                 }
             )

@@ -12,7 +12,13 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..baseline import Baseline
-from ..compression.apply import apply_policy, calibrate, weight_sparsity
+from ..compression.apply import (
+    apply_policy,
+    calibrate,
+    gradual_policies,
+    update_masks,
+    weight_sparsity,
+)
 from ..compression.artifact import ModelRef, save_packed_model
 from ..compression.batchnorm import batch_statistics, correct_batchnorm
 from ..config import ExperimentConfig, FinetuneConfig
@@ -56,14 +62,19 @@ class TrialEvaluator:
         self, policy: CompressionPolicy, *, recipe: FinetuneConfig | None = None, seed: int = 0
     ):
         """``(model, mean final loss)``: compressed, fine-tuned by ``recipe`` (default: the
-        per-trial fine-tune), masks and fake-quant in place."""
+        per-trial fine-tune), masks and fake-quant in place. A ``gradual`` recipe prunes in
+        ``prune_stages`` steps, ``steps / prune_stages`` fine-tune steps after each (at
+        ``recovery_lr_factor * lr`` but the last)."""
         ft = recipe or self.cfg.finetune
         bs = ft.batch_size or self.cfg.data.batch_size
         train_ds = self.data.train_full if ft.full_train else self.data.train
         comp = self.cfg.compression
+        stages = [policy]
+        if ft.schedule == "gradual":
+            stages = gradual_policies(policy, ft.prune_stages)
         model = apply_policy(
             self.baseline.model,
-            policy,
+            stages[0],
             example=self.data.example_input(2),
             importance=comp.importance,
             round_to=comp.round_to,
@@ -77,22 +88,27 @@ class TrialEvaluator:
             self._calibration = {key: (calib, ref)}  # the latest only: screens reuse one seed
         calib, ref_stats = self._calibration[key]
         calibrate(model, calib)
-        if ft.correct_batchnorm:
-            # A short fine-tune does not repair the statistics alone (bn-finetune.md).
-            correct_batchnorm(model, self.baseline.model, calib, reference_estimate=ref_stats)
-        loss = train(
-            model,
-            train_ds,
-            steps=ft.steps,
-            lr=ft.lr,
-            batch_size=bs,
-            seed=seed,
-            schedule="cosine",
-            teacher=self.baseline.model if ft.distill_weight > 0 else None,
-            distill_weight=ft.distill_weight,
-            temperature=ft.temperature,
-            task=self.task,
-        )
+        loss = float("nan")
+        for k, stage in enumerate(stages):
+            if k:
+                update_masks(model, stage)  # the next gradual step, by today's magnitudes
+            if ft.correct_batchnorm:
+                # A short fine-tune does not repair the statistics alone (bn-finetune.md).
+                correct_batchnorm(model, self.baseline.model, calib, reference_estimate=ref_stats)
+            last = k == len(stages) - 1
+            loss = train(
+                model,
+                train_ds,
+                steps=ft.steps // len(stages) + (ft.steps % len(stages) if last else 0),
+                lr=ft.lr if last else ft.lr * ft.recovery_lr_factor,
+                batch_size=bs,
+                seed=seed + k,
+                schedule="cosine",
+                teacher=self.baseline.model if ft.distill_weight > 0 else None,
+                distill_weight=ft.distill_weight,
+                temperature=ft.temperature,
+                task=self.task,
+            )
         return model, loss
 
     def measure(

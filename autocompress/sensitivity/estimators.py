@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..compression.apply import CompressWeight
 from ..compression.pruning import magnitude_mask
+from ..compression.quantization import fake_quantize_weight
 from ..compression.structured import kept_channels
 from ..policy import compressible_layers
 from .table import IDENTITY
@@ -34,9 +34,9 @@ def perturbation(weight: torch.Tensor, dim: str, value: float, *, round_to: int 
     """``compressed - weight`` for one level of one dimension."""
     w = weight.detach()
     if dim == "sparsity":
-        return CompressWeight(magnitude_mask(w, value), 32)(w) - w
+        return w * magnitude_mask(w, value) - w
     if dim == "bits":
-        return CompressWeight(torch.ones_like(w, dtype=torch.bool), int(value))(w) - w
+        return fake_quantize_weight(w, int(value)) - w
     if dim == "keep_ratio":
         n_out = w.shape[0]
         drop = n_out - kept_channels(n_out, value, round_to)

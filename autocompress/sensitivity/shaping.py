@@ -9,8 +9,10 @@ ones, and each keeps at least its gentlest choice.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..config import SensitivityConfig as SensitivitySettings
-from ..search_space import LayerChoices, SearchSpace
+from ..search_space import SearchSpace
 from .table import DIMENSIONS, SensitivityTable, harsh_order
 
 __all__ = ["shape_space", "shaping_report"]
@@ -71,8 +73,8 @@ def shape_space(
     shaped = {}
     for layer, ch in space.layers.items():
         dims = {d: _shape_dim(table, layer, d, getattr(ch, d), settings) for d in DIMENSIONS}
-        shaped[layer] = LayerChoices(dims["sparsity"], dims["bits"], dims["keep_ratio"])
-    return SearchSpace(shaped)
+        shaped[layer] = replace(ch, **dims)
+    return SearchSpace(shaped, space.scope)
 
 
 def _fmt(dim: str, values: tuple) -> str:
