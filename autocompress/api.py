@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,15 +83,9 @@ def _object_config(
     # What was searched, as a search-space file of exact layer names (the record, not an input).
     space_path = output_dir / "search_space.yaml"
     rules = [
-        {
-            "name": n,
-            "sparsity": list(c.sparsity),
-            "bits": list(c.bits),
-            "keep_ratio": list(c.keep_ratio),
-        }
-        for n, c in space.layers.items()
+        {"name": n, **{k: list(v) for k, v in asdict(c).items()}} for n, c in space.layers.items()
     ]
-    space_path.write_text(yaml.safe_dump({"layers": rules}, sort_keys=False))
+    space_path.write_text(yaml.safe_dump({"layers": rules, "scope": space.scope}, sort_keys=False))
     raw = {
         "name": name,
         "model": {
@@ -212,7 +206,8 @@ class ValidationReport:
             f"{self.space.cardinality:.3g} policies",
         ]
         for name, ch in self.space.layers.items():
-            lines.append(f"    {name:<28} sparsity {list(ch.sparsity)} bits {list(ch.bits)}")
+            dims = " ".join(f"{k} {list(v)}" for k, v in ch.options().items())
+            lines.append(f"    {name:<28} {dims}")
         lines.append(f"  output {c.output_dir}")
         return "\n".join(lines)
 

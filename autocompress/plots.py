@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "activations_png",
     "hypervolume_png",
     "latency_png",
     "pareto_html",
@@ -289,5 +290,32 @@ def throughput_png(forms: Mapping[str, Mapping[str, Any]], path: Path, *, title:
     ax.set_ylabel("images / s")
     ax.legend(fontsize=7, ncol=2)
     ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def activations_png(stats: Sequence[Mapping[str, Any]], path: Path, *, title: str) -> Path:
+    """Per layer: output standard deviation before and after compression, and the share of
+    its input the activation quantiser clips (the 1 % flag as a line)."""
+    names = [s["layer"] for s in stats]
+    y = range(len(names))
+    fig = _figure(8.0, 0.28 * len(names) + 1.4, dpi=100)
+    left, right = fig.subplots(1, 2, sharey=True)
+    left.barh(
+        [i - 0.2 for i in y], [s["before_std"] for s in stats], 0.4, color=_GREY, label="before"
+    )
+    left.barh(
+        [i + 0.2 for i in y], [s["after_std"] for s in stats], 0.4, color=_BLUE, label="after"
+    )
+    left.set_yticks(list(y), names, fontsize=7)
+    left.invert_yaxis()
+    left.set_xlabel("output std")
+    left.legend(fontsize=7)
+    clipped = [100 * (s["clipped"] or 0.0) for s in stats]
+    colours = [_RED if s["flagged"] else _GREEN for s in stats]
+    right.barh(list(y), clipped, color=colours)
+    right.axvline(1.0, color=_RED, lw=0.8, ls="--")
+    right.set_xlabel("input clipped by the activation quantiser (%)")
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return _save(fig, path)

@@ -203,6 +203,11 @@ class Tracker:
         for p in paths:
             self._retry(lambda p=p: self.client.log_artifact(run_id, str(p), artifact_path))
 
+    def log_table(self, run_id: str, rows: list[Mapping[str, Any]], artifact_file: str) -> None:
+        """Rows of equal keys as an MLflow table (shown in the run's artifacts)."""
+        data = {k: [r[k] for r in rows] for k in rows[0]} if rows else {}
+        self._retry(lambda: self.client.log_table(run_id, data=data, artifact_file=artifact_file))
+
     # -- trials -----------------------------------------------------------------------------
     def start_trial(
         self, parent_id: str, number: int, params: Mapping[str, Any], policy: Mapping, summary: str

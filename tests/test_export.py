@@ -80,6 +80,10 @@ def test_export_json_artifacts_and_registry(searched, capsys):
     assert main(["unpack", art["packed"], "-o", str(Path(art["packed"]).with_suffix(".onnx"))]) == 0
     report = Path(art["report_md"]).read_text()
     assert "## Forms on the target" in report and "(deployed)" in report
+    # activation monitoring: one row per layer, in the report and on the MLflow run
+    assert [a["layer"] for a in out["activations"]] == ["conv1", "conv2", "fc"]
+    assert "## Activations" in report
+    assert (Path(art["report_md"]).parent / "activations.png").is_file()
     # the deployed ONNX model runs in ONNX Runtime and agrees with the packed torch model
     model, _ = load_packed_model(art["packed"])
     cfg = load_experiment(searched)
@@ -100,6 +104,8 @@ def test_export_json_artifacts_and_registry(searched, capsys):
     version = client.get_model_version_by_alias(cfg.name, "picked")
     assert str(version.version) == out["registered_model"]["version"]
     assert version.tags["trial"] == "1"
+    logged = [a.path for a in client.list_artifacts(version.run_id, "export")]
+    assert "export/activations.json" in logged and "export/activations.png" in logged
 
 
 def test_pick_nothing_qualifies_exit_1(searched, capsys):

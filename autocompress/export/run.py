@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..compression.activations import activation_stats
 from ..compression.apply import materialize
 from ..compression.artifact import ModelRef, load_packed_model, save_packed_model
 from ..config import ExperimentConfig
@@ -72,6 +73,8 @@ class ExportResult:
     deployed_forms: dict[str, str] = field(default_factory=dict)  # layer -> what it runs as
     forms: dict[str, dict] = field(default_factory=dict)  # form -> FormMeasurement.to_dict()
     unpack_exact: bool = False  # the ONNX rebuilt from the packed file alone gives equal outputs
+    test_images: int = 0  # images the test accuracies were measured on
+    activations: list[dict] = field(default_factory=list)  # ActivationStats.to_dict() per layer
     artifacts: dict[str, str] = field(default_factory=dict)
     registered_model: dict[str, str] = field(default_factory=dict)
 
@@ -266,6 +269,11 @@ def export(
     model.eval()
     torch_acc, _ = evaluate(model, data.test, task=prep.task)
     predicted = latency_model.predict(model, policy)
+    monitor = [x for x, _ in islice(batches(data.val, 128), 4)]
+    activations = activation_stats(baseline.model, model, monitor)
+    flagged = [a.layer for a in activations if a.flagged]
+    if flagged:
+        log(f"warning: the activation quantiser clips > 1 % of the input of {', '.join(flagged)}")
 
     out = cfg.output_dir / "export" / f"trial-{row['trial']:03d}"
     out.mkdir(parents=True, exist_ok=True)
@@ -330,6 +338,7 @@ def export(
         test_accuracy=onnx_acc,
         torch_test_accuracy=torch_acc,
         baseline_test_accuracy=base_test,
+        test_images=len(data.test),
         val_accuracy_search=row["val_accuracy"],
         measured_latency_ms=measured,
         predicted_latency_ms=predicted,
@@ -355,6 +364,7 @@ def export(
         deployed_forms=dep.spec.layer_forms(compressible_layers(plain)),
         forms={name: m.to_dict() for name, m in measured_forms.items()},
         unpack_exact=unpack_exact,
+        activations=[a.to_dict() for a in activations],
         artifacts={
             "packed": str(packed_path),
             "onnx_fp32": str(fp32_path),

@@ -122,16 +122,66 @@ def forms_markdown(e: dict) -> list[str]:
     ]
 
 
+def _weights(lp) -> str:
+    """How a layer's weights are stored, e.g. ``4-bit kmeans``, ``3-bit asymmetric per_tensor``,
+    ``fp16``, ``fp32``."""
+    if not lp.quantized:
+        return "fp16" if lp.half else "fp32"
+    if lp.quantizer == "kmeans":
+        return f"{lp.bits}-bit kmeans"
+    extra = [o for o in (lp.scheme, lp.granularity) if o not in ("symmetric", "per_channel")]
+    return " ".join([f"{lp.bits}-bit", *extra])
+
+
+def activations_markdown(stats: list[dict]) -> list[str]:
+    """The activation table: each layer's output before and after compression, and the share
+    of its input the 8-bit activation quantiser clips (flagged above 1 %)."""
+    if not stats:
+        return []
+    rows = [
+        [
+            s["layer"],
+            f"{s['before_mean']:.3g} / {s['before_std']:.3g}",
+            f"{s['after_mean']:.3g} / {s['after_std']:.3g}",
+            f"[{s['before_min']:.3g}, {s['before_max']:.3g}]",
+            f"[{s['after_min']:.3g}, {s['after_max']:.3g}]",
+            "–" if s["clipped"] is None else f"{100 * s['clipped']:.2f} %",
+            "**clips > 1 %**" if s["flagged"] else "",
+        ]
+        for s in stats
+    ]
+    flagged = [s["layer"] for s in stats if s["flagged"]]
+    note = (
+        f"Layers whose activation quantiser clips more than 1 % of its input: "
+        f"{', '.join(flagged)} (a wider calibration set or 16-bit activations there would help)."
+        if flagged
+        else "No layer's activation quantiser clips more than 1 % of its input."
+    )
+    header = ["layer", "mean / std before", "mean / std after", "range before", "range after"]
+    return [
+        "",
+        "## Activations",
+        "",
+        "Each layer's output on validation batches, uncompressed vs compressed; clipped: share "
+        "of the layer's input outside the 8-bit activation quantiser's range.",
+        "",
+        *_md_table([*header, "clipped", ""], rows),
+        "",
+        note,
+    ]
+
+
 def verification_markdown(e: dict, name: str) -> str:
     """``verification.md``: the headline rows, the forms, the per-layer policy, the files."""
     forms = e.get("deployed_forms") or {}
     policy = [
-        [n, f"{lp.sparsity:.2f}", lp.bits, f"{lp.keep_ratio:.2f}", forms.get(n, "fp32")]
+        [n, f"{lp.sparsity:.2f}", _weights(lp), f"{lp.keep_ratio:.2f}", forms.get(n, "fp32")]
         for n, lp in CompressionPolicy.from_dict(e["policy"]).items()
     ]
     lines = [f"# Export of {name}, trial {e['trial']}", ""]
     lines += _md_table(["metric", "value"], [list(r) for r in export_rows(e)]) + [""]
     lines += forms_markdown(e) + ["## Policy", ""]
-    lines += _md_table(["layer", "sparsity", "bits", "keep ratio", "deployed as"], policy)
+    lines += _md_table(["layer", "sparsity", "weights", "keep ratio", "deployed as"], policy)
+    lines += activations_markdown(e.get("activations") or [])
     lines += ["", "## Artifacts", ""] + [f"- {k}: `{v}`" for k, v in e["artifacts"].items()]
     return "\n".join(lines) + "\n"

@@ -153,6 +153,21 @@ def log_export_figures(tracker, run_id: str | None, result: Mapping[str, Any], o
 
     _best_effort("export throughput figure", tput)
 
+    def acts() -> Path | None:
+        if not result.get("activations"):
+            return None
+        fig = plots.activations_png(
+            result["activations"],
+            Path(out_dir) / "activations.png",
+            title=f"trial {result['trial']}: activations before / after compression",
+        )
+        if run_id:
+            tracker.log_table(run_id, result["activations"], "export/activations.json")
+            tracker.log_artifacts(run_id, [fig], "export")
+        return fig
+
+    _best_effort("export activation figure", acts)
+
     def run() -> Path:
         fig = plots.latency_png(
             predicted_ms=result["predicted_latency_ms"],
