@@ -208,6 +208,11 @@ class ValidationReport:
         for name, ch in self.space.layers.items():
             dims = " ".join(f"{k} {list(v)}" for k, v in ch.options().items())
             lines.append(f"    {name:<28} {dims}")
+        if self.space.unprunable:
+            lines.append(
+                "  keep_ratio fixed at 1.0 (these layers cannot lose output channels): "
+                + ", ".join(self.space.unprunable)
+            )
         lines.append(f"  output {c.output_dir}")
         return "\n".join(lines)
 
@@ -228,7 +233,7 @@ def validate(cfg: ExperimentConfig) -> ValidationReport:
     x = next(batches(data.val, 8))[0]
     classes = None if cfg.task.evaluate else cfg.model.num_classes
     check_model_fits(model, x, classes, name=cfg.model.name)
-    space = spec.resolve(model)
+    space = spec.resolve(model, x[:1])
     check_output_dir(cfg.output_dir)
     return ValidationReport(cfg, space, sum(p.numel() for p in model.parameters()))
 

@@ -80,7 +80,13 @@ def prepare(
     else:
         baseline = baseline_from_model(cfg, model, data, task=task, log=log)
     if space is None:
-        space = load_search_space(cfg.search_space).resolve(baseline.model)
+        example = data.example_input(1)
+        space = load_search_space(cfg.search_space).resolve(baseline.model, example)
+        if space.unprunable:
+            log(
+                f"search space: {len(space.unprunable)} layer(s) cannot lose output channels, "
+                f"keep_ratio fixed at 1.0: {', '.join(space.unprunable)}"
+            )
     prep = Prepared(cfg, data, baseline, space, task=task)
     if size_measure(cfg) == "memory":
         from .hardware.memory_model import get_memory_model

@@ -124,8 +124,13 @@ class SearchSpaceSpec(BaseModel):
     scope: Literal["layer", "global"] = "layer"
     source: Path | None = Field(None, exclude=True)
 
-    def resolve(self, model: nn.Module) -> SearchSpace:
-        """Match rules to the model's compressible layers; a rule matching nothing is an error."""
+    def resolve(self, model: nn.Module, example=None) -> SearchSpace:
+        """Match rules to the model's compressible layers; a rule matching nothing is an error.
+
+        With an ``example`` input, layers whose output channels cannot be removed (the model's
+        outputs, parts Torch-Pruning cannot trace: ``prunable_layers``) keep ``keep_ratio``
+        1.0 (listed in ``SearchSpace.unprunable``), and the harshest channel removal left is
+        tried once on a copy, so a model it cannot handle fails here and not in a trial."""
         layers = compressible_layers(model)
         where = f"{self.source}: " if self.source else ""
         choices: dict[str, LayerChoices] = {}
@@ -149,7 +154,10 @@ class SearchSpaceSpec(BaseModel):
         ordered = {n: choices[n] for n in layers if n in choices}
         if not ordered:
             raise ConfigError(f"{where}every matched layer is excluded: nothing to search")
-        return SearchSpace(ordered, self.scope)
+        space = SearchSpace(ordered, self.scope)
+        if example is not None and any(min(c.keep_ratio) < 1.0 for c in ordered.values()):
+            space = _check_channel_removal(space, model, example, where)
+        return space
 
 
 _OPTION_DIMS = ("quantizer", "scheme", "granularity")
@@ -188,6 +196,7 @@ class SearchSpace:
 
     layers: dict[str, LayerChoices]
     scope: str = "layer"
+    unprunable: tuple[str, ...] = ()  # asked for keep_ratio < 1, cannot lose channels: kept 1.0
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -205,8 +214,8 @@ class SearchSpace:
         """The space of ``rules`` (the YAML file's ``layers`` list, as dicts) on ``model``.
         ``scope``: ``layer`` (each layer's sparsity is its own) or ``global`` (the policy's
         pruned-weight count is kept, one magnitude ranking across its layers decides which go).
-        With an ``example`` input, channel removal (``keep_ratio`` < 1) is tried once on a copy
-        of the model, so a model it cannot handle fails here and not in a trial."""
+        With an ``example`` input, channel removal is offered only where the model allows it
+        (:meth:`SearchSpaceSpec.resolve`)."""
         try:
             spec = SearchSpaceSpec.model_validate(
                 {"layers": rules, "exclude": list(exclude), "scope": scope}
@@ -214,21 +223,7 @@ class SearchSpace:
         except ValidationError as exc:
             raise ConfigError(validation_message(exc, "rules", SearchSpaceSpec)) from None
         spec.source = Path("rules")  # (errors name the caller's argument)
-        space = spec.resolve(model)
-        if example is not None and any(min(c.keep_ratio) < 1.0 for c in space.layers.values()):
-            import copy
-
-            from .compression.structured import prune_channels
-
-            harsh = space.policy_from_params(space.extreme(aggressive=True))
-            try:
-                prune_channels(copy.deepcopy(model), harsh, example)
-            except Exception as exc:  # noqa: BLE001 - the user's model: say what failed
-                raise ConfigError(
-                    f"rules: keep_ratio < 1 (channel removal) fails on this model "
-                    f"({type(exc).__name__}: {exc}); use keep_ratio: [1.0] for its layers"
-                ) from None
-        return space
+        return spec.resolve(model, example)
 
     @property
     def cardinality(self) -> int:
@@ -301,6 +296,30 @@ class SearchSpace:
             harsh = min(opts) if dim in ("bits", "keep_ratio") else max(opts)
             out[key] = harsh if aggressive else gentle
         return out
+
+
+def _check_channel_removal(space: SearchSpace, model: nn.Module, example, where: str):
+    import copy
+    from dataclasses import replace
+
+    from .compression.structured import prunable_layers, prune_channels
+
+    try:
+        prunable = prunable_layers(model, example)
+        wanted = [n for n, c in space.layers.items() if min(c.keep_ratio) < 1.0]
+        fixed = tuple(n for n in wanted if n not in prunable)
+        layers = {
+            n: replace(c, keep_ratio=(1.0,)) if n in fixed else c for n, c in space.layers.items()
+        }
+        space = SearchSpace(layers, space.scope, fixed)
+        harsh = space.policy_from_params(space.extreme(aggressive=True))
+        prune_channels(copy.deepcopy(model), harsh, example)
+    except Exception as exc:  # noqa: BLE001 - the user's model: say what failed
+        raise ConfigError(
+            f"{where}keep_ratio < 1 (channel removal) fails on this model "
+            f"({type(exc).__name__}: {exc}); use keep_ratio: [1.0] for its layers"
+        ) from None
+    return space
 
 
 _FIELDS = {

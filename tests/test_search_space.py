@@ -72,3 +72,22 @@ def test_params_round_trip(tmp_path):
     policy = space.policy_from_params(params)
     assert policy["conv1"].bits == 4 and policy["conv2"].sparsity == 0.0
     assert space.params_from_policy(policy) == params
+
+
+def test_channel_removal_is_offered_only_where_the_model_allows_it():
+    import torch
+    from torch import nn
+
+    from autocompress.search_space import SearchSpace
+
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 10, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+    )
+    rules = [{"type": "Conv2d", "sparsity": [0.0, 0.5], "keep_ratio": [1.0, 0.5]}]
+    space = SearchSpace.from_rules(model, rules, example=torch.zeros(1, 3, 8, 8))
+    assert space.unprunable == ("2",)  # the last conv's channels are the model's outputs
+    assert space.layers["0"].keep_ratio == (1.0, 0.5)
+    assert space.layers["2"].keep_ratio == (1.0,)
+    assert "2.keep_ratio" not in space.choices()
+    without = SearchSpace.from_rules(model, rules)  # no example: nothing checked
+    assert without.unprunable == () and without.layers["2"].keep_ratio == (1.0, 0.5)

@@ -75,6 +75,9 @@ def check(name: str) -> dict:
     rec["params_after"] = sum(p.numel() for p in plain.parameters())
     with torch.no_grad():
         want = plain(example).numpy()
+        shape = tuple(model.eval()(example).shape)
+    if want.shape != shape:  # channel removal must never change what the model outputs
+        return rec | {"ok": False, "stage": "shape", "error": f"output {want.shape} != {shape}"}
     with tempfile.TemporaryDirectory() as tmp:
         path = cm.to_onnx(Path(tmp) / "m.onnx", form="fp32")
         import onnxruntime as ort

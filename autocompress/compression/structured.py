@@ -51,7 +51,19 @@ def output_layers(model: nn.Module, example: torch.Tensor) -> set[str]:
         for h in hooks:
             h.remove()
         model.train(was_training)
-    return {n for n, o in outs.items() if o is final}
+    direct = {n for n, o in outs.items() if o is final}
+    # Channels can also reach the output through pooling / flattening (SqueezeNet's classifier
+    # conv): a layer as wide as the output is one if pruning it alone changes the output shape.
+    width = final.shape[1] if isinstance(final, torch.Tensor) and final.dim() >= 2 else None
+    maybe = {
+        n
+        for n, m in compressible_layers(model).items()
+        if n not in direct and getattr(m, "out_channels", getattr(m, "out_features", 0)) == width
+    }
+    if maybe:
+        direct |= _boundary_layers(model.eval(), (example,), maybe, _importance("l1"))
+        model.train(was_training)
+    return direct
 
 
 def kept_channels(channels: int, keep_ratio: float, round_to: int) -> int:
