@@ -8,6 +8,8 @@ The header is zlib-compressed JSON ``{"meta": <user metadata>, "t": [entry, ...]
 tensor in the original order.  Payloads follow in the same order, back to back:
 
 * plain arrays (``"k": "raw"``): the exact little-endian bytes of the array (shape, dtype kept);
+  a float array that is mostly zeros (``"k": "sf"``) is stored as the relative indices of its
+  non-zeros (one stream, coded like a quantised tensor's) and their values, when smaller;
 * quantised tensors (``"k": "q"``; ``"qk"`` names a non-symmetric kind, ``"ns"`` a scale
   count other than one per output channel): float32 scales (or the k-means codebook), then one
   stream for a ``"dense"`` encoding (every code) or two for ``"sparse"`` (relative indices,
@@ -194,30 +196,37 @@ def _sparse_streams(skips: np.ndarray, b: int) -> tuple[np.ndarray, np.ndarray]:
     return idx, slots
 
 
-def _choose_encoding(
-    value_hist: np.ndarray, skips: np.ndarray, q: int, bits: int, huffman: bool
-) -> tuple[int, list[np.ndarray | None], list[np.ndarray]]:
-    # q: the symbol of a zero code; bits: the fixed width of a value symbol
-    """Index width ``b`` (0 = dense), per-stream Huffman lengths and per-stream symbol
-    histograms of the smallest encoding."""
-    best_cost, lens = _stream_plan(value_hist, bits, huffman)
-    best: tuple[int, list[np.ndarray | None], list[np.ndarray]] = (0, [lens], [value_hist])
-    if "dense" not in _ENCODINGS:
-        best_cost = np.inf
-    if "sparse" not in _ENCODINGS:
-        return best
+def _index_plans(skips: np.ndarray, huffman: bool):
+    """For each relative-index width ``b``: (b, index-stream cost, Huffman lengths, index
+    histogram, filler count) of a sparse encoding of the non-zeros separated by ``skips``."""
     uniq, counts = _skip_histogram(skips)
-    nz_hist = value_hist.copy()
-    nz_hist[q] = 0
     top_b = min(_MAX_INDEX_BITS, max(1, int(uniq[-1]).bit_length() if uniq.size else 1))
     for b in range(1, top_b + 1):
         fillers = int(np.dot(counts, uniq >> b))
         idx_hist = np.bincount(uniq & ((1 << b) - 1), weights=counts, minlength=1 << b)
         idx_hist = idx_hist.astype(np.int64)
         idx_hist[-1] += fillers
+        idx_cost, idx_lens = _stream_plan(idx_hist, b, huffman)
+        yield b, idx_cost, idx_lens, idx_hist, fillers
+
+
+def _choose_encoding(
+    value_hist: np.ndarray, skips: np.ndarray, q: int, bits: int, huffman: bool
+) -> tuple[int, list[np.ndarray | None], list[np.ndarray]]:
+    """Index width ``b`` (0 = dense), per-stream Huffman lengths and per-stream symbol
+    histograms of the smallest encoding (``q``: the symbol of a zero code; ``bits``: the fixed
+    width of a value symbol)."""
+    best_cost, lens = _stream_plan(value_hist, bits, huffman)
+    best: tuple[int, list[np.ndarray | None], list[np.ndarray]] = (0, [lens], [value_hist])
+    if "dense" not in _ENCODINGS:
+        best_cost = np.inf
+    if "sparse" not in _ENCODINGS:
+        return best
+    nz_hist = value_hist.copy()
+    nz_hist[q] = 0
+    for b, idx_cost, idx_lens, idx_hist, fillers in _index_plans(skips, huffman):
         val_hist = nz_hist.copy()
         val_hist[q] += fillers
-        idx_cost, idx_lens = _stream_plan(idx_hist, b, huffman)
         val_cost, val_lens = _stream_plan(val_hist, bits, huffman)
         cost = idx_cost + val_cost + 12  # ~12 more header bytes for the extra fields
         if cost < best_cost:
@@ -320,16 +329,78 @@ def _unpack_quantized(entry: dict, data: bytes, offset: int) -> tuple[QuantizedT
 # -------------------------------------------------------------------------------- public API
 
 
-def _pack_raw(name: str, value: Any, encode: bool = True) -> tuple[dict, list[bytes | int]]:
+def _pack_raw(
+    name: str, value: Any, huffman: bool = True, encode: bool = True
+) -> tuple[dict, list[bytes | int]]:
+    """A plain array: its exact bytes, or — for a float array that is mostly zeros (a pruned
+    float or FP16 layer) — relative indices of the non-zeros (Huffman-coded or bit-packed, as
+    for quantised tensors) and their values, whichever is smaller."""
     arr = np.asarray(value)
     if arr.dtype.kind not in "biufc":
         raise ValueError(f"tensor {name!r}: unsupported dtype {arr.dtype} (numeric arrays only)")
     shape = list(arr.shape)  # before ascontiguousarray, which turns 0-d into 1-d
-    entry = {"n": name, "k": "raw", "s": shape, "d": arr.dtype.newbyteorder("<").str}
+    dtype = arr.dtype.newbyteorder("<")
+    entry: dict[str, Any] = {"n": name, "k": "raw", "s": shape, "d": dtype.str}
+    sparse = _sparse_float_plan(arr, huffman) if arr.dtype.kind == "f" and arr.size else None
+    if sparse is not None:
+        return _pack_sparse_float(entry, arr, sparse, encode)
     if not encode:
         return entry, [arr.nbytes]
-    arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+    arr = np.ascontiguousarray(arr, dtype=dtype)
     return entry, [arr.tobytes()]
+
+
+def _sparse_float_plan(arr: np.ndarray, huffman: bool):
+    """(b, Huffman lengths, index histogram, skips) of the cheapest sparse encoding of a float
+    array, or None when storing it densely is smaller."""
+    flat = arr.ravel()
+    positions = np.flatnonzero(flat)
+    if positions.size > flat.size // 2:  # not sparse enough to ever pay
+        return None
+    skips = np.diff(positions, prepend=-1) - 1
+    best, best_cost = None, arr.nbytes - 16  # the extra header fields cost ~16 bytes
+    for b, idx_cost, lens, hist, fillers in _index_plans(skips, huffman):
+        cost = idx_cost + (positions.size + fillers) * arr.itemsize
+        if cost < best_cost:
+            best, best_cost = (b, lens, hist, skips), cost
+    return best
+
+
+def _pack_sparse_float(entry: dict, arr: np.ndarray, plan, encode: bool):
+    b, lens, hist, skips = plan
+    flat = arr.ravel()
+    positions = np.flatnonzero(flat)
+    count = int(hist.sum())  # non-zeros and fillers
+    spec = [] if lens is None else [HuffmanTable(lens).to_string()]
+    entry.update(k="sf", ib=b, ne=count)
+    if not encode:
+        idx_bytes = _stream_bytes(hist, b, lens)
+        entry["st"] = [[idx_bytes, *spec]]
+        return entry, [idx_bytes, count * arr.itemsize]
+    idx, slots = _sparse_streams(skips, b)
+    vals = np.zeros(idx.size, dtype=arr.dtype.newbyteorder("<"))  # fillers carry a zero
+    vals[slots] = flat[positions]
+    chunk, spec = _encode_stream(idx, b, lens)
+    entry["st"] = [[len(chunk), *spec]]
+    return entry, [chunk, vals.tobytes()]
+
+
+def _unpack_sparse_float(entry: dict, data: bytes, offset: int) -> tuple[np.ndarray, int]:
+    shape, dtype, count = tuple(entry["s"]), np.dtype(entry["d"]), int(entry["ne"])
+    spec = entry["st"][0]
+    if offset + spec[0] > len(data):
+        raise ValueError(f"tensor {entry['n']!r}: packed data truncated")
+    idx = _decode_stream(data[offset : offset + spec[0]], spec, int(entry["ib"]), count)
+    offset += spec[0]
+    vals = _read_array(data, dtype, count, offset)
+    offset += count * dtype.itemsize
+    size = int(np.prod(shape, dtype=np.int64))
+    pos = np.cumsum(idx.astype(np.int64) + 1) - 1
+    if pos.size and pos[-1] >= size:
+        raise ValueError(f"tensor {entry['n']!r}: relative indices run past the tensor end")
+    out = np.zeros(size, dtype=dtype.newbyteorder("="))
+    out[pos] = vals
+    return out.reshape(shape), offset
 
 
 def _layout(
@@ -347,7 +418,7 @@ def _layout(
         if isinstance(value, QuantizedTensor):
             entry, chunks = _pack_quantized(name, value, huffman, encode)
         else:
-            entry, chunks = _pack_raw(name, value, encode)
+            entry, chunks = _pack_raw(name, value, huffman, encode)
         entries.append(entry)
         payload.extend(chunks)
     try:
@@ -393,6 +464,9 @@ def unpack_state(data: bytes) -> tuple[dict[str, np.ndarray | QuantizedTensor], 
     for entry in header["t"]:
         if entry["k"] == "q":
             out[entry["n"]], offset = _unpack_quantized(entry, data, offset)
+            continue
+        if entry["k"] == "sf":
+            out[entry["n"]], offset = _unpack_sparse_float(entry, data, offset)
             continue
         dtype = np.dtype(entry["d"])
         count = int(np.prod(entry["s"], dtype=np.int64))

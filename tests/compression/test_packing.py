@@ -249,3 +249,28 @@ def test_rejects_bad_inputs() -> None:
         unpack_state(data[:-1])
     with pytest.raises(ValueError, match="size mismatch"):
         unpack_state(data + b"\0")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("density", [0.02, 0.3, 0.9])
+def test_sparse_float_arrays_pack_exactly_and_only_when_smaller(dtype, density):
+    rng = np.random.default_rng(3)
+    arr = rng.standard_normal((40, 3, 3, 3)).astype(dtype)
+    arr[rng.random(arr.shape) > density] = 0
+    arr.flat[-1] = 0  # trailing zeros need no filler
+    data = pack_state({"w": arr})
+    assert len(data) == packed_size({"w": arr})
+    out, _ = unpack_state(data)
+    assert out["w"].dtype == arr.dtype and np.array_equal(out["w"], arr)
+    kind = read_header(data)[0]["t"][0]["k"]
+    assert kind == ("sf" if density < 0.5 else "raw")
+    if kind == "sf":
+        assert len(data) < len(pack_state({"w": np.ones_like(arr)}))
+
+
+def test_long_zero_runs_in_a_sparse_float_array_use_fillers():
+    arr = np.zeros(100_000, np.float32)
+    arr[[5, 70_000, 99_999]] = [1.5, -2.0, 3.25]
+    data = pack_state({"w": arr}, huffman=False)
+    assert len(data) == packed_size({"w": arr}, huffman=False) < 200
+    assert np.array_equal(unpack_state(data)[0]["w"], arr)
