@@ -134,50 +134,47 @@ def log_search_figures(
 
 # -- per export --------------------------------------------------------------------------------
 def log_export_figures(tracker, run_id: str | None, result: Mapping[str, Any], out_dir: Path):
-    """``latency.png`` (predicted vs measured vs baseline) and ``throughput.png`` (images/s of
-    each ONNX form per batch size and thread count) from an export result (``to_dict()``
-    of ``ExportResult``), written to ``out_dir`` and logged under ``export/`` of the trial's run
-    when ``run_id`` is given. Returns the file, or None if it could not be drawn."""
+    """``throughput.png`` (images/s of each ONNX form per batch size and thread count),
+    ``activations.png`` (+ the activation table) and ``latency.png`` (predicted vs measured vs
+    baseline) from an export result (``to_dict()`` of ``ExportResult``), written to ``out_dir``
+    and logged under ``export/`` of the trial's run when ``run_id`` is given. Returns the
+    latency figure, or None if it could not be drawn."""
+    trial, out = result["trial"], Path(out_dir)
 
-    def tput() -> Path | None:
-        if not result.get("forms"):
-            return None
-        fig = plots.throughput_png(
-            result["forms"],
-            Path(out_dir) / "throughput.png",
-            title=f"trial {result['trial']}: throughput of each ONNX form",
+    def logged(label: str, draw) -> Path | None:
+        def run() -> Path | None:
+            fig = draw()
+            if fig is not None and run_id:
+                tracker.log_artifacts(run_id, [fig], "export")
+            return fig
+
+        return _best_effort(label, run)
+
+    forms, acts = result.get("forms"), result.get("activations")
+    if forms:
+        title = f"trial {trial}: throughput of each ONNX form"
+        logged(
+            "export throughput figure",
+            lambda: plots.throughput_png(forms, out / "throughput.png", title=title),
         )
+    if acts:
         if run_id:
-            tracker.log_artifacts(run_id, [fig], "export")
-        return fig
-
-    _best_effort("export throughput figure", tput)
-
-    def acts() -> Path | None:
-        if not result.get("activations"):
-            return None
-        fig = plots.activations_png(
-            result["activations"],
-            Path(out_dir) / "activations.png",
-            title=f"trial {result['trial']}: activations before / after compression",
+            _best_effort(
+                "export activation table",
+                lambda: tracker.log_table(run_id, acts, "export/activations.json"),
+            )
+        title = f"trial {trial}: activations before / after compression"
+        logged(
+            "export activation figure",
+            lambda: plots.activations_png(acts, out / "activations.png", title=title),
         )
-        if run_id:
-            tracker.log_table(run_id, result["activations"], "export/activations.json")
-            tracker.log_artifacts(run_id, [fig], "export")
-        return fig
-
-    _best_effort("export activation figure", acts)
-
-    def run() -> Path:
-        fig = plots.latency_png(
+    return logged(
+        "export latency figure",
+        lambda: plots.latency_png(
             predicted_ms=result["predicted_latency_ms"],
             measured_ms=result["measured_latency_ms"],
             baseline_ms=result.get("baseline_latency_ms"),
-            path=Path(out_dir) / "latency.png",
-            title=f"trial {result['trial']}: latency on the target",
-        )
-        if run_id:
-            tracker.log_artifacts(run_id, [fig], "export")
-        return fig
-
-    return _best_effort("export latency figure", run)
+            path=out / "latency.png",
+            title=f"trial {trial}: latency on the target",
+        ),
+    )
