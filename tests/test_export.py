@@ -74,7 +74,10 @@ def test_export_json_artifacts_and_registry(searched, capsys):
     assert out["forms"]["fp16"]["onnx_bytes"] < out["forms"]["fp32"]["onnx_bytes"]
     assert out["forms"]["fp16"]["note"]
     assert set(out["deployed_forms"]) == {"conv1", "conv2", "fc"}
-    assert set(out["deployed_forms"].values()) <= {"fp32", "int8-qdq"}
+    assert set(out["deployed_forms"].values()) <= {"fp32", "int8-qdq", "matmul-nbits"}
+    fc = out["policy"]["layers"].get("fc", {})
+    if out["deployed_form"] == "int8-qdq" and fc.get("bits", 32) <= 4:  # a MatMulNBits candidate
+        assert "MatMulNBits" in out["nbits_note"]
     # the packed file alone rebuilds the shipped ONNX model
     assert out["unpack_exact"] is True
     assert main(["unpack", art["packed"], "-o", str(Path(art["packed"]).with_suffix(".onnx"))]) == 0

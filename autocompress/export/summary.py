@@ -21,7 +21,8 @@ def deployed_form(e: dict) -> str:
     if e.get("deployed_form") != "int8-qdq":
         return f"FP32 ({e['int8_fallback']})" if e.get("int8_fallback") else "FP32"
     rng = "weights on -64..64 (U8S8 saturation workaround)" if e.get("int8_reduce_range") else ""
-    return f"INT8 QDQ, {rng or '-127..127'}"
+    nbits = f"; {e['nbits_note']}" if e.get("nbits_note") else ""
+    return f"INT8 QDQ, {rng or '-127..127'}{nbits}"
 
 
 def export_rows(e: dict) -> list[tuple[str, str]]:

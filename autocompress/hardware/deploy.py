@@ -128,6 +128,7 @@ def export_deployed(
     calibration: Iterable[torch.Tensor] = (),
     reduce_range: bool | None = None,
     activation_qparams: dict[str, tuple[float, int]] | None = None,
+    nbits_layers: dict[str, tuple[int, str]] | None = None,
 ) -> Path:
     """Export a plain model (``materialize(compressed)[0]``) to ``path`` as it is deployed.
 
@@ -136,6 +137,8 @@ def export_deployed(
     MinMax calibration on ``calibration`` or random inputs). ``reduce_range``: INT8 weights on
     -64..64 (``None``: :func:`u8s8_saturates` decides). ``activation_qparams`` (``{tensor:
     (scale, zero point)}``) fixes the activations' quantisation instead of calibrating.
+    ``nbits_layers`` (``{Linear layer: (bits, granularity)}``, not also in ``int8_layers``)
+    become ``MatMulNBits`` nodes holding their own 4-bit codes (:mod:`.nbits`).
     """
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
@@ -143,10 +146,11 @@ def export_deployed(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    int8 = list(dict.fromkeys(int8_layers))
-    if not int8:
+    nbits = dict(nbits_layers or {})
+    int8 = [n for n in dict.fromkeys(int8_layers) if n not in nbits]
+    if not int8 and not nbits:
         return export_onnx(model, example, path)
-    unknown = [n for n in int8 if n not in compressible_layers(model)]
+    unknown = [n for n in [*int8, *nbits] if n not in compressible_layers(model)]
     if unknown:
         raise ModelError(f"int8_layers names unknown layer(s): {', '.join(unknown)}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -157,7 +161,7 @@ def export_deployed(
         try:
             quant_pre_process(str(fp32), str(prep), skip_symbolic_shape=True)
             nodes = onnx_layer_nodes(onnx.load(str(prep)), model)
-            missing = [n for n in int8 if n not in nodes]
+            missing = [n for n in [*int8, *nbits] if n not in nodes]
             if missing:
                 raise ModelError(
                     f"no ONNX Conv/Gemm/MatMul node found for layer(s) {', '.join(missing)}"
@@ -165,24 +169,33 @@ def export_deployed(
             input_name = onnx.load(str(prep), load_external_data=False).graph.input[0].name
             reader = _calibration_reader(input_name, example, calibration)
             out = Path(tmp) / "int8.onnx"
+            if not int8:
+                shutil.copy(prep, out)
             extra = {"ActivationSymmetric": False, "WeightSymmetric": True}
             if activation_qparams:
                 extra["TensorQuantOverrides"] = {
                     t: [{"scale": np.array(sc, np.float32), "zero_point": np.array(zp, np.uint8)}]
                     for t, (sc, zp) in activation_qparams.items()
                 }
-            quantize_static(
-                str(prep),
-                str(out),
-                reader,
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                reduce_range=u8s8_saturates() if reduce_range is None else reduce_range,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                nodes_to_quantize=[nodes[n] for n in int8],
-                extra_options=extra,
-            )
+            if int8:
+                quantize_static(
+                    str(prep),
+                    str(out),
+                    reader,
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=True,
+                    reduce_range=u8s8_saturates() if reduce_range is None else reduce_range,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    nodes_to_quantize=[nodes[n] for n in int8],
+                    extra_options=extra,
+                )
+            if nbits:
+                from .nbits import rewrite_matmul_nbits
+
+                proto = onnx.load(str(out))
+                rewrite_matmul_nbits(proto, {nodes[n]: v for n, v in nbits.items()})
+                onnx.save(proto, str(out))
         finally:
             logging.getLogger().setLevel(quiet)
         shutil.move(str(out), path)

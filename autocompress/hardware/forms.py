@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -43,11 +43,14 @@ class DeploySpec:
     int8_layers: tuple[str, ...] = ()
     reduce_range: bool = False
     activation_qparams: dict[str, tuple[float, int]] = field(default_factory=dict)
+    # Linear layers at <= 4 bits deployed as MatMulNBits: {layer: (bits, granularity)}
+    nbits_layers: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["int8_layers"] = list(self.int8_layers)
         d["activation_qparams"] = {k: list(v) for k, v in self.activation_qparams.items()}
+        d["nbits_layers"] = {k: list(v) for k, v in self.nbits_layers.items()}
         return d
 
     @classmethod
@@ -59,12 +62,18 @@ class DeploySpec:
             activation_qparams={
                 k: (float(v[0]), int(v[1])) for k, v in d.get("activation_qparams", {}).items()
             },
+            nbits_layers={k: (int(v[0]), str(v[1])) for k, v in d.get("nbits_layers", {}).items()},
         )
 
     def layer_forms(self, layers: Iterable[str]) -> dict[str, str]:
         """``{layer: deployed form}``: what each Conv2d/Linear runs as."""
         if self.form == "int8-qdq":
-            return {n: ("int8-qdq" if n in self.int8_layers else "fp32") for n in layers}
+            return {
+                n: "matmul-nbits"
+                if n in self.nbits_layers
+                else ("int8-qdq" if n in self.int8_layers else "fp32")
+                for n in layers
+            }
         return {n: self.form for n in layers}
 
 
@@ -89,7 +98,9 @@ def build_form(
     without activation parameters is calibrated on ``calibration`` and returned with them."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if spec.form == "fp32" or (spec.form == "int8-qdq" and not spec.int8_layers):
+    if spec.form == "fp32" or (
+        spec.form == "int8-qdq" and not spec.int8_layers and not spec.nbits_layers
+    ):
         return export_onnx(plain, example, path), spec
     if spec.form == "fp16":
         with tempfile.TemporaryDirectory() as tmp:
@@ -105,9 +116,10 @@ def build_form(
         calibration=calibration,
         reduce_range=spec.reduce_range,
         activation_qparams=spec.activation_qparams or None,
+        nbits_layers=spec.nbits_layers,
     )
     if not spec.activation_qparams:
-        spec = DeploySpec("int8-qdq", spec.int8_layers, spec.reduce_range, activation_qparams(path))
+        spec = replace(spec, activation_qparams=activation_qparams(path))
     return path, spec
 
 
