@@ -51,6 +51,14 @@ def _run(name: str) -> dict:
     for line in p.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
+    if p.returncode == -9:  # SIGKILL: the kernel's out-of-memory killer (nothing else sends it)
+        return {
+            "model": name,
+            "ok": False,
+            "stage": "skip (does not fit in 24 GiB)",
+            "error": "killed by the kernel's out-of-memory killer (SIGKILL)",
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
     tail = [ln for ln in p.stderr.splitlines() if ln.strip()][-1:] or [f"exit {p.returncode}"]
     return {
         "model": name,
