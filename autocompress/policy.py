@@ -63,6 +63,13 @@ class LayerPolicy:
                 raise ValueError(
                     f"{key} must be one of {', '.join(allowed)}, not {getattr(self, key)!r}"
                 )
+        # One value per behaviour: options that do nothing at this bit-width take defaults.
+        if not self.quantized:  # float / FP16: no quantiser options
+            for key in _CHOICES:
+                object.__setattr__(self, key, _CHOICE_DEFAULTS[key])
+        elif self.quantizer == "kmeans":  # shared weights: no integer grid
+            object.__setattr__(self, "scheme", "symmetric")
+            object.__setattr__(self, "granularity", "per_channel")
 
     @property
     def quantized(self) -> bool:
@@ -88,6 +95,7 @@ _CHOICES = {
     "scheme": ("symmetric", "asymmetric"),
     "granularity": ("per_channel", "per_tensor"),
 }
+_CHOICE_DEFAULTS = {k: v[0] for k, v in _CHOICES.items()}
 _DEFAULTS = {name: f.default for name, f in LayerPolicy.__dataclass_fields__.items()}
 
 

@@ -50,3 +50,10 @@ def test_validate_against_model():
         CompressionPolicy({"conv9": LayerPolicy(0.5, 4)}).validate(model)
     with pytest.raises(ModelError, match="bn1"):  # BatchNorm is not compressible
         CompressionPolicy({"bn1": LayerPolicy(0.5, 4)}).validate(model)
+
+
+def test_options_without_effect_take_their_defaults():
+    assert LayerPolicy(0.5, 32, quantizer="kmeans", scheme="asymmetric") == LayerPolicy(0.5, 32)
+    assert LayerPolicy(0.0, 16, granularity="per_tensor") == LayerPolicy(0.0, 16)
+    assert LayerPolicy(0.0, 4, quantizer="kmeans", scheme="asymmetric").scheme == "symmetric"
+    assert LayerPolicy(0.0, 4, scheme="asymmetric").scheme == "asymmetric"

@@ -71,7 +71,7 @@ def _record(model: nn.Module, batches: list[torch.Tensor]) -> dict[str, _Moments
 
         hooks.append(layer.register_forward_hook(out_hook))
         quant = getattr(layer, "input_quant", None)
-        if isinstance(quant, ActFakeQuant):
+        if isinstance(quant, ActFakeQuant) and bool(quant.initialized):  # (else: identity)
 
             def in_hook(q, inp, acc=seen[name]):
                 x = inp[0].detach()

@@ -39,13 +39,27 @@ __all__ = [
 ACT_BITS = 8
 
 
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward (the value exactly), gradient times ``scale`` backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(scale)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (scale,) = ctx.saved_tensors
+        return grad * scale, None
+
+
 class CompressWeight(nn.Module):
     """Weight parametrisation: the compressed ``weight * mask`` with a fixed mask.
 
     ``uniform`` integer bits: fake-quantised (``scheme``, ``granularity``); 16 bits: rounded to
     FP16; ``kmeans``: the layer's shared weights, ``centroids[assign]`` — assignments fixed at
-    apply time, the centroids a trained parameter whose gradient is the sum over its cluster
-    (Deep Compression's fine-tuning of shared weights)."""
+    apply time, the centroids a trained parameter moved by the mean gradient of their cluster
+    (Deep Compression's fine-tuning of shared weights, normalised by the cluster size)."""
 
     def __init__(self, weight: torch.Tensor, mask: torch.Tensor, lp: LayerPolicy) -> None:
         super().__init__()
@@ -60,8 +74,14 @@ class CompressWeight(nn.Module):
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if self.quantizer == "kmeans":
-            table = torch.cat([self.centroids.new_zeros(1), self.centroids])
-            return table[self.assign]
+            # The value is the centroids; the gradient each receives is its cluster's mean
+            # gradient (Han et al.'s sum divided by the cluster size): at the weights' learning
+            # rate the sum over thousands of weights diverged (techniques benchmark).
+            c = self.centroids
+            if c.requires_grad:
+                counts = torch.bincount(self.assign.flatten(), minlength=len(c) + 1)
+                c = _ScaleGrad.apply(c, 1.0 / counts[1:].clamp(min=1).to(c.dtype))
+            return torch.cat([c.new_zeros(1), c])[self.assign]
         w = weight * self.mask
         if self.bits == HALF_BITS:
             return fake_half(w)
@@ -147,23 +167,25 @@ def gradual_policies(policy: CompressionPolicy, stages: int) -> list[Compression
 
 @torch.no_grad()
 def update_masks(model: nn.Module, policy: CompressionPolicy) -> None:
-    """Re-prune a model made by :func:`apply_policy` to ``policy``'s sparsities, by the
-    magnitudes its weights have now (one step of gradual pruning); k-means layers re-cluster
-    their surviving weights. Channel counts and bit-widths are left as they are."""
+    """Re-prune a model made by :func:`apply_policy` to ``policy``'s sparsities (one step of
+    gradual pruning): by the magnitudes of its surviving weights now (k-means layers: of their
+    shared weights), so a pruned weight never comes back; k-means layers keep their trained
+    centroids. Channel counts and bit-widths are left as they are."""
     layers = compressible_layers(model)
     parts = {n: _layer_parts(layers[n]) for n in policy}
-    for name, (_, comp) in parts.items():
-        if comp is not None and comp.quantizer == "kmeans":  # trained: the shared weights
-            parts[name] = (layers[name].weight.detach(), comp)
-    masks = _masks({n: w for n, (w, _) in parts.items()}, policy)
+    live = {}
     for name, (weight, comp) in parts.items():
+        if comp is not None and comp.quantizer == "kmeans":  # trained: the shared weights
+            live[name] = layers[name].weight.detach()
+        else:
+            live[name] = weight if comp is None else torch.where(comp.mask, weight, 0.0)
+    masks = _masks(live, policy)
+    for name, (_, comp) in parts.items():
         if comp is None or name not in masks:
             continue
-        comp.mask.copy_(masks[name])
+        comp.mask &= masks[name]
         if comp.quantizer == "kmeans":
-            centroids, assign = kmeans_codebook(weight * comp.mask, comp.bits)
-            comp.centroids.data = centroids.to(weight.dtype)
-            comp.assign = assign
+            comp.assign[~comp.mask] = 0
 
 
 def _bake(layer: nn.Module) -> None:
@@ -231,7 +253,7 @@ def compressed_state(model: nn.Module) -> dict[str, np.ndarray | QuantizedTensor
         if comp is None:
             continue
         prefix = f"{name}." if name else ""
-        w = weight * comp.mask
+        w = torch.where(comp.mask, weight, 0.0)  # (+0.0 where pruned: weight * mask gives -0.0)
         if comp.quantizer == "kmeans":
             out[prefix + "weight"] = QuantizedTensor(
                 codes=comp.assign.numpy().astype(np.int16),

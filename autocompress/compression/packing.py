@@ -353,9 +353,8 @@ def _pack_raw(
 def _sparse_float_plan(arr: np.ndarray, huffman: bool):
     """(b, Huffman lengths, index histogram, skips) of the cheapest sparse encoding of a float
     array, or None when storing it densely is smaller."""
-    flat = arr.ravel()
-    positions = np.flatnonzero(flat)
-    if positions.size > flat.size // 2:  # not sparse enough to ever pay
+    positions = _float_nonzero(arr)
+    if positions.size > arr.size // 2:  # not sparse enough to ever pay
         return None
     skips = np.diff(positions, prepend=-1) - 1
     best, best_cost = None, arr.nbytes - 16  # the extra header fields cost ~16 bytes
@@ -366,10 +365,16 @@ def _sparse_float_plan(arr: np.ndarray, huffman: bool):
     return best
 
 
+def _float_nonzero(arr: np.ndarray) -> np.ndarray:
+    """Positions of the entries that are not +0.0 (by bit pattern: -0.0 is kept, exactly)."""
+    flat = np.ascontiguousarray(arr).ravel()
+    return np.flatnonzero(flat.view(np.dtype(f"u{flat.itemsize}")))
+
+
 def _pack_sparse_float(entry: dict, arr: np.ndarray, plan, encode: bool):
     b, lens, hist, skips = plan
-    flat = arr.ravel()
-    positions = np.flatnonzero(flat)
+    flat = np.ascontiguousarray(arr).ravel()
+    positions = _float_nonzero(arr)
     count = int(hist.sum())  # non-zeros and fillers
     spec = [] if lens is None else [HuffmanTable(lens).to_string()]
     entry.update(k="sf", ib=b, ne=count)

@@ -166,6 +166,15 @@ def export_deployed(
                 raise ModelError(
                     f"no ONNX Conv/Gemm/MatMul node found for layer(s) {', '.join(missing)}"
                 )
+            if nbits:  # a layer the rewrite cannot take (not a plain Gemm) stays INT8 QDQ
+                from .nbits import gemm_node
+
+                graph = onnx.load(str(prep)).graph
+                by_name = {node.name: node for node in graph.node}
+                inits = {t.name for t in graph.initializer}
+                other = [n for n in nbits if not gemm_node(by_name[nodes[n]], inits)]
+                int8 += other
+                nbits = {n: v for n, v in nbits.items() if n not in other}
             input_name = onnx.load(str(prep), load_external_data=False).graph.input[0].name
             reader = _calibration_reader(input_name, example, calibration)
             out = Path(tmp) / "int8.onnx"

@@ -57,7 +57,11 @@ class ProxyLatencyModel:
 
     def predict(self, model: nn.Module, policy: CompressionPolicy) -> float:
         bits = {n: lp.bits for n, lp in policy.layers.items()}
-        cost = sum(m * bits.get(n, FLOAT_BITS) for n, m in count_macs(model, self.example).items())
+        # FP16 layers run as FP32 on the CPU targets: only integer bits are cheaper
+        cost = sum(
+            m * (b if (b := bits.get(n, FLOAT_BITS)) <= 8 else FLOAT_BITS)
+            for n, m in count_macs(model, self.example).items()
+        )
         return self.reference_ms * cost / self._total
 
 

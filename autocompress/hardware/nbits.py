@@ -14,7 +14,7 @@ from torch import nn
 from ..compression.quantization import quantize_weight
 from ..policy import CompressionPolicy, compressible_layers
 
-__all__ = ["BLOCK", "nbits_candidates", "rewrite_matmul_nbits"]
+__all__ = ["BLOCK", "gemm_node", "nbits_candidates", "rewrite_matmul_nbits"]
 
 BLOCK = 32  # elements of K per block (one scale per output channel, repeated per block)
 
@@ -47,6 +47,21 @@ def _blocks(weight: np.ndarray, bits: int, granularity: str) -> tuple[np.ndarray
     return packed, np.repeat(per_row, blocks, axis=1).reshape(-1)
 
 
+def gemm_node(node, inits) -> bool:
+    """Whether ``node`` is a ``Gemm`` the rewrite handles (constant weight, no transposed
+    input, unit ``alpha``/``beta``); a Linear on 3-D inputs exports as ``MatMul`` instead."""
+    from onnx import helper
+
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    return (
+        node.op_type == "Gemm"
+        and not attrs.get("transA", 0)
+        and attrs.get("alpha", 1.0) == 1.0
+        and attrs.get("beta", 1.0) == 1.0
+        and node.input[1] in inits
+    )
+
+
 def rewrite_matmul_nbits(onnx_model, nodes: dict[str, tuple[int, str]]) -> None:
     """Replace each named ``Gemm`` node (``{node name: (bits, granularity)}``, weight as an
     initializer, ``alpha = beta = 1``) by ``MatMulNBits`` + ``Add``, in place."""
@@ -60,7 +75,7 @@ def rewrite_matmul_nbits(onnx_model, nodes: dict[str, tuple[int, str]]) -> None:
             out.append(node)
             continue
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if node.op_type != "Gemm" or attrs.get("transA", 0) or node.input[1] not in inits:
+        if not gemm_node(node, inits):
             raise ValueError(f"{node.name}: not a Gemm with a constant weight")
         w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
         w = w if attrs.get("transB", 0) else w.T  # -> [N, K]

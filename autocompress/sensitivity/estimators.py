@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..compression.pruning import magnitude_mask
-from ..compression.quantization import fake_quantize_weight
+from ..compression.quantization import fake_half, fake_quantize_weight
 from ..compression.structured import kept_channels
-from ..policy import compressible_layers
+from ..policy import HALF_BITS, compressible_layers
 from .table import IDENTITY
 
 __all__ = ["estimate_levels", "fisher_diagonals", "hessian_traces", "perturbation"]
@@ -36,6 +36,8 @@ def perturbation(weight: torch.Tensor, dim: str, value: float, *, round_to: int 
     if dim == "sparsity":
         return w * magnitude_mask(w, value) - w
     if dim == "bits":
+        if int(value) == HALF_BITS:
+            return fake_half(w) - w
         return fake_quantize_weight(w, int(value)) - w
     if dim == "keep_ratio":
         n_out = w.shape[0]

@@ -73,9 +73,12 @@ def test_kmeans_centroids_train_with_the_cluster_gradient():
     x = torch.randn(8, 16)
     cm(x).sum().backward()
     grad_w = x.sum(0).expand(4, 16)  # d(sum(x @ W.T)) / dW
-    expected = torch.zeros(comp.centroids.numel()).index_add_(
-        0, (comp.assign.flatten() - 1).clamp(min=0), (grad_w * (comp.assign > 0)).flatten()
+    members = (comp.assign.flatten() - 1).clamp(min=0)
+    total = torch.zeros(comp.centroids.numel()).index_add_(
+        0, members, (grad_w * (comp.assign > 0)).flatten()
     )
+    size = torch.bincount(comp.assign.flatten(), minlength=comp.centroids.numel() + 1)[1:]
+    expected = total / size.clamp(min=1)  # each centroid: the mean gradient of its cluster
     assert torch.allclose(comp.centroids.grad, expected, atol=1e-5)
     before = cm[0].weight.detach().clone()
     with torch.no_grad():
@@ -197,9 +200,20 @@ def test_gradual_steps_end_at_the_policy(scope):
     assert amounts == sorted(amounts) and amounts[0] == pytest.approx(0.8 * (1 - 0.75**3))
     cm = apply_policy(model, stages[0])
     seen = [weight_sparsity(cm)]
+    comps = [
+        cm.features[3].parametrizations["weight"][0],
+        cm.classifier.parametrizations["weight"][0],
+    ]
+    centroids = comps[1].centroids.detach().clone()
     for stage in stages[1:]:
+        before = [c.mask.clone() for c in comps]
+        with torch.no_grad():  # training moves a pruned weight's latent value above the others
+            cm.features[3].parametrizations["weight"].original[~before[0]] = 10.0
         update_masks(cm, stage)
         seen.append(weight_sparsity(cm))
+        for c, old in zip(comps, before, strict=True):
+            assert not (c.mask & ~old).any()  # masks only shrink: nothing pruned comes back
     assert seen == sorted(seen)
+    assert torch.equal(comps[1].centroids, centroids)  # the trained codebook is kept
     assert seen[-1] == pytest.approx(weight_sparsity(apply_policy(model, policy)), abs=1e-6)
     assert cm.classifier.weight.detach().unique().numel() <= 2**3 + 1
