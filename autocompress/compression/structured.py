@@ -54,11 +54,13 @@ def output_layers(model: nn.Module, example: torch.Tensor) -> set[str]:
     direct = {n for n, o in outs.items() if o is final}
     # Channels can also reach the output through pooling / flattening (SqueezeNet's classifier
     # conv): a layer as wide as the output is one if pruning it alone changes the output shape.
-    width = final.shape[1] if isinstance(final, torch.Tensor) and final.dim() >= 2 else None
+    # (channels are dim 1 of an image tensor, the last dim of a token sequence)
+    ok = isinstance(final, torch.Tensor) and final.dim() >= 2
+    widths = {final.shape[1], final.shape[-1]} if ok else set()
     maybe = {
         n
         for n, m in compressible_layers(model).items()
-        if n not in direct and getattr(m, "out_channels", getattr(m, "out_features", 0)) == width
+        if n not in direct and getattr(m, "out_channels", getattr(m, "out_features", 0)) in widths
     }
     if maybe:
         direct |= _boundary_layers(model.eval(), (example,), maybe, _importance("l1"))
