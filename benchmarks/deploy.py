@@ -125,7 +125,8 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(int(os.environ["AUTOCOMPRESS_THREADS"]))
-    overrides = [f"model.checkpoint={baseline_checkpoint(args.model)}"]
+    given = any(o.startswith("model.checkpoint=") for o in args.overrides)
+    overrides = [] if given else [f"model.checkpoint={baseline_checkpoint(args.model)}"]
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir.resolve()}")
     if args.reduced:

@@ -120,13 +120,14 @@ def test_sigkill_mid_trial_then_resume(tmp_path, fmnist_root, mlflow_server):
         except KeyError:
             continue
         victim = next((t for t in running if "mlflow_run_id" in t.user_attrs), None)
-    # `status` says which worker runs the trial.
+    os.kill(proc.pid, signal.SIGKILL)  # at once: a trial ends in seconds, `status` takes seconds
+    proc.wait()
+    # `status` says which worker ran the trial (still RUNNING in the storage until a worker
+    # finds its heartbeat stale).
     st = subprocess.run(
         [*CLI, "status", str(path), "--storage", PG], capture_output=True, text=True
     )
     assert f"trial {victim.number} running on" in st.stdout and f":{proc.pid}" in st.stdout
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
 
     done = subprocess.run([*CLI, *args], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -36,8 +36,10 @@ def _importance(name: str):
 
 
 @torch.no_grad()
-def output_layers(model: nn.Module, example: torch.Tensor) -> set[str]:
-    """Names of the layers whose output is the model's output (their channels cannot go)."""
+def output_layers(model: nn.Module, example: torch.Tensor, *, probe: bool = False) -> set[str]:
+    """Names of the layers whose output is the model's output (their channels cannot go).
+    ``probe`` (the whole model; sub-modules check their boundary layers by pruning anyway):
+    also the layers as wide as the output whose pruning alone would change its shape."""
     outs: dict[str, torch.Tensor] = {}
     hooks = [
         m.register_forward_hook(lambda mod, a, o, n=n: outs.__setitem__(n, o))
@@ -52,6 +54,8 @@ def output_layers(model: nn.Module, example: torch.Tensor) -> set[str]:
             h.remove()
         model.train(was_training)
     direct = {n for n, o in outs.items() if o is final}
+    if not probe:
+        return direct
     # Channels can also reach the output through pooling / flattening (SqueezeNet's classifier
     # conv): a layer as wide as the output is one if pruning it alone changes the output shape.
     # (channels are dim 1 of an image tensor, the last dim of a token sequence)
@@ -232,7 +236,7 @@ class _Scopes:
                 if why:
                     break
         if not why:  # the groups BasePruner will walk (output layers ignored, as there)
-            kept = output_layers(scope, args[0]) if len(args) == 1 else set()
+            kept = output_layers(scope, args[0], probe=not name) if len(args) == 1 else set()
             try:
                 with _group_budget(_limit(scope)):
                     for _ in graph.get_all_groups(
@@ -309,7 +313,7 @@ def _boundary_layers(unit: nn.Module, args: tuple, todo: set[str], scorer) -> se
 
 def _prune_unit(name: str, unit: nn.Module, args: tuple, ratios: dict, scorer, keep: set) -> None:
     layers = compressible_layers(unit)
-    protected = output_layers(unit, args[0]) if len(args) == 1 else set()
+    protected = output_layers(unit, args[0], probe=not name) if len(args) == 1 else set()
     ignored = [layers[n] for n in protected | keep]
     names = {m: _join(name, n) for n, m in layers.items()}
     root = name or "the model"
@@ -351,7 +355,7 @@ def prunable_layers(model: nn.Module, example: torch.Tensor, importance: str = "
     was_training = model.training
     model.eval()
     try:
-        todo = set(compressible_layers(model)) - output_layers(model, example)
+        todo = set(compressible_layers(model)) - output_layers(model, example, probe=True)
         _, unprunable = _plan(model, example, todo, _importance(importance))
     finally:
         model.train(was_training)
@@ -379,7 +383,7 @@ def prune_channels(
     was_training = model.training
     model.eval()
     try:
-        protected = output_layers(model, example)
+        protected = output_layers(model, example, probe=True)
         bad = sorted(todo & protected)
         if bad:
             raise ModelError(
