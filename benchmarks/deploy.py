@@ -67,7 +67,9 @@ REDUCED = {
 DEEP = {
     "small_cnn": [
         "search_space=../search_spaces/small_cnn_deep.yaml",
-        "export.finetune.steps=1500",
+        "search.n_trials=12",
+        "search.screen_trials=300",
+        "export.finetune.steps=3000",
     ],
     "resnet18": [
         "search_space=../search_spaces/resnet18_deep.yaml",

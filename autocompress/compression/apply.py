@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..policy import FLOAT_BITS, HALF_BITS, CompressionPolicy, LayerPolicy, compressible_layers
+from .batchnorm import batchnorms, inference_affine
 from .packing import QuantizedTensor
 from .pruning import global_sparsities, magnitude_mask
 from .quantization import (
@@ -244,10 +245,19 @@ def _layer_parts(layer: nn.Module) -> tuple[torch.Tensor, CompressWeight | None]
 def compressed_state(model: nn.Module) -> dict[str, np.ndarray | QuantizedTensor]:
     """Everything a loader needs to rebuild the compressed model: integer codes + scales for
     quantised weights (a codebook for k-means), FP16 arrays for 16-bit layers, masked float
-    weights for pruned float layers, float arrays otherwise."""
+    weights for pruned float layers, BatchNorm layers in inference form (weight and bias with
+    the statistics folded in: exact for a model after :func:`~.batchnorm.fold_statistics`, which
+    the loader restores), float arrays otherwise."""
     out: dict[str, np.ndarray | QuantizedTensor] = {}
     handled: set[str] = set()
     state = model.state_dict()
+    for name, bn in batchnorms(model).items():
+        if bn.affine and bn.running_mean is not None:
+            prefix = f"{name}." if name else ""
+            w, b = inference_affine(bn)
+            out[prefix + "weight"] = w.numpy().astype(np.float32)
+            out[prefix + "bias"] = b.numpy().astype(np.float32)
+            handled.update(prefix + k for k in ("weight", "bias", "running_mean", "running_var"))
     for name, layer in compressible_layers(model).items():
         weight, comp = _layer_parts(layer)
         if comp is None:

@@ -3,8 +3,10 @@
 The file (``autocompress.compression.packing`` format) holds integer codes + scales for quantised
 layers (Huffman-coded relative indices and values), float32 for the rest, and in its metadata
 what rebuilds the architecture: the model reference, the policy (which channels counts the
-structured pruning leaves) and the input shape. ``load_packed_model`` returns a model whose
-logits equal the compressed model's bit for bit.
+structured pruning leaves) and the input shape. BatchNorm layers are stored in inference form
+(statistics folded into weight and bias); ``load_packed_model`` returns a model whose logits equal
+the compressed model's bit for bit once its BatchNorm statistics are folded
+(``batchnorm.fold_statistics``, which the trial pipeline does after the fine-tune).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ..errors import ModelError
 from ..models import build_model
 from ..policy import CompressionPolicy, compressible_layers
 from .apply import attach_input_quant, compressed_state
+from .batchnorm import batchnorms, folded_variance
 from .packing import QuantizedTensor, load_packed, pack_state, packed_size
 from .structured import prune_channels
 
@@ -143,6 +146,11 @@ def load_packed_model(
     for key, value in tensors.items():
         array = value.dequantize() if isinstance(value, QuantizedTensor) else value
         state[key] = torch.from_numpy(np.ascontiguousarray(array))
+    for name, bn in batchnorms(model).items():  # stored in inference form: statistics folded
+        prefix = f"{name}." if name else ""
+        if bn.affine and bn.running_mean is not None and prefix + "running_mean" not in state:
+            state[prefix + "running_mean"] = torch.zeros_like(bn.running_mean)
+            state[prefix + "running_var"] = torch.full_like(bn.running_var, folded_variance(bn.eps))
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith(("num_batches_tracked", "initialized"))]
     if missing or unexpected:

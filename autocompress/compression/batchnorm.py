@@ -29,6 +29,9 @@ __all__ = [
     "batch_statistics",
     "batchnorms",
     "corrected_statistics",
+    "fold_statistics",
+    "folded_variance",
+    "inference_affine",
     "train_mode",
 ]
 
@@ -37,6 +40,51 @@ _BN = nn.modules.batchnorm._BatchNorm
 
 def batchnorms(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, _BN) and m.track_running_stats}
+
+
+def folded_variance(eps: float) -> float:
+    """The running variance v with ``float32(v + eps) == 1`` exactly: a BatchNorm layer with mean
+    0 and this variance is ``x * weight + bias`` (its inverse standard deviation is exactly 1)."""
+    import numpy as np
+
+    e = np.float32(eps)
+    v = np.float32(1.0) - e
+    while v + e > 1:
+        v = np.nextafter(v, np.float32(0.0))
+    while v + e < 1:
+        v = np.nextafter(v, np.float32(2.0))
+    return float(v)
+
+
+def inference_affine(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight, bias) of BatchNorm layer ``m`` in inference form, statistics folded in:
+    ``weight * (x - mean) / sqrt(var + eps) + bias == x * w' + b'`` (to float rounding; exact when
+    ``m`` is already folded)."""
+    with torch.no_grad():
+        w = m.weight * torch.rsqrt(m.running_var + m.eps)
+        return w, m.bias - m.running_mean * w
+
+
+def _foldable(m: nn.Module) -> bool:
+    return m.affine and m.running_mean is not None
+
+
+@torch.no_grad()
+def fold_statistics(model: nn.Module) -> nn.Module:
+    """Put every BatchNorm layer of ``model`` (with affine parameters and running statistics) in
+    inference form, in place: statistics folded into weight and bias, mean 0, variance
+    :func:`folded_variance`. Evaluation outputs stay the same (to float rounding) and the packed
+    file stores two arrays per layer instead of four. For a finished model: training it again
+    would normalise batches with the folded weights."""
+    for m in batchnorms(model).values():
+        if not _foldable(m):
+            continue
+        w, b = inference_affine(m)
+        m.weight.copy_(w)
+        m.bias.copy_(b)
+        m.running_mean.zero_()
+        m.running_var.fill_(folded_variance(m.eps))
+    return model
 
 
 class BNState:

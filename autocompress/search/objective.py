@@ -20,7 +20,7 @@ from ..compression.apply import (
     weight_sparsity,
 )
 from ..compression.artifact import ModelRef, save_packed_model
-from ..compression.batchnorm import batch_statistics, correct_batchnorm
+from ..compression.batchnorm import batch_statistics, correct_batchnorm, fold_statistics
 from ..config import ExperimentConfig, FinetuneConfig
 from ..data import DataBundle
 from ..hardware.latency import LatencyModel
@@ -64,7 +64,8 @@ class TrialEvaluator:
         """``(model, mean final loss)``: compressed, fine-tuned by ``recipe`` (default: the
         per-trial fine-tune), masks and fake-quant in place. A ``gradual`` recipe prunes in
         ``prune_stages`` steps, ``steps / prune_stages`` fine-tune steps after each (at
-        ``recovery_lr_factor * lr`` but the last)."""
+        ``recovery_lr_factor * lr`` but the last). BatchNorm statistics end folded
+        (:func:`~autocompress.compression.batchnorm.fold_statistics`)."""
         ft = recipe or self.cfg.finetune
         bs = ft.batch_size or self.cfg.data.batch_size
         train_ds = self.data.train_full if ft.full_train else self.data.train
@@ -109,6 +110,7 @@ class TrialEvaluator:
                 temperature=ft.temperature,
                 task=self.task,
             )
+        fold_statistics(model)  # finished: BatchNorm in inference form (what the file stores)
         return model, loss
 
     def measure(

@@ -15,6 +15,7 @@ from autocompress.compression.apply import (
     weight_sparsity,
 )
 from autocompress.compression.artifact import ModelRef, load_packed_model, save_packed_model
+from autocompress.compression.batchnorm import fold_statistics
 from autocompress.compression.packing import QuantizedTensor, pack_state, packed_size, unpack_state
 from autocompress.compression.pruning import global_sparsities, magnitude_mask
 from autocompress.compression.quantization import kmeans_codebook, quantize_weight
@@ -145,6 +146,7 @@ def test_every_option_round_trips_through_the_packed_file(tmp_path):
     calibrate(cm, [x])
     train(cm, torch.utils.data.TensorDataset(x, torch.randint(0, 10, (16,))), steps=3, lr=0.01)
     cm.eval()
+    fold_statistics(cm)
     ref = ModelRef("small_cnn", 10, 1, (1, 28, 28))
     path = tmp_path / "m.acpk"
     save_packed_model(path, cm, ref, policy)
