@@ -73,3 +73,55 @@ def test_batchnorm_is_stored_in_inference_form():
     folded = {k: v.copy() for k, v in compressed_state(model).items()}
     fold_statistics(model)  # idempotent: a folded layer stays bit for bit
     assert all((compressed_state(model)[k] == v).all() for k, v in folded.items())
+
+
+def test_batchnorm_scale_folds_into_the_layer_before(tmp_path):
+    """With a batch, a BatchNorm layer fed by a per-channel-quantised conv alone has its scale
+    moved into that conv's weights (the quantiser's per-channel scales absorb it): the packed
+    file keeps only its bias, the outputs stay, and the file still reloads bit for bit. A conv
+    whose output is also used outside the BatchNorm layer (here added to it) is left alone."""
+    from autocompress.compression.apply import compressed_state
+
+    model = build_model("small_cnn", num_classes=10).eval()
+    for bn in model.modules():
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            with torch.no_grad():
+                bn.weight.uniform_(-1.0, 2.0)
+                bn.running_var.uniform_(0.5, 2.0)
+    policy = CompressionPolicy(
+        {"features.3": LayerPolicy(0.5, 4), "features.7": LayerPolicy(0.0, 4, quantizer="kmeans")}
+    )
+    x = torch.randn(32, 1, 28, 28)
+    cm = apply_policy(model, policy, example=x[:1])
+    calibrate(cm, [x])
+    with torch.no_grad():
+        before = cm(x)
+        fold_statistics(cm, x)
+        after = cm(x)
+    assert (after.argmax(1) == before.argmax(1)).all()
+    state = compressed_state(cm)
+    assert "features.4.weight" not in state and "features.4.bias" in state  # folded into 3
+    assert "features.8.weight" in state  # k-means layer: one codebook, no per-channel scale
+    assert torch.equal(cm.features[4].weight, torch.ones(48))
+    path = tmp_path / "m.acpk"
+    save_packed_model(path, cm, ModelRef("small_cnn", 10, 1, (1, 28, 28)), policy)
+    loaded, _ = load_packed_model(path)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), cm(x))
+
+    class Shared(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn = torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4)
+
+        def forward(self, t):
+            y = self.conv(t)
+            return (self.bn(y) + y).flatten(1)
+
+    m = Shared().eval()
+    with torch.no_grad():
+        m.bn.weight.uniform_(2.0, 3.0)
+        ref = m(x)
+        fold_statistics(m, x)
+        assert torch.allclose(m(x), ref, atol=1e-5)
+    assert not torch.equal(m.bn.weight, torch.ones(4))  # the fold was undone

@@ -246,8 +246,8 @@ def compressed_state(model: nn.Module) -> dict[str, np.ndarray | QuantizedTensor
     """Everything a loader needs to rebuild the compressed model: integer codes + scales for
     quantised weights (a codebook for k-means), FP16 arrays for 16-bit layers, masked float
     weights for pruned float layers, BatchNorm layers in inference form (weight and bias with
-    the statistics folded in: exact for a model after :func:`~.batchnorm.fold_statistics`, which
-    the loader restores), float arrays otherwise."""
+    the statistics folded in, the weight left out when it is all ones; exact for a model after
+    :func:`~.batchnorm.fold_statistics`, which the loader restores), float arrays otherwise."""
     out: dict[str, np.ndarray | QuantizedTensor] = {}
     handled: set[str] = set()
     state = model.state_dict()
@@ -255,7 +255,8 @@ def compressed_state(model: nn.Module) -> dict[str, np.ndarray | QuantizedTensor
         if bn.affine and bn.running_mean is not None:
             prefix = f"{name}." if name else ""
             w, b = inference_affine(bn)
-            out[prefix + "weight"] = w.numpy().astype(np.float32)
+            if not bool((w == 1).all()):  # 1 where the scale is folded into the layer before
+                out[prefix + "weight"] = w.numpy().astype(np.float32)
             out[prefix + "bias"] = b.numpy().astype(np.float32)
             handled.update(prefix + k for k in ("weight", "bias", "running_mean", "running_var"))
     for name, layer in compressible_layers(model).items():

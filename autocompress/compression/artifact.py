@@ -151,6 +151,8 @@ def load_packed_model(
         if bn.affine and bn.running_mean is not None and prefix + "running_mean" not in state:
             state[prefix + "running_mean"] = torch.zeros_like(bn.running_mean)
             state[prefix + "running_var"] = torch.full_like(bn.running_var, folded_variance(bn.eps))
+            if prefix + "weight" not in state:  # its scale is folded into the layer before
+                state[prefix + "weight"] = torch.ones_like(bn.weight)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith(("num_batches_tracked", "initialized"))]
     if missing or unexpected:

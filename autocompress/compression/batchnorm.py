@@ -69,13 +69,65 @@ def _foldable(m: nn.Module) -> bool:
     return m.affine and m.running_mean is not None
 
 
+_FOLDABLE_INTO = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def _producers(model: nn.Module, batch: torch.Tensor) -> dict[nn.Module, nn.Module]:
+    """BatchNorm layer -> the Conv/Linear layer whose output is its input and nothing else's
+    (of the modules: functional uses are caught by the caller's output check)."""
+    made: dict[int, nn.Module] = {}
+    uses: dict[int, int] = {}
+    feeds: dict[nn.Module, int] = {}
+    alive: list[torch.Tensor] = []  # keeps tensors alive so ids are not reused
+
+    def pre(m, args):
+        for a in args:
+            if isinstance(a, torch.Tensor):
+                uses[id(a)] = uses.get(id(a), 0) + 1
+                alive.append(a)
+                if isinstance(m, _BN):
+                    feeds[m] = id(a)
+
+    def post(m, args, out):
+        if isinstance(out, torch.Tensor):
+            made[id(out)] = m
+            alive.append(out)
+
+    hooks = [m.register_forward_pre_hook(pre) for m in model.modules() if not list(m.children())]
+    hooks += [
+        m.register_forward_hook(post) for m in model.modules() if isinstance(m, _FOLDABLE_INTO)
+    ]
+    try:
+        model.eval()(batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {bn: made[t] for bn, t in feeds.items() if t in made and uses[t] == 1}
+
+
+def _scalable(layer: nn.Module) -> bool:
+    """Whether scaling the layer's output channels leaves its compression unchanged: float or
+    FP16 weights, or integer weights with one scale per output channel (not k-means or a
+    per-tensor scale, whose shared values cannot absorb a per-channel factor)."""
+    plist = getattr(getattr(layer, "parametrizations", None), "weight", None)
+    comp = plist[0] if plist is not None else None
+    if comp is None or not hasattr(comp, "quantizer"):
+        return plist is None
+    if comp.quantizer == "kmeans":
+        return False
+    return comp.bits > 8 or comp.options.get("granularity") == "per_channel"
+
+
 @torch.no_grad()
-def fold_statistics(model: nn.Module) -> nn.Module:
+def fold_statistics(model: nn.Module, batch: torch.Tensor | None = None) -> nn.Module:
     """Put every BatchNorm layer of ``model`` (with affine parameters and running statistics) in
     inference form, in place: statistics folded into weight and bias, mean 0, variance
-    :func:`folded_variance`. Evaluation outputs stay the same (to float rounding) and the packed
-    file stores two arrays per layer instead of four. For a finished model: training it again
-    would normalise batches with the folded weights."""
+    :func:`folded_variance`. With a ``batch``, a BatchNorm layer fed by a Conv/Linear layer alone
+    also gets its scale folded into that layer's weights (one factor per output channel, which
+    a per-channel quantiser's scales absorb) and keeps weight 1 and its bias; the fold is undone
+    if the outputs on ``batch`` move by more than float rounding. Evaluation outputs stay the
+    same (to rounding) and the packed file stores one or two arrays per layer instead of four.
+    For a finished model: training it again would normalise batches with folded parameters."""
     for m in batchnorms(model).values():
         if not _foldable(m):
             continue
@@ -84,7 +136,46 @@ def fold_statistics(model: nn.Module) -> nn.Module:
         m.bias.copy_(b)
         m.running_mean.zero_()
         m.running_var.fill_(folded_variance(m.eps))
+    if batch is None:
+        return model
+    pairs = {
+        bn: layer
+        for bn, layer in _producers(model, batch).items()
+        if _foldable(bn) and _scalable(layer) and layer.weight.shape[0] == bn.num_features
+    }
+    if not pairs:
+        return model
+    params = [(bn, _weight(layer), layer.bias) for bn, layer in pairs.items()]
+    saved = [
+        [None if t is None else t.detach().clone() for t in (bn.weight, w, b)]
+        for bn, w, b in params
+    ]
+    before = model(batch)
+    if not isinstance(before, torch.Tensor):
+        return model
+    for bn, w, b in params:
+        scale = bn.weight.detach().clone()
+        w.mul_(scale.view((-1,) + (1,) * (w.dim() - 1)))
+        if b is not None:
+            b.mul_(scale)
+        bn.weight.fill_(1.0)
+    after = model(batch)
+    # rounding moves a few weight or activation codes by a step; a missed consumer moves all
+    if not torch.allclose(after, before, rtol=0.0, atol=1e-2 * float(before.abs().max())):
+        for (bn, w, b), (sbn, sw, sb) in zip(
+            params, saved, strict=True
+        ):  # not a pure Conv -> BN chain
+            bn.weight.copy_(sbn)
+            w.copy_(sw)
+            if b is not None:
+                b.copy_(sb)
     return model
+
+
+def _weight(layer: nn.Module) -> torch.Tensor:
+    """The layer's trained weight tensor (under its compression parametrisation, if any)."""
+    plist = getattr(getattr(layer, "parametrizations", None), "weight", None)
+    return plist.original if plist is not None else layer.weight
 
 
 class BNState:

@@ -241,6 +241,14 @@ def _stream_bytes(hist: np.ndarray, width: int, lengths: np.ndarray | None) -> i
     return (HuffmanTable(lengths).encoded_bits(hist) + 7) // 8
 
 
+def _fits_half(values: np.ndarray) -> bool:
+    """Whether float ``values`` are all finite FP16 numbers (stored in 2 bytes, exactly)."""
+    v = np.asarray(values, dtype=np.float32)
+    with np.errstate(over="ignore"):
+        h = v.astype(np.float16)
+    return bool(np.isfinite(h).all() and (h.astype(np.float32) == v).all())
+
+
 def _pack_quantized(
     name: str, qt: QuantizedTensor, huffman: bool, encode: bool = True
 ) -> tuple[dict, list[bytes | int]]:
@@ -260,7 +268,10 @@ def _pack_quantized(
         entry["qk"] = qt.kind
     if qt.kind == "kmeans" or len(qt.scales) != qt.shape[0]:
         entry["ns"] = len(qt.scales)
-    chunks: list[bytes | int] = [np.ascontiguousarray(qt.scales, dtype="<f4").tobytes()]
+    sd = "<f2" if _fits_half(qt.scales) else "<f4"  # the quantiser's scales are FP16 values
+    if sd != "<f4":
+        entry["sd"] = sd
+    chunks: list[bytes | int] = [np.ascontiguousarray(qt.scales, dtype=sd).tobytes()]
     widths = [bits] if b == 0 else [b, bits]
     if b != 0:
         entry.update(ib=b, ne=int(hists[0].sum()))
@@ -302,8 +313,9 @@ def _unpack_quantized(entry: dict, data: bytes, offset: int) -> tuple[QuantizedT
     q, bits = proto.offset, (proto.alphabet - 1).bit_length()
     size = int(np.prod(shape, dtype=np.int64))
     nscales = int(entry.get("ns", shape[0]))
-    scales = _read_array(data, np.dtype("<f4"), nscales, offset)
-    offset += 4 * nscales
+    sd = np.dtype(entry.get("sd", "<f4"))
+    scales = _read_array(data, sd, nscales, offset).astype(np.float32)
+    offset += sd.itemsize * nscales
     streams = []
     for spec in entry["st"]:
         if offset + spec[0] > len(data):

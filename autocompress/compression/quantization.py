@@ -40,25 +40,34 @@ def quantize_weight(
     ``symmetric``: codes in ``-qmax..qmax`` with the scale covering the largest magnitude.
     ``asymmetric``: min/max with a zero point, ``scale = (max - min) / (2**bits - 1)``; the
     codes returned are relative to the zero point (``q - zero_point``, so ``codes * scales``
-    holds either way), spanning at most ``2**bits`` levels per group. Zeros stay zeros; the
-    rounding error of every weight is at most half a step.
+    holds either way), spanning at most ``2**bits`` levels per group. Scales are FP16 values
+    (2 bytes in the packed file; the largest weight may clip by at most 2**-11 of itself).
+    Zeros stay zeros; the rounding error of every other weight is at most half a step.
     """
     w = weight.detach().float()
     rows = _groups(w, granularity == "per_channel")
+    half = _half_scales
     view = (-1,) + (1,) * (w.dim() - 1) if granularity == "per_channel" else (1,) * w.dim()
     if scheme == "symmetric":
         q = qmax(bits)
         amax = rows.abs().amax(dim=1)
-        scales = torch.where(amax > 0, amax / q, torch.ones_like(amax))
+        scales = half(torch.where(amax > 0, amax / q, torch.ones_like(amax)))
         codes = torch.clamp(torch.round(w / scales.view(view)), -q, q)
         return codes.to(torch.int32), scales
     levels = 2**bits - 1
     lo = torch.clamp(rows.amin(dim=1), max=0.0)
     hi = torch.clamp(rows.amax(dim=1), min=0.0)
-    scales = torch.where(hi > lo, (hi - lo) / levels, torch.ones_like(hi))
+    scales = half(torch.where(hi > lo, (hi - lo) / levels, torch.ones_like(hi)))
     zero = torch.clamp(torch.round(-lo / scales), 0, levels).view(view)
     codes = torch.clamp(torch.round(w / scales.view(view)) + zero, 0, levels) - zero
     return codes.to(torch.int32), scales
+
+
+def _half_scales(scales: torch.Tensor) -> torch.Tensor:
+    """Scales rounded to FP16 values (what the packed file stores, in 2 bytes each), where they
+    stay positive and finite; the rest keep their float32 value."""
+    h = scales.half().float()
+    return torch.where(torch.isfinite(h) & (h > 0), h, scales)
 
 
 def fake_quantize_weight(weight: torch.Tensor, bits: int, **options: str) -> torch.Tensor:

@@ -110,7 +110,7 @@ class TrialEvaluator:
                 temperature=ft.temperature,
                 task=self.task,
             )
-        fold_statistics(model)  # finished: BatchNorm in inference form (what the file stores)
+        fold_statistics(model, calib[0])  # finished: BatchNorm in inference form, as stored
         return model, loss
 
     def measure(

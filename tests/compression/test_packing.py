@@ -275,3 +275,26 @@ def test_long_zero_runs_in_a_sparse_float_array_use_fillers():
     data = pack_state({"w": arr}, huffman=False)
     assert len(data) == packed_size({"w": arr}, huffman=False) < 200
     assert np.array_equal(unpack_state(data)[0]["w"], arr)
+
+
+def test_fp16_scales_take_two_bytes_and_float32_ones_stay_exact() -> None:
+    """The quantiser's scales are FP16 values, stored in 2 bytes each; scales that are not
+    (a hand-made tensor, or one below FP16's range) keep 4 bytes, and both round-trip exactly."""
+    import torch
+
+    from autocompress.compression.quantization import quantize_weight
+
+    rng = np.random.default_rng(3)
+    codes = _sparse_codes(rng, (16, 30), 4, 0.0)
+    exact = rng.uniform(0.01, 0.1, 16).astype(np.float16).astype(np.float32)
+    half = QuantizedTensor(codes, 4, exact)
+    full = QuantizedTensor(codes, 4, exact + np.float32(1e-7))
+    assert packed_size({"w": full}) - packed_size({"w": half}) > 16  # 32 B less, header + key
+    for qt in (half, full):
+        out, _ = unpack_state(pack_state({"w": qt}))
+        assert out["w"].scales.dtype == np.float32 and np.array_equal(out["w"].scales, qt.scales)
+    w = torch.randn(8, 20)
+    w[0] *= 1e-9  # a scale below FP16's smallest number stays float32
+    _, scales = quantize_weight(w, 4)
+    s = scales.numpy()
+    assert np.array_equal(s[1:].astype(np.float16).astype(np.float32), s[1:]) and s[0] > 0
