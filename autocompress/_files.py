@@ -11,8 +11,6 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-__all__ = ["atomic_write", "check_output_dir", "MIN_FREE_MB"]
-
 MIN_FREE_MB = 64  # a baseline checkpoint, the caches, trial artifacts and the databases
 _PROBE_BYTES = 1 << 20
 

@@ -22,8 +22,6 @@ from optuna.trial import TrialState
 
 from .errors import ServiceUnavailable
 
-__all__ = ["RetryingStorage", "is_connection_error", "retry_call"]
-
 T = TypeVar("T")
 _FIRST_WAIT_S, _MAX_WAIT_S = 0.5, 8.0
 _CONNECTION_WORDS = (

@@ -43,8 +43,6 @@ from .search.study import front_rows, load_study
 from .search_space import SearchSpace, load_search_space
 from .training import Task, batches
 
-__all__ = ["ValidationReport", "export", "search", "status", "validate"]
-
 
 def _deep_merge(base: dict, extra: dict) -> dict:
     out = dict(base)

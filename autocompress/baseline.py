@@ -26,8 +26,6 @@ from .policy import CompressionPolicy
 from .size import size_bytes, size_measure
 from .training import CLASSIFICATION, Task, batches, evaluate, train
 
-__all__ = ["Baseline", "BaselineMetrics", "baseline_from_model", "get_baseline", "state_dict_bytes"]
-
 
 @dataclass
 class BaselineMetrics:

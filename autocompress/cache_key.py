@@ -10,8 +10,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["content_key", "file_digest"]
-
 
 def content_key(payload: Any, length: int = 16) -> str:
     """Hex digest of ``payload``: raw bytes as they are, anything else as canonical JSON

@@ -22,8 +22,6 @@ from .compression.packing import packed_size
 from .hardware.forms import FORMS, DeploySpec, build_form
 from .policy import CompressionPolicy
 
-__all__ = ["CompressedModel", "compress"]
-
 
 @dataclass
 class CompressedModel:

@@ -23,23 +23,6 @@ from pydantic import (
 
 from .errors import ConfigError
 
-__all__ = [
-    "BaselineConfig",
-    "CompressionConfig",
-    "DataConfig",
-    "ExportConfig",
-    "ExperimentConfig",
-    "FinetuneConfig",
-    "ModelConfig",
-    "ObjectiveConfig",
-    "ObjectivesConfig",
-    "SearchConfig",
-    "SensitivityConfig",
-    "load_experiment",
-    "read_yaml",
-    "validation_message",
-]
-
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)

@@ -22,8 +22,6 @@ from .errors import DataError
 from .models import load_callable
 from .training import materialize
 
-__all__ = ["DEFAULT_FASHION_MNIST_ROOT", "DataBundle", "check_available", "load_data", "read_idx"]
-
 DEFAULT_FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 _FMNIST_FILES = {
     "train_images": "train-images-idx3-ubyte.gz",

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-__all__ = ["AutocompressError", "ConfigError", "DataError", "ModelError", "ServiceUnavailable"]
-
 
 class AutocompressError(Exception):
     """Base class of every error meant for the user (printed as one line, no traceback)."""

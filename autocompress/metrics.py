@@ -6,8 +6,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 
-__all__ = ["OBJECTIVES", "Objective", "TrialMetrics", "spearman", "summarize"]
-
 
 def spearman(a: Sequence[float], b: Sequence[float], *, min_pairs: int = 3) -> float:
     """Spearman's rank correlation (scipy; ties share their mean rank) of the pairs where both

@@ -14,18 +14,6 @@ from torch import nn
 
 from .errors import ConfigError, ModelError
 
-__all__ = [
-    "SmallCNN",
-    "TinyCNN",
-    "add_search_dir",
-    "build_model",
-    "check_model_fits",
-    "load_callable",
-    "load_checkpoint",
-    "model_names",
-    "register_model",
-]
-
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 

@@ -18,18 +18,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = [
-    "activations_png",
-    "hypervolume_png",
-    "latency_png",
-    "pareto_html",
-    "pareto_png",
-    "policy_layers",
-    "policy_lines",
-    "policy_png",
-    "policy_table_html",
-]
-
 _AXES = [("latency_ms", "latency (ms)"), ("size_kb", "size (KB)")]
 _FLOAT_BITS = 32
 _GREY, _RED, _BLUE, _GREEN = "#b0b0b0", "#d62728", "#1f77b4", "#2ca02c"

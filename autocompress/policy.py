@@ -15,8 +15,6 @@ from torch import nn
 
 from .errors import ModelError
 
-__all__ = ["CompressionPolicy", "LayerPolicy", "FLOAT_BITS", "HALF_BITS", "compressible_layers"]
-
 FLOAT_BITS = 32
 HALF_BITS = 16
 _COMPRESSIBLE = (nn.Conv2d, nn.Linear)

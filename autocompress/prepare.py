@@ -21,8 +21,6 @@ from .training import CLASSIFICATION, Task
 if TYPE_CHECKING:
     from .hardware.memory_model import MemoryModel
 
-__all__ = ["Prepared", "prepare"]
-
 
 @dataclass
 class Prepared:

@@ -11,8 +11,6 @@ from collections.abc import Callable
 
 import optuna
 
-__all__ = ["make_sampler", "register_sampler", "sampler_names"]
-
 SamplerFactory = Callable[..., optuna.samplers.BaseSampler]
 _REGISTRY: dict[str, SamplerFactory] = {}
 

@@ -35,8 +35,6 @@ from .config import read_yaml, validation_message
 from .errors import ConfigError
 from .policy import FLOAT_BITS, HALF_BITS, CompressionPolicy, LayerPolicy, compressible_layers
 
-__all__ = ["LayerChoices", "SearchSpace", "SearchSpaceSpec", "load_search_space"]
-
 
 class _Range(BaseModel):
     model_config = ConfigDict(extra="forbid")

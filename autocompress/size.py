@@ -23,8 +23,6 @@ from .policy import CompressionPolicy
 if TYPE_CHECKING:
     from .config import ExperimentConfig
 
-__all__ = ["size_bytes", "size_measure"]
-
 
 def size_measure(cfg: ExperimentConfig) -> str:
     """``packed``, ``onnx`` or ``memory`` (``packed`` when size is not an objective)."""

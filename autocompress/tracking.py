@@ -15,8 +15,6 @@ from typing import Any
 from ._retry import retry_call
 from .errors import AutocompressError, ServiceUnavailable
 
-__all__ = ["Tracker", "mask_secrets", "flatten"]
-
 _SECRET = re.compile(r"(://[^:/@\s]+:)([^@\s]+)(@)")
 _MAX_BATCH = 100
 _STUDY_TAG = "autocompress.study"

@@ -13,8 +13,6 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from .errors import AutocompressError
 
-__all__ = ["Task", "TrainingDiverged", "batches", "evaluate", "train", "materialize"]
-
 Metric = Callable[[nn.Module, Iterable[tuple[torch.Tensor, torch.Tensor]]], float]
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -12,8 +12,6 @@ from torch import nn
 from ..policy import compressible_layers
 from .quantization import ActFakeQuant
 
-__all__ = ["CLIP_WARN", "ActivationStats", "activation_stats"]
-
 CLIP_WARN = 0.01  # the export report flags layers clipping more of their input than this
 
 

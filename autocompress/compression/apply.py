@@ -25,18 +25,6 @@ from .quantization import (
 )
 from .structured import prune_channels
 
-__all__ = [
-    "CompressWeight",
-    "attach_input_quant",
-    "apply_policy",
-    "calibrate",
-    "gradual_policies",
-    "compressed_state",
-    "materialize",
-    "update_masks",
-    "weight_sparsity",
-]
-
 ACT_BITS = 8
 
 

@@ -31,13 +31,6 @@ from .structured import prune_channels
 if TYPE_CHECKING:
     from ..config import ExperimentConfig
 
-__all__ = [
-    "ModelRef",
-    "load_packed_model",
-    "pack_model",
-    "packed_model_size",
-    "save_packed_model",
-]
 
 FORMAT = "autocompress-model/1"
 

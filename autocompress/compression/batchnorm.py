@@ -24,17 +24,6 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-__all__ = [
-    "BNState",
-    "batch_statistics",
-    "batchnorms",
-    "corrected_statistics",
-    "fold_statistics",
-    "folded_variance",
-    "inference_affine",
-    "train_mode",
-]
-
 _BN = nn.modules.batchnorm._BatchNorm
 
 

@@ -26,16 +26,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = [
-    "MAX_CODE_LEN",
-    "HuffmanTable",
-    "code_lengths",
-    "decode",
-    "encode",
-    "pack_fixed",
-    "unpack_fixed",
-]
-
 MAX_CODE_LEN = 24  # bits; a code plus a sub-byte shift must fit a 32-bit window
 _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"  # code length 0..24 -> one character
 _WRITE_CHUNK = 1 << 21  # symbols per writer chunk (bounds temporary memory)

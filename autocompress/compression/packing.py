@@ -40,18 +40,6 @@ import numpy as np
 
 from .huffman import HuffmanTable, code_lengths, decode, encode, pack_fixed, unpack_fixed
 
-__all__ = [
-    "MAGIC",
-    "FORMAT_VERSION",
-    "QuantizedTensor",
-    "load_packed",
-    "pack_state",
-    "packed_size",
-    "read_header",
-    "save_packed",
-    "unpack_state",
-]
-
 MAGIC = b"ACPK"
 FORMAT_VERSION = 1
 _PREFIX = struct.Struct("<4sBI")

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["global_sparsities", "magnitude_mask"]
-
 
 def magnitude_mask(
     weight: torch.Tensor, sparsity: float, *, threshold: float = 0.0

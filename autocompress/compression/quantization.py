@@ -7,15 +7,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = [
-    "ActFakeQuant",
-    "fake_half",
-    "fake_quantize_weight",
-    "kmeans_codebook",
-    "qmax",
-    "quantize_weight",
-]
-
 
 def qmax(bits: int) -> int:
     """Largest integer code of a symmetric ``bits``-bit quantiser (codes are -qmax..qmax)."""

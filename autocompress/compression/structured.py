@@ -18,8 +18,6 @@ from torch import nn
 from ..errors import ModelError
 from ..policy import CompressionPolicy, compressible_layers
 
-__all__ = ["IMPORTANCES", "kept_channels", "output_layers", "prunable_layers", "prune_channels"]
-
 IMPORTANCES = ("l1", "l2", "fpgm")
 
 

@@ -39,8 +39,6 @@ from ..training import CLASSIFICATION, Task, batches, evaluate
 from .summary import verification_markdown
 from .unpack import onnx_outputs_equal, unpack
 
-__all__ = ["ExportResult", "export", "onnx_accuracy"]
-
 
 @dataclass
 class ExportResult:

@@ -8,8 +8,6 @@ from typing import Any
 
 from ..policy import CompressionPolicy
 
-__all__ = ["deployed_form", "export_rows", "fmt", "forms_markdown", "verification_markdown"]
-
 
 def fmt(v: Any, spec: str) -> str:
     """``v`` formatted with ``spec``, or ``–`` when it is missing."""

@@ -17,8 +17,6 @@ from ..errors import ModelError
 from ..hardware.forms import DeploySpec, build_form
 from ..hardware.measure import make_session
 
-__all__ = ["onnx_outputs_equal", "unpack"]
-
 
 def unpack(packed: str | Path, out: str | Path, *, model: torch.nn.Module | None = None) -> Path:
     """Write the ONNX model the packed file ``packed`` was deployed as to ``out``; a file

@@ -18,8 +18,6 @@ from ..policy import CompressionPolicy, LayerPolicy
 from .layers import LayerGeometry, channels, layer_geometry
 from .targets import AnalyticTarget
 
-__all__ = ["AnalyticLatencyModel", "layer_seconds"]
-
 
 def _compute_seconds(target: AnalyticTarget, macs: int, w_bits: int, a_bits: int) -> float:
     c = target.compute

@@ -16,8 +16,6 @@ from ..errors import ModelError
 from .deploy import onnx_layer_nodes
 from .measure import NodeTime
 
-__all__ = ["Block", "attribute", "layer_aliases"]
-
 _FUSABLE = set(
     "Relu Clip Add Sum Sigmoid LeakyRelu HardSigmoid Mul QuantizeLinear DequantizeLinear "
     "BatchNormalization".split()

@@ -22,8 +22,6 @@ from ..errors import ModelError
 from ..policy import compressible_layers
 from .measure import cpu_info, export_onnx
 
-__all__ = ["activation_qparams", "export_deployed", "onnx_layer_nodes", "u8s8_saturates"]
-
 _LAYER_OPS = ("Conv", "Gemm", "MatMul")
 
 

@@ -23,15 +23,6 @@ from .deploy import activation_qparams, export_deployed
 from .measure import export_onnx, measure_throughput
 from .memory import measure_memory
 
-__all__ = [
-    "FORMS",
-    "DeploySpec",
-    "FormMeasurement",
-    "build_form",
-    "deployed_onnx_bytes",
-    "measure_forms",
-]
-
 FORMS = ("fp32", "int8-qdq", "fp16")
 
 

@@ -16,21 +16,11 @@ from torch import nn
 from ..policy import FLOAT_BITS, CompressionPolicy
 from .layers import channels, count_macs, precisions
 from .table import LatencyTable
-from .targets import AnalyticTarget, MeasuredTarget, Runtime, available_targets, load_target
+from .targets import AnalyticTarget, MeasuredTarget, Runtime, load_target
 
 if TYPE_CHECKING:
     from ..config import ExperimentConfig
     from ..search_space import SearchSpace
-
-__all__ = [
-    "LatencyModel",
-    "ProxyLatencyModel",
-    "TableLatencyModel",
-    "available_targets",
-    "count_macs",
-    "load_or_profile",
-    "make_latency_model",
-]
 
 
 @runtime_checkable

@@ -12,8 +12,6 @@ from torch.nn.utils import parametrize
 
 from ..policy import CompressionPolicy, compressible_layers
 
-__all__ = ["LayerGeometry", "channels", "count_macs", "layer_geometry", "precisions"]
-
 
 @dataclass(frozen=True)
 class LayerGeometry:
@@ -29,12 +27,15 @@ class LayerGeometry:
     depthwise: bool
     groups: int = 1
 
+    def _fan_in(self, cin: int) -> int:
+        """Input channels one output channel reads (``cin / groups``; 1 for depthwise)."""
+        return 1 if self.depthwise else max(1, cin // self.groups)
+
     def macs(self, cin: int, cout: int) -> int:
-        per_out = self.kernel * (1 if self.depthwise else cin)
-        return self.batch * self.out_positions * cout * per_out
+        return self.batch * self.out_positions * cout * self.kernel * self._fan_in(cin)
 
     def weights(self, cin: int, cout: int) -> int:
-        return self.kernel * cout * (1 if self.depthwise else cin)
+        return self.kernel * cout * self._fan_in(cin)
 
     def in_elements(self, cin: int) -> int:
         return self.batch * self.in_positions * cin

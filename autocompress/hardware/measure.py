@@ -25,25 +25,6 @@ from torch import nn
 
 from ._memory_probe import make_session
 
-__all__ = [
-    "NodeTime",
-    "ThroughputPoint",
-    "cpu_busy_fraction",
-    "cpu_info",
-    "cpu_times",
-    "export_onnx",
-    "machine_fingerprint",
-    "make_session",
-    "measure_onnx_latency",
-    "measure_passes",
-    "measure_throughput",
-    "measure_torch_model_latency",
-    "measurement_lock",
-    "profile_onnx_nodes",
-    "random_feed",
-    "steal_fraction",
-]
-
 _LOCK_PATH = Path(tempfile.gettempdir()) / "autocompress-measure.lock"
 _HELD = {"depth": 0}
 _ISA = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "avx_vnni")

@@ -17,8 +17,6 @@ from pathlib import Path
 
 from ..errors import AutocompressError
 
-__all__ = ["MemoryUse", "empty_model", "measure_memory"]
-
 _PROBE = Path(__file__).with_name("_memory_probe.py")
 
 

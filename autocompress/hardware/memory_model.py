@@ -22,17 +22,6 @@ from torch import nn
 from ..errors import ConfigError
 from ..policy import compressible_layers
 
-__all__ = [
-    "FEATURES",
-    "MemoryModel",
-    "MemoryValidation",
-    "compressed_features",
-    "fit_cv",
-    "get_memory_model",
-    "memory_features",
-    "validate_memory",
-]
-
 FEATURES = ("int8_weight_mb", "float_weight_mb", "activation_mb")
 
 

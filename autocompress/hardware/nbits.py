@@ -14,8 +14,6 @@ from torch import nn
 from ..compression.quantization import quantize_weight
 from ..policy import CompressionPolicy, compressible_layers
 
-__all__ = ["BLOCK", "gemm_node", "nbits_candidates", "rewrite_matmul_nbits"]
-
 BLOCK = 32  # elements of K per block (one scale per output channel, repeated per block)
 
 

@@ -30,8 +30,6 @@ from .measure import (
 from .table import TABLE_VERSION, LatencyTable, fit_table
 from .targets import MeasuredTarget
 
-__all__ = ["design_policies", "machine_fingerprint", "profile_model", "table_key"]
-
 
 def _choices(space: SearchSpace, layers: list[str]) -> dict[str, tuple[list[float], list[int]]]:
     """Per layer: keep ratios and the deployed precisions (bits 8 = INT8, 32 = FP32)."""

@@ -8,8 +8,6 @@ import random
 from ..policy import CompressionPolicy, LayerPolicy
 from ..search_space import SearchSpace
 
-__all__ = ["measurement_inputs", "random_compressed", "random_policy"]
-
 
 def random_policy(space: SearchSpace, rng: random.Random) -> CompressionPolicy:
     """Each layer's sparsity, bits and keep ratio drawn uniformly from its choices."""

@@ -22,8 +22,6 @@ import numpy as np
 from .._files import atomic_write
 from ..metrics import summarize
 
-__all__ = ["TABLE_VERSION", "LatencyTable", "fit_table"]
-
 TABLE_VERSION = 2
 _PRIOR = ("const", "compute_fp32", "compute_int8", "glue_us", "glue_nodes", "boundaries")
 

@@ -17,15 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..cache_key import content_key
 from ..errors import ConfigError
 
-__all__ = [
-    "AnalyticTarget",
-    "MeasuredTarget",
-    "ProxyTarget",
-    "Target",
-    "available_targets",
-    "load_target",
-]
-
 PRESET_DIR = Path(__file__).with_name("targets")
 
 

@@ -18,8 +18,6 @@ import numpy as np
 from ..errors import ConfigError
 from ..metrics import summarize
 
-__all__ = ["ValidationReport", "validate_latency"]
-
 
 @dataclass
 class ValidationReport:

@@ -22,8 +22,6 @@ from .report import (
     summary_line,
 )
 
-__all__ = ["render_html", "write_report"]
-
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;margin:0;color:#1f272d;
 background:#f6f7f9}

@@ -22,8 +22,6 @@ from ..search.history import hypervolume_history
 from ..sensitivity.table import SensitivityTable
 from ..tracking import mask_secrets
 
-__all__ = ["ReportData", "ReportFiles", "collect", "report_figures"]
-
 
 @dataclass
 class ReportData:

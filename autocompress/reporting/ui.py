@@ -25,17 +25,6 @@ from pathlib import Path
 from ..errors import AutocompressError
 from ..tracking import mask_secrets
 
-__all__ = [
-    "UiServer",
-    "experiment_url",
-    "find_mlflow",
-    "free_port",
-    "runs_view_state",
-    "serve",
-    "set_runs_view",
-    "start_ui",
-]
-
 LOCAL_HOST = "127.0.0.1"
 
 

@@ -25,14 +25,6 @@ from .. import plots
 from ..policy import CompressionPolicy
 from .history import hypervolume_history
 
-__all__ = [
-    "log_export_figures",
-    "log_search_figures",
-    "log_trial_chart",
-    "search_description",
-    "trial_description",
-]
-
 TRIAL_CHART = "policy_layers"
 HV_METRIC = "hypervolume_by_trial"
 

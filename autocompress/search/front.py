@@ -15,8 +15,6 @@ from ..tracking import Tracker
 from .figures import trial_description
 from .study import StudyInfo, front_rows, trial_rows
 
-__all__ = ["write_front"]
-
 _COLUMNS = ["trial", "val_accuracy", "latency_ms", "size_kb", "compression_ratio"]
 _COLUMNS += ["weight_sparsity", "summary", "mlflow_run_id"]
 

@@ -11,8 +11,6 @@ from collections.abc import Mapping, Sequence
 from ..metrics import OBJECTIVES
 from .pareto import front_hypervolume, non_dominated
 
-__all__ = ["hypervolume_history"]
-
 
 def hypervolume_history(
     rows: Sequence[Mapping], objectives: Sequence[str], baseline: Mapping[str, float]

@@ -32,8 +32,6 @@ from ..size import size_bytes
 from ..training import CLASSIFICATION, Task, batches, evaluate, train
 from .study import worker_id
 
-__all__ = ["TrialEvaluator", "suggest_policy"]
-
 
 def suggest_policy(trial: optuna.Trial, space: SearchSpace) -> CompressionPolicy:
     """Ask the trial for every searched parameter; record the policy and this worker on it."""

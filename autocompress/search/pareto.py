@@ -10,9 +10,6 @@ from optuna.study._multi_objective import _is_pareto_front
 
 from ..metrics import OBJECTIVES
 
-__all__ = ["diverse_order", "front_hypervolume", "hypervolume", "hypervolume_order"]
-__all__ += ["knee_index", "non_dominated", "normalised", "to_minimization"]
-
 
 def to_minimization(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
     """Flip maximised columns so that every column is minimised."""

@@ -10,8 +10,6 @@ from ..errors import AutocompressError
 from .pareto import knee_index
 from .study import front_rows, load_study, trial_rows
 
-__all__ = ["PickCriteria", "PickResult", "pick", "select"]
-
 _BOUNDS = [  # (criterion, row key, sign of "better", description)
     ("min_accuracy", "val_accuracy", -1, "val accuracy >= {}"),
     ("max_latency_ms", "latency_ms", 1, "latency <= {} ms"),

@@ -17,8 +17,6 @@ if TYPE_CHECKING:
     from ..config import ExperimentConfig
     from ..prepare import Prepared
 
-__all__ = ["FrontPoint", "SearchResult"]
-
 
 @dataclass(frozen=True)
 class FrontPoint:

@@ -32,8 +32,6 @@ from .screen import log_screen, open_screen, promote, run_screen
 from .study import StudyInfo, check_storage, open_study, run_once, storage_kind, wait_for_attr
 from .trials import make_stale_callback, reconcile_runs, run_trials
 
-__all__ = ["SearchResult", "search"]
-
 PARENT_ATTR = "mlflow_parent_run_id"
 
 

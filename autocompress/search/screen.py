@@ -38,9 +38,6 @@ from .study import (
     trial_rows,
 )
 
-__all__ = ["Screener", "log_screen", "open_screen", "promote", "run_screen"]
-__all__ += ["screen_agreement", "uniform_seeds", "write_screen_table"]
-
 PROMOTED_ATTR = "promoted_for_n_trials"
 REFERENCE_ATTR = "reference_metrics"  # the uncompressed model, screened
 _ORIGIN = "origin"

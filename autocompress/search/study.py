@@ -26,10 +26,6 @@ from ..size import size_measure
 from ..tracking import mask_secrets
 from .pareto import non_dominated
 
-__all__ = ["StudyInfo", "check_storage", "constraints_of", "front_rows", "load_study"]
-__all__ += ["open_study", "progress_tail", "run_once", "storage_kind", "trial_row"]
-__all__ += ["trial_rows", "wait_for_attr", "worker_id"]
-
 CONSTRAINTS_ATTR = "constraints"
 SCREEN_SUFFIX = "-screen"  # the screen's study: ``<name>-screen`` in the same storage
 _ROW_METRICS = ("val_accuracy", "latency_ms", "size_kb", "compression_ratio", "weight_sparsity")

@@ -24,8 +24,6 @@ from .figures import log_trial_chart, trial_description
 from .objective import TrialEvaluator, suggest_policy
 from .study import CONSTRAINTS_ATTR, StudyInfo, progress_tail, run_once
 
-__all__ = ["make_stale_callback", "reconcile_runs", "run_trials"]
-
 _POLL_S = 1.0
 _RETRY_DUE_S = 30.0
 # What a re-queued trial keeps of the original's user attributes (where it came from).

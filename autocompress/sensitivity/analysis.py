@@ -25,7 +25,6 @@ from .table import LevelResult, SensitivityTable
 if TYPE_CHECKING:
     from ..prepare import Prepared
 
-__all__ = ["analyze", "cache_key", "sweep_data"]
 
 _VERSION = 5  # 5: each level through apply_policy + calibrate + correct_batchnorm (as a screen)
 _CALIB_BATCHES = 4

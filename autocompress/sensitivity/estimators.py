@@ -26,8 +26,6 @@ from ..compression.structured import kept_channels
 from ..policy import HALF_BITS, compressible_layers
 from .table import IDENTITY
 
-__all__ = ["estimate_levels", "fisher_diagonals", "hessian_traces", "perturbation"]
-
 
 @torch.no_grad()
 def perturbation(weight: torch.Tensor, dim: str, value: float, *, round_to: int = 1):

@@ -12,8 +12,6 @@ import numpy as np
 
 from .table import SensitivityTable
 
-__all__ = ["heatmap_png", "write_json", "write_table"]
-
 _TITLE = {
     "drop": "accuracy drop (points)",
     "loss": "loss increase (nats)",

@@ -15,8 +15,6 @@ from ..config import SensitivityConfig as SensitivitySettings
 from ..search_space import SearchSpace
 from .table import DIMENSIONS, SensitivityTable, harsh_order
 
-__all__ = ["shape_space", "shaping_report"]
-
 
 def _limits(settings: SensitivitySettings) -> tuple[str, float, float]:
     """(metric, tolerance, fix tolerance) of the shaping rule."""

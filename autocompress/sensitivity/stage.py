@@ -22,8 +22,6 @@ from .table import SensitivityTable
 if TYPE_CHECKING:
     from ..prepare import Prepared
 
-__all__ = ["SensitivityStage"]
-
 
 class SensitivityStage:
     """State shared by the sensitivity call sites of one search."""

@@ -23,8 +23,6 @@ from ..policy import CompressionPolicy, LayerPolicy
 from ..search_space import SearchSpace
 from .table import IDENTITY, LevelResult, harsh_order, interpolate_levels
 
-__all__ = ["SweepData", "levels_of", "run_sweep"]
-
 _BATCH = 500
 
 

@@ -19,16 +19,6 @@ import numpy as np
 from .._files import atomic_write
 from ..policy import FLOAT_BITS
 
-__all__ = [
-    "DIMENSIONS",
-    "IDENTITY",
-    "LevelResult",
-    "SensitivityTable",
-    "harsh_order",
-    "interpolate_levels",
-    "level_label",
-]
-
 DIMENSIONS = ("sparsity", "bits", "keep_ratio")
 IDENTITY = {"sparsity": 0.0, "bits": FLOAT_BITS, "keep_ratio": 1.0}
 _SHORT = {"sparsity": "s", "bits": "b", "keep_ratio": "k"}

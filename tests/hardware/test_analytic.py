@@ -8,9 +8,13 @@ from torch import nn
 
 from autocompress.errors import ConfigError
 from autocompress.hardware.analytic import AnalyticLatencyModel, layer_seconds
-from autocompress.hardware.latency import available_targets
 from autocompress.hardware.layers import LayerGeometry, channels, layer_geometry
-from autocompress.hardware.targets import AnalyticTarget, load_target, parse_target
+from autocompress.hardware.targets import (
+    AnalyticTarget,
+    available_targets,
+    load_target,
+    parse_target,
+)
 from autocompress.policy import CompressionPolicy, LayerPolicy
 
 
