@@ -137,7 +137,7 @@ def test_trial_fine_tune_starts_from_corrected_batchnorm(tmp_path, fmnist_root, 
     import sys
 
     monkeypatch.setattr(
-        sys.modules["autocompress.search.objective"], "fold_statistics", lambda m: m
+        sys.modules["autocompress.search.objective"], "fold_statistics", lambda m, *_: m
     )
     held_out = [
         x for i, (x, _) in enumerate(batches(prep.data.train, 64, shuffle=True, seed=7)) if i < 3
