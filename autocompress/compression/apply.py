@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..policy import FLOAT_BITS, HALF_BITS, CompressionPolicy, LayerPolicy, compressible_layers
-from .batchnorm import batchnorms, inference_affine
+from .batchnorm import batchnorms, foldable, inference_affine
 from .packing import QuantizedTensor
 from .pruning import global_sparsities, magnitude_mask
 from .quantization import (
@@ -240,7 +240,7 @@ def compressed_state(model: nn.Module) -> dict[str, np.ndarray | QuantizedTensor
     handled: set[str] = set()
     state = model.state_dict()
     for name, bn in batchnorms(model).items():
-        if bn.affine and bn.running_mean is not None:
+        if foldable(bn):
             prefix = f"{name}." if name else ""
             w, b = inference_affine(bn)
             if not bool((w == 1).all()):  # 1 where the scale is folded into the layer before

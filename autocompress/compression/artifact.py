@@ -24,7 +24,7 @@ from ..errors import ModelError
 from ..models import build_model
 from ..policy import CompressionPolicy, compressible_layers
 from .apply import attach_input_quant, compressed_state
-from .batchnorm import batchnorms, folded_variance
+from .batchnorm import batchnorms, foldable, folded_variance
 from .packing import QuantizedTensor, load_packed, pack_state, packed_size
 from .structured import prune_channels
 
@@ -141,7 +141,7 @@ def load_packed_model(
         state[key] = torch.from_numpy(np.ascontiguousarray(array))
     for name, bn in batchnorms(model).items():  # stored in inference form: statistics folded
         prefix = f"{name}." if name else ""
-        if bn.affine and bn.running_mean is not None and prefix + "running_mean" not in state:
+        if foldable(bn) and prefix + "running_mean" not in state:
             state[prefix + "running_mean"] = torch.zeros_like(bn.running_mean)
             state[prefix + "running_var"] = torch.full_like(bn.running_var, folded_variance(bn.eps))
             if prefix + "weight" not in state:  # its scale is folded into the layer before

@@ -54,7 +54,8 @@ def inference_affine(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         return w, m.bias - m.running_mean * w
 
 
-def _foldable(m: nn.Module) -> bool:
+def foldable(m: nn.Module) -> bool:
+    """Whether BatchNorm layer ``m`` has affine parameters and running statistics to fold."""
     return m.affine and m.running_mean is not None
 
 
@@ -94,14 +95,21 @@ def _producers(model: nn.Module, batch: torch.Tensor) -> dict[nn.Module, nn.Modu
     return {bn: made[t] for bn, t in feeds.items() if t in made and uses[t] == 1}
 
 
+def _weight_parametrization(layer: nn.Module):
+    """The layer's weight parametrisation list (torch.nn.utils.parametrize), or None."""
+    return getattr(getattr(layer, "parametrizations", None), "weight", None)
+
+
 def _scalable(layer: nn.Module) -> bool:
     """Whether scaling the layer's output channels leaves its compression unchanged: float or
     FP16 weights, or integer weights with one scale per output channel (not k-means or a
     per-tensor scale, whose shared values cannot absorb a per-channel factor)."""
-    plist = getattr(getattr(layer, "parametrizations", None), "weight", None)
-    comp = plist[0] if plist is not None else None
-    if comp is None or not hasattr(comp, "quantizer"):
-        return plist is None
+    plist = _weight_parametrization(layer)
+    if plist is None:
+        return True
+    comp = plist[0]
+    if not hasattr(comp, "quantizer"):
+        return False
     if comp.quantizer == "kmeans":
         return False
     return comp.bits > 8 or comp.options.get("granularity") == "per_channel"
@@ -118,7 +126,7 @@ def fold_statistics(model: nn.Module, batch: torch.Tensor | None = None) -> nn.M
     same (to rounding) and the packed file stores one or two arrays per layer instead of four.
     For a finished model: training it again would normalise batches with folded parameters."""
     for m in batchnorms(model).values():
-        if not _foldable(m):
+        if not foldable(m):
             continue
         w, b = inference_affine(m)
         m.weight.copy_(w)
@@ -130,11 +138,11 @@ def fold_statistics(model: nn.Module, batch: torch.Tensor | None = None) -> nn.M
     pairs = {
         bn: layer
         for bn, layer in _producers(model, batch).items()
-        if _foldable(bn) and _scalable(layer) and layer.weight.shape[0] == bn.num_features
+        if foldable(bn) and _scalable(layer) and layer.weight.shape[0] == bn.num_features
     }
     if not pairs:
         return model
-    params = [(bn, _weight(layer), layer.bias) for bn, layer in pairs.items()]
+    params = [(bn, _trained_weight(layer), layer.bias) for bn, layer in pairs.items()]
     saved = [
         [None if t is None else t.detach().clone() for t in (bn.weight, w, b)]
         for bn, w, b in params
@@ -151,9 +159,8 @@ def fold_statistics(model: nn.Module, batch: torch.Tensor | None = None) -> nn.M
     after = model(batch)
     # rounding moves a few weight or activation codes by a step; a missed consumer moves all
     if not torch.allclose(after, before, rtol=0.0, atol=1e-2 * float(before.abs().max())):
-        for (bn, w, b), (sbn, sw, sb) in zip(
-            params, saved, strict=True
-        ):  # not a pure Conv -> BN chain
+        # not a pure Conv -> BN chain: undo
+        for (bn, w, b), (sbn, sw, sb) in zip(params, saved, strict=True):
             bn.weight.copy_(sbn)
             w.copy_(sw)
             if b is not None:
@@ -161,9 +168,9 @@ def fold_statistics(model: nn.Module, batch: torch.Tensor | None = None) -> nn.M
     return model
 
 
-def _weight(layer: nn.Module) -> torch.Tensor:
+def _trained_weight(layer: nn.Module) -> torch.Tensor:
     """The layer's trained weight tensor (under its compression parametrisation, if any)."""
-    plist = getattr(getattr(layer, "parametrizations", None), "weight", None)
+    plist = _weight_parametrization(layer)
     return plist.original if plist is not None else layer.weight
 
 

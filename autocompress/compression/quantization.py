@@ -37,18 +37,17 @@ def quantize_weight(
     """
     w = weight.detach().float()
     rows = _groups(w, granularity == "per_channel")
-    half = _half_scales
     view = (-1,) + (1,) * (w.dim() - 1) if granularity == "per_channel" else (1,) * w.dim()
     if scheme == "symmetric":
         q = qmax(bits)
         amax = rows.abs().amax(dim=1)
-        scales = half(torch.where(amax > 0, amax / q, torch.ones_like(amax)))
+        scales = _half_scales(torch.where(amax > 0, amax / q, torch.ones_like(amax)))
         codes = torch.clamp(torch.round(w / scales.view(view)), -q, q)
         return codes.to(torch.int32), scales
     levels = 2**bits - 1
     lo = torch.clamp(rows.amin(dim=1), max=0.0)
     hi = torch.clamp(rows.amax(dim=1), min=0.0)
-    scales = half(torch.where(hi > lo, (hi - lo) / levels, torch.ones_like(hi)))
+    scales = _half_scales(torch.where(hi > lo, (hi - lo) / levels, torch.ones_like(hi)))
     zero = torch.clamp(torch.round(-lo / scales), 0, levels).view(view)
     codes = torch.clamp(torch.round(w / scales.view(view)) + zero, 0, levels) - zero
     return codes.to(torch.int32), scales
