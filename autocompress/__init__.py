@@ -20,21 +20,19 @@ covers its sub-modules unless one is listed itself.
 
 1. foundation: errors, _files, _retry, cache_key, metrics, policy, models, samplers, training,
    config, plots, tracking, hardware.targets
-2. compression and measurement: compression, search_space, data, size, compressed, hardware
+2. compression and measurement: compression, search_space, data, size, hardware
 3. stages before the search: baseline, prepare, sensitivity, hardware.validate
 4. search: search
 5. export: export
 6. entry points: api, reporting, cli, autocompress, __main__
 """
 
-from .api import ValidationReport, export, search, status, validate
-from .compressed import CompressedModel, compress
+from .api import CompressedModel, ValidationReport, compress, export, search, status, validate
 from .compression.apply import apply_policy, compressed_state, materialize
 from .config import ExperimentConfig, load_experiment
 from .data import DataBundle, load_data
 from .errors import AutocompressError, ConfigError, DataError, ModelError
-from .export.run import ExportResult
-from .export.unpack import unpack
+from .export.run import ExportResult, unpack
 from .metrics import TrialMetrics
 from .models import build_model, register_model
 from .policy import CompressionPolicy, LayerPolicy
@@ -43,41 +41,12 @@ from .search import FrontPoint, SearchResult, front_rows, hypervolume, load_stud
 from .search.pick import PickCriteria
 from .search_space import SearchSpace, load_search_space
 
-__all__ = [
-    "AutocompressError",
-    "CompressedModel",
-    "CompressionPolicy",
-    "ConfigError",
-    "DataBundle",
-    "DataError",
-    "ExportResult",
-    "ExperimentConfig",
-    "FrontPoint",
-    "LayerPolicy",
-    "ModelError",
-    "PickCriteria",
-    "SearchResult",
-    "SearchSpace",
-    "TrialMetrics",
-    "ValidationReport",
-    "apply_policy",
-    "build_model",
-    "compress",
-    "compressed_state",
-    "export",
-    "front_rows",
-    "hypervolume",
-    "load_data",
-    "load_experiment",
-    "load_search_space",
-    "load_study",
-    "materialize",
-    "register_model",
-    "register_sampler",
-    "search",
-    "status",
-    "unpack",
-    "validate",
-]
+__all__ = ["AutocompressError", "CompressedModel", "CompressionPolicy", "ConfigError"]
+__all__ += ["DataBundle", "DataError", "ExportResult", "ExperimentConfig", "FrontPoint"]
+__all__ += ["LayerPolicy", "ModelError", "PickCriteria", "SearchResult", "SearchSpace"]
+__all__ += ["TrialMetrics", "ValidationReport", "apply_policy", "build_model", "compress"]
+__all__ += ["compressed_state", "export", "front_rows", "hypervolume", "load_data"]
+__all__ += ["load_experiment", "load_search_space", "load_study", "materialize", "register_model"]
+__all__ += ["register_sampler", "search", "status", "unpack", "validate"]
 
 __version__ = "0.1.0"

@@ -10,6 +10,7 @@ The Optuna side is a storage wrapper (:class:`RetryingStorage`), so every access
 from __future__ import annotations
 
 import abc
+import contextlib
 import datetime
 import time
 from collections.abc import Callable
@@ -25,24 +26,12 @@ from .errors import ServiceUnavailable
 T = TypeVar("T")
 _FIRST_WAIT_S, _MAX_WAIT_S = 0.5, 8.0
 _CONNECTION_WORDS = (
-    "connection refused",
-    "max retries exceeded",
-    "server closed the connection",
-    "connection reset",
-    "could not connect",
-    "connection aborted",
-    "remotedisconnected",
-    "terminating connection",
-    "the database system is starting up",
-    "the database system is shutting down",
-    "connection already closed",
-    "connection timed out",
-    "read timed out",
-    "temporarily_unavailable",
-    "status code 502",
-    "status code 503",
-    "status code 504",
-)
+    "connection refused|max retries exceeded|server closed the connection|connection reset|"
+    "could not connect|connection aborted|remotedisconnected|terminating connection|"
+    "the database system is starting up|the database system is shutting down|"
+    "connection already closed|connection timed out|read timed out|temporarily_unavailable|"
+    "status code 502|status code 503|status code 504"
+).split("|")
 
 
 def _chain(exc: BaseException):
@@ -164,10 +153,8 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
     def record_heartbeat(self, trial_id: int) -> None:
         # Runs in Optuna's heartbeat thread: a beat that cannot be sent is skipped (the main
         # thread meets the same outage and reports it), never a traceback from the thread.
-        try:
+        with contextlib.suppress(ServiceUnavailable):
             self._call("record_heartbeat", trial_id)
-        except ServiceUnavailable:
-            pass
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         grace = getattr(self._inner, "_backend", self._inner)
@@ -227,20 +214,14 @@ def _delegate(name: str):
     return method
 
 
-_PASSTHROUGH = {
-    "record_heartbeat",
-    "_get_stale_trial_ids",
-    "get_heartbeat_interval",
-    "get_heartbeat_stale_trial_callback",
-}
+# not delegated: defined above, or inherited (Optuna's deprecated get_failed_trial_callback)
+_PASSTHROUGH = {"record_heartbeat", "_get_stale_trial_ids", "get_heartbeat_interval"}
+_PASSTHROUGH |= {"get_heartbeat_stale_trial_callback", "get_failed_trial_callback"}
 for _name in [
     n
     for cls in (BaseStorage, BaseHeartbeat)
     for n, v in vars(cls).items()
-    if callable(v)
-    and not n.startswith("__")
-    and n not in _PASSTHROUGH
-    and n not in ("get_failed_trial_callback",)
+    if callable(v) and not n.startswith("__") and n not in _PASSTHROUGH
 ]:
     setattr(RetryingStorage, _name, _delegate(_name))
 abc.update_abstractmethods(RetryingStorage)

@@ -1,20 +1,28 @@
 """The Python entry points: ``search`` and ``export`` on a user's own model and data sets (or an
-experiment config: the CLI's path), ``validate`` and ``status``.
+experiment config: the CLI's path), ``validate``, ``status``, and ``compress``: a policy applied
+to any ``nn.Module``, as a typed object a notebook can use without an experiment file.
 
     space = ac.SearchSpace.from_rules(model, [{"type": "Conv2d", "bits": [8, 32]}])
     result = ac.search(model, train=train, val=val, space=space, n_trials=4,
                        output_dir="runs/demo")
     art = ac.export(result, result.pick(knee=True), test=test)
+
+    cm = ac.compress(model, policy, example=x[:1], calibration=[x[:64]])
+    cm.model                    # the compressed nn.Module (masks + fake-quant; fine-tunable)
+    cm.size_bytes()             # the packed size (the search's size objective)
+    cm.to_onnx("m.onnx")        # the deployed form: INT8 QDQ for the quantised layers
+    cm.to_onnx("m32.onnx", form="fp32")
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from optuna.trial import TrialState
 from pydantic import ValidationError
@@ -22,6 +30,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ._files import check_output_dir
+from .compression.apply import apply_policy, calibrate, compressed_state, materialize
+from .compression.packing import packed_size
 from .config import (
     DataConfig,
     ExperimentConfig,
@@ -34,10 +44,11 @@ from .data import DataBundle, check_available, load_data
 from .errors import ConfigError
 from .export.run import ExportResult
 from .export.run import export as _export_config
+from .hardware.forms import FORMS, DeploySpec, build_form
 from .models import check_model_fits
+from .policy import CompressionPolicy
 from .prepare import prepare
-from .search.pick import PickCriteria
-from .search.result import FrontPoint, SearchResult
+from .search.pick import FrontPoint, PickCriteria, SearchResult
 from .search.run import search as _search_config
 from .search.study import front_rows, load_study
 from .search_space import SearchSpace, load_search_space
@@ -151,11 +162,8 @@ def search(
                 if any(type(m).__name__ == t for m in model.modules())
             ],
         )
-    search_keys = {"seed": seed}
-    if n_trials is not None:
-        search_keys["n_trials"] = n_trials
-    if screen_trials is not None:
-        search_keys["screen_trials"] = screen_trials
+    counts = {"n_trials": n_trials, "screen_trials": screen_trials}
+    search_keys = {"seed": seed} | {k: v for k, v in counts.items() if v is not None}
     cfg = _object_config(
         model, data, space, Path(output_dir).resolve(), name, search_keys, settings or {}
     )
@@ -260,3 +268,58 @@ def status(cfg: ExperimentConfig) -> dict:
         "elapsed_s": elapsed,
         "front": front_rows(info),
     }
+
+
+@dataclass
+class CompressedModel:
+    """A model compressed by a policy: ``model`` keeps masks and fake-quantisers as weight
+    parametrisations (so it can be fine-tuned); the rest is derived from it."""
+
+    model: nn.Module
+    policy: CompressionPolicy
+    example: torch.Tensor
+    calibration: list[torch.Tensor] = field(default_factory=list)
+
+    def size_bytes(self) -> int:
+        """Bytes of the packed, entropy-coded state (``autocompress.compression.packing``): the size
+        the search scores, without the architecture reference of an exported file."""
+        return packed_size(compressed_state(self.model), metadata={"policy": self.policy.to_dict()})
+
+    def plain(self) -> nn.Module:
+        """A plain copy: masks and quantised values baked into float weights, no quantisers."""
+        return materialize(self.model)[0]
+
+    def int8_layers(self) -> list[str]:
+        """The layers quantised below 32 bits (run as INT8 in the ``int8-qdq`` form)."""
+        return sorted(materialize(self.model)[1])
+
+    def to_onnx(self, path: str | Path, *, form: str = "int8-qdq") -> Path:
+        """Write the ONNX model of ``form`` (one of ``fp32``, ``int8-qdq``, ``fp16``); the INT8
+        activation ranges are calibrated on the ``calibration`` batches (or the example)."""
+        if form not in FORMS:
+            raise ValueError(f"form {form!r}: one of {', '.join(FORMS)}")
+        from .hardware.deploy import u8s8_saturates
+
+        plain, int8 = materialize(self.model)
+        layers = tuple(sorted(int8)) if form == "int8-qdq" else ()
+        spec = DeploySpec(form, layers, reduce_range=u8s8_saturates())
+        calib = self.calibration or [self.example]
+        return build_form(plain, self.example, path, spec, calibration=calib)[0]
+
+
+def compress(
+    model: nn.Module,
+    policy: CompressionPolicy,
+    *,
+    example: torch.Tensor,
+    calibration: Iterable[torch.Tensor] = (),
+    importance: str = "l1",
+    round_to: int = 1,
+) -> CompressedModel:
+    """Apply ``policy`` to a copy of ``model`` (channel removal traced on ``example``, magnitude
+    masks, weight quantisers) and calibrate its activation quantisers on ``calibration``
+    batches (default: the example)."""
+    out = apply_policy(model, policy, example=example, importance=importance, round_to=round_to)
+    calib = list(calibration) or [example]
+    calibrate(out, calib)
+    return CompressedModel(out.eval(), policy, example, calib)

@@ -7,7 +7,6 @@ import io
 import json
 import time
 from dataclasses import asdict, dataclass
-from itertools import islice
 from pathlib import Path
 
 import torch
@@ -24,7 +23,7 @@ from .hardware.profiler import machine_fingerprint
 from .models import build_model, check_model_fits
 from .policy import CompressionPolicy
 from .size import size_bytes, size_measure
-from .training import CLASSIFICATION, Task, batches, evaluate, train
+from .training import CLASSIFICATION, Task, evaluate, first_batches, train
 
 
 @dataclass
@@ -50,11 +49,12 @@ class Baseline:
     checkpoint: Path
 
 
-def state_dict_bytes(model: nn.Module) -> int:
-    """Bytes of ``torch.save(model.state_dict())``: the FP32 reference for compression ratios."""
+def _state_bytes(model: nn.Module) -> bytes:
+    """``torch.save(model.state_dict())`` (its length: the FP32 reference for compression
+    ratios)."""
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
-    return buf.getbuffer().nbytes
+    return buf.getvalue()
 
 
 def _cache_key(cfg: ExperimentConfig) -> str:
@@ -137,9 +137,7 @@ def get_baseline(
             task=task,
         )
         trained_seconds = time.perf_counter() - t0
-        buf = io.BytesIO()
-        torch.save(model.state_dict(), buf)
-        atomic_write(ckpt, buf.getvalue())
+        atomic_write(ckpt, _state_bytes(model))
     model.eval()
     cached = _read_meta(meta_path, log) if not trained_seconds else {}  # (retrained: stale)
     metrics = _measure(cfg, model, data, key, cached, trained_seconds, task)
@@ -169,15 +167,14 @@ def baseline_from_model(
             "estimating their statistics on 8 training batches"
         )
         with torch.no_grad(), train_mode(model, bns, reset=True):
-            for x, _ in islice(batches(data.train, cfg.data.batch_size, shuffle=True), 8):
+            for x in first_batches(data.train, cfg.data.batch_size, 8, shuffle=True):
                 model(x)
     model.eval()
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    key = content_key(buf.getvalue())
+    state = _state_bytes(model)
+    key = content_key(state)
     ckpt = cfg.output_dir / "cache" / f"baseline-{key}.pt"
     if not ckpt.is_file():
-        atomic_write(ckpt, buf.getvalue())
+        atomic_write(ckpt, state)
     return Baseline(model, _measure(cfg, model, data, key, {}, 0.0, task), ckpt)
 
 
@@ -206,7 +203,7 @@ def _measure(
         size_bytes=0
         if size_measure(cfg) == "memory"
         else size_bytes(cfg, model, CompressionPolicy(), data.input_shape),
-        fp32_state_dict_bytes=state_dict_bytes(model),
+        fp32_state_dict_bytes=len(_state_bytes(model)),
         params=sum(p.numel() for p in model.parameters()),
         trained_seconds=cached.get("trained_seconds", trained_seconds),
         cache_key=key,

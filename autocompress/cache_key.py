@@ -22,8 +22,5 @@ def content_key(payload: Any, length: int = 16) -> str:
 
 def file_digest(path: str | Path) -> str:
     """SHA-256 of a file's bytes (a checkpoint: its content, not its name or date)."""
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()

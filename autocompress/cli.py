@@ -19,19 +19,25 @@ from .errors import AutocompressError, ConfigError
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-def _experiment_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help=help_text, description=help_text)
-    p.add_argument(
-        "experiment", help="experiment YAML file, e.g. experiments/fashion_mnist_quick.yaml"
-    )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set search.n_trials=40 (repeatable)",
-    )
+def _add(sub, name: str, help_text: str, func, *, experiment=True, json=False, description=None):
+    """A sub-command that runs ``func(args)``: on an experiment file (``--set`` overrides) unless
+    ``experiment`` is false, with ``--json`` output when ``json``."""
+    p = sub.add_parser(name, help=help_text, description=description or help_text)
+    p.set_defaults(func=func)
+    if experiment:
+        p.add_argument(
+            "experiment", help="experiment YAML file, e.g. experiments/fashion_mnist_quick.yaml"
+        )
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config key, e.g. --set search.n_trials=40 (repeatable)",
+        )
+    if json:
+        p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     return p
 
 
@@ -42,10 +48,11 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    storage = "Optuna storage URL (default: SQLite in output_dir)"
 
-    _experiment_parser(sub, "validate", "check an experiment config and its search space")
-    p = _experiment_parser(sub, "search", "run (or resume) the compression search")
-    p.add_argument("--storage", help="Optuna storage URL (default: SQLite in output_dir)")
+    _add(sub, "validate", "check an experiment config and its search space", _cmd_validate)
+    p = _add(sub, "search", "run (or resume) the compression search", _cmd_search)
+    p.add_argument("--storage", help=storage)
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite in output_dir)")
     p.add_argument(
         "--workers",
@@ -55,33 +62,24 @@ def _build_parser() -> argparse.ArgumentParser:
         "storage: --storage journal or postgresql://...)",
     )
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p = _experiment_parser(sub, "status", "trials done/failed/running and the current front")
-    p.add_argument("--storage", help="Optuna storage URL (default: SQLite in output_dir)")
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    p = _experiment_parser(sub, "pick", "choose a model from the Pareto front")
-    _selectors(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    p = _experiment_parser(
-        sub, "export", "fine-tune, export (ONNX + packed file), verify and register a picked model"
+    p = _add(
+        sub, "status", "trials done/failed/running and the current front", _cmd_status, json=True
     )
+    p.add_argument("--storage", help=storage)
+    _selectors(_add(sub, "pick", "choose a model from the Pareto front", _cmd_pick, json=True))
+    export_help = "fine-tune, export (ONNX + packed file), verify and register a picked model"
+    p = _add(sub, "export", export_help, _cmd_export, json=True)
     _selectors(p)
     p.add_argument("--trial", type=int, help="export this trial instead of picking")
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    p = sub.add_parser(
-        "unpack",
-        help="rebuild the deployed ONNX model from a packed model file (model.acpk) alone",
-        description="rebuild the deployed ONNX model from a packed model file (model.acpk) alone",
-    )
+    unpack_help = "rebuild the deployed ONNX model from a packed model file (model.acpk) alone"
+    p = _add(sub, "unpack", unpack_help, _cmd_unpack, experiment=False, json=True)
     p.add_argument("packed", help="packed model file written by export, e.g. .../model.acpk")
     p.add_argument("-o", "--output", required=True, help="ONNX file to write")
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    p = _experiment_parser(
-        sub, "sensitivity", "per-layer sensitivity table (cached), heat map and shaped space"
-    )
+    sens_help = "per-layer sensitivity table (cached), heat map and shaped space"
+    p = _add(sub, "sensitivity", sens_help, _cmd_sensitivity, json=True)
     p.add_argument("--force", action="store_true", help="measure again, ignoring the cache")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    p = _experiment_parser(sub, "ui", "start the MLflow UI on the experiment's tracking backend")
+    p = _add(sub, "ui", "start the MLflow UI on the experiment's tracking backend", _cmd_ui)
     p.add_argument(
         "--host",
         default="127.0.0.1",
@@ -92,38 +90,36 @@ def _build_parser() -> argparse.ArgumentParser:
         "--allowed-hosts",
         help="Host headers MLflow accepts, passed to 'mlflow ui' (default: localhost, private IPs)",
     )
-    p = _experiment_parser(sub, "report", "write a self-contained HTML report of a search")
+    p = _add(
+        sub, "report", "write a self-contained HTML report of a search", _cmd_report, json=True
+    )
     p.add_argument("--out", type=Path, help="folder (default: OUTPUT_DIR/report)")
     p.add_argument(
         "--no-mlflow", action="store_true", help="do not log the report on the MLflow parent run"
     )
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     lsub = _group(
         sub,
         "latency",
         "hardware latency: profile the table, validate the model, list targets",
         "Hardware latency model of the experiment's latency.target.",
     )
-    p = _experiment_parser(lsub, "profile", "measure and store the latency table of the target")
+    p = _add(lsub, "profile", "measure and store the latency table of the target", _cmd_latency)
     p.add_argument("--force", action="store_true", help="profile again even if cached")
     p.add_argument("--max-configs", type=int, help="configurations to measure at most")
     p.add_argument("--max-seconds", type=float, help="time budget of the profile")
-    p = _experiment_parser(
-        lsub, "validate", "compare predicted with measured latency of random policies"
-    )
+    validate_help = "compare predicted with measured latency of random policies"
+    p = _add(lsub, "validate", validate_help, _cmd_latency, json=True)
     _sample_args(p).add_argument("--no-track", action="store_true", help="do not log to MLflow")
-    lsub.add_parser("targets", help="list the target presets", description="Target presets.")
+    p = lsub.add_parser("targets", help="list the target presets", description="Target presets.")
+    p.set_defaults(func=_cmd_latency)
     msub = _group(
         sub,
         "memory",
         "resident memory of the deployed model: validate the memory model",
         "Resident memory of deployed ONNX models on this machine.",
     )
-    _sample_args(
-        _experiment_parser(
-            msub, "validate", "fit the memory model to random policies' measured memory (K-fold CV)"
-        )
-    )
+    memory_help = "fit the memory model to random policies' measured memory (K-fold CV)"
+    _sample_args(_add(msub, "validate", memory_help, _cmd_memory, json=True))
     return parser
 
 
@@ -136,7 +132,6 @@ def _group(sub, name: str, help_text: str, description: str):
 def _sample_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=20, help="random policies (default 20)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random policies")
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     return p
 
 
@@ -207,9 +202,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_unpack(args: argparse.Namespace) -> int:
-
     from .errors import ModelError
-    from .export.unpack import unpack
+    from .export.run import unpack
 
     if not Path(args.packed).is_file():
         raise ModelError(f"{args.packed}: file not found (give the model.acpk export wrote)")
@@ -225,18 +219,16 @@ def _load(args: argparse.Namespace, *, check_files: bool = True):
     from .config import load_experiment
 
     overrides = list(args.overrides)
-    if getattr(args, "storage", None):
-        overrides.append(f"storage={args.storage}")
-    if getattr(args, "tracking_uri", None):
-        overrides.append(f"tracking_uri={args.tracking_uri}")
+    for key in ("storage", "tracking_uri"):  # the options that set a config key
+        if getattr(args, key, None):
+            overrides.append(f"{key}={getattr(args, key)}")
     return load_experiment(args.experiment, overrides, check_files=check_files)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from .api import validate
 
-    report = validate(_load(args))
-    print(report.describe())
+    print(validate(_load(args)).describe())
     return EXIT_OK
 
 
@@ -284,17 +276,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"  trial {number} running on {worker}")
     print(_front_table(st["front"]))
     if args.json:
-        print(
-            json.dumps(
-                {k: v for k, v in st.items() if k != "front"}
-                | {
-                    "front": [
-                        {k: r[k] for k in ("trial", "val_accuracy", "latency_ms", "size_kb")}
-                        for r in st["front"]
-                    ]
-                }
-            )
-        )
+        keys = ("trial", "val_accuracy", "latency_ms", "size_kb")
+        front = [{k: r[k] for k in keys} for r in st["front"]]
+        print(json.dumps({k: v for k, v in st.items() if k != "front"} | {"front": front}))
     return EXIT_OK
 
 
@@ -363,7 +347,7 @@ def _cmd_ui(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .reporting.html_report import write_report
+    from .reporting.report import write_report
 
     files = write_report(_load(args, check_files=False), args.out, log_to_mlflow=not args.no_mlflow)
     print(f"report: {files.html}")
@@ -427,21 +411,6 @@ def _cmd_memory(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_COMMANDS = {
-    "validate": _cmd_validate,
-    "search": _cmd_search,
-    "status": _cmd_status,
-    "pick": _cmd_pick,
-    "export": _cmd_export,
-    "unpack": _cmd_unpack,
-    "sensitivity": _cmd_sensitivity,
-    "ui": _cmd_ui,
-    "report": _cmd_report,
-    "latency": _cmd_latency,
-    "memory": _cmd_memory,
-}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     # MLflow's database-migration chatter is not for users (set before mlflow is imported).
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
@@ -458,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         torch.set_num_threads(max(1, int(os.environ["AUTOCOMPRESS_THREADS"])))
     try:
-        return _COMMANDS[args.command](args)
+        return args.func(args)
     except KeyboardInterrupt:
         print("interrupted: the same command resumes the search", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -442,22 +442,18 @@ def _apply_override(raw: dict, item: str, source: str) -> None:
     node[parts[-1]] = value
 
 
+def _is_model(cls: Any) -> bool:
+    return isinstance(cls, type) and issubclass(cls, BaseModel)
+
+
 def _fields_at(model: type[BaseModel], loc: tuple) -> list[str] | None:
     cls: Any = model
     for part in loc:
-        if (
-            not (isinstance(cls, type) and issubclass(cls, BaseModel))
-            or part not in cls.model_fields
-        ):
+        if not _is_model(cls) or part not in cls.model_fields:
             return None
         ann = cls.model_fields[part].annotation
-        args = getattr(ann, "__args__", None)
-        cls = next(
-            (a for a in (args or (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), ann
-        )
-    if isinstance(cls, type) and issubclass(cls, BaseModel):
-        return sorted(cls.model_fields)
-    return None
+        cls = next((a for a in getattr(ann, "__args__", None) or (ann,) if _is_model(a)), ann)
+    return sorted(cls.model_fields) if _is_model(cls) else None
 
 
 def validation_message(exc: ValidationError, source: str, model: type[BaseModel]) -> str:

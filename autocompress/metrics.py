@@ -71,10 +71,8 @@ class TrialMetrics:
     def from_dict(cls, d: dict) -> TrialMetrics:
         """The inverse of :meth:`to_dict` (what a trial stored; unknown keys ignored)."""
         names = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in d.items() if k in names}
-        kw.setdefault("finetune_loss", float("nan"))
-        kw.setdefault("val_loss", float("nan"))
-        return cls(**kw)
+        kw = {"finetune_loss": math.nan, "val_loss": math.nan}
+        return cls(**kw | {k: v for k, v in d.items() if k in names})
 
 
 def summarize(predicted, measured) -> tuple[float, float, float]:

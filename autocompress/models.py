@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ def _conv_bn(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
     ]
 
 
+@register_model("small_cnn")
 class SmallCNN(nn.Module):
     """Four 3x3 conv blocks with BatchNorm, global average pooling, one linear layer (~95k
     parameters, ~92 % Fashion-MNIST test accuracy after 5 epochs)."""
@@ -58,6 +60,7 @@ class SmallCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
+@register_model("tiny_cnn")
 class TinyCNN(nn.Module):
     """A very small CNN for tests (a few thousand parameters)."""
 
@@ -74,16 +77,6 @@ class TinyCNN(nn.Module):
         x = torch.relu(self.bn1(self.conv1(x)))
         x = torch.relu(self.bn2(self.conv2(x)))
         return self.fc(torch.flatten(self.pool(x), 1))
-
-
-@register_model("small_cnn")
-def _small_cnn(num_classes: int = 10, in_channels: int = 1, **kw: Any) -> nn.Module:
-    return SmallCNN(num_classes, in_channels, **kw)
-
-
-@register_model("tiny_cnn")
-def _tiny_cnn(num_classes: int = 10, in_channels: int = 1, **kw: Any) -> nn.Module:
-    return TinyCNN(num_classes, in_channels, **kw)
 
 
 @register_model("resnet18")
@@ -227,16 +220,28 @@ def build_model(
     return model
 
 
+@contextmanager
+def evaluating(model: nn.Module, hooks: Iterable = ()) -> Iterator[nn.Module]:
+    """``model`` in eval mode for the block, then back in its mode, with the ``hooks`` (handles
+    of hooks registered for the block) removed."""
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+
+
 def check_model_fits(
     model: nn.Module, x: torch.Tensor, num_classes: int | None, *, name: str
 ) -> None:
     """One forward pass on a batch of the data: a model that cannot take the data's input or
     whose output is not ``(batch, num_classes)`` raises ModelError naming what to change
     (``num_classes`` None: a task of the user's own, any output)."""
-    was = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), evaluating(model):
             out = model(x)
     except Exception as exc:  # noqa: BLE001 - user model
         first = (str(exc).strip().splitlines() or [""])[0]
@@ -245,8 +250,6 @@ def check_model_fits(
             f"({type(exc).__name__}: {first}); check model.name / model.kwargs against the "
             f"data (channels, image size)"
         ) from None
-    finally:
-        model.train(was)
     if num_classes is None:
         return
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] != num_classes:

@@ -2,13 +2,6 @@
 (``.png``, drawn on a pyplot-free ``Figure`` so it is cheap and thread-safe).
 
 Plot data comes in as plain rows, dicts and lists, computed elsewhere; this module only renders.
-
-- ``pareto_html`` / ``pareto_png``: accuracy against each cost objective, the front highlighted;
-  the HTML hover shows the trial number, its metrics and its per-layer policy.
-- ``policy_png``: one trial's per-layer sparsity, keep ratio and bits (cheap:
-  logged for every trial).
-- ``hypervolume_png``: hypervolume of the front after each trial.
-- ``latency_png``: predicted against measured latency of an exported model.
 """
 
 from __future__ import annotations
@@ -80,11 +73,9 @@ def policy_png(policy: Mapping[str, Any], path: Path, *, title: str) -> Path:
     fig = _figure(width, 4.2, dpi=96)
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2]})
     x = list(range(len(rows)))
-    w = 0.4
-    top.bar([i - w / 2 for i in x], [r["sparsity"] for r in rows], w, color=_RED, label="sparsity")
-    top.bar(
-        [i + w / 2 for i in x], [r["keep_ratio"] for r in rows], w, color=_BLUE, label="keep ratio"
-    )
+    for shift, key, colour in ((-0.2, "sparsity", _RED), (0.2, "keep_ratio", _BLUE)):
+        label = key.replace("_", " ")
+        top.bar([i + shift for i in x], [r[key] for r in rows], 0.4, color=colour, label=label)
     top.set_ylim(0, 1.05)
     top.set_ylabel("fraction")
     top.legend(loc="upper left", fontsize=7, ncol=2, frameon=False, bbox_to_anchor=(0, 1.18))
@@ -93,14 +84,7 @@ def policy_png(policy: Mapping[str, Any], path: Path, *, title: str) -> Path:
     heights = [9.0 if r["bits"] == _FLOAT_BITS else r["bits"] for r in rows]
     colours = [_GREY if r["bits"] == _FLOAT_BITS else _GREEN for r in rows]
     bars = bottom.bar(x, heights, 0.6, color=colours)
-    for bar, r in zip(bars, rows, strict=True):
-        bottom.annotate(
-            _bits_text(r["bits"]),
-            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-            ha="center",
-            va="bottom",
-            fontsize=7,
-        )
+    bottom.bar_label(bars, [_bits_text(r["bits"]) for r in rows], fontsize=7)
     bottom.set_ylim(0, 11)
     bottom.set_yticks([2, 4, 6, 8])
     bottom.set_ylabel("weight bits")
@@ -143,7 +127,6 @@ def _hover(r: dict) -> str:
 def pareto_html(rows: Sequence[dict], path: Path, *, title: str) -> Path:
     """Accuracy against each cost objective; front points highlighted; hover shows the trial
     number, its compression ratio, its policy summary and the per-layer policy."""
-    import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     panels = _panels(rows)
@@ -151,20 +134,18 @@ def pareto_html(rows: Sequence[dict], path: Path, *, title: str) -> Path:
     for col, (key, label) in enumerate(panels, start=1):
         for on_front, colour, name in ((False, _GREY, "trial"), (True, _RED, "Pareto")):
             pts = [r for r in rows if bool(r.get("pareto")) == on_front]
-            fig.add_trace(
-                go.Scatter(
-                    x=[r[key] for r in pts],
-                    y=[r["val_accuracy"] for r in pts],
-                    mode="markers",
-                    name=name,
-                    legendgroup=name,
-                    showlegend=col == 1,
-                    marker={"color": colour, "size": 10 if on_front else 7},
-                    text=[_hover(r) for r in pts],
-                    hovertemplate="%{text}<br>accuracy %{y:.4f}<br>"
-                    + label
-                    + " %{x:.3f}<extra></extra>",
-                ),
+            fig.add_scatter(
+                x=[r[key] for r in pts],
+                y=[r["val_accuracy"] for r in pts],
+                mode="markers",
+                name=name,
+                legendgroup=name,
+                showlegend=col == 1,
+                marker={"color": colour, "size": 10 if on_front else 7},
+                text=[_hover(r) for r in pts],
+                hovertemplate="%{text}<br>accuracy %{y:.4f}<br>"
+                + label
+                + " %{x:.3f}<extra></extra>",
                 row=1,
                 col=col,
             )
@@ -184,16 +165,9 @@ def pareto_png(rows: Sequence[dict], path: Path, *, title: str) -> Path:
     for ax, (key, label) in zip(axes, panels, strict=False):
         rest = [r for r in rows if not r.get("pareto")]
         front = sorted((r for r in rows if r.get("pareto")), key=lambda r: r[key])
-        ax.scatter(
-            [r[key] for r in rest], [r["val_accuracy"] for r in rest], c=_GREY, s=18, label="trial"
-        )
-        ax.scatter(
-            [r[key] for r in front],
-            [r["val_accuracy"] for r in front],
-            c=_RED,
-            s=36,
-            label="Pareto",
-        )
+        for pts, colour, size, name in ((rest, _GREY, 18, "trial"), (front, _RED, 36, "Pareto")):
+            x, y = [r[key] for r in pts], [r["val_accuracy"] for r in pts]
+            ax.scatter(x, y, c=colour, s=size, label=name)
         for r in front:
             ax.annotate(
                 str(r["trial"]),
@@ -218,8 +192,9 @@ def hypervolume_png(history: Sequence[Mapping[str, Any]], path: Path, *, title: 
     fig = _figure(6.5, 3.6, dpi=100)
     ax = fig.subplots()
     x = [h["trial"] for h in history]
-    ax.step(x, [h["hypervolume"] for h in history], where="post", color=_BLUE, lw=2)
-    ax.plot(x, [h["hypervolume"] for h in history], "o", color=_BLUE, ms=3)
+    ax.step(
+        x, [h["hypervolume"] for h in history], where="post", color=_BLUE, lw=2, marker="o", ms=3
+    )
     ax.set_xlabel("trial")
     ax.set_ylabel("hypervolume (normalised)", color=_BLUE)
     ax.grid(alpha=0.3)
@@ -241,15 +216,7 @@ def latency_png(
     fig = _figure(5.0, 3.2, dpi=100)
     ax = fig.subplots()
     bars = ax.barh(names, vals, color=[_BLUE, _RED, _GREY][: len(vals)])
-    for bar, v in zip(bars, vals, strict=True):
-        ax.annotate(
-            f"{v:.4f} ms",
-            (bar.get_width(), bar.get_y() + bar.get_height() / 2),
-            xytext=(3, 0),
-            textcoords="offset points",
-            va="center",
-            fontsize=8,
-        )
+    ax.bar_label(bars, [f"{v:.4f} ms" for v in vals], padding=3, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, max(vals) * 1.35 if max(vals) > 0 else 1)
     ax.set_xlabel("latency (ms)")
@@ -289,12 +256,10 @@ def activations_png(stats: Sequence[Mapping[str, Any]], path: Path, *, title: st
     y = range(len(names))
     fig = _figure(8.0, 0.28 * len(names) + 1.4, dpi=100)
     left, right = fig.subplots(1, 2, sharey=True)
-    left.barh(
-        [i - 0.2 for i in y], [s["before_std"] for s in stats], 0.4, color=_GREY, label="before"
-    )
-    left.barh(
-        [i + 0.2 for i in y], [s["after_std"] for s in stats], 0.4, color=_BLUE, label="after"
-    )
+    for shift, when, colour in ((-0.2, "before", _GREY), (0.2, "after", _BLUE)):
+        left.barh(
+            [i + shift for i in y], [s[f"{when}_std"] for s in stats], 0.4, color=colour, label=when
+        )
     left.set_yticks(list(y), names, fontsize=7)
     left.invert_yaxis()
     left.set_xlabel("output std")

@@ -24,7 +24,8 @@ The first rule that matches a layer decides its choices; unmatched layers stay u
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal
 
@@ -33,7 +34,7 @@ from torch import nn
 
 from .config import read_yaml, validation_message
 from .errors import ConfigError
-from .policy import FLOAT_BITS, HALF_BITS, CompressionPolicy, LayerPolicy, compressible_layers
+from .policy import FLOAT_BITS, CompressionPolicy, LayerPolicy, compressible_layers
 
 
 class _Range(BaseModel):
@@ -45,6 +46,10 @@ class _Range(BaseModel):
     def values(self) -> list[float]:
         n = int(round((self.high - self.low) / self.step))
         return [round(self.low + i * self.step, 6) for i in range(n + 1)]
+
+
+_OPTION_DIMS = ("quantizer", "scheme", "granularity")
+_DIMS = ("sparsity", "bits", "keep_ratio", "threshold", *_OPTION_DIMS)
 
 
 class LayerRule(BaseModel):
@@ -67,36 +72,15 @@ class LayerRule(BaseModel):
             raise ValueError("give exactly one of 'name' (exact or glob) or 'type'")
         return self
 
-    @field_validator("sparsity")
+    @field_validator(*_DIMS)
     @classmethod
-    def _sparsity(cls, v: list[float] | _Range) -> list[float] | _Range:
+    def _choices(cls, v: list | _Range, info) -> list | _Range:
+        """Each choice must be a value a LayerPolicy takes (its range checks and messages)."""
         vals = v.values() if isinstance(v, _Range) else v
-        bad = [s for s in vals if not 0.0 <= s < 1.0]
-        if bad or not vals:
-            raise ValueError(f"sparsity choices must be in [0, 1) (got {bad or 'none'})")
-        return v
-
-    @field_validator("bits")
-    @classmethod
-    def _bits(cls, v: list[int]) -> list[int]:
-        bad = [b for b in v if b not in (FLOAT_BITS, HALF_BITS) and not 2 <= b <= 8]
-        if bad or not v:
-            raise ValueError(f"bits choices must be 2..8, 16 or 32 (got {bad or 'none'})")
-        return v
-
-    @field_validator("keep_ratio")
-    @classmethod
-    def _keep(cls, v: list[float]) -> list[float]:
-        bad = [k for k in v if not 0.0 < k <= 1.0]
-        if bad or not v:
-            raise ValueError(f"keep_ratio choices must be in (0, 1] (got {bad or 'none'})")
-        return v
-
-    @field_validator("threshold", "quantizer", "scheme", "granularity")
-    @classmethod
-    def _some(cls, v: list, info) -> list:
-        if not v or (info.field_name == "threshold" and min(v) < 0):
-            raise ValueError(f"{info.field_name} choices must be a non-empty list (threshold >= 0)")
+        if not vals:
+            raise ValueError("give at least one choice")
+        for x in vals:
+            LayerPolicy(**{info.field_name: x})
         return v
 
     @property
@@ -158,9 +142,6 @@ class SearchSpaceSpec(BaseModel):
         return space
 
 
-_OPTION_DIMS = ("quantizer", "scheme", "granularity")
-
-
 @dataclass(frozen=True)
 class LayerChoices:
     sparsity: tuple[float, ...]
@@ -173,10 +154,7 @@ class LayerChoices:
 
     @property
     def size(self) -> int:
-        n = 1
-        for opts in self.options().values():
-            n *= len(opts)
-        return n
+        return math.prod(len(opts) for opts in self.options().values())
 
     def options(self) -> dict[str, tuple]:
         """The searched dimensions of this layer (sparsity and bits always; the others only
@@ -225,10 +203,7 @@ class SearchSpace:
 
     @property
     def cardinality(self) -> int:
-        n = 1
-        for c in self.layers.values():
-            n *= c.size
-        return n
+        return math.prod(c.size for c in self.layers.values())
 
     def choices(self) -> dict[str, tuple]:
         """Every searched parameter (``<layer>.<dimension>``) and its choices, in order."""
@@ -259,28 +234,16 @@ class SearchSpace:
         """Every layer at ``sparsity``, ``bits`` and ``keep_ratio`` (its nearest allowed choice,
         ties to the gentler one; no keep ratio: the largest): what a one-line config gives."""
 
-        def near(opts, v):
-            return min(opts, key=lambda o: (abs(o - v), o))
+        def near(opts, v, tie=1):
+            return min(opts, key=lambda o: (abs(o - v), tie * o))
 
-        return CompressionPolicy(
-            {
-                name: LayerPolicy(
-                    threshold=ch.threshold[0],
-                    quantizer=ch.quantizer[0],
-                    scheme=ch.scheme[0],
-                    granularity=ch.granularity[0],
-                    sparsity=float(near(ch.sparsity, sparsity)),
-                    bits=int(near(ch.bits, bits)),
-                    keep_ratio=float(
-                        max(ch.keep_ratio)
-                        if keep_ratio is None
-                        else min(ch.keep_ratio, key=lambda o: (abs(o - keep_ratio), -o))
-                    ),
-                )
-                for name, ch in self.layers.items()
-            },
-            scope=self.scope,
-        )
+        params = {}
+        for name, ch in self.layers.items():
+            params[f"{name}.sparsity"] = near(ch.sparsity, sparsity)
+            params[f"{name}.bits"] = near(ch.bits, bits)
+            k = max(ch.keep_ratio) if keep_ratio is None else near(ch.keep_ratio, keep_ratio, -1)
+            params[f"{name}.keep_ratio"] = k
+        return self.policy_from_params(params)
 
     def extreme(self, *, aggressive: bool) -> dict:
         """Params of the least (or most) aggressive policy of the space."""
@@ -320,15 +283,7 @@ def _check_channel_removal(space: SearchSpace, model: nn.Module, example, where:
     return space
 
 
-_FIELDS = {
-    "sparsity": float,
-    "bits": int,
-    "keep_ratio": float,
-    "threshold": float,
-    "quantizer": str,
-    "scheme": str,
-    "granularity": str,
-}
+_FIELDS = {f.name: type(f.default) for f in fields(LayerPolicy)}  # the type each value takes
 
 
 def load_search_space(path: str | Path) -> SearchSpaceSpec:

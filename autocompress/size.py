@@ -1,14 +1,6 @@
-"""The size objective, one definition for the baseline and every trial
-(``objectives.size.measure``):
-
-- ``packed``: bytes of the packed, entropy-coded file (``autocompress.compression.packing``),
-  counted exactly from symbol histograms without encoding;
-- ``onnx``: bytes of the ONNX file the model is deployed as (INT8 QDQ for quantised layers,
-  zeros stored densely), written and counted, cached per layer structure;
-- ``memory``: steady resident memory (bytes) the deployed model adds to an ONNX Runtime
-  process, predicted by the experiment's fitted memory model
-  (:func:`autocompress.hardware.memory_model.get_memory_model`).
-"""
+"""The size objective (``objectives.size.measure``: ``packed``, ``onnx`` or ``memory``, see
+:class:`~autocompress.config.SizeObjectiveConfig`), one definition for the baseline and every
+trial."""
 
 from __future__ import annotations
 

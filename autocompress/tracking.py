@@ -16,7 +16,6 @@ from ._retry import retry_call
 from .errors import AutocompressError, ServiceUnavailable
 
 _SECRET = re.compile(r"(://[^:/@\s]+:)([^@\s]+)(@)")
-_MAX_BATCH = 100
 _STUDY_TAG = "autocompress.study"
 
 
@@ -114,19 +113,16 @@ class Tracker:
         )
 
     def _log(self, run_id: str, params=None, metrics=None, tags=None) -> None:
+        """One ``log_batch`` (MLflow splits it into requests within the server's limits)."""
         import time
 
         now = int(time.time() * 1000)
-        params = [self._Param(k[:250], v) for k, v in (params or {}).items()]
-        metrics = [self._Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()]
-        tags = [self._RunTag(k, str(v)) for k, v in (tags or {}).items()]
-        for i in range(0, max(len(params), len(metrics), len(tags), 1), _MAX_BATCH):
-            batch = {
-                "metrics": metrics[i : i + _MAX_BATCH],
-                "params": params[i : i + _MAX_BATCH],
-                "tags": tags[i : i + _MAX_BATCH],
-            }
-            self._retry(lambda b=batch: self.client.log_batch(run_id, **b))
+        batch = {
+            "params": [self._Param(k[:250], v) for k, v in (params or {}).items()],
+            "metrics": [self._Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
+            "tags": [self._RunTag(k, str(v)) for k, v in (tags or {}).items()],
+        }
+        self._retry(lambda: self.client.log_batch(run_id, **batch))
 
     # -- the search's parent run ------------------------------------------------------------
     def start_search(
@@ -136,7 +132,7 @@ class Tracker:
         name: str,
         config: Mapping[str, Any],
         baseline: Mapping,
-        study: str | None = None,
+        study: str,
     ) -> str:
         """Reopen ``run_id`` when it exists (resume), else the parent run of ``study`` another
         process made, else create it (concurrent creators agree on the oldest)."""
@@ -149,34 +145,26 @@ class Tracker:
                 raise
             except Exception:  # noqa: BLE001 - deleted or from another backend: start anew
                 pass
-        if study:  # another process may have made it already (or be making it right now)
-            found = self._search_runs_of(study)
-            if found:
-                self._retry(lambda: self.client.update_run(found[0], status="RUNNING"))
-                return found[0]
-        tags = {"autocompress.role": "search", "mlflow.note.content": f"search {name}"}
-        if study:
-            tags[_STUDY_TAG] = study
-        run = self._retry(
-            lambda: self.client.create_run(self.experiment_id, run_name=f"search-{name}", tags=tags)
-        )
-        rid = run.info.run_id
-        if study:
+        found = self._search_runs_of(study)  # another process may have made it (or be making it)
+        if not found:
+            tags = {"autocompress.role": "search", "mlflow.note.content": f"search {name}"}
+            run = self._retry(
+                lambda: self.client.create_run(
+                    self.experiment_id, run_name=f"search-{name}", tags=tags | {_STUDY_TAG: study}
+                )
+            )
+            rid = run.info.run_id
             # Two processes that created one each at once keep the older; the other goes.
             found = self._search_runs_of(study)
-            if found and found[0] != rid:
-                self._retry(lambda: self.client.delete_run(rid))
-                self._retry(lambda: self.client.update_run(found[0], status="RUNNING"))
-                return found[0]
-        self._log(
-            rid, params=flatten(config), metrics={f"baseline_{k}": v for k, v in baseline.items()}
-        )
-        self._retry(
-            lambda: self.client.log_dict(
-                rid, json.loads(mask_secrets(json.dumps(config))), "config.json"
-            )
-        )
-        return rid
+            if not found or found[0] == rid:
+                baseline_metrics = {f"baseline_{k}": v for k, v in baseline.items()}
+                self._log(rid, params=flatten(config), metrics=baseline_metrics)
+                masked = json.loads(mask_secrets(json.dumps(config)))
+                self._retry(lambda: self.client.log_dict(rid, masked, "config.json"))
+                return rid
+            self._retry(lambda: self.client.delete_run(rid))
+        self._retry(lambda: self.client.update_run(found[0], status="RUNNING"))
+        return found[0]
 
     def _search_runs_of(self, study: str) -> list[str]:
         """Parent runs tagged with ``study``, oldest first."""
@@ -252,6 +240,3 @@ class Tracker:
                 [self.experiment_id], filter_string=query, max_results=10000
             )
         )
-
-    def get_run(self, run_id: str):
-        return self._retry(lambda: self.client.get_run(run_id))

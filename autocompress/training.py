@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +78,13 @@ def batches(
     for i in range(0, len(x), batch_size):
         sel = order[i : i + batch_size]
         yield x[sel], y[sel]
+
+
+def first_batches(
+    ds: Dataset, batch_size: int, n: int, *, shuffle: bool = False, seed: int = 0
+) -> list[torch.Tensor]:
+    """The inputs of the first ``n`` batches of ``ds`` (calibration and monitoring batches)."""
+    return [x for x, _ in islice(batches(ds, batch_size, shuffle=shuffle, seed=seed), n)]
 
 
 def _cycle(ds: Dataset, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -152,8 +152,10 @@ def _markdown(r: dict) -> str:
         lines += ["Problems:", ""] + [f"- {p}" for p in f["problems"]] + [""]
     if r["worker_errors"]:
         lines += ["Workers that stopped with an error line (and were started again):", ""]
-        lines += [f"- worker {e['worker']} #{e['start']} (exit {e['code']}): `{e['line']}`"
-                  for e in r["worker_errors"]] + [""]
+        lines += [
+            f"- worker {e['worker']} #{e['start']} (exit {e['code']}): `{e['line']}`"
+            for e in r["worker_errors"]
+        ] + [""]
     lines += ["Timeline:", "", "| t (s) | event |", "|---|---|"]
     lines += [f"| {e['t']:.1f} | {e['what']} {e['detail']} |" for e in r["events"]]
     return "\n".join(lines) + "\n"

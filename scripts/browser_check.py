@@ -50,7 +50,7 @@ def _extra_screenshots(cfg, out: Path, trial: int | None) -> list[Path]:
     from uibrowser import Chromium
     from uicheck import pareto_hover_screenshot
 
-    from autocompress.reporting.html_report import write_report
+    from autocompress.reporting.report import write_report
 
     shots = []
     with Chromium(width=1280, height=720) as browser:

@@ -8,10 +8,10 @@ from autocompress.compression.apply import (
     apply_policy,
     calibrate,
     compressed_state,
+    magnitude_mask,
     weight_sparsity,
 )
 from autocompress.compression.packing import QuantizedTensor, packed_size
-from autocompress.compression.pruning import magnitude_mask
 from autocompress.compression.quantization import (
     ActFakeQuant,
     fake_quantize_weight,

@@ -1,21 +1,27 @@
 """Apply a :class:`CompressionPolicy` to a model: masks + fake-quantisation as weight
 parametrisations (so fine-tuning keeps them), 8-bit activation fake-quant on quantised layers,
-and the packed state that defines the model's size."""
+and the packed state that defines the model's size.
+
+Magnitude pruning: masks that zero exactly the requested fraction of a weight tensor, and
+threshold pruning (``|w| < threshold``). Activation monitoring: per-layer statistics of what each
+compressible layer outputs, in the uncompressed and the compressed model on the same batches, and
+the fraction of its input the 8-bit activation quantiser clips (values outside its calibrated
+range)."""
 
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..models import evaluating
 from ..policy import FLOAT_BITS, HALF_BITS, CompressionPolicy, LayerPolicy, compressible_layers
 from .batchnorm import batchnorms, foldable, inference_affine
 from .packing import QuantizedTensor
-from .pruning import global_sparsities, magnitude_mask
 from .quantization import (
     ActFakeQuant,
     fake_half,
@@ -26,6 +32,7 @@ from .quantization import (
 from .structured import prune_channels
 
 ACT_BITS = 8
+CLIP_WARN = 0.01  # the export report flags layers clipping more of their input than this
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -123,6 +130,46 @@ def apply_policy(
         parametrize.register_parametrization(layer, "weight", comp)
         if lp.quantized:
             attach_input_quant(layer)
+    return out
+
+
+def magnitude_mask(
+    weight: torch.Tensor, sparsity: float, *, threshold: float = 0.0
+) -> torch.Tensor:
+    """Boolean mask keeping the largest-magnitude weights; exactly ``round(sparsity * n)`` are
+    dropped (ties broken by position, so the count is exact even with repeated values), and with
+    a ``threshold`` every weight with ``|w| < threshold`` as well."""
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    n = weight.numel()
+    k = int(round(sparsity * n))
+    mask = torch.ones(n, dtype=torch.bool, device=weight.device)
+    magnitude = weight.detach().abs().flatten()
+    if k:
+        order = torch.argsort(magnitude, stable=True)
+        mask[order[:k]] = False
+    if threshold > 0.0:
+        mask &= magnitude >= threshold
+    return mask.view_as(weight)
+
+
+def global_sparsities(
+    weights: dict[str, torch.Tensor], sparsity: dict[str, float]
+) -> dict[str, float]:
+    """Per-layer sparsities of one magnitude ranking across layers: as many weights are
+    dropped in total as ``sparsity`` asks layer by layer (layers at 0 take no part), the
+    smallest magnitudes among all participating layers first."""
+    names = [n for n, s in sparsity.items() if s > 0.0]
+    if not names:
+        return dict(sparsity)
+    sizes = [weights[n].numel() for n in names]
+    k = int(round(sum(sparsity[n] * size for n, size in zip(names, sizes, strict=True))))
+    magnitude = torch.cat([weights[n].detach().abs().flatten() for n in names])
+    dropped = torch.zeros(magnitude.numel(), dtype=torch.bool)
+    dropped[torch.argsort(magnitude, stable=True)[:k]] = True
+    out = dict(sparsity)
+    for name, part, size in zip(names, dropped.split(sizes), sizes, strict=True):
+        out[name] = min(int(part.sum()) / size, (size - 1) / size)  # keep one weight at least
     return out
 
 
@@ -290,3 +337,88 @@ def weight_sparsity(model: nn.Module) -> float:
         zeros += int((w == 0).sum())
         total += w.numel()
     return zeros / max(total, 1)
+
+
+@dataclass(frozen=True)
+class ActivationStats:
+    """One layer's output statistics before and after compression (``clipped``: fraction of
+    its input outside the activation quantiser's range; None without a quantiser)."""
+
+    layer: str
+    before_mean: float
+    before_std: float
+    before_min: float
+    before_max: float
+    after_mean: float
+    after_std: float
+    after_min: float
+    after_max: float
+    clipped: float | None = None
+
+    @property
+    def flagged(self) -> bool:
+        return self.clipped is not None and self.clipped > CLIP_WARN
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"flagged": self.flagged}
+
+
+class _Moments:
+    def __init__(self) -> None:
+        self.n = 0
+        self.total = self.squares = 0.0
+        self.lo, self.hi = float("inf"), float("-inf")
+        self.clipped = self.seen = 0
+
+    def add(self, t: torch.Tensor) -> None:
+        t = t.detach().double()
+        self.n += t.numel()
+        self.total += float(t.sum())
+        self.squares += float((t * t).sum())
+        self.lo, self.hi = min(self.lo, float(t.min())), max(self.hi, float(t.max()))
+
+    def stats(self) -> tuple[float, float, float, float]:
+        mean = self.total / max(self.n, 1)
+        var = max(self.squares / max(self.n, 1) - mean * mean, 0.0)
+        return mean, var**0.5, self.lo, self.hi
+
+
+def _record(model: nn.Module, batches: list[torch.Tensor]) -> dict[str, _Moments]:
+    seen = {name: _Moments() for name in compressible_layers(model)}
+    hooks = []
+    for name, layer in compressible_layers(model).items():
+
+        def out_hook(_m, _inp, out, acc=seen[name]):
+            acc.add(out)
+
+        hooks.append(layer.register_forward_hook(out_hook))
+        quant = getattr(layer, "input_quant", None)
+        if isinstance(quant, ActFakeQuant) and bool(quant.initialized):  # (else: identity)
+
+            def in_hook(q, inp, acc=seen[name]):
+                x = inp[0].detach()
+                scale, zp = q.scale_zero_point()
+                lo, hi = -zp * scale, (2**q.bits - 1 - zp) * scale
+                acc.clipped += int(((x < lo - scale / 2) | (x > hi + scale / 2)).sum())
+                acc.seen += x.numel()
+
+            hooks.append(quant.register_forward_pre_hook(in_hook))
+    with torch.no_grad(), evaluating(model, hooks):
+        for x in batches:
+            model(x)
+    return seen
+
+
+def activation_stats(
+    reference: nn.Module, compressed: nn.Module, batches: list[torch.Tensor]
+) -> list[ActivationStats]:
+    """Statistics of every compressible layer's output in ``reference`` (uncompressed) and
+    ``compressed`` on ``batches``, in module order (layers of the compressed model)."""
+    before, after = _record(reference, batches), _record(compressed, batches)
+    out = []
+    for name, acc in after.items():
+        ref = before.get(name) or _Moments()
+        b, a = ref.stats(), acc.stats()
+        clipped = acc.clipped / acc.seen if acc.seen else None
+        out.append(ActivationStats(name, *b, *a, clipped=clipped))
+    return out

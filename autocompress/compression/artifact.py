@@ -1,11 +1,8 @@
-"""The packed, entropy-coded checkpoint of a compressed model and its loader.
-
-The file (``autocompress.compression.packing`` format) holds integer codes + scales for quantised
-layers (Huffman-coded relative indices and values), float32 for the rest, and in its metadata
-what rebuilds the architecture: the model reference, the policy (which channels counts the
-structured pruning leaves) and the input shape. BatchNorm layers are stored in inference form
-(statistics folded into weight and bias); ``load_packed_model`` returns a model whose logits equal
-the compressed model's bit for bit once its BatchNorm statistics are folded
+"""The packed, entropy-coded checkpoint of a compressed model and its loader: the model's
+``compressed_state`` in the ``autocompress.compression.packing`` format, with what rebuilds the
+architecture in its metadata (the model reference, the policy: which channel counts the
+structured pruning leaves, and the input shape). ``load_packed_model`` returns a model whose
+logits equal the compressed model's bit for bit once its BatchNorm statistics are folded
 (``batchnorm.fold_statistics``, which the trial pipeline does after the fine-tune).
 """
 
@@ -60,9 +57,7 @@ def _meta(
         "policy": policy.to_dict(),
         "round_to": round_to,
     }
-    if deploy:
-        meta["deploy"] = deploy
-    return meta
+    return meta | ({"deploy": deploy} if deploy else {})
 
 
 def pack_model(

@@ -105,10 +105,6 @@ class HuffmanTable:
 
     __hash__ = None  # type: ignore[assignment]
 
-    @classmethod
-    def from_frequencies(cls, freqs: np.ndarray) -> HuffmanTable:
-        return cls(code_lengths(freqs))
-
     @property
     def num_symbols(self) -> int:
         """Alphabet size: one more than the largest coded symbol."""

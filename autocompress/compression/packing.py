@@ -145,13 +145,19 @@ def _stream_plan(hist: np.ndarray, width: int, huffman: bool) -> tuple[int, np.n
     return (cost, lengths) if cost < fixed else (fixed, None)
 
 
-def _encode_stream(
-    symbols: np.ndarray, width: int, lengths: np.ndarray | None
-) -> tuple[bytes, list[Any]]:
-    if lengths is None:
-        return pack_fixed(symbols, width), []
-    data, table = encode(symbols, HuffmanTable(lengths))
-    return data, [table.to_string()]
+def _stream(
+    symbols: np.ndarray | None, hist: np.ndarray, width: int, lengths: np.ndarray | None
+) -> tuple[bytes | int, list[Any]]:
+    """A stream's payload and its header spec ``[bytes, table?]``; with ``symbols`` None, the
+    payload's exact length instead, from the symbol histogram (no encoding)."""
+    spec = [] if lengths is None else [HuffmanTable(lengths).to_string()]
+    if symbols is None:
+        n = int(hist.sum()) * width if lengths is None else HuffmanTable(lengths).encoded_bits(hist)
+        return (n + 7) // 8, [(n + 7) // 8, *spec]
+    data = (
+        pack_fixed(symbols, width) if lengths is None else encode(symbols, HuffmanTable(lengths))[0]
+    )
+    return data, [len(data), *spec]
 
 
 def _decode_stream(data: bytes, spec: list[Any], width: int, count: int) -> np.ndarray:
@@ -163,31 +169,23 @@ def _decode_stream(data: bytes, spec: list[Any], width: int, count: int) -> np.n
 # --------------------------------------------------------------------------------- quantised
 
 
-def _skip_histogram(skips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(distinct skip values, counts), via bincount when the range is small."""
-    if skips.size == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    top = int(skips.max())
-    if top < 4 * skips.size + 1024:
-        counts = np.bincount(skips)
-        values = np.flatnonzero(counts)
-        return values, counts[values]
-    return np.unique(skips, return_counts=True)
-
-
-def _sparse_streams(skips: np.ndarray, b: int) -> tuple[np.ndarray, np.ndarray]:
-    """Relative-index symbols at width ``b`` (fillers included) and the slot of each non-zero."""
-    fill = skips >> b
-    slots = np.cumsum(fill + 1) - 1  # entry of each real non-zero
+def _sparse_streams(
+    skips: np.ndarray, b: int, values: np.ndarray, filler: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Relative-index symbols at width ``b`` and the values of the non-zeros, fillers included
+    (a filler carries ``filler``, the symbol of a zero)."""
+    slots = np.cumsum((skips >> b) + 1) - 1  # entry of each real non-zero
     idx = np.full(int(slots[-1]) + 1 if slots.size else 0, (1 << b) - 1, dtype=np.uint32)
     idx[slots] = skips & ((1 << b) - 1)
-    return idx, slots
+    vals = np.full(idx.size, filler, dtype=values.dtype)
+    vals[slots] = values
+    return idx, vals
 
 
 def _index_plans(skips: np.ndarray, huffman: bool):
     """For each relative-index width ``b``: (b, index-stream cost, Huffman lengths, index
     histogram, filler count) of a sparse encoding of the non-zeros separated by ``skips``."""
-    uniq, counts = _skip_histogram(skips)
+    uniq, counts = np.unique(skips, return_counts=True)
     top_b = min(_MAX_INDEX_BITS, max(1, int(uniq[-1]).bit_length() if uniq.size else 1))
     for b in range(1, top_b + 1):
         fillers = int(np.dot(counts, uniq >> b))
@@ -220,13 +218,6 @@ def _choose_encoding(
         if cost < best_cost:
             best_cost, best = cost, (b, [idx_lens, val_lens], [idx_hist, val_hist])
     return best
-
-
-def _stream_bytes(hist: np.ndarray, width: int, lengths: np.ndarray | None) -> int:
-    """Exact length of a stream's payload, from its symbol histogram (no encoding)."""
-    if lengths is None:
-        return (int(hist.sum()) * width + 7) // 8
-    return (HuffmanTable(lengths).encoded_bits(hist) + 7) // 8
 
 
 def _fits_half(values: np.ndarray) -> bool:
@@ -265,24 +256,30 @@ def _pack_quantized(
         entry.update(ib=b, ne=int(hists[0].sum()))
     streams: list[np.ndarray | None] = [None] * len(widths)
     if encode:
-        if b == 0:
-            streams = [symbols]
-        else:
-            idx, slots = _sparse_streams(skips, b)
-            vals = np.full(idx.size, q, dtype=np.uint16)  # fillers carry a zero value
-            vals[slots] = symbols[positions]
-            streams = [idx, vals]
+        streams = [symbols] if b == 0 else list(_sparse_streams(skips, b, symbols[positions], q))
     entry["st"] = []
     for sym, width, lengths, hist in zip(streams, widths, plans, hists, strict=True):
-        spec = [] if lengths is None else [HuffmanTable(lengths).to_string()]
-        if sym is None:
-            chunk: bytes | int = _stream_bytes(hist, width, lengths)
-            entry["st"].append([chunk, *spec])
-        else:
-            chunk, spec = _encode_stream(sym, width, lengths)
-            entry["st"].append([len(chunk), *spec])
+        chunk, spec = _stream(sym, hist, width, lengths)
+        entry["st"].append(spec)
         chunks.append(chunk)
     return entry, chunks
+
+
+def _take(data: bytes, offset: int, n: int, name: str) -> tuple[bytes, int]:
+    """The ``n`` payload bytes at ``offset`` and the offset after them."""
+    if offset + n > len(data):
+        raise ValueError(f"tensor {name!r}: packed data truncated")
+    return data[offset : offset + n], offset + n
+
+
+def _scatter(idx: np.ndarray, values: np.ndarray, size: int, dtype, name: str) -> np.ndarray:
+    """``size`` zeros of ``dtype`` with ``values`` where the relative indices ``idx`` put them."""
+    pos = np.cumsum(idx.astype(np.int64) + 1) - 1
+    if pos.size and pos[-1] >= size:
+        raise ValueError(f"tensor {name!r}: relative indices run past the tensor end")
+    out = np.zeros(size, dtype=dtype)
+    out[pos] = values
+    return out
 
 
 def _read_array(data: bytes, dtype: np.dtype, count: int, offset: int) -> np.ndarray:
@@ -306,10 +303,8 @@ def _unpack_quantized(entry: dict, data: bytes, offset: int) -> tuple[QuantizedT
     offset += sd.itemsize * nscales
     streams = []
     for spec in entry["st"]:
-        if offset + spec[0] > len(data):
-            raise ValueError(f"tensor {entry['n']!r}: packed data truncated")
-        streams.append(data[offset : offset + spec[0]])
-        offset += spec[0]
+        chunk, offset = _take(data, offset, spec[0], entry["n"])
+        streams.append(chunk)
     codes_dtype = np.dtype(entry["cd"]).newbyteorder("=")
     if "ib" not in entry:
         sym = _decode_stream(streams[0], entry["st"][0], bits, size)
@@ -318,11 +313,7 @@ def _unpack_quantized(entry: dict, data: bytes, offset: int) -> tuple[QuantizedT
         count = int(entry["ne"])
         idx = _decode_stream(streams[0], entry["st"][0], int(entry["ib"]), count)
         vals = _decode_stream(streams[1], entry["st"][1], bits, count)
-        pos = np.cumsum(idx.astype(np.int64) + 1) - 1
-        if pos.size and pos[-1] >= size:
-            raise ValueError(f"tensor {entry['n']!r}: relative indices run past the tensor end")
-        codes = np.zeros(size, dtype=codes_dtype)
-        codes[pos] = vals.astype(np.int32) - q
+        codes = _scatter(idx, vals.astype(np.int32) - q, size, codes_dtype, entry["n"])
     return QuantizedTensor(codes.reshape(shape), proto.bits, scales, kind), offset
 
 
@@ -373,39 +364,26 @@ def _float_nonzero(arr: np.ndarray) -> np.ndarray:
 
 def _pack_sparse_float(entry: dict, arr: np.ndarray, plan, encode: bool):
     b, lens, hist, skips = plan
-    flat = np.ascontiguousarray(arr).ravel()
-    positions = _float_nonzero(arr)
     count = int(hist.sum())  # non-zeros and fillers
-    spec = [] if lens is None else [HuffmanTable(lens).to_string()]
     entry.update(k="sf", ib=b, ne=count)
-    if not encode:
-        idx_bytes = _stream_bytes(hist, b, lens)
-        entry["st"] = [[idx_bytes, *spec]]
-        return entry, [idx_bytes, count * arr.itemsize]
-    idx, slots = _sparse_streams(skips, b)
-    vals = np.zeros(idx.size, dtype=arr.dtype.newbyteorder("<"))  # fillers carry a zero
-    vals[slots] = flat[positions]
-    chunk, spec = _encode_stream(idx, b, lens)
-    entry["st"] = [[len(chunk), *spec]]
-    return entry, [chunk, vals.tobytes()]
+    idx, vals = None, None
+    if encode:
+        nonzero = np.ascontiguousarray(arr).ravel()[_float_nonzero(arr)]
+        idx, vals = _sparse_streams(skips, b, nonzero.astype(arr.dtype.newbyteorder("<")), 0)
+    chunk, spec = _stream(idx, hist, b, lens)
+    entry["st"] = [spec]
+    return entry, [chunk, count * arr.itemsize if vals is None else vals.tobytes()]
 
 
 def _unpack_sparse_float(entry: dict, data: bytes, offset: int) -> tuple[np.ndarray, int]:
     shape, dtype, count = tuple(entry["s"]), np.dtype(entry["d"]), int(entry["ne"])
     spec = entry["st"][0]
-    if offset + spec[0] > len(data):
-        raise ValueError(f"tensor {entry['n']!r}: packed data truncated")
-    idx = _decode_stream(data[offset : offset + spec[0]], spec, int(entry["ib"]), count)
-    offset += spec[0]
+    chunk, offset = _take(data, offset, spec[0], entry["n"])
+    idx = _decode_stream(chunk, spec, int(entry["ib"]), count)
     vals = _read_array(data, dtype, count, offset)
-    offset += count * dtype.itemsize
     size = int(np.prod(shape, dtype=np.int64))
-    pos = np.cumsum(idx.astype(np.int64) + 1) - 1
-    if pos.size and pos[-1] >= size:
-        raise ValueError(f"tensor {entry['n']!r}: relative indices run past the tensor end")
-    out = np.zeros(size, dtype=dtype.newbyteorder("="))
-    out[pos] = vals
-    return out.reshape(shape), offset
+    out = _scatter(idx, vals, size, dtype.newbyteorder("="), entry["n"])
+    return out.reshape(shape), offset + count * dtype.itemsize
 
 
 def _layout(

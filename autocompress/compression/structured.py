@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
+from ..models import evaluating
 from ..policy import CompressionPolicy, compressible_layers
 
 IMPORTANCES = ("l1", "l2", "fpgm")
@@ -43,14 +44,8 @@ def output_layers(model: nn.Module, example: torch.Tensor, *, probe: bool = Fals
         m.register_forward_hook(lambda mod, a, o, n=n: outs.__setitem__(n, o))
         for n, m in compressible_layers(model).items()
     ]
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model, hooks):
         final = model(example)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
     direct = {n for n, o in outs.items() if o is final}
     if not probe:
         return direct
@@ -65,8 +60,8 @@ def output_layers(model: nn.Module, example: torch.Tensor, *, probe: bool = Fals
         if n not in direct and getattr(m, "out_channels", getattr(m, "out_features", 0)) in widths
     }
     if maybe:
-        direct |= _boundary_layers(model.eval(), (example,), maybe, _importance("l1"))
-        model.train(was_training)
+        with evaluating(model):
+            direct |= _boundary_layers(model, (example,), maybe, _importance("l1"))
     return direct
 
 
@@ -350,13 +345,9 @@ def _plan(model: nn.Module, example: torch.Tensor, todo: set[str], scorer):
 def prunable_layers(model: nn.Module, example: torch.Tensor, importance: str = "l1") -> set[str]:
     """The layers whose output channels ``prune_channels`` can remove (not the model's output
     layers, not layers that no traceable part of the model can prune)."""
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         todo = set(compressible_layers(model)) - output_layers(model, example, probe=True)
         _, unprunable = _plan(model, example, todo, _importance(importance))
-    finally:
-        model.train(was_training)
     return todo - set(unprunable)
 
 
@@ -378,9 +369,7 @@ def prune_channels(
     if not todo:
         return {}
     layers = compressible_layers(model)
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         protected = output_layers(model, example, probe=True)
         bad = sorted(todo & protected)
         if bad:
@@ -403,7 +392,5 @@ def prune_channels(
         for name, unit, args, keep in plan:
             _prune_unit(name, unit, args, ratios, scorer, keep)
         _sync_attributes(model)
-    finally:
-        model.train(was_training)
     after = {n: _out_channels(m) for n, m in compressible_layers(model).items()}
     return {n: before[n] - after[n] for n in before if after.get(n, before[n]) < before[n]}

@@ -4,6 +4,12 @@ fine-tune (longer, quantisation-aware, distilled from the uncompressed model) �
 INT8 QDQ for the quantised layers) → packed file → verification on the test split and on the
 target (ONNX Runtime accuracy, measured vs predicted latency, packed bytes vs FP32 state_dict,
 bit-exact reload of the packed file) → MLflow (under the trial's run) + Model Registry.
+
+``unpack(model.acpk, model.onnx)`` rebuilds the deployable ONNX model from the packed file alone
+(the architecture reference, the entropy-coded weights and the deployed form's
+:class:`~autocompress.hardware.forms.DeploySpec` it carries), so the small file is a transfer
+format: download the packed file, unpack, run in ONNX Runtime. Export checks that the unpacked
+model's outputs equal the shipped model's.
 """
 
 from __future__ import annotations
@@ -13,31 +19,28 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..compression.activations import activation_stats
-from ..compression.apply import materialize
+from ..compression.apply import activation_stats, materialize
 from ..compression.artifact import ModelRef, load_packed_model, save_packed_model
 from ..config import ExperimentConfig
 from ..data import DataBundle
-from ..errors import AutocompressError
+from ..errors import AutocompressError, ModelError
+from ..hardware.deploy import nbits_candidates
 from ..hardware.forms import DeploySpec, FormMeasurement, build_form, measure_forms
 from ..hardware.latency import make_latency_model
 from ..hardware.measure import export_onnx, make_session, measure_onnx_latency
-from ..hardware.nbits import nbits_candidates
 from ..policy import CompressionPolicy, compressible_layers
 from ..prepare import Prepared, prepare
 from ..search.figures import log_export_figures
 from ..search.objective import TrialEvaluator
 from ..search.pick import PickCriteria, pick
 from ..tracking import Tracker
-from ..training import CLASSIFICATION, Task, batches, evaluate
+from ..training import CLASSIFICATION, Task, batches, evaluate, first_batches
 from .summary import verification_markdown
-from .unpack import onnx_outputs_equal, unpack
 
 
 @dataclass
@@ -109,6 +112,27 @@ class _OnnxModule(torch.nn.Module):
         return torch.from_numpy(self.sess.run(None, {self.input: x.numpy().astype(np.float32)})[0])
 
 
+def onnx_outputs_equal(a: str | Path, b: str | Path, x: np.ndarray) -> bool:
+    """Whether two ONNX models give bit-identical outputs on ``x`` (ONNX Runtime, CPU)."""
+    t = torch.from_numpy(x.astype(np.float32))
+    return bool(torch.equal(_OnnxModule(a, 2)(t), _OnnxModule(b, 2)(t)))
+
+
+def unpack(packed: str | Path, out: str | Path, *, model: torch.nn.Module | None = None) -> Path:
+    """Write the ONNX model the packed file ``packed`` was deployed as to ``out``; a file
+    packed without a deployed form (before export) gives the FP32 model. ``model``: the
+    architecture, for a file packed from a Python model object."""
+    model, meta = load_packed_model(packed, model=model)
+    deploy = meta.get("deploy") or {}
+    spec = DeploySpec.from_dict(deploy)
+    plain, _ = materialize(model)
+    batch = int(deploy.get("example_batch", 1))
+    example = torch.zeros((batch, *meta["model"]["input_shape"]))
+    if spec.form == "int8-qdq" and spec.int8_layers and not spec.activation_qparams:
+        raise ModelError(f"{packed}: INT8 form without activation parameters; cannot unpack")
+    return build_form(plain, example, out, spec)[0]
+
+
 def onnx_accuracy(
     path: str | Path, ds, *, batch_size: int = 256, threads: int = 2, task: Task = CLASSIFICATION
 ) -> float:
@@ -170,13 +194,8 @@ def _deploy(
     if "int8-qdq" not in cfg.export.forms:
         why = "export.forms leaves out int8-qdq: the quantised layers are deployed as FP32"
         return _Deployed(forms, "fp32", fallback=why)
-    bs = cfg.data.batch_size
-    calib = [
-        x
-        for x, _ in islice(
-            batches(data.train, bs, shuffle=True, seed=1), cfg.export.calibration_batches
-        )
-    ]
+    n = cfg.export.calibration_batches
+    calib = first_batches(data.train, cfg.data.batch_size, n, shuffle=True, seed=1)
     reduce = _reduce_range(cfg)
     forms["int8-qdq"] = build_form(
         plain,
@@ -243,9 +262,7 @@ def _register(tracker: Tracker, run_id: str, onnx_path: Path, data: DataBundle, 
     from mlflow.models import infer_signature
 
     example = data.example_input(1)
-    out = _OnnxModule(onnx_path, 1)(example).numpy()
-    example = example.numpy()
-    signature = infer_signature(example, out)
+    signature = infer_signature(example.numpy(), _OnnxModule(onnx_path, 1)(example).numpy())
     name = cfg.export.registered_model or cfg.name
     mlflow.set_tracking_uri(tracker.tracking_uri)
     with mlflow.start_run(run_id=run_id):
@@ -293,8 +310,7 @@ def export(
     model.eval()
     torch_acc, _ = evaluate(model, data.test, task=prep.task)
     predicted = latency_model.predict(model, policy)
-    monitor = [x for x, _ in islice(batches(data.val, 128), 4)]
-    activations = activation_stats(baseline.model, model, monitor)
+    activations = activation_stats(baseline.model, model, first_batches(data.val, 128, 4))
     flagged = [a.layer for a in activations if a.flagged]
     if flagged:
         log(f"warning: the activation quantiser clips > 1 % of the input of {', '.join(flagged)}")
@@ -418,20 +434,10 @@ def export(
         metrics = {
             f"export_{k}": getattr(result, k)
             for k in (
-                "test_accuracy",
-                "torch_test_accuracy",
-                "measured_latency_ms",
-                "predicted_latency_ms",
-                "baseline_latency_ms",
-                "packed_bytes",
-                "onnx_bytes",
-                "memory_steady_mb",
-                "memory_peak_mb",
-                "baseline_memory_steady_mb",
-                "baseline_memory_peak_mb",
-                "compression_ratio",
-                "speedup",
-            )
+                "test_accuracy torch_test_accuracy measured_latency_ms predicted_latency_ms "
+                "baseline_latency_ms packed_bytes onnx_bytes memory_steady_mb memory_peak_mb "
+                "baseline_memory_steady_mb baseline_memory_peak_mb compression_ratio speedup"
+            ).split()
         }
         metrics |= {f"export_images_per_s_b{b}": v for b, v in result.throughput.items()}
         tracker.end_trial(run_id, "FINISHED", metrics=metrics, tags={"exported": "true"})

@@ -8,46 +8,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .deploy import export_deployed
-from .forms import DeploySpec, FormMeasurement, build_form, deployed_onnx_bytes, measure_forms
-from .latency import LatencyModel, ProxyLatencyModel, TableLatencyModel, make_latency_model
-from .layers import count_macs
-from .measure import (
-    ThroughputPoint,
-    export_onnx,
-    measure_onnx_latency,
-    measure_throughput,
-    measure_torch_model_latency,
-)
-from .memory import MemoryUse, measure_memory
-from .targets import available_targets, load_target
+from ..errors import ConfigError
+from .targets import MeasuredTarget, load_target
 
 if TYPE_CHECKING:
     from ..config import ExperimentConfig
-
-__all__ = [
-    "DeploySpec",
-    "FormMeasurement",
-    "LatencyModel",
-    "MemoryUse",
-    "ProxyLatencyModel",
-    "TableLatencyModel",
-    "ThroughputPoint",
-    "available_targets",
-    "build_form",
-    "count_macs",
-    "deployed_onnx_bytes",
-    "export_deployed",
-    "export_onnx",
-    "load_target",
-    "make_latency_model",
-    "measure_forms",
-    "measure_memory",
-    "measure_onnx_latency",
-    "measure_throughput",
-    "measure_torch_model_latency",
-    "profile",
-]
+    from .latency import TableLatencyModel
 
 
 def profile(
@@ -61,10 +27,8 @@ def profile(
     the untrained model (latency does not depend on the weights); ``target`` overrides the
     preset (same key, e.g. a larger profiling budget)."""
     from ..data import load_data
-    from ..errors import ConfigError
     from ..search_space import load_search_space
     from .latency import load_or_profile
-    from .targets import MeasuredTarget
 
     target = target or load_target(cfg.latency.target)
     if not isinstance(target, MeasuredTarget):

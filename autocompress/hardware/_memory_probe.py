@@ -1,5 +1,5 @@
 """The ONNX Runtime session every measurement uses, and the memory probe that
-:func:`autocompress.hardware.memory.measure_memory` runs as a script in a fresh interpreter
+:func:`autocompress.hardware.measure.measure_memory` runs as a script in a fresh interpreter
 (``python _memory_probe.py MODEL.onnx '[1, 1, 28, 28]' THREADS RUNS``): it imports neither torch
 nor autocompress, so the process holds what a deployment holds (Python, NumPy, ONNX Runtime and
 the model). It runs 10 warm-up + ``RUNS`` inferences on seeded normal inputs and prints one JSON

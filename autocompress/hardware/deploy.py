@@ -2,6 +2,13 @@
 quantised layers run as INT8 kernels (ONNX Runtime static quantisation, per-channel weights).
 What the latency table profiles, ``latency validate`` measures and ``export`` ships are all
 built by :func:`export_deployed`, so what is measured is what is deployed.
+
+Linear layers searched at 2-4 bits may deploy as ONNX Runtime's 4-bit ``MatMulNBits``
+(``com.microsoft``) instead: the layer's own integer codes and scales, written into the
+operator's 4-bit blocks, so the deployed weights are exactly the searched ones (ONNX Runtime's
+``MatMulNBitsQuantizer`` re-quantises float weights block-wise, which moves every weight of an
+already-quantised layer off its grid). Only Linear (ONNX ``Gemm``) layers with symmetric uniform
+weights qualify; ``Gemm`` becomes ``MatMulNBits`` + ``Add`` (the bias).
 """
 
 from __future__ import annotations
@@ -18,11 +25,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..compression.quantization import quantize_weight
 from ..errors import ModelError
-from ..policy import compressible_layers
+from ..policy import CompressionPolicy, compressible_layers
 from .measure import cpu_info, export_onnx
 
 _LAYER_OPS = ("Conv", "Gemm", "MatMul")
+BLOCK = 32  # MatMulNBits: elements of K per block (one scale per output channel, repeated)
 
 
 def _scope_to_module(node_name: str) -> str | None:
@@ -136,7 +145,7 @@ def export_deployed(
     -64..64 (``None``: :func:`u8s8_saturates` decides). ``activation_qparams`` (``{tensor:
     (scale, zero point)}``) fixes the activations' quantisation instead of calibrating.
     ``nbits_layers`` (``{Linear layer: (bits, granularity)}``, not also in ``int8_layers``)
-    become ``MatMulNBits`` nodes holding their own 4-bit codes (:mod:`.nbits`).
+    become ``MatMulNBits`` nodes holding their own 4-bit codes (see the module docstring).
     """
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
@@ -158,26 +167,20 @@ def export_deployed(
         logging.getLogger().setLevel(logging.ERROR)
         try:
             quant_pre_process(str(fp32), str(prep), skip_symbolic_shape=True)
-            nodes = onnx_layer_nodes(onnx.load(str(prep)), model)
+            prepped = onnx.load(str(prep))
+            graph, nodes = prepped.graph, onnx_layer_nodes(prepped, model)
             missing = [n for n in [*int8, *nbits] if n not in nodes]
             if missing:
                 raise ModelError(
                     f"no ONNX Conv/Gemm/MatMul node found for layer(s) {', '.join(missing)}"
                 )
             if nbits:  # a layer the rewrite cannot take (not a plain Gemm) stays INT8 QDQ
-                from .nbits import gemm_node
-
-                graph = onnx.load(str(prep)).graph
                 by_name = {node.name: node for node in graph.node}
                 inits = {t.name for t in graph.initializer}
                 other = [n for n in nbits if not gemm_node(by_name[nodes[n]], inits)]
                 int8 += other
                 nbits = {n: v for n, v in nbits.items() if n not in other}
-            input_name = onnx.load(str(prep), load_external_data=False).graph.input[0].name
-            reader = _calibration_reader(input_name, example, calibration)
             out = Path(tmp) / "int8.onnx"
-            if not int8:
-                shutil.copy(prep, out)
             extra = {"ActivationSymmetric": False, "WeightSymmetric": True}
             if activation_qparams:
                 extra["TensorQuantOverrides"] = {
@@ -188,7 +191,7 @@ def export_deployed(
                 quantize_static(
                     str(prep),
                     str(out),
-                    reader,
+                    _calibration_reader(graph.input[0].name, example, calibration),
                     quant_format=QuantFormat.QDQ,
                     per_channel=True,
                     reduce_range=u8s8_saturates() if reduce_range is None else reduce_range,
@@ -197,9 +200,9 @@ def export_deployed(
                     nodes_to_quantize=[nodes[n] for n in int8],
                     extra_options=extra,
                 )
+            else:
+                shutil.copy(prep, out)
             if nbits:
-                from .nbits import rewrite_matmul_nbits
-
                 proto = onnx.load(str(out))
                 rewrite_matmul_nbits(proto, {nodes[n]: v for n, v in nbits.items()})
                 onnx.save(proto, str(out))
@@ -228,3 +231,103 @@ def activation_qparams(path: str | Path) -> dict[str, tuple[float, int]]:
         name = node.input[0].removesuffix("_QuantizeLinear_Input")
         out[name] = (float(scale.reshape(())), int(zp.reshape(())))
     return out
+
+
+def nbits_candidates(policy: CompressionPolicy, model: nn.Module) -> dict[str, tuple[int, str]]:
+    """``{layer: (bits, granularity)}`` of the policy's Linear layers whose weights fit
+    ``MatMulNBits`` exactly: uniform symmetric integers of at most 4 bits."""
+    layers = compressible_layers(model)
+    return {
+        n: (lp.bits, lp.granularity)
+        for n, lp in policy.items()
+        if isinstance(layers.get(n), nn.Linear)
+        and lp.quantized
+        and lp.bits <= 4
+        and lp.quantizer == "uniform"
+        and lp.scheme == "symmetric"
+    }
+
+
+def _blocks(weight: np.ndarray, bits: int, granularity: str) -> tuple[np.ndarray, np.ndarray]:
+    """(packed uint8 ``[N, blocks, BLOCK / 2]``, float32 scales ``[N * blocks]``) of a weight
+    ``[N, K]`` that lies on its ``bits``-bit symmetric grid."""
+    codes, scales = quantize_weight(torch.from_numpy(weight), bits, granularity=granularity)
+    n, k = weight.shape
+    blocks = -(-k // BLOCK)
+    q = np.full((n, blocks * BLOCK), 8, np.uint8)  # 8 = the zero point: padding decodes to 0
+    q[:, :k] = codes.numpy() + 8
+    packed = (q[:, 0::2] | (q[:, 1::2] << 4)).astype(np.uint8).reshape(n, blocks, BLOCK // 2)
+    per_row = np.broadcast_to(scales.numpy().reshape(-1, 1), (n, 1)).astype(np.float32)
+    return packed, np.repeat(per_row, blocks, axis=1).reshape(-1)
+
+
+def gemm_node(node, inits) -> bool:
+    """Whether ``node`` is a ``Gemm`` the rewrite handles (constant weight, no transposed
+    input, unit ``alpha``/``beta``); a Linear on 3-D inputs exports as ``MatMul`` instead."""
+    from onnx import helper
+
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    return (
+        node.op_type == "Gemm"
+        and not attrs.get("transA", 0)
+        and attrs.get("alpha", 1.0) == 1.0
+        and attrs.get("beta", 1.0) == 1.0
+        and node.input[1] in inits
+    )
+
+
+def rewrite_matmul_nbits(onnx_model, nodes: dict[str, tuple[int, str]]) -> None:
+    """Replace each named ``Gemm`` node (``{node name: (bits, granularity)}``, weight as an
+    initializer, ``alpha = beta = 1``) by ``MatMulNBits`` + ``Add``, in place."""
+    from onnx import helper, numpy_helper
+
+    graph = onnx_model.graph
+    inits = {t.name: t for t in graph.initializer}
+    out = []
+    for node in graph.node:
+        if node.name not in nodes:
+            out.append(node)
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if not gemm_node(node, inits):
+            raise ValueError(f"{node.name}: not a Gemm with a constant weight")
+        w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+        w = w if attrs.get("transB", 0) else w.T  # -> [N, K]
+        bits, granularity = nodes[node.name]
+        packed, scales = _blocks(np.ascontiguousarray(w), bits, granularity)
+        name = node.name
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(packed, f"{name}_B"),
+                numpy_helper.from_array(scales, f"{name}_S"),
+            ]
+        )
+        has_bias = len(node.input) > 2 and node.input[2]
+        mm_out = f"{name}_mm" if has_bias else node.output[0]
+        out.append(
+            helper.make_node(
+                "MatMulNBits",
+                [node.input[0], f"{name}_B", f"{name}_S"],
+                [mm_out],
+                name=f"{name}_MatMulNBits",
+                domain="com.microsoft",
+                K=int(w.shape[1]),
+                N=int(w.shape[0]),
+                bits=4,
+                block_size=BLOCK,
+            )
+        )
+        if has_bias:
+            out.append(
+                helper.make_node(
+                    "Add", [mm_out, node.input[2]], [node.output[0]], name=f"{name}_Add"
+                )
+            )
+    del graph.node[:]
+    graph.node.extend(out)
+    used = {i for n in graph.node for i in n.input}
+    keep = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    if not any(o.domain == "com.microsoft" for o in onnx_model.opset_import):
+        onnx_model.opset_import.append(helper.make_opsetid("com.microsoft", 1))

@@ -20,8 +20,7 @@ from torch import nn
 from ..compression.apply import materialize
 from ..policy import compressible_layers
 from .deploy import activation_qparams, export_deployed
-from .measure import export_onnx, measure_throughput
-from .memory import measure_memory
+from .measure import export_onnx, measure_memory, measure_throughput
 
 FORMS = ("fp32", "int8-qdq", "fp16")
 
@@ -68,15 +67,6 @@ class DeploySpec:
         return {n: self.form for n in layers}
 
 
-def _to_fp16(fp32: Path, path: Path) -> Path:
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    model = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
-    onnx.save(model, str(path))
-    return path
-
-
 def build_form(
     plain: nn.Module,
     example: torch.Tensor,
@@ -94,9 +84,13 @@ def build_form(
     ):
         return export_onnx(plain, example, path), spec
     if spec.form == "fp16":
+        import onnx
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
         with tempfile.TemporaryDirectory() as tmp:
-            fp32 = export_onnx(plain, example, Path(tmp) / "fp32.onnx")
-            return _to_fp16(fp32, path), spec
+            fp32 = onnx.load(str(export_onnx(plain, example, Path(tmp) / "fp32.onnx")))
+        onnx.save(convert_float_to_float16(fp32, keep_io_types=True), str(path))
+        return path, spec
     if spec.form != "int8-qdq":
         raise ValueError(f"unknown deployed form {spec.form!r} (one of {', '.join(FORMS)})")
     export_deployed(

@@ -6,6 +6,7 @@ weight bits scaled to the baseline's measured FP32 latency, a placeholder).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -13,8 +14,8 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from ..policy import FLOAT_BITS, CompressionPolicy
-from .layers import channels, count_macs, precisions
+from ..policy import FLOAT_BITS, CompressionPolicy, LayerPolicy
+from .layers import LayerGeometry, channels, count_macs, layer_geometry, precisions
 from .table import LatencyTable
 from .targets import AnalyticTarget, MeasuredTarget, Runtime, load_target
 
@@ -68,6 +69,56 @@ class TableLatencyModel:
     def predict(self, model: nn.Module, policy: CompressionPolicy) -> float:
         chans = channels(model)
         return self.table.predict_ms(chans, precisions(policy, chans))
+
+
+def _compute_seconds(target: AnalyticTarget, macs: int, w_bits: int, a_bits: int) -> float:
+    c = target.compute
+    if c.kind == "bit_serial":
+        cycles = macs * math.ceil(w_bits / c.brick_bits) * math.ceil(a_bits / c.brick_bits)
+        return cycles / (c.bricks * c.clock_hz)
+    supported = sorted(c.macs_per_s)
+    key = next((p for p in supported if p >= w_bits), supported[-1])
+    return macs / c.macs_per_s[key]
+
+
+def layer_seconds(
+    target: AnalyticTarget, geo: LayerGeometry, cin: int, cout: int, lp: LayerPolicy
+) -> float:
+    """Seconds of one layer on ``target`` at ``cin``/``cout`` channels under ``lp``."""
+    if not lp.quantized:
+        w_bits = a_bits = target.precision.float_bits
+    else:
+        w_bits = lp.bits if target.credit.sub_8bit else max(lp.bits, 8)
+        a_bits = target.precision.act_bits
+    density = 1.0 - lp.sparsity if target.credit.unstructured_sparsity else 1.0
+    compute = _compute_seconds(target, geo.macs(cin, cout), w_bits, a_bits)
+    act = geo.in_elements(cin) + geo.out_elements(cout)
+    mem_bytes = (geo.weights(cin, cout) * density * w_bits + act * a_bits) / 8
+    memory = mem_bytes / target.memory.bandwidth_bytes_per_s
+    return max(compute, memory) + target.overhead.per_layer_us * 1e-6
+
+
+class AnalyticLatencyModel:
+    """The :class:`LatencyModel` of an analytic target (hardware the user does not have), in
+    milliseconds: a per-layer roofline, ``t_layer = max(compute, memory) + per_layer``, ``t_model
+    = sum(t_layer) + per_inference``. Compute is ``MACs * ceil(w/b) * ceil(a/b) / (bricks *
+    clock)`` bit-serial (BitFusion / HAQ, brick width ``b``) or ``MACs / macs_per_s[p]`` (``p``
+    the smallest listed precision >= the weight bits); memory is ``(weights * density * w +
+    (inputs + outputs) * a) / 8 / bandwidth``. Float layers run at ``float_bits``; quantised ones
+    at their weight bits (>= 8 without sub-8-bit credit) and ``act_bits``."""
+
+    def __init__(self, target: AnalyticTarget, reference: nn.Module, example: torch.Tensor):
+        self.target = target
+        self.name = target.name
+        self.geometry = layer_geometry(reference, example)
+
+    def predict(self, model: nn.Module, policy: CompressionPolicy) -> float:
+        total = self.target.overhead.per_inference_us * 1e-6
+        for name, (cin, cout) in channels(model).items():
+            if (geo := self.geometry.get(name)) is not None:
+                lp = policy.layers.get(name, LayerPolicy())
+                total += layer_seconds(self.target, geo, cin, cout, lp)
+        return total * 1e3
 
 
 WEAK_FIT = 0.8  # cross-validated fraction within ±10 % below which describe_fit warns
@@ -152,8 +203,6 @@ def make_latency_model(
     """The latency model ``cfg.latency.target`` names for the uncompressed baseline ``model``
     over ``space`` (``reference_ms``: its measured FP32 latency; a measured target's table is
     loaded, or profiled and stored, here)."""
-    from .analytic import AnalyticLatencyModel
-
     target = load_target(cfg.latency.target)
     if isinstance(target, MeasuredTarget):
         return load_or_profile(cfg, model, space, example, log=log)

@@ -1,32 +1,46 @@
-"""Real latency: export to ONNX and time it with ONNX Runtime on the CPU, in-graph per-node
-profiles of the same sessions, and what identifies the machine measured. Measurements are
-serialised through a file lock (one at a time, also across processes), repeated in rounds until
-two round medians agree, and preceded by a check of how busy the CPU is with other work.
+"""Real latency and memory: export to ONNX and time it with ONNX Runtime on the CPU, in-graph
+per-node profiles of the same sessions, resident memory, and what identifies the machine
+measured. Measurements are serialised through a file lock (one at a time, also across
+processes), repeated in rounds until two round medians agree, and preceded by a check of how
+busy the CPU is with other work.
+
+Resident memory is measured on fresh processes (``_memory_probe.py``) that run the model, net of
+an *empty* model (one ``Identity`` node): ``steady_mb`` from the resident set after the runs
+(``VmRSS``), ``peak_mb`` from the process peak (``VmHWM``: load, graph optimisation and weight
+pre-packing included; ``tracemalloc`` misses ONNX Runtime's native allocations). The median over
+``repeats`` processes is kept.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+import timeit
 import warnings
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock
 from torch import nn
 
+from ..errors import AutocompressError
 from ._memory_probe import make_session
 
-_LOCK_PATH = Path(tempfile.gettempdir()) / "autocompress-measure.lock"
-_HELD = {"depth": 0}
+# one measurement at a time on this machine, also across processes; re-entrant in a process
+MEASUREMENT_LOCK = FileLock(
+    Path(tempfile.gettempdir()) / "autocompress-measure.lock", timeout=3600, thread_local=False
+)
+_PROBE = Path(__file__).with_name("_memory_probe.py")
 _ISA = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "avx_vnni")
 
 
@@ -49,36 +63,6 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> Pa
     return path
 
 
-@contextlib.contextmanager
-def measurement_lock(timeout: float = 3600.0) -> Iterator[None]:
-    """Hold the machine-wide measurement lock (``flock``); re-entrant within a process."""
-    import fcntl
-
-    if _HELD["depth"]:
-        _HELD["depth"] += 1
-        try:
-            yield
-        finally:
-            _HELD["depth"] -= 1
-        return
-    with open(_LOCK_PATH, "a+") as fh:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"measurement lock {_LOCK_PATH} held too long") from None
-                time.sleep(0.2)
-        _HELD["depth"] = 1
-        try:
-            yield
-        finally:
-            _HELD["depth"] = 0
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def cpu_times() -> list[int] | None:
     """Cumulative CPU times (``/proc/stat``: user, nice, system, idle, iowait, irq, softirq,
     steal, ...), or None where there is no ``/proc``."""
@@ -97,9 +81,9 @@ def steal_fraction(before: list[int] | None, after: list[int] | None) -> float |
     return (after[7] - before[7]) / total if total > 0 else None
 
 
-def cpu_busy_fraction(interval: float = 0.3) -> float:
+def warn_if_busy(what: str, log: Callable[[str], None], interval: float = 0.5) -> float:
     """Fraction of the CPU busy over ``interval`` seconds while this process idles (0 when
-    unknown): how much other processes use it."""
+    unknown): how much other processes use it; ``log`` warns above 30 %."""
     a = cpu_times()
     time.sleep(interval)
     b = cpu_times()
@@ -109,7 +93,10 @@ def cpu_busy_fraction(interval: float = 0.3) -> float:
     def idle(v: list[int]) -> int:
         return v[3] + (v[4] if len(v) > 4 else 0)
 
-    return 1.0 - (idle(b) - idle(a)) / (sum(b) - sum(a))
+    busy = 1.0 - (idle(b) - idle(a)) / (sum(b) - sum(a))
+    if busy > 0.3:
+        log(f"{what}: other processes keep the CPU {busy:.0%} busy: timings may be noisy")
+    return busy
 
 
 def cpu_info(path: str | Path = "/proc/cpuinfo") -> dict[str, str]:
@@ -171,7 +158,7 @@ def measure_onnx_latency(
     """
     sess = make_session(path, threads=threads)
     feed = random_feed(input_shape, sess.get_inputs()[0].name)
-    with measurement_lock():
+    with MEASUREMENT_LOCK:
         t0 = time.perf_counter()
         for _ in range(warmup):
             sess.run(None, feed)
@@ -180,12 +167,8 @@ def measure_onnx_latency(
             repeats = max(5, min(repeats, int(round_seconds / max(per_run, 1e-6))))
         medians: list[float] = []
         for _ in range(max(rounds, 1)):
-            times = []
-            for _ in range(repeats):
-                t1 = time.perf_counter()
-                sess.run(None, feed)
-                times.append((time.perf_counter() - t1) * 1e3)
-            medians.append(statistics.median(times))
+            times = timeit.repeat(lambda: sess.run(None, feed), repeat=repeats, number=1)
+            medians.append(statistics.median(times) * 1e3)
             low = sorted(medians)[:2]
             if len(low) == 2 and low[1] <= low[0] * (1 + tolerance):
                 break
@@ -314,4 +297,70 @@ def profile_onnx_nodes(
     return [
         NodeTime(name, op, float(statistics.median(durations[name][warmup:] or durations[name])), n)
         for name, (op, n) in info.items()
+    ]
+
+
+@dataclass(frozen=True)
+class MemoryUse:
+    """Megabytes (10^6 bytes) a model adds to a deployment process, and the raw readings."""
+
+    steady_mb: float
+    peak_mb: float
+    process_steady_mb: float  # the whole process with the model
+    process_peak_mb: float
+    empty_steady_mb: float  # the whole process with the empty model
+    empty_peak_mb: float
+
+
+def empty_model(path: str | Path, input_shape: tuple[int, ...]) -> Path:
+    """An ONNX model with the same (batch-dynamic) float input and one ``Identity`` node."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x, y = (
+        helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", *input_shape[1:]])
+        for n in ("input", "logits")
+    )
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["input"], ["logits"])], "empty", [x], [y]
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return Path(path)
+
+
+def _probe(path: Path, input_shape: tuple[int, ...], threads: int, runs: int) -> dict:
+    cmd = [sys.executable, str(_PROBE), str(path), json.dumps(list(input_shape)), str(threads)]
+    try:
+        done = subprocess.run([*cmd, str(runs)], capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        raise AutocompressError(f"{path}: memory probe did not finish in 600 s") from None
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise AutocompressError(f"{path}: memory probe failed: {tail}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measure_memory(
+    paths: list[str | Path],
+    input_shape: tuple[int, ...],
+    *,
+    threads: int = 2,
+    runs: int = 20,
+    repeats: int = 3,
+) -> list[MemoryUse]:
+    """Steady and peak resident memory each ONNX model of ``paths`` adds to a fresh process
+    (``threads``, 10 warm-up + ``runs`` inferences at ``input_shape``), net of the empty model;
+    the median over ``repeats`` rounds of every model and the empty one."""
+    with tempfile.TemporaryDirectory() as tmp, MEASUREMENT_LOCK:  # probes disturb timings
+        empty = empty_model(Path(tmp) / "empty.onnx", input_shape)
+        todo = [Path(p) for p in paths] + [empty]
+        rounds = [[_probe(p, input_shape, threads, runs) for p in todo] for _ in range(repeats)]
+
+    def med(i: int, key: str) -> float:
+        return statistics.median(r[i][key] for r in rounds) * 1024 / 1e6
+
+    e_steady, e_peak = med(len(paths), "steady_kib"), med(len(paths), "peak_kib")
+    return [
+        MemoryUse(max(s - e_steady, 0.0), max(p - e_peak, 0.0), s, p, e_steady, e_peak)
+        for s, p in ((med(i, "steady_kib"), med(i, "peak_kib")) for i in range(len(paths)))
     ]

@@ -3,6 +3,9 @@ non-negative coefficients (scikit-learn) over the bytes of INT8 weights, of floa
 the largest activation at batch 1, fitted to steady and peak resident memory measured on fresh
 processes; ``autocompress memory validate EXP --samples K`` reports its K-fold cross-validated
 accuracy (fraction within ±10 %, MAPE), as ``latency validate`` does for latency.
+
+Here too are the random policies latency and memory validation (and the memory model's fit)
+measure, and the inputs they are measured with.
 """
 
 from __future__ import annotations
@@ -11,16 +14,24 @@ import json
 import random
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from .._files import atomic_write
+from ..cache_key import content_key
+from ..compression.apply import apply_policy, calibrate, materialize
 from ..errors import ConfigError
-from ..policy import compressible_layers
+from ..policy import CompressionPolicy, LayerPolicy, compressible_layers
+from ..training import batches
+from .deploy import export_deployed
+from .measure import machine_fingerprint, measure_memory
+from .targets import MeasuredTarget, Runtime, load_target
 
 FEATURES = ("int8_weight_mb", "float_weight_mb", "activation_mb")
 
@@ -96,23 +107,62 @@ class MemoryValidation:
         )
 
 
+def measurement_inputs(prep, seed: int = 0):
+    """``(runtime, example, calibration batches)`` of a prepared experiment; analytic and proxy
+    targets are measured as this CPU's measured target times it."""
+    target = load_target(prep.cfg.latency.target)
+    runtime = target.runtime if isinstance(target, MeasuredTarget) else Runtime()
+    example = prep.data.example_input(prep.cfg.latency.batch_size)
+    calib = [x for x, _ in islice(batches(prep.data.train, 16, shuffle=True, seed=seed), 2)]
+    return runtime, example, calib
+
+
+def random_deployed(
+    prep, inputs, samples: int, seed: int, folder: Path, *, reduce_range: bool | None = None
+) -> Iterator[tuple[CompressionPolicy, nn.Module, nn.Module, dict[str, int], Path]]:
+    """``(policy, compressed, plain, {INT8 layer: bits}, ONNX path)`` of ``samples`` random
+    policies of ``prep``'s space (each layer's sparsity, bits and keep ratio drawn uniformly from
+    its choices), applied as a trial applies them (channel removal, masks, quantisers, activation
+    ranges calibrated) and exported as deployed to ``folder`` (``reduce_range``: see
+    :func:`~.deploy.export_deployed`)."""
+    _, example, calib = inputs
+    cfg, model, rng = prep.cfg, prep.baseline.model.eval(), random.Random(seed)
+    for i in range(samples):
+        policy = CompressionPolicy(
+            {
+                name: LayerPolicy(
+                    sparsity=rng.choice(ch.sparsity),
+                    bits=rng.choice(ch.bits),
+                    keep_ratio=rng.choice(ch.keep_ratio),
+                )
+                for name, ch in prep.space.layers.items()
+            }
+        )
+        compressed = apply_policy(
+            model,
+            policy,
+            example=example,
+            round_to=cfg.compression.round_to,
+            importance=cfg.compression.importance,
+        )
+        calibrate(compressed, calib)
+        plain, bits = materialize(compressed)
+        path = folder / f"sample-{i}.onnx"
+        export_deployed(
+            plain, example, path, int8_layers=bits, calibration=calib, reduce_range=reduce_range
+        )
+        yield policy, compressed, plain, bits, path
+
+
 def _measured_samples(prep, inputs, samples: int, seed: int, log) -> list[dict]:
     """``samples`` random policies exported as deployed, resident memory measured on fresh
     processes; one row per policy (features, sizes, memory)."""
-    from ..compression.apply import materialize
-    from .forms import DeploySpec, build_form
-    from .memory import measure_memory
-    from .samples import random_compressed
-
-    runtime, example, calib = inputs
-    model, rng = prep.baseline.model.eval(), random.Random(seed)
+    runtime, example, _ = inputs
     rows, paths = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for i in range(samples):
-            policy, compressed = random_compressed(prep.cfg, model, prep.space, example, calib, rng)
-            plain, bits = materialize(compressed)
-            spec = DeploySpec("int8-qdq", tuple(sorted(bits))) if bits else DeploySpec("fp32")
-            path, _ = build_form(plain, example, Path(tmp) / f"s{i}.onnx", spec, calibration=calib)
+        for i, (policy, _, plain, bits, path) in enumerate(
+            random_deployed(prep, inputs, samples, seed, Path(tmp), reduce_range=False)
+        ):
             paths.append(path)
             rows.append(
                 {
@@ -177,11 +227,6 @@ def compressed_features(model: nn.Module, example: torch.Tensor) -> dict[str, fl
 def get_memory_model(cfg, prep, *, force: bool = False, log: Callable[[str], None] = print):
     """The experiment's memory model from ``output_dir/cache``, or measured and fitted now
     (``objectives.size.memory_samples`` random policies) and cached."""
-    from .._files import atomic_write
-    from ..cache_key import content_key
-    from .measure import machine_fingerprint
-    from .samples import measurement_inputs
-
     inputs = measurement_inputs(prep)
     runtime, example, _ = inputs
     n = cfg.objectives.size.memory_samples
@@ -221,8 +266,6 @@ def validate_memory(
     """Measure the deployed form of ``samples`` random policies of ``prep``'s space (fresh
     processes, net of an empty model), fit the memory model by cross-validation, write
     ``output_dir/memory/``."""
-    from .samples import measurement_inputs
-
     cfg = prep.cfg
     if samples < 4:
         raise ConfigError(f"--samples must be at least 4 (got {samples})")

@@ -4,6 +4,13 @@ exported as deployed and run by ONNX Runtime with its profiler (every node's tim
 whole-graph run, attributed to the layers' blocks) and timed end to end (the calibration). The
 design covers every (in, out) channel pair of consecutive layers at both precisions, both
 uniform precisions at every channel level, then random configurations.
+
+Attribution of the profiled nodes to the model's layers: ORT renames the nodes it optimises
+(``/features/features.3/Conv_token_9``, a Conv fused with its ReLU named after the ReLU's
+output), so a layer's *aliases* are the name and outputs of its node and of the chain of
+single-consumer element-wise nodes after it (what ORT may fuse into it); a profiled compute node
+belongs to the layer whose alias starts its name. Every other node joins the *block* of the last
+layer executed before it (its glue: activations, pooling, Q/DQ, layout changes).
 """
 
 from __future__ import annotations
@@ -12,23 +19,108 @@ import random
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..cache_key import content_key
+from ..compression.apply import apply_policy, materialize
+from ..errors import ModelError
 from ..policy import FLOAT_BITS, CompressionPolicy, LayerPolicy, compressible_layers
 from ..search_space import SearchSpace
+from .deploy import export_deployed, onnx_layer_nodes
+from .layers import channels
 from .measure import (
-    cpu_busy_fraction,
+    MEASUREMENT_LOCK,
+    NodeTime,
     machine_fingerprint,
     measure_passes,
-    measurement_lock,
     profile_onnx_nodes,
+    warn_if_busy,
 )
 from .table import TABLE_VERSION, LatencyTable, fit_table
 from .targets import MeasuredTarget
+
+_FUSABLE = set(
+    "Relu Clip Add Sum Sigmoid LeakyRelu HardSigmoid Mul QuantizeLinear DequantizeLinear "
+    "BatchNormalization".split()
+)
+_COMPUTE_WORDS = ("Conv", "Gemm", "MatMul")  # in a compute node's op type (QLinearConv, ...)
+
+
+def layer_aliases(onnx_model, model: nn.Module, depth: int = 3) -> dict[str, list[list[str]]]:
+    """``{layer: [aliases at depth 0, at depth 1, ...]}`` in the deployed ONNX graph."""
+    graph = onnx_model.graph
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    by_name = {n.name: n for n in graph.node}
+    out: dict[str, list[list[str]]] = {}
+    for layer, node_name in onnx_layer_nodes(onnx_model, model).items():
+        node = by_name[node_name]
+        levels = [[node.name, *node.output]]
+        frontier = node
+        for _ in range(depth):
+            users = [u for o in frontier.output for u in consumers.get(o, [])]
+            if len(users) != 1 or users[0].op_type not in _FUSABLE:
+                break
+            frontier = users[0]
+            levels.append([frontier.name, *frontier.output])
+        out[layer] = levels
+    return out
+
+
+def _matches(node_name: str, alias: str) -> bool:
+    return node_name == alias or (node_name.startswith(alias) and node_name[len(alias)] in "_:/")
+
+
+@dataclass
+class Block:
+    """A layer's compute node and the glue nodes executed after it (``layer`` None: the nodes
+    before the first layer)."""
+
+    layer: str | None
+    compute_us: float = 0.0
+    glue_us: float = 0.0
+    glue_nodes: int = 0
+
+
+def attribute(nodes: list[NodeTime], aliases: dict[str, list[list[str]]]) -> list[Block]:
+    """Blocks in execution order: a compute node goes to the layer with the longest (then
+    shallowest) alias that starts its name; layers left without one take the remaining compute
+    nodes in order when their numbers agree, else :class:`ModelError`."""
+    compute = [i for i, n in enumerate(nodes) if any(w in n.op_type for w in _COMPUTE_WORDS)]
+    best: dict[int, tuple[tuple[int, int], str]] = {}
+    for layer, levels in aliases.items():
+        for level, names in enumerate(levels):
+            for alias in names:
+                for i in compute:
+                    score = (len(alias), -level)
+                    if _matches(nodes[i].name, alias) and (i not in best or score > best[i][0]):
+                        best[i] = (score, layer)
+    owner: dict[int, str] = {}
+    for i, (_, layer) in sorted(best.items(), key=lambda kv: kv[1][0], reverse=True):
+        if layer not in owner.values():
+            owner[i] = layer
+    missing = [layer for layer in aliases if layer not in owner.values()]
+    free = [i for i in compute if i not in owner]
+    if missing and len(free) == len(missing):
+        owner.update(zip(free, missing, strict=True))
+    elif missing:
+        raise ModelError(
+            f"profile attribution: no ONNX Runtime node found for layer(s) {', '.join(missing)}"
+        )
+    blocks = [Block(None)]
+    for i, node in enumerate(nodes):
+        if i in owner:
+            blocks.append(Block(owner[i], compute_us=node.us))
+        else:
+            blocks[-1].glue_us += node.us
+            blocks[-1].glue_nodes += 1
+    return blocks
 
 
 def _choices(space: SearchSpace, layers: list[str]) -> dict[str, tuple[list[float], list[int]]]:
@@ -89,11 +181,8 @@ def _profile_config(
     """Export a plain model as deployed to ``path``; its profiled blocks."""
     import onnx
 
-    from .attribution import attribute, layer_aliases
-    from .deploy import export_deployed
-
     export_deployed(model, example, path, int8_layers=int8_layers)
-    with measurement_lock():
+    with MEASUREMENT_LOCK:
         nodes = profile_onnx_nodes(
             path, tuple(example.shape), threads=target.runtime.threads, runs=target.profile.runs
         )
@@ -106,9 +195,6 @@ def _probe_channels(
 ) -> list:
     """Channel counts two design policies produce (how pruning couples layers is part of what
     the table is valid for)."""
-    from ..compression.apply import apply_policy
-    from .layers import channels
-
     layers = list(compressible_layers(model))
     design = design_policies(space, layers)
     probes = [next(design) for _ in range(3)][1:]
@@ -156,17 +242,11 @@ def profile_model(
     export (design first) until ``max_configs`` or 65 % of ``max_seconds`` (at least
     ``min_configs``), profiling the design and every ``profile_every``-th random one; then time
     every exported model end to end in ``passes`` passes."""
-    from ..compression.apply import apply_policy, materialize
-    from .deploy import export_deployed
-    from .layers import channels
-
     t0 = time.perf_counter()
     budget = target.profile
     model = model.eval()
     layers = list(compressible_layers(model))
-    busy = cpu_busy_fraction(0.5)
-    if busy > 0.3:
-        log(f"latency profile: other processes keep the CPU {busy:.0%} busy: timings may be noisy")
+    busy = warn_if_busy("latency profile", log)
     log(
         f"latency profile: {target.name} ({target.runtime.threads} thread(s)), {len(layers)} "
         f"layers, up to {budget.max_configs} configurations in ~{budget.max_seconds:.0f} s"
@@ -220,7 +300,7 @@ def profile_model(
         )
     for rec, wall in zip(records, walls, strict=True):
         rec["wall_ms"] = round(wall, 6)
-    table = fit_table(records, layers, ridge=budget.ridge)
+    table = fit_table(records, ridge=budget.ridge)
     table.meta.update(
         {
             "target": target.name,

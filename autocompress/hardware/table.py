@@ -98,14 +98,12 @@ def _grid_from_points(points: dict[tuple[int, int], list[float]]) -> Grid:
 
 
 def _line(xs: list[float], ys: list[float]) -> tuple[float, float]:
-    """Least-squares ``a + b x`` with ``b >= 0``."""
-    x, y = np.asarray(xs, float), np.asarray(ys, float)
-    if len(set(xs)) < 2:
-        return float(np.median(y)), 0.0
-    b, a = np.polyfit(x, y, 1)
-    if b < 0:
-        return float(np.median(y)), 0.0
-    return float(a), float(b)
+    """Least-squares ``a + b x`` with ``b >= 0`` (else the median, flat)."""
+    if len(set(xs)) >= 2:
+        b, a = np.polyfit(np.asarray(xs, float), np.asarray(ys, float), 1)
+        if b >= 0:
+            return float(a), float(b)
+    return float(np.median(np.asarray(ys, float))), 0.0
 
 
 def _nnls_free_intercept(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -203,7 +201,7 @@ def _exec_order(records: list[dict]) -> list[str]:
     return list(max(orders, key=orders.__getitem__))
 
 
-def _prior(records: list[dict], layers: list[str]) -> LatencyTable:
+def _prior(records: list[dict]) -> LatencyTable:
     """Step 1: the profiled table and its calibration to end-to-end latency."""
     compute_pts: dict[tuple[str, str], dict] = defaultdict(lambda: defaultdict(list))
     glue_pts: dict[tuple[str, str], list[tuple[int, float, float]]] = defaultdict(list)
@@ -311,21 +309,19 @@ def _refine(table: LatencyTable, records: list[dict], ridge: float) -> None:
             grid.make_monotone()
 
 
-def _fit(records: list[dict], layers: list[str], ridge: float) -> LatencyTable:
-    table = _prior(records, layers)
+def _fit(records: list[dict], ridge: float) -> LatencyTable:
+    table = _prior(records)
     if ridge > 0:
         _refine(table, records, ridge)
     return table
 
 
-def _cross_validate(
-    records: list[dict], layers: list[str], ridge: float, folds: int
-) -> tuple[float, float]:
+def _cross_validate(records: list[dict], ridge: float, folds: int) -> tuple[float, float]:
     idx = np.random.default_rng(0).permutation(len(records))
     pred, wall = [], []
     for k in range(folds):
         test = set(idx[k::folds].tolist())
-        sub = _fit([r for i, r in enumerate(records) if i not in test], layers, ridge)
+        sub = _fit([r for i, r in enumerate(records) if i not in test], ridge)
         pred += [sub.predict_ms(_chans(records[i]), records[i]["precision"]) for i in test]
         wall += [records[i]["wall_ms"] for i in test]
     return summarize(pred, wall)[:2]
@@ -334,9 +330,7 @@ def _cross_validate(
 RIDGES = (0.0, 3.0, 10.0, 30.0, 100.0)
 
 
-def fit_table(
-    records: list[dict], layers: list[str], *, ridge: float | None = None, folds: int = 5
-) -> LatencyTable:
+def fit_table(records: list[dict], *, ridge: float | None = None, folds: int = 5) -> LatencyTable:
     """Fit the table from profiled records (see :mod:`.profiler`); ``ridge`` (step 2's
     shrinkage, 0: the calibrated profile alone; ``None``: the lowest cross-validated MAPE of
     :data:`RIDGES`). ``meta["fit"]`` holds the in-sample and cross-validated accuracy."""
@@ -344,11 +338,11 @@ def fit_table(
     scores: dict[float, tuple[float, float]] = {}
     if can_cv:
         for r in RIDGES if ridge is None else (ridge,):
-            scores[r] = _cross_validate(records, layers, r, folds)
+            scores[r] = _cross_validate(records, r, folds)
         ridge = min(scores, key=lambda r: scores[r][1])
     elif ridge is None:
         ridge = 0.0
-    table = _fit(records, layers, ridge)
+    table = _fit(records, ridge)
     p = [table.predict_ms(_chans(r), r["precision"]) for r in records]
     within, mape = summarize(p, [r["wall_ms"] for r in records])[:2]
     fit = {

@@ -6,7 +6,6 @@ MAPE, Spearman); writes the pairs as JSON and a plot, logged to MLflow as ``late
 from __future__ import annotations
 
 import json
-import random
 import tempfile
 import time
 from collections.abc import Callable
@@ -33,9 +32,7 @@ class ValidationReport:
     mlflow_run_id: str | None = None
 
     def summary(self) -> dict:
-        d = asdict(self)
-        d.pop("pairs")
-        return d
+        return {k: v for k, v in asdict(self).items() if k != "pairs"}
 
 
 def _plot(pairs: list[dict], path: Path, title: str) -> Path:
@@ -89,46 +86,32 @@ def validate_latency(
 ) -> ValidationReport:
     """Compare the experiment's latency model with measurements of ``samples`` random policies
     (measured on the CPU with ONNX Runtime, the deployed form: FP32 / INT8 QDQ)."""
-    from ..compression.apply import materialize
     from ..prepare import prepare
-    from .deploy import export_deployed
     from .latency import make_latency_model
     from .layers import channels
-    from .measure import cpu_busy_fraction, measure_passes
-    from .samples import measurement_inputs, random_compressed
+    from .measure import measure_passes, warn_if_busy
+    from .memory_model import measurement_inputs, random_deployed
 
     if samples < 2:
         raise ConfigError(f"--samples must be at least 2 (got {samples})")
     t0 = time.perf_counter()
     prep = prepare(cfg, log=log)
-    runtime, example, calib = measurement_inputs(prep, seed)
+    inputs = measurement_inputs(prep, seed)
+    runtime, example, _ = inputs
     model = prep.baseline.model.eval()
     latency_model = make_latency_model(
         cfg, model, prep.space, example, reference_ms=prep.baseline.metrics.latency_ms, log=log
     )
-    rng = random.Random(seed)
-    busy = cpu_busy_fraction(0.5)
-    if busy > 0.3:
-        log(f"latency validate: other processes keep the CPU {busy:.0%} busy: timings may be noisy")
+    busy = warn_if_busy("latency validate", log)
     pairs, paths = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for i in range(samples):
-            policy, compressed = random_compressed(cfg, model, prep.space, example, calib, rng)
-            predicted = latency_model.predict(compressed, policy)
-            plain, bits = materialize(compressed)
-            paths.append(
-                export_deployed(
-                    plain,
-                    example,
-                    Path(tmp) / f"sample-{i}.onnx",
-                    int8_layers=bits,
-                    calibration=calib,
-                )
-            )
+        deployed = random_deployed(prep, inputs, samples, seed, Path(tmp))
+        for i, (policy, compressed, plain, bits, path) in enumerate(deployed):
+            paths.append(path)
             pairs.append(
                 {
                     "sample": i,
-                    "predicted_ms": round(predicted, 5),
+                    "predicted_ms": round(latency_model.predict(compressed, policy), 5),
                     "int8_layers": len(bits),
                     "summary": policy.summary(),
                     "channels": {n: list(c) for n, c in channels(plain).items()},
@@ -151,27 +134,17 @@ def validate_latency(
             f"[{pair['sample'] + 1}/{samples}] predicted {pair['predicted_ms']:.4f} ms, measured "
             f"{ms:.4f} ms ({pair['error']:+.1%}), {pair['int8_layers']} INT8 layers"
         )
-    within, mape, rho = summarize(
-        [p["predicted_ms"] for p in pairs], [p["measured_ms"] for p in pairs]
-    )
-    report = ValidationReport(
-        latency_model.name,
-        samples,
-        within,
-        mape,
-        rho,
-        pairs,
-        time.perf_counter() - t0,
-        cpu_busy_at_start=round(busy, 3),
-    )
+    scores = summarize(*([p[k] for p in pairs] for k in ("predicted_ms", "measured_ms")))
+    seconds = time.perf_counter() - t0
+    report = ValidationReport(latency_model.name, samples, *scores, pairs, seconds, round(busy, 3))
     out = cfg.output_dir / "latency"
     out.mkdir(parents=True, exist_ok=True)
     stem = f"validate-{latency_model.name}"
     json_path = out / f"{stem}.json"
     json_path.write_text(json.dumps(asdict(report), indent=2))
     title = (
-        f"{cfg.name} on {latency_model.name}\n{within:.0%} of {samples} within ±10 %, "
-        f"MAPE {mape:.1%}, Spearman {rho:.2f}"
+        f"{cfg.name} on {report.target}\n{report.within_10pct:.0%} of {samples} within ±10 %, "
+        f"MAPE {report.mape:.1%}, Spearman {report.spearman:.2f}"
     )
     png = _plot(pairs, out / f"{stem}.png", title)
     report.artifacts = [str(json_path), str(png)]

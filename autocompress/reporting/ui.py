@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -46,10 +47,6 @@ def free_port(host: str = LOCAL_HOST) -> int:
         return int(s.getsockname()[1])
 
 
-def _browse_host(host: str) -> str:
-    return LOCAL_HOST if host in ("0.0.0.0", "::", "") else host
-
-
 VIEW_KEY = "autocompress"
 _VIEW_TAG = "mlflow.sharedViewState."
 _DESCRIPTION = "attributes.`Description`"
@@ -59,14 +56,9 @@ def runs_view_state() -> dict:
     """An MLflow "shared view" of the runs table made for a search: trials sorted by validation
     accuracy (not nested under the search's run), their one-line description (metrics and
     policy) and the ``pareto`` tag as columns."""
+    metrics = [f"metrics.`{m}`" for m in ("val_accuracy", "latency_ms", "size_kb")]
     return {
-        "selectedColumns": [
-            _DESCRIPTION,
-            "tags.`pareto`",
-            "metrics.`val_accuracy`",
-            "metrics.`latency_ms`",
-            "metrics.`size_kb`",
-        ],
+        "selectedColumns": [_DESCRIPTION, "tags.`pareto`", *metrics],
         "columnWidths": {_DESCRIPTION: 560},
         "orderByKey": "metrics.`val_accuracy`",
         "orderByAsc": False,
@@ -121,8 +113,6 @@ class UiServer:
         """Terminate the server and its worker processes (its own process group)."""
         if self.process.poll() is not None:
             return
-        import signal
-
         try:
             os.killpg(self.process.pid, signal.SIGTERM)
         except ProcessLookupError:
@@ -175,15 +165,13 @@ def start_ui(
     cwd: Path | None = None,
     log_path: Path | None = None,
     timeout: float = 120.0,
-    allowed_hosts: str | None = None,
-    executable: str | None = None,
+    **command,
 ) -> UiServer:
-    """Start ``mlflow ui`` in its own process group and wait until it answers ``/health``.
-    Its output goes to ``log_path`` (else is discarded)."""
+    """Start ``mlflow ui`` (``command``: :func:`ui_command`'s ``allowed_hosts``, ``executable``)
+    in its own process group and wait until it answers ``/health``. Its output goes to
+    ``log_path`` (else is discarded)."""
     port = port or free_port(host)
-    cmd = ui_command(
-        tracking_uri, host=host, port=port, allowed_hosts=allowed_hosts, executable=executable
-    )
+    cmd = ui_command(tracking_uri, host=host, port=port, **command)
     env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     out = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115
     try:
@@ -199,7 +187,8 @@ def start_ui(
     finally:
         if log_path:
             out.close()
-    server = UiServer(proc, f"http://{_browse_host(host)}:{port}", log_path)
+    browse = LOCAL_HOST if host in ("0.0.0.0", "::", "") else host  # a wildcard: this machine
+    server = UiServer(proc, f"http://{browse}:{port}", log_path)
     try:
         _wait_until_up(proc, server.url, timeout, log_path)
     except BaseException:
@@ -208,33 +197,16 @@ def start_ui(
     return server
 
 
-def serve(
-    tracking_uri: str,
-    experiment: str,
-    *,
-    host: str = LOCAL_HOST,
-    port: int | None = None,
-    cwd: Path | None = None,
-    allowed_hosts: str | None = None,
-    executable: str | None = None,
-    log=print,
-) -> int:
-    """Start the UI, print its URL, block until Ctrl-C; returns 130 then (0 if the server ends
-    by itself)."""
+def serve(tracking_uri: str, experiment: str, *, host: str = LOCAL_HOST, log=print, **ui) -> int:
+    """Start the UI (``ui``: :func:`start_ui`'s options), print its URL, block until Ctrl-C;
+    returns 130 then (0 if the server ends by itself)."""
     exp_id = experiment_id(tracking_uri, experiment)
     view = exp_id is not None and set_runs_view(tracking_uri, exp_id)
     if tracking_uri.startswith(("http://", "https://")):
         log(f"MLflow server: {experiment_url(mask_secrets(tracking_uri), exp_id, view=view)}")
         return 0
     log(f"starting the MLflow UI on {mask_secrets(tracking_uri)} ...")
-    server = start_ui(
-        tracking_uri,
-        host=host,
-        port=port,
-        cwd=cwd,
-        allowed_hosts=allowed_hosts,
-        executable=executable,
-    )
+    server = start_ui(tracking_uri, host=host, **ui)
     try:
         log(f"MLflow UI: {experiment_url(server.url, exp_id, view=view)}")
         if view:
@@ -243,9 +215,7 @@ def serve(
             log(f"(no experiment {experiment!r} there yet: run 'autocompress search' first)")
         if host != LOCAL_HOST:
             log(f"bound to {host}: reachable from other machines, without authentication")
-            log("Ctrl-C to stop")
-        else:
-            log("Ctrl-C to stop")
+        log("Ctrl-C to stop")
         while server.process.poll() is None:
             time.sleep(0.5)  # not a blocking wait(): Ctrl-C must get through at once
         log(f"the MLflow UI stopped by itself (exit code {server.process.returncode})")

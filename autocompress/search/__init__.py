@@ -1,7 +1,7 @@
 """The search: Optuna study over per-layer policies, objective, Pareto utilities."""
 
 from .pareto import hypervolume, knee_index, non_dominated
-from .result import FrontPoint, SearchResult
+from .pick import FrontPoint, SearchResult
 from .run import search
 from .study import front_rows, load_study, trial_rows
 

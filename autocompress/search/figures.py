@@ -1,19 +1,21 @@
-"""Figures logged to MLflow, and the short run descriptions shown in the runs table.
+"""What a search logs to MLflow besides metrics, and the short run descriptions shown in the runs
+table: per trial (at its start, so running trials show it too) ``policy_layers.png``; per search
+(at its end, on the parent run) the Pareto front as ``pareto/pareto_front.{csv,json,html,png}``,
+its trial runs tagged ``pareto=true``, and ``pareto/hypervolume.{png,json}`` with the metric
+series ``hypervolume_by_trial`` (step = trial number); per export (under the trial's run)
+``export/latency.png``, ``throughput.png`` and ``activations.png``.
 
-- per trial (at its start, so running trials show it too): ``policy_layers.png`` next to
-  ``policy.json`` — :func:`log_trial_chart`;
-- per search (at its end, on the parent run): ``pareto/hypervolume.{png,json}`` and the metric
-  series ``hypervolume_by_trial`` (step = trial number) — :func:`log_search_figures`;
-- per export (under the trial's run): ``export/latency.png``, predicted against measured latency
-  — :func:`log_export_figures`.
-
-Figures are best effort: a rendering or logging failure is reported with ``warnings.warn`` and
-never fails a trial, a search or an export.
+The front's files are written or the search fails; the other figures are best effort: a
+rendering or logging failure is reported with ``warnings.warn`` and never fails a trial, a
+search or an export.
 """
 
 from __future__ import annotations
 
+import csv
 import json
+import os
+import shutil
 import tempfile
 import time
 import warnings
@@ -22,8 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from .. import plots
+from ..config import ExperimentConfig
 from ..policy import CompressionPolicy
-from .history import hypervolume_history
+from ..tracking import Tracker
+from .pareto import hypervolume_history
+from .study import StudyInfo, front_rows, trial_rows
 
 TRIAL_CHART = "policy_layers"
 HV_METRIC = "hypervolume_by_trial"
@@ -90,13 +95,8 @@ def _log_metric_series(tracker, run_id: str, key: str, points: list[tuple[int, f
 
     done = {(m.step, m.value) for m in tracker.client.get_metric_history(run_id, key)}
     now = int(time.time() * 1000)
-    metrics = [
-        Metric(key, float(v), now, int(step))
-        for step, v in points
-        if (int(step), float(v)) not in done
-    ]
-    for i in range(0, len(metrics), 500):
-        tracker.client.log_batch(run_id, metrics=metrics[i : i + 500])
+    new = [(int(step), float(v)) for step, v in points if (int(step), float(v)) not in done]
+    tracker.client.log_batch(run_id, metrics=[Metric(key, v, now, step) for step, v in new])
 
 
 def log_search_figures(
@@ -105,8 +105,6 @@ def log_search_figures(
     """Hypervolume over trials (PNG + JSON + metric series), written to ``out_dir`` (the
     search's ``pareto/`` folder) and logged on the parent run. ``info`` is the search's
     ``StudyInfo``. Returns the files written."""
-    from .study import trial_rows
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -124,6 +122,50 @@ def log_search_figures(
     return _best_effort("hypervolume over trials", hv, [])
 
 
+# -- the Pareto front --------------------------------------------------------------------------
+_COLUMNS = ["trial", "val_accuracy", "latency_ms", "size_kb", "compression_ratio"]
+_COLUMNS += ["weight_sparsity", "summary", "mlflow_run_id"]
+
+
+def write_front(
+    info: StudyInfo, cfg: ExperimentConfig, tracker: Tracker, parent: str, baseline: dict
+) -> tuple[list[dict], list[Path]]:
+    """Compute the front from the study, write and log its artifacts, tag the trial runs."""
+    rows = trial_rows(info)
+    front = front_rows(info, rows, mark=True)
+    for r in rows:
+        if r["mlflow_run_id"]:
+            note = trial_description(r["policy"] or {}, r, pareto=r["pareto"])
+            tags = {"pareto": str(r["pareto"]).lower(), "mlflow.note.content": note}
+            tracker.set_tags(r["mlflow_run_id"], tags)
+    # Staged in a folder of this process, then moved into place: workers that finish together
+    # never write into each other's files.
+    final = cfg.output_dir / "pareto"
+    out = final / f".staging-{os.getpid()}"
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path = out / "pareto_front.csv"
+    with csv_path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(front)
+    json_path = out / "pareto_front.json"
+    json_path.write_text(
+        json.dumps({"objectives": info.objectives, "baseline": baseline, "front": front}, indent=2)
+    )
+    title = f"{cfg.name}: {len(rows)} trials, {len(front)} on the Pareto front"
+    figs = [
+        plots.pareto_html(rows, out / "pareto_front.html", title=title),
+        plots.pareto_png(rows, out / "pareto_front.png", title=title),
+    ]
+    placed = []
+    for p in [csv_path, json_path, *figs]:
+        placed.append(final / p.name)
+        os.replace(p, placed[-1])
+    shutil.rmtree(out, ignore_errors=True)
+    tracker.log_artifacts(parent, placed, "pareto")
+    return front, placed
+
+
 # -- per export --------------------------------------------------------------------------------
 def log_export_figures(tracker, run_id: str | None, result: Mapping[str, Any], out_dir: Path):
     """``throughput.png`` (images/s of each ONNX form per batch size and thread count),
@@ -133,40 +175,38 @@ def log_export_figures(tracker, run_id: str | None, result: Mapping[str, Any], o
     latency figure, or None if it could not be drawn."""
     trial, out = result["trial"], Path(out_dir)
 
-    def logged(label: str, draw) -> Path | None:
-        def run() -> Path | None:
+    def logged(what: str, draw: Callable[[], Path]) -> Path | None:
+        def run() -> Path:
             fig = draw()
-            if fig is not None and run_id:
+            if run_id:
                 tracker.log_artifacts(run_id, [fig], "export")
             return fig
 
-        return _best_effort(label, run)
+        return _best_effort(f"export {what} figure", run)
 
     forms, acts = result.get("forms"), result.get("activations")
     if forms:
         title = f"trial {trial}: throughput of each ONNX form"
         logged(
-            "export throughput figure",
-            lambda: plots.throughput_png(forms, out / "throughput.png", title=title),
+            "throughput", lambda: plots.throughput_png(forms, out / "throughput.png", title=title)
         )
     if acts:
         if run_id:
-            _best_effort(
-                "export activation table",
-                lambda: tracker.log_table(run_id, acts, "export/activations.json"),
-            )
+            table = "export/activations.json"
+            _best_effort("export activation table", lambda: tracker.log_table(run_id, acts, table))
         title = f"trial {trial}: activations before / after compression"
         logged(
-            "export activation figure",
-            lambda: plots.activations_png(acts, out / "activations.png", title=title),
+            "activation", lambda: plots.activations_png(acts, out / "activations.png", title=title)
         )
-    return logged(
-        "export latency figure",
-        lambda: plots.latency_png(
-            predicted_ms=result["predicted_latency_ms"],
-            measured_ms=result["measured_latency_ms"],
-            baseline_ms=result.get("baseline_latency_ms"),
-            path=out / "latency.png",
-            title=f"trial {trial}: latency on the target",
-        ),
+    return logged("latency", lambda: export_latency_png(result, out / "latency.png"))
+
+
+def export_latency_png(result: Mapping[str, Any], path: Path) -> Path:
+    """Predicted against measured and baseline latency of an export result."""
+    return plots.latency_png(
+        predicted_ms=result["predicted_latency_ms"],
+        measured_ms=result["measured_latency_ms"],
+        baseline_ms=result.get("baseline_latency_ms"),
+        path=path,
+        title=f"trial {result['trial']}: latency on the target",
     )

@@ -68,9 +68,7 @@ class TrialEvaluator:
         bs = ft.batch_size or self.cfg.data.batch_size
         train_ds = self.data.train_full if ft.full_train else self.data.train
         comp = self.cfg.compression
-        stages = [policy]
-        if ft.schedule == "gradual":
-            stages = gradual_policies(policy, ft.prune_stages)
+        stages = gradual_policies(policy, ft.prune_stages) if ft.schedule == "gradual" else [policy]
         model = apply_policy(
             self.baseline.model,
             stages[0],

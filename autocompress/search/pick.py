@@ -1,14 +1,22 @@
-"""Choosing a model from the Pareto front: bounds (max latency, min accuracy, max size), the knee,
-or an explicit trial."""
+"""What a search returns, the typed Pareto front (:class:`FrontPoint`) in a :class:`SearchResult`,
+and choosing a model from it: bounds (max latency, min accuracy, max size), the knee, or an
+explicit trial."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..config import ExperimentConfig
 from ..errors import AutocompressError
+from ..metrics import TrialMetrics
+from ..policy import CompressionPolicy
 from .pareto import knee_index
-from .study import front_rows, load_study, trial_rows
+from .study import front_rows, load_study, trial_row, trial_rows
+
+if TYPE_CHECKING:
+    from ..prepare import Prepared
 
 _BOUNDS = [  # (criterion, row key, sign of "better", description)
     ("min_accuracy", "val_accuracy", -1, "val accuracy >= {}"),
@@ -78,7 +86,7 @@ def _span(rows: list[dict], key: str) -> str:
 
 
 def select(
-    front: list[dict], criteria: PickCriteria, objectives: list[str], directions: list[str]
+    front: list[dict], criteria: PickCriteria, directions: list[str]
 ) -> tuple[dict | None, list[dict]]:
     """(choice, candidates) from the front rows: bounds filter, then knee or preference."""
     cands = [r for r in front if criteria.admits(r)]
@@ -92,16 +100,91 @@ def select(
     return cands[0], cands
 
 
+def _choose(
+    rows: list[dict], front: list[dict], criteria: PickCriteria, directions: list[str], what: str
+) -> tuple[dict | None, list[dict]]:
+    """(choice, candidates): the row of ``criteria.trial`` among ``rows`` (``what`` they are, for
+    the error), else :func:`select` from ``front``."""
+    if criteria.trial is None:
+        return select(front, criteria, directions)
+    match = [r for r in rows if r["trial"] == criteria.trial]
+    if not match:
+        have = ", ".join(str(r["trial"]) for r in rows[:20])
+        raise AutocompressError(f"trial {criteria.trial} is not {what} (have {have})")
+    return match[0], match
+
+
 def pick(cfg: ExperimentConfig, criteria: PickCriteria) -> PickResult:
     """Pick from the experiment's stored study (``--trial N`` takes any complete trial)."""
     info = load_study(cfg)
     rows = trial_rows(info)
     front = front_rows(info, rows)
-    if criteria.trial is not None:
-        match = [r for r in rows if r["trial"] == criteria.trial]
-        if not match:
-            done = ", ".join(str(r["trial"]) for r in rows[:20])
-            raise AutocompressError(f"trial {criteria.trial} is not a complete trial (have {done})")
-        return PickResult(match[0], match, front, criteria, info.objectives)
-    choice, cands = select(front, criteria, info.objectives, info.directions)
+    choice, cands = _choose(rows, front, criteria, info.directions, "a complete trial")
     return PickResult(choice, cands, front, criteria, info.objectives)
+
+
+@dataclass(frozen=True)
+class FrontPoint:
+    """One non-dominated trial: its number, policy and measurements (validation accuracy)."""
+
+    trial: int
+    policy: CompressionPolicy
+    metrics: TrialMetrics
+    values: tuple[float, ...] = ()  # the objective values, in the study's order
+    mlflow_run_id: str | None = None
+
+    @classmethod
+    def from_row(cls, row: dict) -> FrontPoint:
+        """From a ``trial_rows`` row."""
+        return cls(
+            trial=int(row["trial"]),
+            policy=CompressionPolicy.from_dict(row["policy"] or {}),
+            metrics=TrialMetrics.from_dict(row["metrics"]),
+            values=tuple(row["values"]),
+            mlflow_run_id=row.get("mlflow_run_id"),
+        )
+
+    def row(self) -> dict[str, Any]:
+        """The front table's row (``front_rows``' form) of this point."""
+        m, p = self.metrics.to_dict(), self.policy.to_dict()
+        return trial_row(self.trial, m, p, self.mlflow_run_id, self.values)
+
+
+@dataclass
+class SearchResult:
+    study_name: str
+    n_complete: int
+    n_failed: int
+    front: list[FrontPoint]
+    baseline: dict
+    parent_run_id: str
+    failures: list[dict] = field(default_factory=list)
+    artifacts: list[Path] = field(default_factory=list)
+    hypervolume: float = 0.0
+    seconds: float = 0.0
+    objectives: list[str] = field(default_factory=list)
+    directions: list[str] = field(default_factory=list)
+    # what export continues from (the same objects, not re-read from the config)
+    config: ExperimentConfig | None = field(default=None, repr=False)
+    prepared: Prepared | None = field(default=None, repr=False)
+
+    def pick(
+        self,
+        *,
+        knee: bool = False,
+        min_accuracy: float | None = None,
+        max_latency_ms: float | None = None,
+        max_size_kb: float | None = None,
+        prefer: str = "accuracy",
+        trial: int | None = None,
+    ) -> FrontPoint:
+        """The front point meeting the bounds: the knee, or the best by ``prefer``; or the
+        point of ``trial``."""
+        criteria = PickCriteria(max_latency_ms, min_accuracy, max_size_kb, knee, prefer, trial)
+        rows = [p.row() for p in self.front]
+        choice, _ = _choose(rows, rows, criteria, self.directions, "on the front")
+        if choice is None:
+            raise AutocompressError(
+                f"no front point meets {criteria.describe()} (front of {len(self.front)})"
+            )
+        return next(p for p in self.front if p.trial == choice["trial"])

@@ -23,11 +23,10 @@ from ..policy import CompressionPolicy
 from ..prepare import Prepared, prepare
 from ..sensitivity.stage import SensitivityStage
 from ..tracking import Tracker, mask_secrets
-from .figures import log_search_figures, search_description
-from .front import write_front
+from .figures import log_search_figures, search_description, write_front
 from .objective import TrialEvaluator
 from .pareto import front_hypervolume
-from .result import FrontPoint, SearchResult
+from .pick import FrontPoint, SearchResult
 from .screen import log_screen, open_screen, promote, run_screen
 from .study import StudyInfo, check_storage, open_study, run_once, storage_kind, wait_for_attr
 from .trials import make_stale_callback, reconcile_runs, run_trials
@@ -63,7 +62,7 @@ def _spawn_workers(cfg: ExperimentConfig, workers: int, log) -> None:
         for p in procs:
             p.wait()
         raise
-    bad = [c for c in codes if c not in (0,)]
+    bad = [c for c in codes if c != 0]
     if bad:
         log(f"{len(bad)} worker(s) ended with exit codes {bad}: the same command resumes")
 
@@ -167,7 +166,7 @@ def search(
     if sens is not None and not worker:
         sens.log(tracker, parent)
 
-    status = "FINISHED"
+    status, front, paths, hv = "FINISHED", [], [], 0.0
     try:
         if workers > 1:
             _spawn_workers(cfg, workers, log)
@@ -191,7 +190,7 @@ def search(
             if screen is not None:
                 log_screen(screen, info, tracker, parent, cfg, log)
             front, paths = write_front(info, cfg, tracker, parent, baseline)
-            hv = front_hypervolume(front, info.objectives, info.directions, baseline)
+            hv = front_hypervolume(front, info.objectives, baseline)
             paths += log_search_figures(
                 tracker, parent, info, baseline, cfg.output_dir / "pareto", title=cfg.name
             )
@@ -201,7 +200,6 @@ def search(
             tracker.set_tags(parent, {"mlflow.note.content": note})
             tracker.log_search_metrics(parent, n | {"pareto_size": len(front), "hypervolume": hv})
             tracker.finish_search(parent, status)
-    rows = front if not worker else []
     failures = [
         {"trial": t.number, "reason": t.user_attrs.get("fail_reason", "worker lost or killed")}
         for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
@@ -210,12 +208,12 @@ def search(
         study_name=cfg.study_name,
         n_complete=info.count(TrialState.COMPLETE),
         n_failed=len(failures),
-        front=[FrontPoint.from_row(r) for r in rows],
+        front=[FrontPoint.from_row(r) for r in front],
         baseline=baseline,
         parent_run_id=parent,
         failures=failures,
-        artifacts=paths if not worker else [],
-        hypervolume=hv if not worker else 0.0,
+        artifacts=paths,
+        hypervolume=hv,
         seconds=time.perf_counter() - t_start,
         objectives=list(info.objectives),
         directions=list(info.directions),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import itertools
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +28,11 @@ from ..tracking import Tracker
 from .objective import TrialEvaluator, suggest_policy
 from .pareto import diverse_order, hypervolume_order, non_dominated, normalised
 from .study import (
-    CONSTRAINTS_ATTR,
     StudyInfo,
     constraints_of,
     open_study,
     progress_tail,
+    record_metrics,
     run_once,
     trial_rows,
 )
@@ -117,7 +116,6 @@ def run_screen(
     if deadline is not None:  # a share of what the preparation left
         deadline = time.monotonic() + cfg.search.screen_share * max(deadline - time.monotonic(), 0)
     n_total = cfg.search.screen_trials
-    bounds = {o: getattr(cfg.objectives, o).bound for o in info.objectives}
     remaining = n_total - info.count(TrialState.COMPLETE)
     if remaining <= 0:
         return
@@ -129,18 +127,10 @@ def run_screen(
         policy = suggest_policy(trial, space)
         trial.set_user_attr("fidelity", 0)
         try:
-            metrics = screener(policy)
+            return record_metrics(trial, info, screener(policy), cfg)
         except Exception as exc:
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
             raise
-        values = [metrics.value(o) for o in info.objectives]
-        if not all(math.isfinite(v) for v in values):
-            trial.set_user_attr("fail_reason", f"non-finite objective values {values}")
-            return None  # Optuna marks the trial FAIL
-        cons = [OBJECTIVES[o].violation(metrics.value(o), bounds[o]) for o in info.objectives]
-        trial.set_user_attr(CONSTRAINTS_ATTR, cons)
-        trial.set_user_attr("metrics", metrics.to_dict())
-        return values
 
     def progress(study: optuna.Study, trial: FrozenTrial) -> None:
         done["n"] += 1

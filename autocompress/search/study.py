@@ -3,6 +3,7 @@ trial table / Pareto front read back from it (used by search, status, pick)."""
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import time
@@ -19,7 +20,7 @@ from .._retry import RetryingStorage
 from ..cache_key import content_key
 from ..config import ExperimentConfig
 from ..errors import AutocompressError, ConfigError
-from ..metrics import OBJECTIVES
+from ..metrics import OBJECTIVES, TrialMetrics
 from ..policy import CompressionPolicy
 from ..samplers import make_sampler
 from ..size import size_measure
@@ -40,6 +41,21 @@ def worker_id() -> str:
 def constraints_of(trial: FrozenTrial) -> list[float]:
     """Optuna ``constraints_func``: the violations the objective stored on the trial."""
     return list(trial.user_attrs.get(CONSTRAINTS_ATTR, []))
+
+
+def record_metrics(
+    trial: optuna.Trial, info: StudyInfo, metrics: TrialMetrics, cfg: ExperimentConfig
+) -> list[float]:
+    """Store a trial's ``metrics`` and its constraint violations (the objectives' bounds) on it;
+    returns its objective values. A value that is not finite raises ValueError: the trial fails."""
+    values = [metrics.value(o) for o in info.objectives]
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"non-finite objective values {values}")
+    bounds = {o: getattr(cfg.objectives, o).bound for o in info.objectives}
+    cons = [OBJECTIVES[o].violation(metrics.value(o), bounds[o]) for o in info.objectives]
+    trial.set_user_attr(CONSTRAINTS_ATTR, cons)
+    trial.set_user_attr("metrics", metrics.to_dict())
+    return values
 
 
 def _sampler(
@@ -168,16 +184,14 @@ def open_study(
     directions = [OBJECTIVES[o].direction for o in objectives]
     try:
         study, created = optuna.create_study(directions=directions, **kw), True
-        study.set_user_attr("objectives", objectives)
-        study.set_user_attr("space_fingerprint", fp)
     except optuna.exceptions.DuplicatedStudyError:
         study, created = optuna.load_study(**kw), False
     except Exception as exc:  # noqa: BLE001 - the server went away between connect and use
         raise AutocompressError(
             f"storage {mask_secrets(cfg.optuna_storage)}: {type(exc).__name__}: {_first_line(exc)}"
         ) from None
-    old = fp if created else wait_for_attr(study, "space_fingerprint", 30.0)
-    if old is None:  # its creator died before setting the study up: do it here
+    old = None if created else wait_for_attr(study, "space_fingerprint", 30.0)
+    if old is None:  # new, or its creator died before setting the study up: do it here
         study.set_user_attr("objectives", objectives)
         study.set_user_attr("space_fingerprint", fp)
     elif old != fp:
@@ -251,17 +265,27 @@ def trial_rows(info: StudyInfo) -> list[dict]:
     return rows
 
 
-def front_rows(info: StudyInfo, rows: list[dict] | None = None) -> list[dict]:
-    """The feasible non-dominated trials, sorted by accuracy (best first)."""
+def front_rows(
+    info: StudyInfo, rows: list[dict] | None = None, *, mark: bool = False
+) -> list[dict]:
+    """The feasible non-dominated trials, sorted by accuracy (best first); with ``mark``, each of
+    ``rows`` records whether it is one of them (``pareto``)."""
     rows = trial_rows(info) if rows is None else rows
     feasible = [r for r in rows if r["feasible"]]
     front = [feasible[i] for i in non_dominated([r["values"] for r in feasible], info.directions)]
+    if mark:
+        on_front = {r["trial"] for r in front}
+        for r in rows:
+            r["pareto"] = r["trial"] in on_front
     return sorted(front, key=lambda r: -(r["val_accuracy"] or 0))
 
 
-def _fmt_time(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+def fmt_time(seconds: float) -> str:
+    """``42s``, ``3m07s`` or ``2h05m``."""
+    s = int(seconds)
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 def progress_tail(info: StudyInfo, elapsed: float, eta: float, deadline: float | None) -> str:
@@ -276,4 +300,4 @@ def progress_tail(info: StudyInfo, elapsed: float, eta: float, deadline: float |
         if front
         else "front empty"
     )
-    return f"{best} | {_fmt_time(elapsed)} elapsed, ETA {_fmt_time(eta)}"
+    return f"{best} | {fmt_time(elapsed)} elapsed, ETA {fmt_time(eta)}"

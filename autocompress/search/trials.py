@@ -3,9 +3,9 @@ nested run), exact trial budget across workers, lost-worker handling, progress l
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
-import math
 import time
 import warnings
 from collections.abc import Callable
@@ -17,12 +17,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..config import ExperimentConfig
 from ..errors import ServiceUnavailable
-from ..metrics import OBJECTIVES
 from ..search_space import SearchSpace
 from ..tracking import Tracker
 from .figures import log_trial_chart, trial_description
 from .objective import TrialEvaluator, suggest_policy
-from .study import CONSTRAINTS_ATTR, StudyInfo, progress_tail, run_once
+from .study import StudyInfo, constraints_of, progress_tail, record_metrics, run_once
 
 _POLL_S = 1.0
 _RETRY_DUE_S = 30.0
@@ -40,10 +39,8 @@ def make_stale_callback(tracker: Tracker, retries: int) -> Callable:
     def on_stale(study: optuna.Study, trial: FrozenTrial) -> None:
         run_id = trial.user_attrs.get("mlflow_run_id")
         if run_id:
-            try:
+            with contextlib.suppress(Exception):  # tracking must not stop the search
                 tracker.end_trial(run_id, "KILLED", tags={"fail_reason": "worker lost"})
-            except Exception:  # noqa: BLE001 - tracking must not stop the search
-                pass
         retry(study, trial)
 
     return on_stale
@@ -191,8 +188,6 @@ def run_trials(
     """Run trials until the study holds ``cfg.search.n_trials`` complete ones or the budget's
     ``deadline`` (``time.monotonic()``) passes."""
     n_total = cfg.search.n_trials
-    bounds = {o: getattr(cfg.objectives, o).bound for o in info.objectives}
-
     unavailable: list[ServiceUnavailable] = []
 
     def objective(trial: optuna.Trial):
@@ -237,9 +232,7 @@ def run_trials(
                 seed=cfg.search.seed + trial.number,
                 save_to=keep if cfg.search.keep_models else None,
             )
-            values = [metrics.value(o) for o in info.objectives]
-            if not all(math.isfinite(v) for v in values):
-                raise ValueError(f"non-finite objective values {values}")
+            values = record_metrics(trial, info, metrics, cfg)
         except KeyboardInterrupt:
             tracker.end_trial(run_id, "KILLED", tags={"fail_reason": "interrupted"})
             raise
@@ -250,9 +243,6 @@ def run_trials(
             trial.set_user_attr("fail_reason", reason)
             tracker.end_trial(run_id, "FAILED", tags={"fail_reason": reason[:5000]})
             raise
-        cons = [OBJECTIVES[o].violation(metrics.value(o), bounds[o]) for o in info.objectives]
-        trial.set_user_attr(CONSTRAINTS_ATTR, cons)
-        trial.set_user_attr("metrics", metrics.to_dict())
         if trial.study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
             # Another worker failed this trial (our heartbeats lapsed) and re-queued it: the
             # re-run is the one that counts, this run must not be a second FINISHED one.
@@ -268,7 +258,7 @@ def run_trials(
             metrics=metrics.to_dict() | extra,
             tags={
                 "origin": trial.user_attrs.get("origin", "sampler"),
-                "feasible": str(all(c <= 0 for c in cons)).lower(),
+                "feasible": str(all(c <= 0 for c in constraints_of(trial))).lower(),
                 "mlflow.note.content": trial_description(policy.to_dict(), metrics.to_dict()),
             },
         )

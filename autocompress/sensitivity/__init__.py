@@ -6,28 +6,13 @@
 - :func:`shape_space`: per layer, the choices within a tolerance of single-layer drop (the
   space the search's screen then samples);
 - :class:`SensitivityStage`: the two calls a search makes.
-
-The warm starts this package used to compute (knapsack allocations, the measured greedy chain,
-uniform corners, the two-stage proxy front) are superseded by the search's screen, which scores
-whole policies directly (``autocompress.search.screen``).
 """
 
 from ..config import SensitivityConfig as SensitivitySettings
 from ..metrics import spearman
 from .analysis import analyze, cache_key
-from .shaping import describe_shaping, shape_space, shaping_report
-from .stage import SensitivityStage
+from .stage import SensitivityStage, describe_shaping, shape_space, shaping_report
 from .table import LevelResult, SensitivityTable
 
-__all__ = [
-    "LevelResult",
-    "SensitivitySettings",
-    "SensitivityStage",
-    "SensitivityTable",
-    "analyze",
-    "cache_key",
-    "describe_shaping",
-    "shape_space",
-    "shaping_report",
-    "spearman",
-]
+__all__ = ["LevelResult", "SensitivitySettings", "SensitivityStage", "SensitivityTable"]
+__all__ += ["analyze", "cache_key", "describe_shaping", "shape_space", "shaping_report", "spearman"]

@@ -1,26 +1,52 @@
 """``analyze``: the sensitivity table of an experiment (measured sweep and/or cheap estimator),
 cached in ``output_dir/cache`` keyed by checkpoint, data subset, grid and settings, with the
 estimator's rank agreement with the sweep.
+
+The measured sweep: every layer of the search space compressed alone at each of its sparsity,
+bit-width and keep-ratio levels, scored on a fixed validation subset without fine-tuning. Each
+level is exactly what a screened policy of that one layer is: ``apply_policy``, activation
+ranges calibrated, BatchNorm statistics corrected on the same batches, then scored.
+
+Cheap sensitivity estimators: a predicted loss increase per (layer, level) from one look at
+the loss curvature, without evaluating a compressed model per level.
+
+- ``hessian`` (HAWQ-V2 style): the mean Hessian diagonal of each layer, ``Tr(H_l) / n_l``, from
+  Hutchinson's estimator (Rademacher vectors, Hessian-vector products by double backward);
+  predicted increase ``0.5 * Tr(H_l) / n_l * ||dW||^2``.
+- ``fisher``: the diagonal empirical Fisher information (mean squared per-example gradient) of
+  each weight; predicted increase ``0.5 * sum(F * dW^2)`` (second-order Taylor with F for H).
+
+``dW`` is the level's perturbation of the layer's weight: magnitude pruning or per-channel
+quantisation exactly as the compressor does it; for channel removal, the output channels with
+the smallest L1 norm set to zero (an approximation of what removal does).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
-from itertools import islice
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import TensorDataset
 
 from ..cache_key import content_key, file_digest
+from ..compression.apply import apply_policy, calibrate, magnitude_mask
+from ..compression.batchnorm import batch_statistics, correct_batchnorm
+from ..compression.quantization import fake_half, fake_quantize_weight
+from ..compression.structured import kept_channels
 from ..config import SensitivityConfig as SensitivitySettings
 from ..errors import AutocompressError
 from ..metrics import spearman
-from ..training import batches
-from .estimators import estimate_levels
-from .sweep import SweepData, levels_of, run_sweep
-from .table import LevelResult, SensitivityTable
+from ..policy import HALF_BITS, CompressionPolicy, LayerPolicy, compressible_layers
+from ..search_space import SearchSpace
+from ..training import batches, evaluate, first_batches
+from .table import IDENTITY, LevelResult, SensitivityTable, harsh_order, interpolate_levels
 
 if TYPE_CHECKING:
     from ..prepare import Prepared
@@ -28,6 +54,7 @@ if TYPE_CHECKING:
 
 _VERSION = 5  # 5: each level through apply_policy + calibrate + correct_batchnorm (as a screen)
 _CALIB_BATCHES = 4
+_BATCH = 500
 
 
 def _tensors(ds, n: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,6 +70,203 @@ def _tensors(ds, n: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return (x, y) if n is None else (x[:n], y[:n])
 
 
+@dataclass
+class SweepData:
+    """The fixed inputs of a sweep: validation subset, activation-calibration batches, example
+    input, and the batches BatchNorm statistics are corrected on (none: no correction)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    calib: list[torch.Tensor]
+    example: torch.Tensor
+    bn: list[torch.Tensor] = field(default_factory=list)
+
+
+def levels_of(space: SearchSpace) -> list[tuple[str, str, float]]:
+    """Every non-identity (layer, dimension, value) of the space, gentlest first per dimension."""
+    out = []
+    for name, ch in space.layers.items():
+        for dim in ("sparsity", "bits", "keep_ratio"):
+            vals = [v for v in harsh_order(dim, getattr(ch, dim)) if v != IDENTITY[dim]]
+            out += [(name, dim, float(v)) for v in vals]
+    return out
+
+
+def _points(values: list[float], max_points: int | None) -> set[float]:
+    if max_points is None or len(values) <= max_points:
+        return set(values)
+    idx = np.unique(np.round(np.linspace(0, len(values) - 1, max_points)).astype(int))
+    return {values[i] for i in idx}
+
+
+def _score(model: nn.Module, data: SweepData) -> tuple[float, float]:
+    return evaluate(model, TensorDataset(data.x, data.y), batch_size=_BATCH)
+
+
+def run_sweep(
+    model: nn.Module,
+    space: SearchSpace,
+    data: SweepData,
+    *,
+    importance: str = "l1",
+    round_to: int = 1,
+    max_points: int | None = None,
+    log: Callable[[str], None] = print,
+) -> tuple[list[LevelResult], tuple[float, float]]:
+    """Measure every level of ``space`` on ``data``; returns the rows (in ``levels_of`` order)
+    and the baseline (accuracy, loss)."""
+    model = model.eval()
+    all_levels = levels_of(space)
+    todo = []
+    for name, dim in dict.fromkeys((n, d) for n, d, _ in all_levels):
+        vals = [v for n, d, v in all_levels if n == name and d == dim]
+        chosen = _points(vals, max_points)
+        todo += [(name, dim, v) for v in vals if v in chosen]
+    log(
+        f"sensitivity: measuring {len(todo)} levels of {len(space)} layers on "
+        f"{len(data.x)} validation images"
+    )
+    ref = batch_statistics(model, data.bn, model) if data.bn else None
+    base_acc, base_loss = _score(model, data)
+    t0, step = time.perf_counter(), max(1, len(todo) // 10)
+    rows = []
+    for i, (layer, dim, value) in enumerate(todo, start=1):
+        lp = LayerPolicy(**{dim: int(value) if dim == "bits" else value})
+        comp = apply_policy(
+            model,
+            CompressionPolicy({layer: lp}),
+            example=data.example,
+            importance=importance,
+            round_to=round_to,
+        )
+        calibrate(comp, data.calib)
+        if data.bn:
+            correct_batchnorm(comp, model, data.bn, reference_estimate=ref)
+        acc, loss = _score(comp, data)
+        inc = loss - base_loss if math.isfinite(loss) else None
+        rows.append(
+            LevelResult(layer, dim, value, acc_drop=100.0 * (base_acc - acc), loss_increase=inc)
+        )
+        if i % step == 0 and i < len(todo):  # a line at every tenth: done, elapsed, ETA
+            el = time.perf_counter() - t0
+            eta = el * (len(todo) - i) / i
+            log(f"sensitivity: {i}/{len(todo)} levels, {el:.0f} s elapsed, ETA {eta:.0f} s")
+    return interpolate_levels(rows, all_levels), (base_acc, base_loss)
+
+
+@torch.no_grad()
+def perturbation(weight: torch.Tensor, dim: str, value: float, *, round_to: int = 1):
+    """``compressed - weight`` for one level of one dimension."""
+    w = weight.detach()
+    if dim == "sparsity":
+        return w * magnitude_mask(w, value) - w
+    if dim == "bits":
+        if int(value) == HALF_BITS:
+            return fake_half(w) - w
+        return fake_quantize_weight(w, int(value)) - w
+    if dim == "keep_ratio":
+        n_out = w.shape[0]
+        drop = n_out - kept_channels(n_out, value, round_to)
+        idx = torch.argsort(w.abs().reshape(n_out, -1).sum(1))[:drop]
+        d = torch.zeros_like(w)
+        d[idx] = -w[idx]
+        return d
+    raise ValueError(f"unknown dimension {dim!r}")
+
+
+def _params(model: nn.Module, names: list[str]) -> list[torch.Tensor]:
+    layers = compressible_layers(model)
+    return [layers[n].weight for n in names]
+
+
+def hessian_traces(
+    model: nn.Module,
+    names: list[str],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    samples: int = 16,
+    batch_size: int = 128,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Mean Hessian diagonal ``Tr(H_l) / n_l`` of the loss for each named layer's weight.
+
+    One Rademacher vector over all layers per sample: the cross-layer terms of ``v^T H v``
+    vanish in expectation, so the per-layer parts estimate the per-layer block traces.
+    """
+    model.eval()
+    params = _params(model, names)
+    gen = torch.Generator().manual_seed(seed)
+    totals = torch.zeros(len(params), dtype=torch.float64)
+    chunks = 0
+    for i in range(0, len(x), batch_size):
+        loss = F.cross_entropy(model(x[i : i + batch_size]), y[i : i + batch_size])
+        grads = torch.autograd.grad(loss, params, create_graph=True)
+        for _ in range(samples):
+            vs = [
+                torch.randint(0, 2, p.shape, generator=gen).to(p.dtype).mul_(2).sub_(1)
+                for p in params
+            ]
+            hv = torch.autograd.grad(grads, params, grad_outputs=vs, retain_graph=True)
+            for j, (h, v) in enumerate(zip(hv, vs, strict=True)):
+                totals[j] += float((h * v).sum())
+        chunks += 1
+    denom = max(chunks * samples, 1)
+    return {
+        n: float(totals[j]) / denom / p.numel()
+        for j, (n, p) in enumerate(zip(names, params, strict=True))
+    }
+
+
+def fisher_diagonals(
+    model: nn.Module, names: list[str], x: torch.Tensor, y: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Diagonal empirical Fisher of each named layer's weight: mean of per-example squared
+    gradients (one backward pass per example)."""
+    model.eval()
+    params = _params(model, names)
+    acc = [torch.zeros_like(p) for p in params]
+    for i in range(len(x)):
+        loss = F.cross_entropy(model(x[i : i + 1]), y[i : i + 1])
+        grads = torch.autograd.grad(loss, params)
+        for a, g in zip(acc, grads, strict=True):
+            a.add_(g.detach() ** 2)
+    return {n: a / max(len(x), 1) for n, a in zip(names, acc, strict=True)}
+
+
+def estimate_levels(
+    model: nn.Module,
+    levels: list[tuple[str, str, float]],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    method: str = "hessian",
+    samples: int = 16,
+    round_to: int = 1,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> dict[tuple[str, str, float], float]:
+    """Predicted loss increase of every (layer, dimension, value) in ``levels``."""
+    names = list(dict.fromkeys(n for n, _, _ in levels))
+    if method == "hessian":
+        traces = hessian_traces(model, names, x, y, samples=samples, seed=seed)
+        curv = {n: torch.tensor(t) for n, t in traces.items()}
+    elif method == "fisher":
+        curv = fisher_diagonals(model, names, x, y)
+    else:
+        raise ValueError(f"unknown estimator {method!r}")
+    layers = compressible_layers(model)
+    out = {}
+    for name, dim, value in levels:
+        if value == IDENTITY[dim]:
+            out[(name, dim, value)] = 0.0
+            continue
+        d = perturbation(layers[name].weight, dim, value, round_to=round_to)
+        out[(name, dim, value)] = 0.5 * float((curv[name] * d.pow(2)).sum())
+    log(f"sensitivity: {method} estimate of {len(levels)} levels from {len(x)} images")
+    return out
+
+
 def sweep_data(prep: Prepared, settings: SensitivitySettings) -> SweepData:
     """The fixed validation subset (seeded), the activation-calibration batches (as a trial's)
     and the BatchNorm re-estimation batches of the sweep."""
@@ -50,9 +274,7 @@ def sweep_data(prep: Prepared, settings: SensitivitySettings) -> SweepData:
     x, y = _tensors(prep.data.val, settings.images, settings.seed)
     bs = cfg.finetune.batch_size or cfg.data.batch_size
     n = max(_CALIB_BATCHES, settings.bn_batches)
-    stream = [
-        xb for xb, _ in islice(batches(prep.data.train, bs, shuffle=True, seed=settings.seed), n)
-    ]
+    stream = first_batches(prep.data.train, bs, n, shuffle=True, seed=settings.seed)
     example = prep.data.example_input(2)
     return SweepData(x, y, stream[:_CALIB_BATCHES], example, stream[: settings.bn_batches])
 

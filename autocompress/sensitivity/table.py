@@ -40,6 +40,10 @@ def _num(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
+def _nan(x: float | None) -> float:
+    return math.nan if x is None else x
+
+
 @dataclass(frozen=True)
 class LevelResult:
     """One layer compressed alone at one level of one dimension (others untouched).
@@ -162,8 +166,9 @@ class SensitivityTable:
 def interpolate_levels(
     rows: list[LevelResult], all_levels: list[tuple[str, str, float]]
 ) -> list[LevelResult]:
-    """Fill levels that were not measured by linear interpolation in the level's value between
-    the measured neighbours (the identity, at zero, below the gentlest)."""
+    """Fill levels that were not measured by linear interpolation in the level's distance from
+    the identity between the measured neighbours (the identity, at zero, below the gentlest;
+    the harshest measured level's value beyond it)."""
     got = {(r.layer, r.dim, r.value): r for r in rows}
     out = []
     for name, dim, value in all_levels:
@@ -174,15 +179,10 @@ def interpolate_levels(
             [(abs(v - IDENTITY[dim]), r) for (n, d, v), r in got.items() if n == name and d == dim],
             key=lambda p: p[0],
         )
-        pos = abs(value - IDENTITY[dim])
-        lo = max((p for p in pts if p[0] < pos), default=None, key=lambda p: p[0])
-        hi = min((p for p in pts if p[0] > pos), default=None, key=lambda p: p[0])
-        vals = []
-        for attr in ("acc_drop", "loss_increase"):
-            a = (0.0, 0.0) if lo is None else (lo[0], getattr(lo[1], attr))
-            b = (hi[0], getattr(hi[1], attr)) if hi is not None else a
-            t = 0.0 if b[0] == a[0] else (pos - a[0]) / (b[0] - a[0])
-            va, vb = (math.nan if v is None else v for v in (a[1], b[1]))
-            vals.append(va + t * (vb - va))
-        out.append(LevelResult(name, dim, value, vals[0], vals[1], measured=False))
+        pos, xs = abs(value - IDENTITY[dim]), [0.0] + [x for x, _ in pts]
+        drop, loss = (
+            float(np.interp(pos, xs, [0.0] + [_nan(getattr(r, a)) for _, r in pts]))
+            for a in ("acc_drop", "loss_increase")
+        )
+        out.append(LevelResult(name, dim, value, drop, loss, measured=False))
     return out

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autocompress.compression.activations import activation_stats
-from autocompress.compression.apply import apply_policy, calibrate
+from autocompress.compression.apply import activation_stats, apply_policy, calibrate
 from autocompress.policy import CompressionPolicy, LayerPolicy
 
 

@@ -131,11 +131,11 @@ def test_huffman_beats_bit_packing_on_skewed_codes() -> None:
 
 def test_relative_index_fillers() -> None:
     skips = np.array([0, 9, 3])
-    idx, slots = packing._sparse_streams(skips, 2)
+    idx, vals = packing._sparse_streams(skips, 2, np.array([5, 6, 7]), 0)
     assert idx.tolist() == [0, 3, 3, 1, 3]  # two fillers (3, 0) cover the 9-zero gap
-    assert slots.tolist() == [0, 3, 4]
+    assert vals.tolist() == [5, 0, 0, 6, 7]  # the fillers carry the zero symbol
     positions = np.cumsum(idx.astype(np.int64) + 1) - 1
-    assert positions[slots].tolist() == [0, 10, 14]
+    assert positions[vals != 0].tolist() == [0, 10, 14]
 
 
 @pytest.mark.parametrize("huff", [True, False])

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from autocompress.errors import ConfigError
-from autocompress.hardware.analytic import AnalyticLatencyModel, layer_seconds
+from autocompress.hardware.latency import AnalyticLatencyModel, layer_seconds
 from autocompress.hardware.layers import LayerGeometry, channels, layer_geometry
 from autocompress.hardware.targets import (
     AnalyticTarget,

@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from autocompress.hardware.measure import export_onnx, measure_throughput
-from autocompress.hardware.memory import measure_memory
+from autocompress.hardware.measure import export_onnx, measure_memory, measure_throughput
 
 
 class _Wide(nn.Module):

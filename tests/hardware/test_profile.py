@@ -15,8 +15,12 @@ from autocompress.cli import main
 from autocompress.compression.apply import apply_policy
 from autocompress.hardware import latency as latency_mod
 from autocompress.hardware import profile
-from autocompress.hardware.analytic import AnalyticLatencyModel
-from autocompress.hardware.latency import ProxyLatencyModel, TableLatencyModel, make_latency_model
+from autocompress.hardware.latency import (
+    AnalyticLatencyModel,
+    ProxyLatencyModel,
+    TableLatencyModel,
+    make_latency_model,
+)
 from autocompress.hardware.profiler import design_policies
 from autocompress.hardware.targets import load_target, parse_target
 from autocompress.models import TinyCNN

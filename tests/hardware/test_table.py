@@ -50,7 +50,7 @@ def _records() -> list[dict]:
 
 def test_table_reproduces_an_additive_latency_and_round_trips(tmp_path):
     records = _records()
-    table = fit_table(records, LAYERS)
+    table = fit_table(records)
     assert table.order == LAYERS
     assert table.meta["fit"]["within_10pct"] == 1.0
     for r in records:
@@ -62,7 +62,7 @@ def test_table_reproduces_an_additive_latency_and_round_trips(tmp_path):
 
 
 def test_prediction_is_monotone_in_channel_count():
-    table = fit_table(_records(), LAYERS)
+    table = fit_table(_records())
     for prec in ({"a": "fp32", "b": "fp32"}, {"a": "int8", "b": "fp32"}):
         for kb in (4, 8, 16):
             preds = [table.predict_ms({"a": (1, ka), "b": (ka, kb)}, prec) for ka in range(2, 20)]

@@ -11,8 +11,7 @@ from conftest import tiny_config
 
 from autocompress import load_experiment, search
 from autocompress.cli import main
-from autocompress.reporting.html_report import write_report
-from autocompress.reporting.report import collect
+from autocompress.reporting.report import collect, write_report
 from autocompress.search.figures import (
     HV_METRIC,
     log_export_figures,

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from autocompress.search.history import hypervolume_history
-from autocompress.search.pareto import front_hypervolume
+from autocompress.search.pareto import front_hypervolume, hypervolume_history
 
 OBJ = ["accuracy", "latency", "size"]
 BASE = {"latency_ms": 2.0, "size_kb": 100.0}
@@ -15,11 +14,8 @@ def _row(trial, acc, lat, size, feasible=True):
     return {"trial": trial, "values": [acc, lat, size], "feasible": feasible}
 
 
-DIRS = ["maximize", "minimize", "minimize"]
-
-
 def _hv(points) -> float:
-    return front_hypervolume([{"values": p} for p in points], OBJ, DIRS, BASE)
+    return front_hypervolume([{"values": p} for p in points], OBJ, BASE)
 
 
 def test_single_trial_is_the_searchs_normalised_hypervolume():

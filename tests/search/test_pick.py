@@ -6,7 +6,6 @@ from autocompress.errors import AutocompressError
 from autocompress.search.pick import PickCriteria, select
 
 DIRS = ["maximize", "minimize", "minimize"]
-OBJ = ["accuracy", "latency", "size"]
 
 
 def _row(trial, acc, lat, size):
@@ -39,7 +38,7 @@ FRONT = [
     ],
 )
 def test_bounds_and_preference(criteria, expect):
-    choice, cands = select(FRONT, criteria, OBJ, DIRS)
+    choice, cands = select(FRONT, criteria, DIRS)
     assert choice["trial"] == expect
     assert all(criteria.admits(r) for r in cands)
     assert len(cands) == sum(criteria.admits(r) for r in FRONT)
@@ -49,7 +48,7 @@ def test_every_bound_is_honoured():
     for lat in (0.02, 0.05, 0.1, 0.2):
         for acc in (0.85, 0.9, 0.92):
             crit = PickCriteria(max_latency_ms=lat, min_accuracy=acc)
-            choice, _ = select(FRONT, crit, OBJ, DIRS)
+            choice, _ = select(FRONT, crit, DIRS)
             if choice is not None:
                 assert choice["latency_ms"] <= lat and choice["val_accuracy"] >= acc
             else:
@@ -57,9 +56,9 @@ def test_every_bound_is_honoured():
 
 
 def test_knee_and_empty_selection():
-    choice, _ = select(FRONT, PickCriteria(knee=True), OBJ, DIRS)
+    choice, _ = select(FRONT, PickCriteria(knee=True), DIRS)
     assert choice["trial"] in (1, 2)  # not an extreme
-    choice, cands = select(FRONT, PickCriteria(min_accuracy=0.99), OBJ, DIRS)
+    choice, cands = select(FRONT, PickCriteria(min_accuracy=0.99), DIRS)
     assert choice is None and cands == []
 
 

@@ -17,8 +17,8 @@ from autocompress.sensitivity import (
     shape_space,
     spearman,
 )
-from autocompress.sensitivity.estimators import estimate_levels, perturbation
-from autocompress.sensitivity.sweep import levels_of
+from autocompress.sensitivity.analysis import estimate_levels, levels_of, perturbation
+from autocompress.sensitivity.table import interpolate_levels
 
 SPACE = SearchSpace(
     {
@@ -95,6 +95,31 @@ def test_spearman():
     assert spearman([1, 1, 2, 3], [5, 5, 6, 7]) == pytest.approx(1.0)
     assert math.isnan(spearman([1, 2], [1, 2]))
     assert math.isnan(spearman([1, 2, 3, float("nan")], [1, 1, 1, 2]))
+
+
+def test_unmeasured_levels_lie_on_the_line_between_measured_neighbours():
+    rows = [
+        LevelResult("a", "sparsity", 0.5, acc_drop=4.0, loss_increase=0.2),
+        LevelResult("a", "sparsity", 0.9, acc_drop=20.0, loss_increase=None),
+        LevelResult("a", "bits", 8.0, acc_drop=1.5, loss_increase=0.3),
+    ]
+    levels = [("a", "sparsity", v) for v in (0.25, 0.5, 0.75, 0.9, 0.95)]
+    levels += [("a", "bits", v) for v in (16.0, 8.0, 4.0)] + [("b", "bits", 4.0)]
+    out = {(r.layer, r.dim, r.value): r for r in interpolate_levels(rows, levels)}
+    assert list(out) == levels
+    assert [out[r.layer, r.dim, r.value] for r in rows] == rows
+    assert not any(r.measured for k, r in out.items() if k[2] not in (0.5, 0.9, 8.0))
+
+    def at(*key):
+        return out[key].acc_drop, out[key].loss_increase
+
+    assert at("a", "sparsity", 0.25) == pytest.approx((2.0, 0.1))  # from the identity (0 at 0)
+    assert at("a", "sparsity", 0.75)[0] == pytest.approx(14.0)
+    assert math.isnan(at("a", "sparsity", 0.75)[1])  # a neighbour without a loss
+    assert at("a", "sparsity", 0.95)[0] == pytest.approx(20.0)  # beyond: the harshest measured
+    assert at("a", "bits", 16.0) == pytest.approx((1.0, 0.2))  # distances 16 and 24 from 32
+    assert at("a", "bits", 4.0) == pytest.approx((1.5, 0.3))
+    assert at("b", "bits", 4.0) == (0.0, 0.0)  # nothing measured
 
 
 def test_perturbations_and_estimates_grow_with_the_level():

@@ -17,7 +17,7 @@ from autocompress.prepare import prepare
 from autocompress.search_space import LayerChoices, SearchSpace
 from autocompress.sensitivity import SensitivitySettings, analyze, cache_key
 from autocompress.sensitivity import analysis as analysis_mod
-from autocompress.sensitivity.sweep import SweepData, run_sweep
+from autocompress.sensitivity.analysis import SweepData, run_sweep
 from autocompress.training import evaluate
 
 QUIET = {"log": lambda *_: None}
