@@ -129,7 +129,12 @@ def main() -> None:
 
         torch.set_num_threads(int(os.environ["AUTOCOMPRESS_THREADS"]))
     given = any(o.startswith("model.checkpoint=") for o in args.overrides)
-    overrides = [] if given else [f"model.checkpoint={baseline_checkpoint(args.model)}"]
+    # The baseline is trained with the given baseline/data settings (e.g. more epochs) and
+    # the run's output folder; its checkpoint then feeds the search like a user's own.
+    base = [o for o in args.overrides if o.startswith(("baseline.", "data."))]
+    if args.output_dir:
+        base.append(f"output_dir={args.output_dir.resolve()}")
+    overrides = [] if given else [f"model.checkpoint={baseline_checkpoint(args.model, base)}"]
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir.resolve()}")
     if args.reduced:
