@@ -8,7 +8,8 @@ Typical use, on a model and data sets of your own::
     result = ac.search(model, train=train, val=val, space=space, output_dir="runs/demo")
     point = result.pick(knee=True)               # a FrontPoint: .trial, .policy, .metrics
     art = ac.export(result, point, test=test)    # an ExportResult: .onnx_path, .test_accuracy
-    cm = ac.compress(model, point.policy, example=x[:1])
+    cm = ac.compress(model, point.policy, example=x[:1], calibration=[x[:64]])
+    cm.size_bytes(), cm.to_onnx("m.onnx")        # packed size; INT8 QDQ for quantised layers
 
 or on an experiment file (what the CLI runs)::
 
@@ -18,10 +19,10 @@ Layers, lowest first: a module imports from its own layer and the ones before it
 later one (``tests/test_layering.py`` checks every import, also those inside functions). A name
 covers its sub-modules unless one is listed itself.
 
-1. foundation: errors, _files, _retry, cache_key, metrics, policy, models, samplers, training,
+1. foundation: errors, _files, _retry, metrics, policy, models, samplers, training,
    config, plots, tracking, hardware.targets
 2. compression and measurement: compression, search_space, data, size, hardware
-3. stages before the search: baseline, prepare, sensitivity, hardware.validate
+3. stages before the search: baseline, sensitivity, hardware.validate
 4. search: search
 5. export: export
 6. entry points: api, reporting, cli, autocompress, __main__
@@ -29,6 +30,7 @@ covers its sub-modules unless one is listed itself.
 
 from .api import CompressedModel, ValidationReport, compress, export, search, status, validate
 from .compression.apply import apply_policy, compressed_state, materialize
+from .compression.artifact import load_packed_model
 from .config import ExperimentConfig, load_experiment
 from .data import DataBundle, load_data
 from .errors import AutocompressError, ConfigError, DataError, ModelError
@@ -47,6 +49,6 @@ __all__ += ["LayerPolicy", "ModelError", "PickCriteria", "SearchResult", "Search
 __all__ += ["TrialMetrics", "ValidationReport", "apply_policy", "build_model", "compress"]
 __all__ += ["compressed_state", "export", "front_rows", "hypervolume", "load_data"]
 __all__ += ["load_experiment", "load_search_space", "load_study", "materialize", "register_model"]
-__all__ += ["register_sampler", "search", "status", "unpack", "validate"]
+__all__ += ["load_packed_model", "register_sampler", "search", "status", "unpack", "validate"]
 
 __version__ = "0.1.0"

@@ -1,13 +1,20 @@
 """Files the tool writes and reads back: atomic writes (a killed process never leaves half a
-cache file, and concurrent writers never share a temporary file) and the output folder checked
-up front (writable, enough free space) before any long work."""
+cache file, and concurrent writers never share a temporary file), the output folder checked
+up front (writable, enough free space) before any long work, and the one content hash behind
+every cache and fingerprint (baseline, sensitivity table, latency table, study space): a digest
+of exactly the inputs that determine the cached result, as canonical JSON. A measured number in
+a cache (a latency) includes the machine it was measured on
+(``hardware.profiler.machine_fingerprint``) and the batch size in its payload."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import Any
 
 from .errors import ConfigError
 
@@ -37,16 +44,9 @@ def check_output_dir(folder: Path, min_free_mb: float = MIN_FREE_MB) -> None:
     """One clear error (before training starts) when ``folder`` cannot be created or written
     (read-only disk, permissions) or its disk has less than ``min_free_mb`` free."""
     folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        try:
-            with open(probe, "wb") as fh:
-                fh.write(b"\0" * _PROBE_BYTES)
-                fh.flush()
-                os.fsync(fh.fileno())
-        finally:
-            probe.unlink(missing_ok=True)
+    try:  # (a probe file of 1 MB, written as every cache file is)
+        probe = folder / f".write-probe-{os.getpid()}"
+        atomic_write(probe, b"\0" * _PROBE_BYTES).unlink(missing_ok=True)
     except OSError as exc:
         raise ConfigError(
             f"output_dir: cannot write to {folder} ({exc.strerror or exc}): choose a writable "
@@ -58,3 +58,18 @@ def check_output_dir(folder: Path, min_free_mb: float = MIN_FREE_MB) -> None:
             f"output_dir: only {free_mb:.0f} MB free on the disk of {folder} (at least "
             f"{min_free_mb:.0f} MB needed): free space or choose another output_dir"
         )
+
+
+def content_key(payload: Any, length: int = 16) -> str:
+    """Hex digest of ``payload``: raw bytes as they are, anything else as canonical JSON
+    (sorted keys; non-JSON values as ``str``)."""
+    if isinstance(payload, bytes):
+        return hashlib.sha256(payload).hexdigest()[:length]
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (a checkpoint: its content, not its name or date)."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()

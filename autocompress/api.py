@@ -1,17 +1,7 @@
 """The Python entry points: ``search`` and ``export`` on a user's own model and data sets (or an
 experiment config: the CLI's path), ``validate``, ``status``, and ``compress``: a policy applied
-to any ``nn.Module``, as a typed object a notebook can use without an experiment file.
-
-    space = ac.SearchSpace.from_rules(model, [{"type": "Conv2d", "bits": [8, 32]}])
-    result = ac.search(model, train=train, val=val, space=space, n_trials=4,
-                       output_dir="runs/demo")
-    art = ac.export(result, result.pick(knee=True), test=test)
-
-    cm = ac.compress(model, policy, example=x[:1], calibration=[x[:64]])
-    cm.model                    # the compressed nn.Module (masks + fake-quant; fine-tunable)
-    cm.size_bytes()             # the packed size (the search's size objective)
-    cm.to_onnx("m.onnx")        # the deployed form: INT8 QDQ for the quantised layers
-    cm.to_onnx("m32.onnx", form="fp32")
+to any ``nn.Module``, as a typed object a notebook can use without an experiment file
+(examples: the package docstring).
 """
 
 from __future__ import annotations
@@ -30,6 +20,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ._files import check_output_dir
+from .baseline import prepare
 from .compression.apply import apply_policy, calibrate, compressed_state, materialize
 from .compression.packing import packed_size
 from .config import (
@@ -44,10 +35,9 @@ from .data import DataBundle, check_available, load_data
 from .errors import ConfigError
 from .export.run import ExportResult
 from .export.run import export as _export_config
-from .hardware.forms import FORMS, DeploySpec, build_form
+from .hardware.deploy import DeploySpec, build_form, u8s8_saturates
 from .models import check_model_fits
 from .policy import CompressionPolicy
-from .prepare import prepare
 from .search.pick import FrontPoint, PickCriteria, SearchResult
 from .search.run import search as _search_config
 from .search.study import front_rows, load_study
@@ -254,7 +244,7 @@ def status(cfg: ExperimentConfig) -> dict:
         if t.datetime_complete and t.datetime_start
     )
     return {
-        "study": cfg.study_name,
+        "study": cfg.name,
         "n_trials": cfg.search.n_trials,
         "complete": info.count(TrialState.COMPLETE),
         "failed": info.count(TrialState.FAIL),
@@ -296,10 +286,6 @@ class CompressedModel:
     def to_onnx(self, path: str | Path, *, form: str = "int8-qdq") -> Path:
         """Write the ONNX model of ``form`` (one of ``fp32``, ``int8-qdq``, ``fp16``); the INT8
         activation ranges are calibrated on the ``calibration`` batches (or the example)."""
-        if form not in FORMS:
-            raise ValueError(f"form {form!r}: one of {', '.join(FORMS)}")
-        from .hardware.deploy import u8s8_saturates
-
         plain, int8 = materialize(self.model)
         layers = tuple(sorted(int8)) if form == "int8-qdq" else ()
         spec = DeploySpec(form, layers, reduce_range=u8s8_saturates())

@@ -1,29 +1,35 @@
 """The uncompressed model and its metrics: loaded from a checkpoint, or trained once and cached
-(keyed by everything that determines it, so a second run skips training)."""
+(keyed by everything that determines it, so a second run skips training); and what every stage
+starts from (:func:`prepare`): the data, the baseline and the search space resolved on it."""
 
 from __future__ import annotations
 
 import io
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from ._files import atomic_write
-from .cache_key import content_key, file_digest
+from ._files import atomic_write, content_key, file_digest
 from .compression.batchnorm import batchnorms, train_mode
 from .config import ExperimentConfig
-from .data import DataBundle
+from .data import DataBundle, load_data
 from .errors import ModelError
 from .hardware.measure import measure_torch_model_latency
 from .hardware.profiler import machine_fingerprint
-from .models import build_model, check_model_fits
+from .hardware.targets import load_target
+from .models import build_model, check_model_fits, load_callable
 from .policy import CompressionPolicy
+from .search_space import SearchSpace, load_search_space
 from .size import size_bytes, size_measure
 from .training import CLASSIFICATION, Task, evaluate, first_batches, train
+
+if TYPE_CHECKING:
+    from .hardware.memory_model import MemoryModel
 
 
 @dataclass
@@ -37,9 +43,6 @@ class BaselineMetrics:
     params: int
     trained_seconds: float
     cache_key: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -67,9 +70,15 @@ def _cache_key(cfg: ExperimentConfig) -> str:
     return content_key(payload)
 
 
+def _threads(cfg: ExperimentConfig) -> int:
+    """The latency target's ONNX Runtime threads (2 for an analytic target)."""
+    return getattr(getattr(load_target(cfg.latency.target), "runtime", None), "threads", 2)
+
+
 def _latency_key(cfg: ExperimentConfig) -> str:
-    """What a cached baseline latency was measured with: batch size and machine."""
-    return content_key({"batch_size": cfg.latency.batch_size, "machine": machine_fingerprint()})
+    """What a cached baseline latency was measured with: batch size, threads and machine."""
+    used = {"batch_size": cfg.latency.batch_size, "threads": _threads(cfg)}
+    return content_key({**used, "machine": machine_fingerprint()})
 
 
 def _load_cached(cfg: ExperimentConfig, ckpt: Path, kw: dict, log) -> nn.Module | None:
@@ -142,7 +151,7 @@ def get_baseline(
     cached = _read_meta(meta_path, log) if not trained_seconds else {}  # (retrained: stale)
     metrics = _measure(cfg, model, data, key, cached, trained_seconds, task)
     if cfg.model.checkpoint is None:
-        meta = metrics.to_dict() | {"latency_key": _latency_key(cfg)}
+        meta = asdict(metrics) | {"latency_key": _latency_key(cfg)}
         atomic_write(meta_path, json.dumps(meta, indent=2))
     return Baseline(model, metrics, ckpt)
 
@@ -193,7 +202,7 @@ def _measure(
     latency = None
     if cached.get("latency_key") == _latency_key(cfg):  # measured here, at this batch size
         latency = cached.get("latency_ms")
-    latency = latency or measure_torch_model_latency(model, example)
+    latency = latency or measure_torch_model_latency(model, example, threads=_threads(cfg))
     return BaselineMetrics(
         val_accuracy=val_acc,
         val_loss=val_loss,
@@ -208,3 +217,72 @@ def _measure(
         trained_seconds=cached.get("trained_seconds", trained_seconds),
         cache_key=key,
     )
+
+
+@dataclass
+class Prepared:
+    cfg: ExperimentConfig
+    data: DataBundle
+    baseline: Baseline
+    space: SearchSpace
+    memory_model: MemoryModel | None = None  # with objectives.size.measure: memory
+    task: Task = CLASSIFICATION  # the metric and loss every stage uses
+
+    def baseline_summary(self) -> dict:
+        bm = self.baseline.metrics
+        return {
+            "val_accuracy": bm.val_accuracy,
+            "test_accuracy": bm.test_accuracy,
+            "latency_ms": bm.latency_ms,
+            "size_kb": bm.size_bytes / 1024,
+            "fp32_state_dict_bytes": bm.fp32_state_dict_bytes,
+            "params": bm.params,
+        }
+
+
+def task_from_config(cfg: ExperimentConfig) -> Task:
+    """The ``task`` section's callables (``module:callable``), imported."""
+    t = cfg.task
+    return Task(
+        metric=load_callable(t.evaluate, what="task.evaluate") if t.evaluate else None,
+        loss=load_callable(t.loss, what="task.loss") if t.loss else None,
+    )
+
+
+def prepare(
+    cfg: ExperimentConfig,
+    *,
+    model: nn.Module | None = None,
+    data: DataBundle | None = None,
+    space: SearchSpace | None = None,
+    task: Task | None = None,
+    log=print,
+) -> Prepared:
+    """Data, baseline (trained once, cached) and the search space resolved on the model. A
+    Python caller's own ``model`` (used as the trained baseline, not trained again), ``data``
+    ``space`` and ``task`` take the place of what the config names."""
+    task = task or task_from_config(cfg)
+    if data is None:
+        data = load_data(cfg.data)
+    if model is None:
+        baseline = get_baseline(cfg, data, task=task, log=log)
+    else:
+        baseline = baseline_from_model(cfg, model, data, task=task, log=log)
+    if space is None:
+        example = data.example_input(1)
+        space = load_search_space(cfg.search_space).resolve(baseline.model, example)
+        if space.unprunable:
+            log(
+                f"search space: {len(space.unprunable)} layer(s) cannot lose output channels, "
+                f"keep_ratio fixed at 1.0: {', '.join(space.unprunable)}"
+            )
+    prep = Prepared(cfg, data, baseline, space, task=task)
+    if size_measure(cfg) == "memory":
+        from .hardware.memory_model import get_memory_model
+
+        prep.memory_model = mm = get_memory_model(cfg, prep, log=log)
+        size = size_bytes(
+            cfg, baseline.model, CompressionPolicy(), data.input_shape, memory_model=mm
+        )
+        prep.baseline = replace(baseline, metrics=replace(baseline.metrics, size_bytes=size))
+    return prep

@@ -149,6 +149,13 @@ def _selectors(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _done(args: argparse.Namespace, out: dict, code: int = EXIT_OK) -> int:
+    """``code``, after printing ``out`` as one JSON line with ``--json``."""
+    if args.json:
+        print(json.dumps(out, default=str))
+    return code
+
+
 def _criteria(args: argparse.Namespace):
     from .search.pick import PickCriteria
 
@@ -172,11 +179,10 @@ def _cmd_pick(args: argparse.Namespace) -> int:
     if result.candidates:
         print("qualifying front points (choice first):")
         print(_front_table(result.candidates[:10]))
-    if args.json:
-        keys = ("trial", "val_accuracy", "latency_ms", "size_kb", "compression_ratio")
-        choice = {k: result.choice[k] for k in keys} if result.choice else None
-        print(json.dumps({"choice": choice, "qualifying": len(result.candidates)}))
-    return EXIT_OK if result.choice is not None else EXIT_FAILURE
+    keys = ("trial", "val_accuracy", "latency_ms", "size_kb", "compression_ratio")
+    choice = {k: result.choice[k] for k in keys} if result.choice else None
+    code = EXIT_OK if result.choice is not None else EXIT_FAILURE
+    return _done(args, {"choice": choice, "qualifying": len(result.candidates)}, code)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -196,9 +202,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         + ", ".join(f"b{b} {v:.0f}" for b, v in r.throughput.items())
     )
     print(f"report: {r.artifacts['report_md']}")
-    if args.json:
-        print(json.dumps(r.to_dict()))
-    return EXIT_OK
+    return _done(args, r.to_dict())
 
 
 def _cmd_unpack(args: argparse.Namespace) -> int:
@@ -210,9 +214,7 @@ def _cmd_unpack(args: argparse.Namespace) -> int:
     path = unpack(args.packed, args.output)
     size, packed = Path(path).stat().st_size, Path(args.packed).stat().st_size
     print(f"unpacked {args.packed} ({packed} bytes) -> {path} ({size} bytes)")
-    if args.json:
-        print(json.dumps({"onnx": str(path), "onnx_bytes": size}))
-    return EXIT_OK
+    return _done(args, {"onnx": str(path), "onnx_bytes": size})
 
 
 def _load(args: argparse.Namespace, *, check_files: bool = True):
@@ -275,15 +277,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
     for number, worker in sorted(st["running_on"].items()):
         print(f"  trial {number} running on {worker}")
     print(_front_table(st["front"]))
-    if args.json:
-        keys = ("trial", "val_accuracy", "latency_ms", "size_kb")
-        front = [{k: r[k] for k in keys} for r in st["front"]]
-        print(json.dumps({k: v for k, v in st.items() if k != "front"} | {"front": front}))
-    return EXIT_OK
+    keys = ("trial", "val_accuracy", "latency_ms", "size_kb")
+    front = [{k: r[k] for k in keys} for r in st["front"]]
+    return _done(args, {k: v for k, v in st.items() if k != "front"} | {"front": front})
 
 
 def _cmd_sensitivity(args: argparse.Namespace) -> int:
-    from .prepare import prepare
+    from .baseline import prepare
     from .sensitivity import SensitivityStage
     from .tracking import Tracker
 
@@ -309,26 +309,20 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
         paths = stage.files()
     else:
         tracker = Tracker(cfg.tracking, cfg.name, cfg.output_dir / "mlartifacts")
-        run = tracker.client.create_run(
-            tracker.experiment_id,
-            run_name=f"sensitivity-{cfg.name}",
-            tags={"autocompress.role": "sensitivity"},
-        )
-        paths = stage.log(tracker, run.info.run_id)
-        tracker.finish_search(run.info.run_id, "FINISHED")
-        print(f"MLflow: run {run.info.run_id} (experiment {cfg.name}, {cfg.tracking})")
+        rid = tracker.side_run("sensitivity", f"sensitivity-{cfg.name}")
+        paths = stage.log(tracker, rid)
+        tracker.end_run(rid, "FINISHED")
+        print(f"MLflow: run {rid} (experiment {cfg.name}, {cfg.tracking})")
     print(f"files: {stage.out_dir}/ ({', '.join(p.name for p in paths)})")
-    if args.json:
-        summary = {
-            "levels": len(table.rows),
-            "seconds": table.meta.get("seconds"),
-            "cached": bool(table.meta.get("cached")),
-            "space_before": prep.space.cardinality,
-            "space_after": stage.space.cardinality,
-            "agreement": agree,
-        }
-        print(json.dumps(summary, default=str))
-    return EXIT_OK
+    summary = {
+        "levels": len(table.rows),
+        "seconds": table.meta.get("seconds"),
+        "cached": bool(table.meta.get("cached")),
+        "space_before": prep.space.cardinality,
+        "space_after": stage.space.cardinality,
+        "agreement": agree,
+    }
+    return _done(args, summary)
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
@@ -353,11 +347,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
     print(f"report: {files.html}")
     if files.mlflow_logged:
         print("logged on the search's MLflow run as report/report.html")
-    if args.json:
-        figures = {k: str(v) for k, v in files.figures.items()}
-        out = {"html": str(files.html), "figures": figures, "mlflow_logged": files.mlflow_logged}
-        print(json.dumps(out))
-    return EXIT_OK
+    figures = {k: str(v) for k, v in files.figures.items()}
+    return _done(
+        args, {"html": str(files.html), "figures": figures, "mlflow_logged": files.mlflow_logged}
+    )
 
 
 def _cmd_latency(args: argparse.Namespace) -> int:
@@ -378,11 +371,8 @@ def _cmd_latency(args: argparse.Namespace) -> int:
             f"{r.mape:.1%}, Spearman {r.spearman:.3f} ({r.seconds:.0f} s); plot and pairs: "
             f"{', '.join(r.artifacts)}"
         )
-        if args.json:
-            print(json.dumps(r.summary()))
-        return EXIT_OK
-    from .hardware import profile
-    from .hardware.latency import describe_fit
+        return _done(args, r.summary())
+    from .hardware.latency import describe_fit, profile
 
     target = load_target(cfg.latency.target)
     budget = {"max_configs": args.max_configs, "max_seconds": args.max_seconds}
@@ -396,8 +386,8 @@ def _cmd_latency(args: argparse.Namespace) -> int:
 
 
 def _cmd_memory(args: argparse.Namespace) -> int:
+    from .baseline import prepare
     from .hardware.memory_model import validate_memory
-    from .prepare import prepare
 
     r = validate_memory(prepare(_load(args)), args.samples, seed=args.seed)
     for what, fit in (("steady", r.steady), ("peak", r.peak)):
@@ -406,9 +396,7 @@ def _cmd_memory(args: argparse.Namespace) -> int:
             f"predictions within ±10 %, MAPE {fit['cv_mape']:.1%}"
         )
     print(f"samples and fits: {', '.join(r.artifacts)} ({r.seconds:.0f} s)")
-    if args.json:
-        print(json.dumps(r.summary()))
-    return EXIT_OK
+    return _done(args, r.summary())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

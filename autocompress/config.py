@@ -78,7 +78,6 @@ class DataConfig(_Strict):
     train_subset: int | None = Field(None, ge=1, description="training images used per trial")
     val_subset: int | None = Field(None, ge=1, description="validation images scored per trial")
     test_subset: int | None = Field(None, ge=1)
-    num_workers: int = Field(0, ge=0)
 
     @field_validator("dataset")
     @classmethod
@@ -348,11 +347,6 @@ class SensitivityConfig(_Strict):
             )
         return self
 
-    @property
-    def measures_accuracy(self) -> bool:
-        """Whether the table holds measured accuracy drops (only the sweep does)."""
-        return self.method == "sweep"
-
     def cache_fields(self) -> dict[str, Any]:
         """The settings that change what the table holds (part of its cache key)."""
         keep = ("method", "estimator", "images", "bn_batches", "max_points", "seed")
@@ -361,9 +355,6 @@ class SensitivityConfig(_Strict):
         if self.method != "sweep" or self.estimator is not None:
             d.update({k: getattr(self, k) for k in est})
         return d
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump()
 
     def with_(self, **changes: Any) -> SensitivityConfig:
         return type(self)(**(self.model_dump() | changes))
@@ -399,10 +390,6 @@ class ExperimentConfig(_Strict):
     def optuna_storage(self) -> str:
         return self.storage or f"sqlite:///{(self.output_dir / 'optuna.db').resolve()}"
 
-    @property
-    def study_name(self) -> str:
-        return self.name
-
     def to_dict(self) -> dict[str, Any]:
         return json.loads(self.model_dump_json())
 
@@ -433,12 +420,10 @@ def _apply_override(raw: dict, item: str, source: str) -> None:
     node = raw
     parts = key.strip().split(".")
     for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
+        if node.get(part) is None:  # absent, or an empty section (``key:`` in YAML)
+            node[part] = {}
+        if not isinstance(node := node[part], dict):
             raise ConfigError(f"{source}: --set {key}: {part!r} is not a section")
-        node = child
     node[parts[-1]] = value
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from .cache_key import content_key
+from ._files import content_key
 from .config import DataConfig
 from .errors import DataError
 from .models import load_callable
@@ -200,12 +200,8 @@ def load_data(cfg: DataConfig) -> DataBundle:
     ``train`` has the config's ``train_subset`` applied (per-trial fine-tuning), ``train_full`` is
     the whole training part (baseline training); validation and test subsets are always applied.
     """
-    if cfg.dataset == "fashion_mnist":
-        train_all, test, num_classes = _fashion_mnist(cfg)
-    elif cfg.dataset == "image_folder":
-        train_all, test, num_classes = _image_folder(cfg)
-    else:
-        train_all, test, num_classes = _user_data(cfg)
+    source = {"fashion_mnist": _fashion_mnist, "image_folder": _image_folder}
+    train_all, test, num_classes = source.get(cfg.dataset, _user_data)(cfg)
     n = len(train_all)
     if n < 2:
         raise DataError(f"data set {cfg.dataset} has only {n} training examples")

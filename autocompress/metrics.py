@@ -26,7 +26,6 @@ class Objective:
     name: str
     metric: str
     direction: str  # "maximize" | "minimize"
-    unit: str
 
     def violation(self, value: float, bound: float | None) -> float:
         """Optuna constraint value: <= 0 when ``value`` honours ``bound``."""
@@ -36,9 +35,9 @@ class Objective:
 
 
 OBJECTIVES: dict[str, Objective] = {
-    "accuracy": Objective("accuracy", "val_accuracy", "maximize", ""),
-    "latency": Objective("latency", "latency_ms", "minimize", "ms"),
-    "size": Objective("size", "size_kb", "minimize", "KB"),
+    "accuracy": Objective("accuracy", "val_accuracy", "maximize"),
+    "latency": Objective("latency", "latency_ms", "minimize"),
+    "size": Objective("size", "size_kb", "minimize"),
 }
 
 

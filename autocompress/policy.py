@@ -123,15 +123,8 @@ class CompressionPolicy(Mapping[str, LayerPolicy]):
     def __len__(self) -> int:
         return len(self.layers)
 
-    def __hash__(self) -> int:
+    def __hash__(self) -> int:  # (__eq__: the dataclass's, on layers and scope)
         return hash((tuple(sorted(self.layers.items())), self.scope))
-
-    def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, CompressionPolicy)
-            and dict(self.layers) == dict(other.layers)
-            and self.scope == other.scope
-        )
 
     # (de)serialisation ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -253,9 +253,8 @@ class SearchSpace:
             if dim in _OPTION_DIMS:  # no order: the first listed choice either way
                 out[key] = opts[0]
                 continue
-            gentle = max(opts) if dim in ("bits", "keep_ratio") else min(opts)
-            harsh = min(opts) if dim in ("bits", "keep_ratio") else max(opts)
-            out[key] = harsh if aggressive else gentle
+            fewer_is_harsher = dim in ("bits", "keep_ratio")
+            out[key] = (min if fewer_is_harsher == aggressive else max)(opts)
         return out
 
 

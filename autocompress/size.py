@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import torch
 from torch import nn
 
 from .compression.artifact import ModelRef, packed_model_size
-from .hardware.forms import deployed_onnx_bytes
+from .hardware.deploy import deployed_onnx_bytes
 from .policy import CompressionPolicy
 
 if TYPE_CHECKING:
@@ -32,16 +33,12 @@ def size_bytes(
 ) -> int:
     """The model's size in the experiment's measure (``model`` compressed by ``policy``, or
     the uncompressed model with an empty policy)."""
+    example = torch.zeros((1, *input_shape))
     if size_measure(cfg) == "memory":
-        import torch
-
         if memory_model is None:
             raise ValueError("objectives.size.measure is memory: pass the fitted memory model")
-        return max(1, round(memory_model.predict_mb(model, torch.zeros((1, *input_shape))) * 1e6))
+        return max(1, round(memory_model.predict_mb(model, example) * 1e6))
     if size_measure(cfg) == "onnx":
-        import torch
-
-        example = torch.zeros((1, *input_shape))
         return deployed_onnx_bytes(model, example, cache=onnx_cache)
     ref = ModelRef.from_config(cfg, input_shape)
     return packed_model_size(model, ref, policy, round_to=cfg.compression.round_to)

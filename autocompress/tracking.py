@@ -85,16 +85,12 @@ class Tracker:
                 if artifact_dir is not None and not tracking_uri.startswith(("http", "databricks")):
                     location = Path(artifact_dir).resolve().as_uri()
                 try:
-                    self.experiment_id = self.client.create_experiment(
-                        experiment, artifact_location=location
-                    )
-                except Exception:  # another worker created it just now
-                    exp = self.client.get_experiment_by_name(experiment)
-                    if exp is None:
+                    self.client.create_experiment(experiment, artifact_location=location)
+                except Exception:  # another worker created it just now: it is there
+                    if self.client.get_experiment_by_name(experiment) is None:
                         raise
-                    self.experiment_id = exp.experiment_id
-            else:
-                self.experiment_id = exp.experiment_id
+                exp = self.client.get_experiment_by_name(experiment)
+            self.experiment_id = exp.experiment_id
         except Exception as exc:  # noqa: BLE001 - unreachable server, bad URI, ...
             raise AutocompressError(
                 f"MLflow tracking at {mask_secrets(tracking_uri)}: {type(exc).__name__}: "
@@ -112,9 +108,12 @@ class Tracker:
             on_retry=on_retry,
         )
 
-    def _log(self, run_id: str, params=None, metrics=None, tags=None) -> None:
+    def log(self, run_id: str, params=None, metrics=None, tags=None) -> None:
         """One ``log_batch`` (MLflow splits it into requests within the server's limits)."""
         import time
+
+        if not (params or metrics or tags):
+            return
 
         now = int(time.time() * 1000)
         batch = {
@@ -158,7 +157,7 @@ class Tracker:
             found = self._search_runs_of(study)
             if not found or found[0] == rid:
                 baseline_metrics = {f"baseline_{k}": v for k, v in baseline.items()}
-                self._log(rid, params=flatten(config), metrics=baseline_metrics)
+                self.log(rid, params=flatten(config), metrics=baseline_metrics)
                 masked = json.loads(mask_secrets(json.dumps(config)))
                 self._retry(lambda: self.client.log_dict(rid, masked, "config.json"))
                 return rid
@@ -178,12 +177,6 @@ class Tracker:
         )
         runs = sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
         return [r.info.run_id for r in runs]
-
-    def finish_search(self, run_id: str, status: str = "FINISHED") -> None:
-        self._retry(lambda: self.client.set_terminated(run_id, status=status))
-
-    def log_search_metrics(self, run_id: str, metrics: Mapping[str, float]) -> None:
-        self._log(run_id, metrics=metrics)
 
     def log_artifacts(self, run_id: str, paths: Iterable[Path], artifact_path: str | None = None):
         for p in paths:
@@ -213,22 +206,20 @@ class Tracker:
             on_retry=lambda: next(iter(self.trial_runs(parent_id, number)), None),
         )
         rid = run.info.run_id
-        self._log(rid, params={k: str(v) for k, v in params.items()})
+        self.log(rid, params={k: str(v) for k, v in params.items()})
         self._retry(lambda: self.client.log_dict(rid, dict(policy), "policy.json"))
         return rid
 
-    def end_trial(
+    def end_run(
         self,
         run_id: str,
-        status: str,
+        status: str = "FINISHED",
         metrics: Mapping[str, float] | None = None,
         tags: Mapping[str, Any] | None = None,
     ) -> None:
-        self._log(run_id, metrics=metrics, tags=tags)
+        """Log the last ``metrics`` and ``tags`` and end the run (a trial's or the search's)."""
+        self.log(run_id, metrics=metrics, tags=tags)
         self._retry(lambda: self.client.set_terminated(run_id, status=status))
-
-    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
-        self._log(run_id, tags=tags)
 
     def trial_runs(self, parent_id: str, number: int | None = None) -> list:
         """The trial runs under ``parent_id`` (of trial ``number`` only, if given)."""
@@ -240,3 +231,11 @@ class Tracker:
                 [self.experiment_id], filter_string=query, max_results=10000
             )
         )
+
+    def side_run(self, role: str, name: str, tags: Mapping[str, str] = {}) -> str:  # noqa: B006
+        """A run outside the search (a stage run alone, e.g. the sensitivity table): its id."""
+        tags = {"autocompress.role": role, **tags}
+        run = self._retry(
+            lambda: self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        )
+        return run.info.run_id

@@ -62,16 +62,13 @@ def materialize(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor] | None:
 
 
 def batches(
-    ds: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0, num_workers: int = 0
+    ds: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One pass over ``ds`` in batches (fast path for in-memory tensors)."""
     tensors = materialize(ds)
     gen = torch.Generator().manual_seed(seed)
     if tensors is None:
-        loader = DataLoader(
-            ds, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=num_workers
-        )
-        yield from loader
+        yield from DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen)
         return
     x, y = tensors
     order = torch.randperm(len(x), generator=gen) if shuffle else torch.arange(len(x))

@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import compare  # noqa: E402
 from common import baseline_checkpoint  # noqa: E402
 
-from autocompress.prepare import prepare  # noqa: E402
-from autocompress.search.objective import TrialEvaluator  # noqa: E402
+from autocompress.baseline import prepare  # noqa: E402
+from autocompress.search.trials import TrialEvaluator  # noqa: E402
 from autocompress.training import evaluate  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"

@@ -23,7 +23,7 @@ def baseline_checkpoint(model: str, overrides=(), log=print) -> Path:
     """The experiment's baseline checkpoint (trained with the experiment's own settings and
     ``overrides`` the first time, cached afterwards)."""
     import autocompress as ac
-    from autocompress.prepare import prepare
+    from autocompress.baseline import prepare
 
     cfg = ac.load_experiment(EXPERIMENTS[model], list(overrides))
     return Path(prepare(cfg, log=log).baseline.checkpoint)

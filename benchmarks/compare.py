@@ -170,7 +170,7 @@ def shared(model: str) -> dict:
 
     from autocompress.hardware.latency import make_latency_model
     from autocompress.policy import CompressionPolicy
-    from autocompress.prepare import prepare
+    from autocompress.baseline import prepare
     from autocompress.training import evaluate
 
     torch.set_num_threads(THREADS)
@@ -301,7 +301,7 @@ def _front_on_test(cfg, sh: dict) -> list[dict]:
 
 def run_search(model: str, method: str, seed: int, sh: dict) -> dict:
     import autocompress as ac
-    from autocompress.prepare import prepare
+    from autocompress.baseline import prepare
     from autocompress.search.study import open_study
 
     out = _run_dir(model, method, seed, sh)
@@ -349,7 +349,7 @@ def run_ort_ptq(model: str, seed: int, sh: dict) -> dict:
     from autocompress.hardware.deploy import export_deployed
     from autocompress.hardware.latency import make_latency_model
     from autocompress.policy import compressible_layers
-    from autocompress.prepare import prepare
+    from autocompress.baseline import prepare
     from autocompress.training import batches
 
     out = _run_dir(model, "ort_ptq", seed, sh)
@@ -395,8 +395,8 @@ def _grid_budget_loop(model: str, method: str, seed: int, sh: dict, make) -> dic
     Torch-Pruning): ``make(prep, cfg, candidate, seed) -> (model, policy, loss)``; each result
     is measured like a trial, until the budget is spent. Test scoring is not charged."""
     from autocompress.hardware.latency import make_latency_model
-    from autocompress.prepare import prepare
-    from autocompress.search.objective import TrialEvaluator
+    from autocompress.baseline import prepare
+    from autocompress.search.trials import TrialEvaluator
     from autocompress.search.pareto import non_dominated
     from autocompress.training import evaluate
 

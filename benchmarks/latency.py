@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from autocompress.config import load_experiment  # noqa: E402
-from autocompress.hardware import profile  # noqa: E402
+from autocompress.hardware.latency import profile  # noqa: E402
 from autocompress.hardware.latency import describe_fit  # noqa: E402
 from autocompress.hardware.profiler import machine_fingerprint  # noqa: E402
 from autocompress.hardware.targets import load_target  # noqa: E402

@@ -74,8 +74,8 @@ def run(model: str) -> None:
 
     from autocompress.compression.apply import weight_sparsity
     from autocompress.compression.artifact import ModelRef, packed_model_size
-    from autocompress.prepare import prepare
-    from autocompress.search.objective import TrialEvaluator
+    from autocompress.baseline import prepare
+    from autocompress.search.trials import TrialEvaluator
     from autocompress.training import evaluate
 
     torch.set_num_threads(2)

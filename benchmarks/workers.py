@@ -34,7 +34,7 @@ def run(workers: int, trials: int) -> dict:
     base = ac.load_experiment(EXPERIMENTS["small_cnn"])
     src = base.output_dir / "cache"
     if not any(src.glob("baseline-*.pt")):
-        from autocompress.prepare import prepare
+        from autocompress.baseline import prepare
 
         prepare(base)  # trains the baseline once
     out = WORK / f"w{workers}"

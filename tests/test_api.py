@@ -203,8 +203,8 @@ def test_a_regression_task_with_its_own_metric_and_loss(tmp_path):
 
 
 def test_task_callables_from_yaml(tmp_path, fmnist_root):
+    from autocompress.baseline import task_from_config
     from autocompress.config import load_experiment
-    from autocompress.prepare import task_from_config
     from tests.conftest import tiny_config
 
     (tmp_path / "mytask.py").write_text("def top5(model, batches):\n    return 0.5\n")

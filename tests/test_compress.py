@@ -5,18 +5,16 @@ import pytest
 import torch
 
 from autocompress.compression.apply import (
+    ActFakeQuant,
     apply_policy,
     calibrate,
     compressed_state,
+    fake_quantize_weight,
     magnitude_mask,
+    quantize_weight,
     weight_sparsity,
 )
 from autocompress.compression.packing import QuantizedTensor, packed_size
-from autocompress.compression.quantization import (
-    ActFakeQuant,
-    fake_quantize_weight,
-    quantize_weight,
-)
 from autocompress.models import build_model
 from autocompress.policy import CompressionPolicy, LayerPolicy
 from autocompress.training import train

@@ -89,7 +89,7 @@ def test_resume_reaches_total_and_does_not_redo(tmp_path, fmnist_root):
 
 
 def test_failing_trial_is_recorded_and_search_goes_on(tmp_path, fmnist_root, monkeypatch):
-    from autocompress.search import objective
+    from autocompress.search import trials as objective
 
     calls = {"n": 0}
     original = objective.TrialEvaluator.__call__
@@ -125,8 +125,8 @@ def test_trial_fine_tune_starts_from_corrected_batchnorm(tmp_path, fmnist_root, 
     than the trained statistics); without it they stay the trained ones."""
     import torch
 
-    from autocompress.prepare import prepare
-    from autocompress.search.objective import TrialEvaluator
+    from autocompress.baseline import prepare
+    from autocompress.search.trials import TrialEvaluator
     from autocompress.training import batches
 
     cfg = load_experiment(tiny_config(tmp_path, fmnist_root, finetune__steps=0))
@@ -137,7 +137,7 @@ def test_trial_fine_tune_starts_from_corrected_batchnorm(tmp_path, fmnist_root, 
     import sys
 
     monkeypatch.setattr(
-        sys.modules["autocompress.search.objective"], "fold_statistics", lambda m, *_: m
+        sys.modules["autocompress.search.trials"], "fold_statistics", lambda m, *_: m
     )
     held_out = [
         x for i, (x, _) in enumerate(batches(prep.data.train, 64, shuffle=True, seed=7)) if i < 3
@@ -166,9 +166,9 @@ def test_gradual_schedule_reaches_the_policy_in_steps(tmp_path, fmnist_root, mon
     """``finetune.schedule: gradual``: the fine-tune is split over the pruning steps, the
     sparsity rises along the cubic schedule, recovery stages run at the reduced rate, and
     the model ends at exactly the policy's sparsity."""
+    from autocompress.baseline import prepare
     from autocompress.compression.apply import weight_sparsity
-    from autocompress.prepare import prepare
-    from autocompress.search import objective
+    from autocompress.search import trials as objective
 
     cfg = load_experiment(tiny_config(tmp_path, fmnist_root, finetune__steps=7))
     cfg.finetune.schedule, cfg.finetune.prune_stages = "gradual", 3
@@ -220,10 +220,10 @@ def test_onnx_size_objective_is_the_deployed_file(tmp_path, fmnist_root):
     activation zero point, which calibration decides)."""
     import torch
 
+    from autocompress.baseline import prepare
     from autocompress.compression.apply import apply_policy
-    from autocompress.hardware.forms import deployed_onnx_bytes
+    from autocompress.hardware.deploy import deployed_onnx_bytes
     from autocompress.hardware.measure import export_onnx
-    from autocompress.prepare import prepare
 
     cfg = load_experiment(
         tiny_config(tmp_path, fmnist_root, search__n_trials=2, objectives__size={"measure": "onnx"})

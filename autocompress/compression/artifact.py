@@ -22,7 +22,7 @@ from ..models import build_model
 from ..policy import CompressionPolicy, compressible_layers
 from .apply import attach_input_quant, compressed_state
 from .batchnorm import batchnorms, foldable, folded_variance
-from .packing import QuantizedTensor, load_packed, pack_state, packed_size
+from .packing import QuantizedTensor, pack_state, packed_size, unpack_state
 from .structured import prune_channels
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ def pack_model(
     deploy: dict | None = None,
 ) -> bytes:
     """The packed file's bytes (Huffman-coded: what export writes). ``deploy`` (export's
-    :class:`~autocompress.hardware.forms.DeploySpec` as a dict) is what rebuilds the shipped
+    :class:`~autocompress.hardware.deploy.DeploySpec` as a dict) is what rebuilds the shipped
     ONNX model from the file alone (``autocompress unpack``)."""
     return pack_state(compressed_state(model), metadata=_meta(ref, policy, round_to, deploy))
 
@@ -102,7 +102,7 @@ def load_packed_model(
     """Rebuild the model stored by :func:`save_packed_model` (eval mode) and its metadata.
     ``model``: an uncompressed instance of the architecture (a copy is filled), for a file
     packed from a Python model object, which has no name to build it by."""
-    tensors, meta = load_packed(path)
+    tensors, meta = unpack_state(Path(path).read_bytes())
     if meta.get("format") != FORMAT:
         raise ModelError(f"{path}: not an autocompress packed model (format {meta.get('format')})")
     ref = meta["model"]

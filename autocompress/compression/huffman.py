@@ -7,9 +7,7 @@ codes, so the result is a complete prefix code, near-optimal though not always o
 then assigned canonically (ordered by length, then symbol), so a :class:`HuffmanTable` is fully
 described by one code length per symbol.
 
-Bits are written MSB first.  Encoding is loop-free: each code is placed into a 32-bit window at its
-bit offset (from a cumulative sum of lengths) and the four window bytes are summed into the output
-with ``np.bincount`` (codes never overlap, so a sum is an OR).  Decoding is exact and vectorised
+Bits are written MSB first (``np.packbits`` of each code's bits).  Decoding is exact and vectorised
 over all bit positions of a chunk: the code length starting at every bit gives a "next" pointer,
 the stream is cut into small blocks, a backward pass finds where a code starting anywhere in a
 block leaves it, a short loop over blocks finds the true code boundary entering each block, and
@@ -147,39 +145,17 @@ class HuffmanTable:
 def _write_bits(values: np.ndarray, lengths: np.ndarray | int) -> bytes:
     """Concatenate ``values[i]`` on ``lengths[i]`` bits (each <= 24), MSB first, zero padded."""
     n = values.size
-    if n == 0:
-        return b""
-    if np.isscalar(lengths) or np.ndim(lengths) == 0:
-        width = int(lengths)
-        if width == 8:
-            return values.astype(np.uint8).tobytes()
-        lens = None
-        total = n * width
-    else:
-        lens = np.asarray(lengths, dtype=np.int64)
-        ends = np.cumsum(lens)
-        total = int(ends[-1])
-    nbytes = (total + 7) // 8
-    out = np.zeros(nbytes + 4, dtype=np.uint8)
-    for i0 in range(0, n, _WRITE_CHUNK):
-        i1 = min(i0 + _WRITE_CHUNK, n)
-        if lens is None:
-            starts = np.arange(i0, i1, dtype=np.int64) * width
-            ln = np.int64(width)
-        else:
-            ln = lens[i0:i1]
-            starts = ends[i0:i1] - ln
-        win = values[i0:i1].astype(np.uint64) << (32 - ln - (starts & 7)).astype(np.uint64)
-        byte = starts >> 3
-        b0 = int(byte[0])
-        rel = byte - b0
-        size = int(rel[-1]) + 4
-        acc = np.zeros(size, dtype=np.float64)
-        for k in range(4):
-            part = (win >> np.uint64(24 - 8 * k)) & np.uint64(255)
-            acc += np.bincount(rel + k, weights=part, minlength=size)
-        out[b0 : b0 + size] += acc.astype(np.uint8)  # disjoint bits: sum == OR
-    return out[:nbytes].tobytes()
+    if np.ndim(lengths) == 0 and int(lengths) == 8:
+        return values.astype(np.uint8).tobytes()
+    lens = np.broadcast_to(np.asarray(lengths, dtype=np.int64), (n,))
+    ends = np.cumsum(lens)
+    bits = np.empty(int(ends[-1]) if n else 0, dtype=np.uint8)
+    for i0 in range(0, n, _WRITE_CHUNK):  # one byte per bit, a chunk of symbols at a time
+        ln, end = lens[i0 : i0 + _WRITE_CHUNK], ends[i0 : i0 + _WRITE_CHUNK]
+        lo, hi = int(end[0] - ln[0]), int(end[-1])
+        shift = np.repeat(end - lo, ln) - np.arange(1, hi - lo + 1)
+        bits[lo:hi] = np.repeat(values[i0 : i0 + _WRITE_CHUNK].astype(np.uint32), ln) >> shift & 1
+    return np.packbits(bits).tobytes()
 
 
 def _windows(buf: np.ndarray, byte_idx: np.ndarray) -> np.ndarray:
@@ -213,13 +189,9 @@ def unpack_fixed(data: bytes, width: int, count: int) -> np.ndarray:
         raise ValueError(f"fixed-width stream too short: {len(data)} bytes for {count} values")
     if width == 8:
         return np.frombuffer(data, dtype=np.uint8, count=count).astype(np.uint32)
-    buf = _padded(data)
-    out = np.empty(count, dtype=np.uint32)
-    for i0 in range(0, count, _WRITE_CHUNK):
-        pos = np.arange(i0, min(i0 + _WRITE_CHUNK, count), dtype=np.int64) * width
-        win = _windows(buf, pos >> 3) << (pos & 7).astype(np.uint32)
-        out[i0 : i0 + pos.size] = win >> np.uint32(32 - width)
-    return out
+    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=count * width)
+    weights = (1 << np.arange(width - 1, -1, -1)).astype(np.uint32)
+    return bits.reshape(count, width).astype(np.uint32) @ weights
 
 
 def _symbol_dtype(num_symbols: int) -> type[np.unsignedinteger]:

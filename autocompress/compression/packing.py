@@ -32,8 +32,6 @@ import struct
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from os import PathLike
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -470,21 +468,3 @@ def packed_size(
     ``len(pack_state(...))``, computed from symbol histograms without encoding any stream."""
     head, payload = _layout(tensors, metadata, huffman, encode=False)
     return len(head) + sum(c if isinstance(c, int) else len(c) for c in payload)
-
-
-def save_packed(
-    path: str | PathLike[str],
-    tensors: Mapping[str, np.ndarray | QuantizedTensor],
-    *,
-    metadata: dict | None = None,
-    huffman: bool = True,
-) -> int:
-    """Write the packed checkpoint to ``path``; returns the number of bytes written."""
-    data = pack_state(tensors, metadata=metadata, huffman=huffman)
-    Path(path).write_bytes(data)
-    return len(data)
-
-
-def load_packed(path: str | PathLike[str]) -> tuple[dict[str, np.ndarray | QuantizedTensor], dict]:
-    """Read a checkpoint written by :func:`save_packed`: (tensors, metadata)."""
-    return unpack_state(Path(path).read_bytes())

@@ -25,13 +25,12 @@ IMPORTANCES = ("l1", "l2", "fpgm")
 def _importance(name: str):
     import torch_pruning as tp
 
-    if name == "l1":
-        return tp.importance.GroupMagnitudeImportance(p=1)
-    if name == "l2":
-        return tp.importance.GroupMagnitudeImportance(p=2)
-    if name == "fpgm":
-        return tp.importance.FPGMImportance()
-    raise ValueError(f"unknown importance {name!r}; allowed: {', '.join(IMPORTANCES)}")
+    imp = tp.importance
+    make = {"l1": lambda: imp.GroupMagnitudeImportance(p=1), "fpgm": imp.FPGMImportance}
+    make["l2"] = lambda: imp.GroupMagnitudeImportance(p=2)
+    if name not in make:
+        raise ValueError(f"unknown importance {name!r}; allowed: {', '.join(IMPORTANCES)}")
+    return make[name]()
 
 
 @torch.no_grad()
@@ -125,11 +124,8 @@ def _child_inputs(scope: nn.Module, args: tuple) -> dict[str, tuple | None]:
         c.register_forward_pre_hook(lambda m, a, kw, n=n: hook(m, a, kw, n), with_kwargs=True)
         for n, c in _children(scope)
     ]
-    try:
+    with evaluating(scope, hooks):  # (callers run the model in eval mode already)
         scope(*args)
-    finally:
-        for h in hooks:
-            h.remove()
     return seen
 
 

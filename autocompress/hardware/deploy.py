@@ -9,6 +9,11 @@ operator's 4-bit blocks, so the deployed weights are exactly the searched ones (
 ``MatMulNBitsQuantizer`` re-quantises float weights block-wise, which moves every weight of an
 already-quantised layer off its grid). Only Linear (ONNX ``Gemm``) layers with symmetric uniform
 weights qualify; ``Gemm`` becomes ``MatMulNBits`` + ``Add`` (the bias).
+
+The forms a model ships in (:data:`FORMS`): ``fp32``, ``int8-qdq`` and ``fp16`` (float16
+weights, float32 inputs and outputs). A :class:`DeploySpec` rebuilds one from the weights alone
+(``autocompress unpack``); :func:`measure_forms` measures each one's file bytes, steady and peak
+resident memory, latency and images/s.
 """
 
 from __future__ import annotations
@@ -18,17 +23,19 @@ import platform
 import shutil
 import tempfile
 from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import torch
+from pydantic import TypeAdapter
 from torch import nn
 
-from ..compression.quantization import quantize_weight
+from ..compression.apply import materialize, quantize_weight
 from ..errors import ModelError
 from ..policy import CompressionPolicy, compressible_layers
-from .measure import cpu_info, export_onnx
+from .measure import cpu_info, export_onnx, measure_memory, measure_throughput
 
 _LAYER_OPS = ("Conv", "Gemm", "MatMul")
 BLOCK = 32  # MatMulNBits: elements of K per block (one scale per output channel, repeated)
@@ -331,3 +338,152 @@ def rewrite_matmul_nbits(onnx_model, nodes: dict[str, tuple[int, str]]) -> None:
     graph.initializer.extend(keep)
     if not any(o.domain == "com.microsoft" for o in onnx_model.opset_import):
         onnx_model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+
+
+FORMS = ("fp32", "int8-qdq", "fp16")
+
+
+@dataclass(frozen=True)
+class DeploySpec:
+    """How the ONNX model of one form is built from a plain model's weights."""
+
+    form: str = "fp32"  # one of FORMS
+    int8_layers: tuple[str, ...] = ()
+    reduce_range: bool = False
+    activation_qparams: dict[str, tuple[float, int]] = field(default_factory=dict)
+    # Linear layers at <= 4 bits deployed as MatMulNBits: {layer: (bits, granularity)}
+    nbits_layers: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return _SPEC.dump_python(self, mode="json")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DeploySpec:
+        """The inverse of :meth:`to_dict` (other keys of ``d`` are ignored)."""
+        return _SPEC.validate_python(d)
+
+    def layer_forms(self, layers: Iterable[str]) -> dict[str, str]:
+        """``{layer: deployed form}``: what each Conv2d/Linear runs as."""
+        if self.form == "int8-qdq":
+            return {
+                n: "matmul-nbits"
+                if n in self.nbits_layers
+                else ("int8-qdq" if n in self.int8_layers else "fp32")
+                for n in layers
+            }
+        return {n: self.form for n in layers}
+
+
+_SPEC = TypeAdapter(DeploySpec)
+
+
+def build_form(
+    plain: nn.Module,
+    example: torch.Tensor,
+    path: str | Path,
+    spec: DeploySpec,
+    *,
+    calibration: Iterable[torch.Tensor] = (),
+) -> tuple[Path, DeploySpec]:
+    """Write the ONNX model of ``spec.form`` for ``plain`` to ``path``; an ``int8-qdq`` spec
+    without activation parameters is calibrated on ``calibration`` and returned with them."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if spec.form == "fp32":
+        return export_onnx(plain, example, path), spec
+    if spec.form == "fp16":
+        import onnx
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        with tempfile.TemporaryDirectory() as tmp:
+            fp32 = onnx.load(str(export_onnx(plain, example, Path(tmp) / "fp32.onnx")))
+        onnx.save(convert_float_to_float16(fp32, keep_io_types=True), str(path))
+        return path, spec
+    if spec.form != "int8-qdq":
+        raise ValueError(f"unknown deployed form {spec.form!r} (one of {', '.join(FORMS)})")
+    fields = ("int8_layers", "reduce_range", "activation_qparams", "nbits_layers")
+    export_deployed(
+        plain, example, path, calibration=calibration, **{k: getattr(spec, k) for k in fields}
+    )
+    if not spec.activation_qparams:
+        spec = replace(spec, activation_qparams=activation_qparams(path))
+    return path, spec
+
+
+def deployed_onnx_bytes(
+    compressed: nn.Module, example: torch.Tensor, *, cache: dict | None = None
+) -> int:
+    """Bytes of the ONNX file a compressed model is deployed as (INT8 QDQ for its quantised
+    layers), written and counted. It depends only on the layers' shapes and which are quantised
+    (``cache`` holds it per such structure), up to a byte per quantised activation (a UINT8 zero
+    point is a varint; ranges are calibrated here on random inputs, at export on training data).
+    """
+    plain, int8 = materialize(compressed)
+    shapes = tuple((n, tuple(m.weight.shape)) for n, m in compressible_layers(plain).items())
+    key = shapes, tuple(sorted(int8))
+    if cache is not None and key in cache:
+        return cache[key]
+    spec = DeploySpec("int8-qdq", tuple(sorted(int8))) if int8 else DeploySpec("fp32")
+    with tempfile.TemporaryDirectory() as tmp:
+        path, _ = build_form(plain, example, Path(tmp) / "m.onnx", spec)
+        size = path.stat().st_size
+    if cache is not None:
+        cache[key] = size
+    return size
+
+
+@dataclass
+class FormMeasurement:
+    """One form as measured on the target: file, memory, latency/throughput, accuracy."""
+
+    form: str
+    path: str
+    onnx_bytes: int
+    memory_steady_mb: float
+    memory_peak_mb: float
+    throughput: list[dict]  # ThroughputPoint.to_dict() per batch size and thread count
+    test_accuracy: float | None = None
+    deployed: bool = False
+    note: str = ""
+
+    def latency_ms(self, batch: int, threads: int) -> float | None:
+        ms = [p["ms"] for p in self.throughput if (p["batch"], p["threads"]) == (batch, threads)]
+        return ms[0] if ms else None
+
+    def images_per_s(self, threads: int) -> dict[str, float]:
+        """``{batch size: images/s}`` at ``threads``."""
+        return {
+            str(p["batch"]): p["images_per_s"] for p in self.throughput if p["threads"] == threads
+        }
+
+
+def measure_forms(
+    paths: dict[str, Path],
+    sample_shape: tuple[int, ...],
+    *,
+    threads: int,
+    batch_sizes: tuple[int, ...],
+    thread_counts: tuple[int, ...],
+    memory_repeats: int = 3,
+) -> dict[str, FormMeasurement]:
+    """File bytes, steady/peak memory (fresh process, batch 1, ``threads``), latency and images/s
+    per batch size and thread count of every ONNX model of ``paths`` (``{form: path}``)."""
+    mem = measure_memory(
+        list(paths.values()), (1, *sample_shape), threads=threads, repeats=memory_repeats
+    )
+    return {
+        name: FormMeasurement(
+            name,
+            str(path),
+            Path(path).stat().st_size,
+            m.steady_mb,
+            m.peak_mb,
+            [
+                p.to_dict()
+                for p in measure_throughput(
+                    path, sample_shape, batch_sizes=batch_sizes, threads=thread_counts
+                )
+            ],
+        )
+        for (name, path), m in zip(paths.items(), mem, strict=True)
+    }

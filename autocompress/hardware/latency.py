@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..policy import FLOAT_BITS, CompressionPolicy, LayerPolicy
 from .layers import LayerGeometry, channels, count_macs, layer_geometry, precisions
 from .table import LatencyTable
@@ -92,7 +93,7 @@ def layer_seconds(
         a_bits = target.precision.act_bits
     density = 1.0 - lp.sparsity if target.credit.unstructured_sparsity else 1.0
     compute = _compute_seconds(target, geo.macs(cin, cout), w_bits, a_bits)
-    act = geo.in_elements(cin) + geo.out_elements(cout)
+    act = geo.activations(cin, cout)
     mem_bytes = (geo.weights(cin, cout) * density * w_bits + act * a_bits) / 8
     memory = mem_bytes / target.memory.bandwidth_bytes_per_s
     return max(compute, memory) + target.overhead.per_layer_us * 1e-6
@@ -144,23 +145,36 @@ def describe_fit(table: LatencyTable) -> str:
     return line
 
 
-def load_or_profile(
+def profile(
     cfg: ExperimentConfig,
-    model: nn.Module,
-    space: SearchSpace,
-    example: torch.Tensor,
+    model: nn.Module | None = None,
+    space: SearchSpace | None = None,
+    example: torch.Tensor | None = None,
     *,
     force: bool = False,
     target: MeasuredTarget | None = None,
     log: Callable[[str], None] = print,
 ) -> TableLatencyModel:
-    """The measured target's table from ``output_dir/cache``, or profiled now and stored
-    (``target`` overrides the preset ``cfg.latency.target`` names, e.g. a larger budget)."""
+    """The measured target's table from ``output_dir/cache``, or profiled now and stored;
+    without a ``model``, on the config's untrained one (latency does not depend on the weights),
+    its space and input. ``target`` overrides the preset ``cfg.latency.target`` names (same
+    key, e.g. a larger profiling budget)."""
     from .profiler import profile_model, table_key
 
     target = target or load_target(cfg.latency.target)
     if not isinstance(target, MeasuredTarget):
-        raise ValueError(f"latency target {target.name!r} is not measured")
+        raise ConfigError(
+            f"latency target {target.name!r} is {target.kind}: nothing to measure "
+            f"(profiling applies to measured targets such as cpu-onnxruntime)"
+        )
+    if model is None:
+        from ..data import load_data
+        from ..search_space import load_search_space
+
+        data = load_data(cfg.data)
+        model = cfg.model.build(data.input_shape[0]).eval()
+        space = load_search_space(cfg.search_space).resolve(model)
+        example = data.example_input(cfg.latency.batch_size)
     key = table_key(model, space, example, target, cfg.compression.round_to)
     path = cfg.output_dir / "cache" / f"latency-{target.name}-{key}.json"
     if path.is_file() and not force:
@@ -173,15 +187,7 @@ def load_or_profile(
     from .measure import cpu_times, steal_fraction
 
     before = cpu_times()
-    table = profile_model(
-        model,
-        space,
-        example,
-        target,
-        round_to=cfg.compression.round_to,
-        importance=cfg.compression.importance,
-        log=log,
-    )
+    table = profile_model(model, space, example, target, log=log, **cfg.compression.model_dump())
     table.meta["key"] = key
     steal = steal_fraction(before, cpu_times())
     if steal is not None:
@@ -205,7 +211,7 @@ def make_latency_model(
     loaded, or profiled and stored, here)."""
     target = load_target(cfg.latency.target)
     if isinstance(target, MeasuredTarget):
-        return load_or_profile(cfg, model, space, example, log=log)
+        return profile(cfg, model, space, example, log=log)
     if isinstance(target, AnalyticTarget):
         return AnalyticLatencyModel(target, model, example)
     return ProxyLatencyModel(model, example, reference_ms)

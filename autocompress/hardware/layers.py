@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..models import evaluating
 from ..policy import CompressionPolicy, compressible_layers
 
 
@@ -37,11 +38,9 @@ class LayerGeometry:
     def weights(self, cin: int, cout: int) -> int:
         return self.kernel * cout * self._fan_in(cin)
 
-    def in_elements(self, cin: int) -> int:
-        return self.batch * self.in_positions * cin
-
-    def out_elements(self, cout: int) -> int:
-        return self.batch * self.out_positions * cout
+    def activations(self, cin: int, cout: int) -> int:
+        """Input plus output elements."""
+        return self.batch * (self.in_positions * cin + self.out_positions * cout)
 
 
 @torch.no_grad()
@@ -69,23 +68,15 @@ def layer_geometry(model: nn.Module, example: torch.Tensor) -> dict[str, LayerGe
         layer.register_forward_hook(lambda m, a, o, n=name: hook(m, a, o, n))
         for name, layer in compressible_layers(model).items()
     ]
-    was_training = model.training
-    try:
-        model.eval()(example)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    with evaluating(model, hooks):
+        model(example)
     return geo
 
 
 def count_macs(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
     """Multiply-accumulates per sample of every Conv2d/Linear layer (a forward of ``example``)."""
     geo, chans = layer_geometry(model, example), channels(model)
-    return {
-        n: g.out_positions * chans[n][1] * g.kernel * (chans[n][0] // g.groups)
-        for n, g in geo.items()
-    }
+    return {n: g.macs(*chans[n]) // g.batch for n, g in geo.items()}
 
 
 def _weight_shape(layer: nn.Module) -> torch.Size:

@@ -169,8 +169,7 @@ def measure_onnx_latency(
         for _ in range(max(rounds, 1)):
             times = timeit.repeat(lambda: sess.run(None, feed), repeat=repeats, number=1)
             medians.append(statistics.median(times) * 1e3)
-            low = sorted(medians)[:2]
-            if len(low) == 2 and low[1] <= low[0] * (1 + tolerance):
+            if len(medians) > 1 and _spread(medians) <= tolerance:
                 break
     return min(medians)
 
@@ -265,11 +264,6 @@ class NodeTime:
     name: str
     op_type: str
     us: float
-    output_elements: int
-
-
-def _elements(shapes: list) -> int:
-    return sum(int(np.prod(d)) if d else 1 for entry in shapes or [] for d in entry.values())
 
 
 def profile_onnx_nodes(
@@ -285,18 +279,16 @@ def profile_onnx_nodes(
             sess.run(None, feed)
         events = json.loads(Path(sess.end_profiling()).read_text())
     durations: dict[str, list[float]] = defaultdict(list)
-    info: dict[str, tuple[str, int]] = {}
+    ops: dict[str, str] = {}
     for ev in events:
         if ev.get("cat") != "Node" or not ev.get("name", "").endswith("_kernel_time"):
             continue
         name = ev["name"][: -len("_kernel_time")]
-        args = ev.get("args", {})
         durations[name].append(float(ev["dur"]))
-        if name not in info:
-            info[name] = (args.get("op_name", "?"), _elements(args.get("output_type_shape")))
+        ops.setdefault(name, ev.get("args", {}).get("op_name", "?"))
     return [
-        NodeTime(name, op, float(statistics.median(durations[name][warmup:] or durations[name])), n)
-        for name, (op, n) in info.items()
+        NodeTime(name, op, float(statistics.median(durations[name][warmup:] or durations[name])))
+        for name, op in ops.items()
     ]
 
 

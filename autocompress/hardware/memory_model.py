@@ -16,19 +16,18 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from .._files import atomic_write
-from ..cache_key import content_key
+from .._files import atomic_write, content_key
 from ..compression.apply import apply_policy, calibrate, materialize
 from ..errors import ConfigError
+from ..models import evaluating
 from ..policy import CompressionPolicy, LayerPolicy, compressible_layers
-from ..training import batches
+from ..training import first_batches
 from .deploy import export_deployed
 from .measure import machine_fingerprint, measure_memory
 from .targets import MeasuredTarget, Runtime, load_target
@@ -51,12 +50,8 @@ def memory_features(plain: nn.Module, int8_layers, example: torch.Tensor) -> dic
             largest[0] = max(largest[0], out.numel() * out.element_size())
 
     handles = [m.register_forward_hook(hook) for m in plain.modules() if not list(m.children())]
-    try:
-        with torch.no_grad():
-            plain.eval()(example[:1])
-    finally:
-        for h in handles:
-            h.remove()
+    with torch.no_grad(), evaluating(plain, handles):
+        plain(example[:1])
     return {
         "int8_weight_mb": int8_b / 1e6,
         "float_weight_mb": float_b / 1e6,
@@ -113,7 +108,7 @@ def measurement_inputs(prep, seed: int = 0):
     target = load_target(prep.cfg.latency.target)
     runtime = target.runtime if isinstance(target, MeasuredTarget) else Runtime()
     example = prep.data.example_input(prep.cfg.latency.batch_size)
-    calib = [x for x, _ in islice(batches(prep.data.train, 16, shuffle=True, seed=seed), 2)]
+    calib = first_batches(prep.data.train, 16, 2, shuffle=True, seed=seed)
     return runtime, example, calib
 
 
@@ -138,13 +133,7 @@ def random_deployed(
                 for name, ch in prep.space.layers.items()
             }
         )
-        compressed = apply_policy(
-            model,
-            policy,
-            example=example,
-            round_to=cfg.compression.round_to,
-            importance=cfg.compression.importance,
-        )
+        compressed = apply_policy(model, policy, example=example, **cfg.compression.model_dump())
         calibrate(compressed, calib)
         plain, bits = materialize(compressed)
         path = folder / f"sample-{i}.onnx"

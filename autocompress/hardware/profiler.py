@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..cache_key import content_key
+from .._files import content_key
 from ..compression.apply import apply_policy, materialize
 from ..errors import ModelError
 from ..policy import FLOAT_BITS, CompressionPolicy, LayerPolicy, compressible_layers
@@ -233,10 +233,9 @@ def profile_model(
     example: torch.Tensor,
     target: MeasuredTarget,
     *,
-    round_to: int = 1,
-    importance: str = "l1",
     log: Callable[[str], None] = print,
     seed: int = 0,
+    **compression,
 ) -> LatencyTable:
     """Measure configurations on ``target`` within its budget and fit the table (no cache):
     export (design first) until ``max_configs`` or 65 % of ``max_seconds`` (at least
@@ -262,9 +261,7 @@ def profile_model(
             late = elapsed > 0.65 * budget.max_seconds and len(records) >= budget.min_configs
             if full or late:
                 break
-            compressed = apply_policy(
-                model, policy, example=example, round_to=round_to, importance=importance
-            )
+            compressed = apply_policy(model, policy, example=example, **compression)
             plain, bits = materialize(compressed)
             chans = channels(plain)
             signature = (tuple(sorted(chans.items())), tuple(sorted(bits)))

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from pydantic import TypeAdapter
 
 from .._files import atomic_write
 from ..metrics import summarize
@@ -171,17 +172,7 @@ class LatencyTable:
     def from_dict(cls, d: dict) -> LatencyTable:
         if d.get("version") != TABLE_VERSION:
             raise ValueError(f"latency table version {d.get('version')} != {TABLE_VERSION}")
-        return cls(
-            order=list(d["order"]),
-            compute={
-                n: {p: Grid(**g) for p, g in grids.items()} for n, grids in d["compute"].items()
-            },
-            glue=d["glue"],
-            head=d["head"],
-            const=float(d["const"]),
-            records=d.get("records", []),
-            meta=d.get("meta", {}),
-        )
+        return TypeAdapter(cls).validate_python(d)  # (Grid rows from their dicts)
 
     def save(self, path: Path) -> Path:
         return atomic_write(path, json.dumps(self.to_dict()))

@@ -14,7 +14,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..cache_key import content_key
+from .._files import content_key
 from ..errors import ConfigError
 
 PRESET_DIR = Path(__file__).with_name("targets")

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..metrics import summarize
+from ..plots import _figure, _save
 
 
 @dataclass
@@ -36,11 +37,9 @@ class ValidationReport:
 
 
 def _plot(pairs: list[dict], path: Path, title: str) -> Path:
-    from matplotlib.figure import Figure
-
     meas, pred = (np.array([p[k] for p in pairs]) for k in ("measured_ms", "predicted_ms"))
     lo, hi = min(meas.min(), pred.min()) * 0.9, max(meas.max(), pred.max()) * 1.1
-    fig = Figure(figsize=(5.5, 5))
+    fig = _figure(5.5, 5, dpi=120)
     ax = fig.subplots()
     line = np.linspace(lo, hi, 50)
     ax.fill_between(line, line * 0.9, line * 1.1, color="tab:green", alpha=0.15, label="±10 %")
@@ -53,26 +52,21 @@ def _plot(pairs: list[dict], path: Path, title: str) -> Path:
     ax.set_title(title, fontsize=10)
     ax.legend(loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
+    return _save(fig, path)
 
 
 def _log_mlflow(cfg, report: ValidationReport, paths: list[Path]) -> str:
     from ..tracking import Tracker
 
     tracker = Tracker(cfg.tracking, cfg.name, cfg.output_dir / "mlartifacts")
-    tags = {"autocompress.role": "latency-validate", "latency.target": report.target}
-    rid = tracker.client.create_run(
-        tracker.experiment_id, run_name="latency-validate", tags=tags
-    ).info.run_id
-    tracker.client.log_param(rid, "target", report.target)
-    tracker.client.log_param(rid, "samples", report.samples)
-    keys = ("within_10pct", "mape", "spearman", "seconds")
-    tracker.log_search_metrics(
-        rid, {k: getattr(report, k) for k in keys if np.isfinite(getattr(report, k))}
+    rid = tracker.side_run(
+        "latency-validate", "latency-validate", {"latency.target": report.target}
     )
+    keys = ("within_10pct", "mape", "spearman", "seconds")
+    metrics = {k: getattr(report, k) for k in keys if np.isfinite(getattr(report, k))}
+    tracker.log(rid, {"target": report.target, "samples": report.samples}, metrics)
     tracker.log_artifacts(rid, paths, "latency")
-    tracker.finish_search(rid)
+    tracker.end_run(rid)
     return rid
 
 
@@ -86,7 +80,7 @@ def validate_latency(
 ) -> ValidationReport:
     """Compare the experiment's latency model with measurements of ``samples`` random policies
     (measured on the CPU with ONNX Runtime, the deployed form: FP32 / INT8 QDQ)."""
-    from ..prepare import prepare
+    from ..baseline import prepare
     from .latency import make_latency_model
     from .layers import channels
     from .measure import measure_passes, warn_if_busy

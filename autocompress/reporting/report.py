@@ -23,11 +23,11 @@ from pathlib import Path
 
 from .. import plots
 from ..config import ExperimentConfig
-from ..export.summary import export_rows, fmt
+from ..export.run import export_rows, fmt
 from ..search.figures import _best_effort, export_latency_png
 from ..search.pareto import hypervolume_history, knee_index
 from ..search.study import fmt_time, front_rows, load_study, trial_rows
-from ..sensitivity.table import SensitivityTable
+from ..sensitivity.analysis import SensitivityTable
 from ..tracking import mask_secrets
 
 
@@ -76,22 +76,19 @@ def _exports(output_dir: Path) -> list[dict]:
     return [data for _, data in sorted(found, key=lambda f: f[0])]
 
 
-def _baseline(info, output_dir: Path) -> dict | None:
-    base = info.study.user_attrs.get("baseline")
-    if base:
-        return dict(base)
-    path = output_dir / "pareto" / "pareto_front.json"
+def _read(load, path: Path):
+    """``load(path)``, or None when the file is missing or unreadable."""
     try:
-        return json.loads(path.read_text()).get("baseline")
-    except (OSError, ValueError):
-        return None
-
-
-def _sensitivity(output_dir: Path) -> SensitivityTable | None:
-    try:
-        return SensitivityTable.load(output_dir / "sensitivity" / "sensitivity_table.json")
+        return load(path)
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _baseline(info, output_dir: Path) -> dict | None:
+    if base := info.study.user_attrs.get("baseline"):
+        return dict(base)
+    front = output_dir / "pareto" / "pareto_front.json"
+    return _read(lambda p: json.loads(p.read_text()).get("baseline"), front)
 
 
 def collect(cfg: ExperimentConfig) -> ReportData:
@@ -104,9 +101,9 @@ def collect(cfg: ExperimentConfig) -> ReportData:
     front = front_rows(info, rows, mark=True)
     baseline = _baseline(info, cfg.output_dir)
     history = hypervolume_history(rows, info.objectives, baseline) if baseline else []
-    knee = None
-    if front:
-        knee = front[knee_index([r["values"] for r in front], info.directions)]["trial"]
+    vals = [r["values"] for r in front]
+    knee = front[knee_index(vals, info.directions)]["trial"] if front else None
+    sens = cfg.output_dir / "sensitivity"
     return ReportData(
         name=cfg.name,
         source=str(cfg.source or ""),
@@ -118,7 +115,7 @@ def collect(cfg: ExperimentConfig) -> ReportData:
         front=front,
         history=history,
         knee=knee,
-        sensitivity=_sensitivity(cfg.output_dir),
+        sensitivity=_read(SensitivityTable.load, sens / "sensitivity_table.json"),
         exports=_exports(cfg.output_dir),
         tracking=mask_secrets(cfg.tracking),
         parent_run_id=info.study.user_attrs.get("mlflow_parent_run_id"),

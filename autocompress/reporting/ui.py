@@ -107,7 +107,6 @@ class UiServer:
 
     process: subprocess.Popen
     url: str
-    log_path: Path | None = None
 
     def stop(self, timeout: float = 15.0) -> None:
         """Terminate the server and its worker processes (its own process group)."""
@@ -188,7 +187,7 @@ def start_ui(
         if log_path:
             out.close()
     browse = LOCAL_HOST if host in ("0.0.0.0", "::", "") else host  # a wildcard: this machine
-    server = UiServer(proc, f"http://{browse}:{port}", log_path)
+    server = UiServer(proc, f"http://{browse}:{port}")
     try:
         _wait_until_up(proc, server.url, timeout, log_path)
     except BaseException:

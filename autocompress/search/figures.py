@@ -137,7 +137,7 @@ def write_front(
         if r["mlflow_run_id"]:
             note = trial_description(r["policy"] or {}, r, pareto=r["pareto"])
             tags = {"pareto": str(r["pareto"]).lower(), "mlflow.note.content": note}
-            tracker.set_tags(r["mlflow_run_id"], tags)
+            tracker.log(r["mlflow_run_id"], tags=tags)
     # Staged in a folder of this process, then moved into place: workers that finish together
     # never write into each other's files.
     final = cfg.output_dir / "pareto"

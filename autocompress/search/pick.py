@@ -16,7 +16,7 @@ from .pareto import knee_index
 from .study import front_rows, load_study, trial_row, trial_rows
 
 if TYPE_CHECKING:
-    from ..prepare import Prepared
+    from ..baseline import Prepared
 
 _BOUNDS = [  # (criterion, row key, sign of "better", description)
     ("min_accuracy", "val_accuracy", -1, "val accuracy >= {}"),
@@ -64,7 +64,6 @@ class PickResult:
     candidates: list[dict]  # the front points meeting the bounds, best first
     front: list[dict]
     criteria: PickCriteria
-    objectives: list[str] = field(default_factory=list)
 
     def message(self) -> str:
         if self.choice is not None:
@@ -120,7 +119,7 @@ def pick(cfg: ExperimentConfig, criteria: PickCriteria) -> PickResult:
     rows = trial_rows(info)
     front = front_rows(info, rows)
     choice, cands = _choose(rows, front, criteria, info.directions, "a complete trial")
-    return PickResult(choice, cands, front, criteria, info.objectives)
+    return PickResult(choice, cands, front, criteria)
 
 
 @dataclass(frozen=True)

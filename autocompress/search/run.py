@@ -16,20 +16,19 @@ import yaml
 from optuna.trial import TrialState
 
 from .._files import check_output_dir
+from ..baseline import Prepared, prepare
 from ..config import ExperimentConfig
 from ..errors import AutocompressError, ConfigError, ServiceUnavailable
 from ..hardware.latency import make_latency_model
 from ..policy import CompressionPolicy
-from ..prepare import Prepared, prepare
 from ..sensitivity.stage import SensitivityStage
 from ..tracking import Tracker, mask_secrets
 from .figures import log_search_figures, search_description, write_front
-from .objective import TrialEvaluator
 from .pareto import front_hypervolume
 from .pick import FrontPoint, SearchResult
 from .screen import log_screen, open_screen, promote, run_screen
-from .study import StudyInfo, check_storage, open_study, run_once, storage_kind, wait_for_attr
-from .trials import make_stale_callback, reconcile_runs, run_trials
+from .study import StudyInfo, open_study, run_once, shared_storage, storage_kind, wait_for_attr
+from .trials import TrialEvaluator, make_stale_callback, reconcile_runs, run_trials
 
 PARENT_ATTR = "mlflow_parent_run_id"
 
@@ -94,13 +93,9 @@ def search(
             f"{cfg.source}: --workers needs a storage several processes can share: "
             "--storage journal (one machine) or --storage postgresql://... (several machines)"
         )
-    if os.environ.get("AUTOCOMPRESS_THREADS"):
-        import torch
-
-        torch.set_num_threads(int(os.environ["AUTOCOMPRESS_THREADS"]))
     # The output folder, the storage and the tracking server, before any long work.
     check_output_dir(cfg.output_dir)
-    check_storage(cfg)
+    shared_storage(cfg)
     mlartifacts, reconnect_s = cfg.output_dir / "mlartifacts", cfg.search.reconnect_s
     tracker = Tracker(cfg.tracking, cfg.name, mlartifacts, reconnect_s=reconnect_s, log=log)
     prep = prepared or prepare(cfg, log=log)
@@ -135,20 +130,20 @@ def search(
     screening = cfg.search.screen_trials > 0
     info, created = open_study(cfg, space_params, on_stale, sampler=None if screening else sampler)
     study = info.study
-    screen = screener = None
+    screen = None
     if screening:
-        screen, screener = open_screen(cfg, space, space_params, on_stale, evaluator, sampler)
+        screen = open_screen(cfg, space, space_params, on_stale, evaluator, sampler)
     # One MLflow parent run per study: the first process makes it, the others find it (a
     # tag on the run, so a creator that died before recording it in the study is no loss).
     parent = None if created else wait_for_attr(study, PARENT_ATTR, 10 if not worker else 120)
     if parent is None and worker:
         raise AutocompressError(
-            f"study {cfg.study_name!r} in {mask_secrets(cfg.optuna_storage)} has no MLflow "
+            f"study {cfg.name!r} in {mask_secrets(cfg.optuna_storage)} has no MLflow "
             "parent run: start the search without --worker"
         )
     if not worker:
         run_id = tracker.start_search(
-            parent, name=cfg.name, config=cfg.to_dict(), baseline=baseline, study=cfg.study_name
+            parent, name=cfg.name, config=cfg.to_dict(), baseline=baseline, study=cfg.name
         )
         if run_id != parent:
             study.set_user_attr(PARENT_ATTR, run_id)
@@ -172,7 +167,7 @@ def search(
             _spawn_workers(cfg, workers, log)
         else:
             if screen is not None:
-                run_screen(screen, cfg, space, screener, deadline=deadline, log=log)
+                run_screen(screen, cfg, space, evaluator, deadline=deadline, log=log)
                 drop = cfg.search.promote_max_drop
                 promote(screen, info, cfg.search.n_trials, max_drop=drop, log=log)
             run_trials(info, cfg, space, evaluator, tracker, parent, deadline=deadline, log=log)
@@ -197,15 +192,15 @@ def search(
             n = {"n_complete": info.count(TrialState.COMPLETE)}
             n["n_failed"] = info.count(TrialState.FAIL)
             note = search_description(cfg.name, **n, front_size=len(front), hypervolume=hv)
-            tracker.set_tags(parent, {"mlflow.note.content": note})
-            tracker.log_search_metrics(parent, n | {"pareto_size": len(front), "hypervolume": hv})
-            tracker.finish_search(parent, status)
+            tracker.log(parent, tags={"mlflow.note.content": note})
+            tracker.log(parent, metrics=n | {"pareto_size": len(front), "hypervolume": hv})
+            tracker.end_run(parent, status)
     failures = [
         {"trial": t.number, "reason": t.user_attrs.get("fail_reason", "worker lost or killed")}
         for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
     ]
     return SearchResult(
-        study_name=cfg.study_name,
+        study_name=cfg.name,
         n_complete=info.count(TrialState.COMPLETE),
         n_failed=len(failures),
         front=[FrontPoint.from_row(r) for r in front],

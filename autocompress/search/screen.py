@@ -12,20 +12,17 @@ from __future__ import annotations
 import csv
 import itertools
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
-from torch.utils.data import Subset
 
 from ..config import ExperimentConfig
-from ..metrics import OBJECTIVES, TrialMetrics, spearman
+from ..metrics import OBJECTIVES, spearman
 from ..policy import CompressionPolicy
 from ..search_space import SearchSpace
 from ..tracking import Tracker
-from .objective import TrialEvaluator, suggest_policy
 from .pareto import diverse_order, hypervolume_order, non_dominated, normalised
 from .study import (
     StudyInfo,
@@ -36,6 +33,7 @@ from .study import (
     run_once,
     trial_rows,
 )
+from .trials import TrialEvaluator, suggest_policy
 
 PROMOTED_ATTR = "promoted_for_n_trials"
 REFERENCE_ATTR = "reference_metrics"  # the uncompressed model, screened
@@ -44,33 +42,6 @@ _LOW_AGREEMENT = 0.5  # screen_rank_spearman below this: the screen is not to be
 _UNIFORM_SPARSITY = (0.0, 0.5, 0.8)
 _UNIFORM_BITS = (8, 4)
 _UNIFORM_KEEP = (1.0, 0.5)
-
-
-@dataclass
-class Screener:
-    """Scores a policy at fidelity 0 (see the module docstring)."""
-
-    evaluator: TrialEvaluator
-    val: Subset
-    steps: int
-    seed: int
-
-    @classmethod
-    def build(cls, evaluator: TrialEvaluator) -> Screener:
-        s = evaluator.cfg.search
-        val = evaluator.data.val
-        n = min(s.screen_images, len(val))
-        return cls(evaluator, Subset(val, range(n)), s.screen_steps, s.seed)
-
-    def __call__(self, policy: CompressionPolicy) -> TrialMetrics:
-        ev = self.evaluator
-        recipe = ev.cfg.finetune.model_copy(
-            update={"steps": self.steps, "full_train": False, "distill_weight": 0.0}
-        )
-        # One seed for every policy: the same calibration batches, so scores differ only by
-        # the policy.
-        model, loss = ev.compress(policy, recipe=recipe, seed=self.seed)
-        return ev.measure(model, policy, loss, val=self.val, report_test=False)
 
 
 def uniform_seeds(space: SearchSpace) -> list[dict]:
@@ -85,28 +56,27 @@ def uniform_seeds(space: SearchSpace) -> list[dict]:
 
 def open_screen(
     cfg: ExperimentConfig, space: SearchSpace, space_params: dict, on_stale, evaluator, sampler
-) -> tuple[StudyInfo, Screener]:
+) -> StudyInfo:
     """The screen's study, seeded once (the uncompressed model's screened metrics, the uniform
-    policies), and its :class:`Screener`."""
-    screener = Screener.build(evaluator)
+    policies)."""
     screen, _ = open_study(cfg, space_params, on_stale, screen=True, sampler=sampler)
 
     def seed() -> None:
-        ref = screener(CompressionPolicy())
+        ref = evaluator.screen(CompressionPolicy())
         metrics = {o.metric: ref.value(n) for n, o in OBJECTIVES.items()}
         screen.study.set_user_attr(REFERENCE_ATTR, metrics)
         for params in uniform_seeds(space):
             screen.study.enqueue_trial(params, user_attrs={_ORIGIN: "uniform"}, skip_if_exists=True)
 
     run_once(screen.study, "seed", seed)
-    return screen, screener
+    return screen
 
 
 def run_screen(
     info: StudyInfo,
     cfg: ExperimentConfig,
     space: SearchSpace,
-    screener: Screener,
+    evaluator: TrialEvaluator,
     *,
     deadline: float | None,
     log,
@@ -127,7 +97,7 @@ def run_screen(
         policy = suggest_policy(trial, space)
         trial.set_user_attr("fidelity", 0)
         try:
-            return record_metrics(trial, info, screener(policy), cfg)
+            return record_metrics(trial, info, evaluator.screen(policy), cfg)
         except Exception as exc:
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
             raise
@@ -145,8 +115,8 @@ def run_screen(
     timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
     log(
         f"screening: {remaining} policies without fine-tune ({cfg.search.sampler}, "
-        f"{len(screener.val)} validation images"
-        + (f", {screener.steps} fine-tune steps each" if screener.steps else "")
+        f"{len(evaluator.screen_val)} validation images"
+        + (f", {cfg.search.screen_steps} fine-tune steps each" if cfg.search.screen_steps else "")
         + ")"
     )
     enough = optuna.study.MaxTrialsCallback(n_total, states=(TrialState.COMPLETE,))
@@ -281,4 +251,4 @@ def log_screen(
             f"screen vs fine-tuned accuracy over {agree['n']} promoted trials: "
             f"Spearman {agree['spearman']:.2f}{hint}"
         )
-    tracker.log_search_metrics(parent, metrics)
+    tracker.log(parent, metrics=metrics)

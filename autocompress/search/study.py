@@ -16,8 +16,8 @@ import optuna
 from optuna.storages._cached_storage import _CachedStorage  # Optuna's own cache, as for URLs
 from optuna.trial import FrozenTrial, TrialState
 
+from .._files import content_key
 from .._retry import RetryingStorage
-from ..cache_key import content_key
 from ..config import ExperimentConfig
 from ..errors import AutocompressError, ConfigError
 from ..metrics import OBJECTIVES, TrialMetrics
@@ -105,7 +105,7 @@ def storage_kind(cfg: ExperimentConfig) -> str:
 _OPEN: dict[tuple, object] = {}  # one storage (one connection pool) per URL and callback
 
 
-def _storage(cfg: ExperimentConfig, on_stale: StaleCallback | None = None):
+def shared_storage(cfg: ExperimentConfig, on_stale: StaleCallback | None = None):
     """The config's storage: one per process and callback for a database server (a connection
     pool), files opened afresh (a folder may be deleted between). RDB storages get a heartbeat:
     a live worker fails (and retries) the trials of a killed one."""
@@ -155,11 +155,6 @@ def _new_storage(cfg: ExperimentConfig, on_stale: StaleCallback | None):
         ) from None
 
 
-def check_storage(cfg: ExperimentConfig) -> None:
-    """Connect to the configured storage once (errors as one line, before any long work)."""
-    _storage(cfg)
-
-
 def _first_line(exc: BaseException) -> str:
     text = mask_secrets(str(exc)).strip()
     return text.splitlines()[0] if text else ""
@@ -177,8 +172,8 @@ def open_study(
     made for another space. Returns ``(info, created)``: exactly one process creates it."""
     objectives = cfg.objectives.enabled()
     fp = _space_fingerprint(cfg, space_params)
-    storage = _storage(cfg, on_stale)
-    name = cfg.study_name + (SCREEN_SUFFIX if screen else "")
+    storage = shared_storage(cfg, on_stale)
+    name = cfg.name + (SCREEN_SUFFIX if screen else "")
     n = cfg.search.screen_trials if screen else cfg.search.n_trials
     kw = {"study_name": name, "storage": storage, "sampler": sampler or _sampler(cfg, n, screen)}
     directions = [OBJECTIVES[o].direction for o in objectives]
@@ -239,10 +234,10 @@ def wait_for_attr(study: optuna.Study, key: str, timeout: float = 120.0):
 def load_study(cfg: ExperimentConfig) -> StudyInfo:
     """Load an existing study (for status and pick) without changing it."""
     try:
-        study = optuna.load_study(study_name=cfg.study_name, storage=_storage(cfg))
+        study = optuna.load_study(study_name=cfg.name, storage=shared_storage(cfg))
     except KeyError:
         raise AutocompressError(
-            f"no search named {cfg.study_name!r} in {mask_secrets(cfg.optuna_storage)}: "
+            f"no search named {cfg.name!r} in {mask_secrets(cfg.optuna_storage)}: "
             "run 'autocompress search' first"
         ) from None
     return StudyInfo(study, list(study.user_attrs.get("objectives", cfg.objectives.enabled())))

@@ -1,5 +1,6 @@
 """The trial loop of one worker: Optuna objective (policy → compressed model → metrics → MLflow
-nested run), exact trial budget across workers, lost-worker handling, progress lines."""
+nested run), exact trial budget across workers, lost-worker handling, progress lines; and one
+trial (:class:`TrialEvaluator`: compress the baseline, fine-tune briefly, measure)."""
 
 from __future__ import annotations
 
@@ -9,19 +10,170 @@ import datetime
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
+from torch import nn
+from torch.utils.data import Dataset, Subset
 
-from ..config import ExperimentConfig
+from ..baseline import Baseline
+from ..compression.apply import (
+    apply_policy,
+    calibrate,
+    gradual_policies,
+    update_masks,
+    weight_sparsity,
+)
+from ..compression.artifact import ModelRef, save_packed_model
+from ..compression.batchnorm import batch_statistics, correct_batchnorm, fold_statistics
+from ..config import ExperimentConfig, FinetuneConfig
+from ..data import DataBundle
 from ..errors import ServiceUnavailable
+from ..hardware.latency import LatencyModel
+from ..hardware.memory_model import MemoryModel
+from ..metrics import TrialMetrics
+from ..policy import CompressionPolicy
 from ..search_space import SearchSpace
+from ..size import size_bytes
 from ..tracking import Tracker
+from ..training import CLASSIFICATION, Task, evaluate, first_batches, train
 from .figures import log_trial_chart, trial_description
-from .objective import TrialEvaluator, suggest_policy
-from .study import StudyInfo, constraints_of, progress_tail, record_metrics, run_once
+from .study import StudyInfo, constraints_of, progress_tail, record_metrics, run_once, worker_id
+
+
+def suggest_policy(trial: optuna.Trial, space: SearchSpace) -> CompressionPolicy:
+    """Ask the trial for every searched parameter; record the policy and this worker on it."""
+    params = {k: trial.suggest_categorical(k, list(v)) for k, v in space.choices().items()}
+    policy = space.policy_from_params(params)
+    trial.set_user_attr("worker", worker_id())
+    trial.set_user_attr("policy", policy.to_dict())
+    return policy
+
+
+@dataclass
+class TrialEvaluator:
+    """Everything a trial needs, built once per search."""
+
+    cfg: ExperimentConfig
+    baseline: Baseline
+    data: DataBundle
+    latency_model: LatencyModel
+    memory_model: MemoryModel | None = None  # objectives.size.measure: memory
+    task: Task = CLASSIFICATION  # the metric and loss (default top-1, cross-entropy)
+    _calibration: dict = field(default_factory=dict, init=False, repr=False)
+    _onnx_sizes: dict = field(default_factory=dict, init=False, repr=False)
+    uncharged_s: float = field(default=0.0, init=False)  # benchmark-only test scoring
+
+    def compress(
+        self, policy: CompressionPolicy, *, recipe: FinetuneConfig | None = None, seed: int = 0
+    ):
+        """``(model, mean final loss)``: compressed, fine-tuned by ``recipe`` (default: the
+        per-trial fine-tune), masks and fake-quant in place. A ``gradual`` recipe prunes in
+        ``prune_stages`` steps, ``steps / prune_stages`` fine-tune steps after each (at
+        ``recovery_lr_factor * lr`` but the last). BatchNorm statistics end folded
+        (:func:`~autocompress.compression.batchnorm.fold_statistics`)."""
+        ft = recipe or self.cfg.finetune
+        bs = ft.batch_size or self.cfg.data.batch_size
+        train_ds = self.data.train_full if ft.full_train else self.data.train
+        stages = gradual_policies(policy, ft.prune_stages) if ft.schedule == "gradual" else [policy]
+        example = self.data.example_input(2)
+        model = apply_policy(
+            self.baseline.model, stages[0], example=example, **self.cfg.compression.model_dump()
+        )
+        key = (ft.full_train, bs, seed, ft.correct_batchnorm)
+        if key not in self._calibration:
+            calib = first_batches(train_ds, bs, 4, shuffle=True, seed=seed)
+            ref = None
+            if ft.correct_batchnorm:  # the baseline's side of the correction, once per batches
+                ref = batch_statistics(self.baseline.model.eval(), calib, self.baseline.model)
+            self._calibration = {key: (calib, ref)}  # the latest only: screens reuse one seed
+        calib, ref_stats = self._calibration[key]
+        calibrate(model, calib)
+        loss = float("nan")
+        for k, stage in enumerate(stages):
+            if k:
+                update_masks(model, stage)  # the next gradual step, by today's magnitudes
+            if ft.correct_batchnorm:
+                # A short fine-tune does not repair the statistics alone (bn-finetune.md).
+                correct_batchnorm(model, self.baseline.model, calib, reference_estimate=ref_stats)
+            last = k == len(stages) - 1
+            loss = train(
+                model,
+                train_ds,
+                steps=ft.steps // len(stages) + (ft.steps % len(stages) if last else 0),
+                lr=ft.lr if last else ft.lr * ft.recovery_lr_factor,
+                batch_size=bs,
+                seed=seed + k,
+                schedule="cosine",
+                teacher=self.baseline.model if ft.distill_weight > 0 else None,
+                distill_weight=ft.distill_weight,
+                temperature=ft.temperature,
+                task=self.task,
+            )
+        fold_statistics(model, calib[0])  # finished: BatchNorm in inference form, as stored
+        return model, loss
+
+    def measure(
+        self,
+        model: nn.Module,
+        policy: CompressionPolicy,
+        ft_loss: float,
+        *,
+        val: Dataset | None = None,
+        report_test: bool = True,
+    ) -> TrialMetrics:
+        """Accuracy on ``val`` (default: the validation split), predicted latency, size."""
+        acc, val_loss = evaluate(model, self.data.val if val is None else val, task=self.task)
+        cache = {"onnx_cache": self._onnx_sizes, "memory_model": self.memory_model}
+        size = size_bytes(self.cfg, model, policy, self.data.input_shape, **cache)
+        # Benchmarks only (search.report_test_accuracy): stored, never seen by the sampler.
+        test_acc = None
+        if report_test and self.cfg.search.report_test_accuracy:
+            t0 = time.perf_counter()
+            test_acc, _ = evaluate(model, self.data.test, task=self.task)
+            self.uncharged_s += time.perf_counter() - t0  # not part of any search budget
+        return TrialMetrics(
+            val_accuracy=acc,
+            val_loss=val_loss,
+            latency_ms=self.latency_model.predict(model, policy),
+            size_bytes=size,
+            compression_ratio=self.baseline.metrics.fp32_state_dict_bytes / size,
+            weight_sparsity=weight_sparsity(model),
+            finetune_loss=ft_loss,
+            test_accuracy=test_acc,
+        )
+
+    @property
+    def screen_val(self) -> Subset:
+        """The fixed validation subset policies are screened on (``search.screen_images``)."""
+        return Subset(self.data.val, range(min(self.cfg.search.screen_images, len(self.data.val))))
+
+    def screen(self, policy: CompressionPolicy) -> TrialMetrics:
+        """Fidelity 0 (:mod:`.screen`): ``search.screen_steps`` of fine-tune, no distillation,
+        one seed for every policy (the same calibration batches: scores differ by the policy)."""
+        s = self.cfg.search
+        update = {"steps": s.screen_steps, "full_train": False, "distill_weight": 0.0}
+        model, loss = self.compress(
+            policy, recipe=self.cfg.finetune.model_copy(update=update), seed=s.seed
+        )
+        return self.measure(model, policy, loss, val=self.screen_val, report_test=False)
+
+    def __call__(
+        self, policy: CompressionPolicy, *, seed: int = 0, save_to: Path | None = None
+    ) -> TrialMetrics:
+        """Compress, fine-tune and measure; with ``save_to`` also save the packed model there."""
+        model, loss = self.compress(policy, seed=seed)
+        metrics = self.measure(model, policy, loss)
+        if save_to is not None:
+            save_to.parent.mkdir(parents=True, exist_ok=True)
+            ref = ModelRef.from_config(self.cfg, self.data.input_shape)
+            save_packed_model(save_to, model, ref, policy, round_to=self.cfg.compression.round_to)
+        return metrics
+
 
 _POLL_S = 1.0
 _RETRY_DUE_S = 30.0
@@ -40,7 +192,7 @@ def make_stale_callback(tracker: Tracker, retries: int) -> Callable:
         run_id = trial.user_attrs.get("mlflow_run_id")
         if run_id:
             with contextlib.suppress(Exception):  # tracking must not stop the search
-                tracker.end_trial(run_id, "KILLED", tags={"fail_reason": "worker lost"})
+                tracker.end_run(run_id, "KILLED", tags={"fail_reason": "worker lost"})
         retry(study, trial)
 
     return on_stale
@@ -61,10 +213,10 @@ def reconcile_runs(info: StudyInfo, tracker: Tracker, parent: str, log) -> int:
         rid = run.info.run_id
         ours = t is not None and t.user_attrs.get("mlflow_run_id") == rid
         if ours and t.state == TrialState.COMPLETE:
-            tracker.end_trial(rid, "FINISHED", metrics=t.user_attrs.get("metrics", {}))
+            tracker.end_run(rid, "FINISHED", metrics=t.user_attrs.get("metrics", {}))
         else:
             reason = "worker lost" if t is None or t.state == TrialState.FAIL else t.state.name
-            tracker.end_trial(rid, "KILLED", tags={"fail_reason": reason})
+            tracker.end_run(rid, "KILLED", tags={"fail_reason": reason})
         fixed += 1
     if fixed:
         log(f"MLflow: ended {fixed} trial run(s) left RUNNING by workers that stopped")
@@ -234,25 +386,23 @@ def run_trials(
             )
             values = record_metrics(trial, info, metrics, cfg)
         except KeyboardInterrupt:
-            tracker.end_trial(run_id, "KILLED", tags={"fail_reason": "interrupted"})
+            tracker.end_run(run_id, "KILLED", tags={"fail_reason": "interrupted"})
             raise
         except ServiceUnavailable:
             raise
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
             trial.set_user_attr("fail_reason", reason)
-            tracker.end_trial(run_id, "FAILED", tags={"fail_reason": reason[:5000]})
+            tracker.end_run(run_id, "FAILED", tags={"fail_reason": reason[:5000]})
             raise
         if trial.study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
             # Another worker failed this trial (our heartbeats lapsed) and re-queued it: the
             # re-run is the one that counts, this run must not be a second FINISHED one.
-            tracker.end_trial(
-                run_id, "KILLED", tags={"fail_reason": "taken over: heartbeat lapsed"}
-            )
+            tracker.end_run(run_id, "KILLED", tags={"fail_reason": "taken over: heartbeat lapsed"})
             raise _TakenOver(f"trial {trial.number}")
         screened = trial.user_attrs.get("screen_metrics", {})
         extra = {"screen_val_accuracy": screened["val_accuracy"]} if screened else {}
-        tracker.end_trial(
+        tracker.end_run(
             run_id,
             "FINISHED",
             metrics=metrics.to_dict() | extra,

@@ -1,6 +1,7 @@
 """``analyze``: the sensitivity table of an experiment (measured sweep and/or cheap estimator),
 cached in ``output_dir/cache`` keyed by checkpoint, data subset, grid and settings, with the
-estimator's rank agreement with the sweep.
+estimator's rank agreement with the sweep. The table (:class:`SensitivityTable`) holds, per layer
+and level, the accuracy drop, loss increase and estimate; JSON (cache) and CSV (MLflow) forms.
 
 The measured sweep: every layer of the search space compressed alone at each of its sparsity,
 bit-width and keep-ratio levels, scored on a fixed validation subset without fine-tuning. Each
@@ -23,10 +24,14 @@ the smallest L1 norm set to zero (an approximation of what removal does).
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -35,21 +40,25 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from ..cache_key import content_key, file_digest
-from ..compression.apply import apply_policy, calibrate, magnitude_mask
+from .._files import atomic_write, content_key, file_digest
+from ..compression.apply import (
+    apply_policy,
+    calibrate,
+    fake_half,
+    fake_quantize_weight,
+    magnitude_mask,
+)
 from ..compression.batchnorm import batch_statistics, correct_batchnorm
-from ..compression.quantization import fake_half, fake_quantize_weight
 from ..compression.structured import kept_channels
 from ..config import SensitivityConfig as SensitivitySettings
 from ..errors import AutocompressError
 from ..metrics import spearman
-from ..policy import HALF_BITS, CompressionPolicy, LayerPolicy, compressible_layers
+from ..policy import FLOAT_BITS, HALF_BITS, CompressionPolicy, LayerPolicy, compressible_layers
 from ..search_space import SearchSpace
 from ..training import batches, evaluate, first_batches
-from .table import IDENTITY, LevelResult, SensitivityTable, harsh_order, interpolate_levels
 
 if TYPE_CHECKING:
-    from ..prepare import Prepared
+    from ..baseline import Prepared
 
 
 _VERSION = 5  # 5: each level through apply_policy + calibrate + correct_batchnorm (as a screen)
@@ -58,16 +67,11 @@ _BATCH = 500
 
 
 def _tensors(ds, n: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    xs, ys = [], []
-    for x, y in batches(ds, 512, shuffle=True, seed=seed):
-        xs.append(x)
-        ys.append(y)
-        if n is not None and sum(len(t) for t in ys) >= n:
-            break
-    if not xs:
+    """The first ``n`` (all) examples of ``ds`` in a seeded shuffle, as one batch."""
+    batch = next(batches(ds, n or max(len(ds), 1), shuffle=True, seed=seed), None)
+    if batch is None:
         raise AutocompressError("sensitivity: the validation split is empty")
-    x, y = torch.cat(xs), torch.cat(ys)
-    return (x, y) if n is None else (x[:n], y[:n])
+    return batch
 
 
 @dataclass
@@ -108,10 +112,9 @@ def run_sweep(
     space: SearchSpace,
     data: SweepData,
     *,
-    importance: str = "l1",
-    round_to: int = 1,
     max_points: int | None = None,
     log: Callable[[str], None] = print,
+    **compression,
 ) -> tuple[list[LevelResult], tuple[float, float]]:
     """Measure every level of ``space`` on ``data``; returns the rows (in ``levels_of`` order)
     and the baseline (accuracy, loss)."""
@@ -133,11 +136,7 @@ def run_sweep(
     for i, (layer, dim, value) in enumerate(todo, start=1):
         lp = LayerPolicy(**{dim: int(value) if dim == "bits" else value})
         comp = apply_policy(
-            model,
-            CompressionPolicy({layer: lp}),
-            example=data.example,
-            importance=importance,
-            round_to=round_to,
+            model, CompressionPolicy({layer: lp}), example=data.example, **compression
         )
         calibrate(comp, data.calib)
         if data.bn:
@@ -341,16 +340,15 @@ def analyze(
     model = prep.baseline.model.eval()
     comp = cfg.compression
     data = sweep_data(prep, settings)
-    meta: dict[str, Any] = {"key": key, "images": len(data.x), "settings": settings.to_dict()}
+    meta: dict[str, Any] = {"key": key, "images": len(data.x), "settings": settings.model_dump()}
     t0 = time.perf_counter()
     if settings.method == "sweep":
         rows, (acc, loss) = run_sweep(
             model,
             prep.space,
             data,
-            importance=comp.importance,
-            round_to=comp.round_to,
             max_points=settings.max_points,
+            **comp.model_dump(),
             log=log,
         )
         meta.update(baseline_accuracy=acc, baseline_loss=loss)
@@ -384,3 +382,164 @@ def analyze(
     extra = f", {est_name} vs sweep Spearman {agree['spearman_drop']:.2f}" if agree else ""
     log(f"sensitivity: {len(rows)} levels in {meta['seconds']:.1f} s{extra} -> {path.name}")
     return table
+
+
+DIMENSIONS = ("sparsity", "bits", "keep_ratio")
+IDENTITY = {"sparsity": 0.0, "bits": FLOAT_BITS, "keep_ratio": 1.0}
+_SHORT = {"sparsity": "s", "bits": "b", "keep_ratio": "k"}
+
+
+def harsh_order(dim: str, values: Iterable[float]) -> list[float]:
+    """``values`` from the gentlest to the harshest (more sparsity, fewer bits, fewer channels)."""
+    vals = sorted(set(values))
+    return vals if dim == "sparsity" else vals[::-1]
+
+
+def level_label(dim: str, value: float) -> str:
+    """Short column label: ``s=0.5``, ``b=4``, ``k=0.75``."""
+    v = int(value) if dim == "bits" else f"{float(value):g}"
+    return f"{_SHORT[dim]}={v}"
+
+
+@dataclass(frozen=True)
+class LevelResult:
+    """One layer compressed alone at one level of one dimension (others untouched).
+
+    ``acc_drop`` is in accuracy points (baseline minus compressed, x100; may be slightly negative
+    from noise); ``loss_increase`` in nats; ``estimate`` the cheap estimator's predicted loss
+    increase; ``measured`` is False for levels interpolated between measured neighbours.
+    """
+
+    layer: str
+    dim: str
+    value: float
+    acc_drop: float | None = None
+    loss_increase: float | None = None
+    estimate: float | None = None
+    measured: bool = True
+
+
+@dataclass
+class SensitivityTable:
+    """All levels of all layers, plus ``meta`` (cache key, baseline on the subset, timings,
+    rank agreement)."""
+
+    rows: list[LevelResult]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._index = {(r.layer, r.dim, float(r.value)): r for r in self.rows}
+
+    # -- look-ups ----------------------------------------------------------------------------
+    @property
+    def layers(self) -> list[str]:
+        return list(dict.fromkeys(r.layer for r in self.rows))
+
+    def get(self, layer: str, dim: str, value: float) -> LevelResult | None:
+        return self._index.get((layer, dim, float(value)))
+
+    def score(self, layer: str, dim: str, value: float, metric: str = "drop") -> float:
+        """Sensitivity of one level: accuracy drop (points), loss increase, or the estimate.
+
+        Identity levels score 0; a level missing from the table scores NaN; ``drop`` and
+        ``loss`` fall back to the estimate when only the estimator filled the table.
+        """
+        if float(value) == IDENTITY[dim]:
+            return 0.0
+        r = self.get(layer, dim, value)
+        if r is None:
+            return math.nan
+        loss = r.loss_increase if r.loss_increase is not None else r.estimate
+        v = {"drop": r.acc_drop, "loss": loss, "estimate": r.estimate}[metric]
+        return math.nan if v is None else float(v)
+
+    def has(self, metric: str) -> bool:
+        return any(not math.isnan(self.score(r.layer, r.dim, r.value, metric)) for r in self.rows)
+
+    # -- heat map data -----------------------------------------------------------------------
+    def columns(self) -> list[tuple[str, float]]:
+        """(dimension, value) of every level of any layer, in display order."""
+        out = []
+        for dim in DIMENSIONS:
+            vals = {float(r.value) for r in self.rows if r.dim == dim}
+            out += [(dim, v) for v in harsh_order(dim, vals)]
+        return out
+
+    def matrix(self, metric: str = "drop") -> tuple[list[str], list[str], np.ndarray]:
+        """(row labels, column labels, layers x levels array; NaN where a layer lacks a level)."""
+        cols = self.columns()
+        layers = self.layers
+        m = np.full((len(layers), len(cols)), np.nan)
+        for i, layer in enumerate(layers):
+            for j, (dim, v) in enumerate(cols):
+                if self.get(layer, dim, v) is not None:
+                    m[i, j] = self.score(layer, dim, v, metric)
+        return layers, [level_label(d, v) for d, v in cols], m
+
+    # -- (de)serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        rows = []
+        for r in self.rows:
+            d = asdict(r)
+            for k in ("acc_drop", "loss_increase", "estimate"):  # NaN/inf stored as null
+                d[k] = None if d[k] is None or not math.isfinite(d[k]) else float(d[k])
+            rows.append(d)
+        return {"version": 1, "meta": self.meta, "rows": rows}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SensitivityTable:
+        if data.get("version") != 1:
+            raise ValueError(f"unsupported sensitivity table version {data.get('version')!r}")
+        rows = [LevelResult(**r) for r in data["rows"]]
+        return cls(rows, dict(data.get("meta", {})))
+
+    def save(self, path: Path) -> Path:
+        return atomic_write(path, json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def load(cls, path: Path) -> SensitivityTable:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["layer", "dimension", "value", "acc_drop_points", "loss_increase", "estimate"])
+        for r in self.rows:
+            cells = [r.acc_drop, r.loss_increase, r.estimate]
+            w.writerow(
+                [r.layer, r.dim, f"{r.value:g}"]
+                + ["" if c is None else f"{c:.6g}" for c in cells]
+                + ([] if r.measured else ["interpolated"])
+            )
+        return buf.getvalue()
+
+
+def interpolate_levels(
+    rows: list[LevelResult], all_levels: list[tuple[str, str, float]]
+) -> list[LevelResult]:
+    """Fill levels that were not measured by linear interpolation in the level's distance from
+    the identity between the measured neighbours (the identity, at zero, below the gentlest;
+    the harshest measured level's value beyond it)."""
+    got = {(r.layer, r.dim, r.value): r for r in rows}
+    out = []
+    for name, dim, value in all_levels:
+        if (name, dim, value) in got:
+            out.append(got[(name, dim, value)])
+            continue
+        pts = sorted(
+            [(abs(v - IDENTITY[dim]), r) for (n, d, v), r in got.items() if n == name and d == dim],
+            key=lambda p: p[0],
+        )
+        pos, xs = abs(value - IDENTITY[dim]), [0.0] + [x for x, _ in pts]
+        drop, loss = (
+            float(
+                np.interp(
+                    pos,
+                    xs,
+                    [0.0] + [math.nan if (y := getattr(r, a)) is None else y for _, r in pts],
+                )
+            )
+            for a in ("acc_drop", "loss_increase")
+        )
+        out.append(LevelResult(name, dim, value, drop, loss, measured=False))
+    return out

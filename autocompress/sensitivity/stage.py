@@ -26,35 +26,24 @@ import numpy as np
 
 from ..config import SensitivityConfig as SensitivitySettings
 from ..errors import ConfigError
+from ..plots import _figure, _save
 from ..search_space import SearchSpace
-from .analysis import analyze
-from .table import DIMENSIONS, SensitivityTable, harsh_order
+from .analysis import DIMENSIONS, SensitivityTable, analyze, harsh_order
 
 if TYPE_CHECKING:
-    from ..prepare import Prepared
-
-
-def _limits(settings: SensitivitySettings) -> tuple[str, float, float]:
-    """(metric, tolerance, fix tolerance) of the shaping rule."""
-    if settings.measures_accuracy and settings.max_loss_increase is None:
-        return "drop", settings.max_drop, settings.fix_drop
-    tol = float(settings.max_loss_increase)
-    if settings.measures_accuracy:
-        return "both", tol, settings.fix_drop
-    ratio = settings.fix_drop / settings.max_drop if settings.max_drop > 0 else 0.0
-    return "loss", tol, tol * ratio
+    from ..baseline import Prepared
 
 
 def _within(table: SensitivityTable, layer: str, dim: str, v: float, settings, fix: bool) -> bool:
-    metric, tol, fix_tol = _limits(settings)
-    if metric == "both":
-        drop_ok = table.score(layer, dim, v, "drop") <= (
-            settings.fix_drop if fix else settings.max_drop
-        )
-        loss_tol = tol * (settings.fix_drop / settings.max_drop if fix else 1.0)
-        return drop_ok and table.score(layer, dim, v, "loss") <= loss_tol
-    # NaN (level missing from the table) compares False: treated as too sensitive.
-    return table.score(layer, dim, v, metric) <= (fix_tol if fix else tol)
+    """Whether a level meets every limit of the rule (``fix``: the stricter ones of fixing a
+    dimension): its accuracy drop (tables that measure it) and its loss increase (with
+    ``max_loss_increase``). NaN (a level missing from the table) is too sensitive."""
+    s = settings
+    scale = (s.fix_drop / s.max_drop if s.max_drop > 0 else 0.0) if fix else 1.0
+    limits = [("drop", s.fix_drop if fix else s.max_drop)] if s.method == "sweep" else []
+    if s.max_loss_increase is not None:
+        limits.append(("loss", s.max_loss_increase * scale))
+    return all(table.score(layer, dim, v, metric) <= tol for metric, tol in limits)
 
 
 def _shape_dim(table, layer: str, dim: str, values: tuple, settings) -> tuple:
@@ -164,19 +153,13 @@ def write_table(table: SensitivityTable, out_dir: Path) -> list[Path]:
     return [csv_path, write_json(out_dir / "sensitivity_table.json", table.to_dict())]
 
 
-def _metric(table: SensitivityTable) -> str:
-    return "drop" if table.has("drop") else "loss" if table.has("loss") else "estimate"
-
-
 def heatmap_png(table: SensitivityTable, path: Path, *, title: str) -> Path:
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    metric = _metric(table)
+    metric = "drop" if table.has("drop") else "loss" if table.has("loss") else "estimate"
     layers, cols, z = table.matrix(metric)
-    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(cols) + 3), max(3, 0.35 * len(layers) + 2)))
+    fig = _figure(max(6, 0.45 * len(cols) + 3), max(3, 0.35 * len(layers) + 2), dpi=120)
+    ax = fig.add_subplot()
     cmap = matplotlib.colormaps["Reds"].with_extremes(bad="#e8e8e8")
     im = ax.imshow(np.ma.masked_invalid(z), cmap=cmap, aspect="auto", vmin=0)
     ax.set_xticks(range(len(cols)), cols, rotation=90, fontsize=7)
@@ -191,9 +174,7 @@ def heatmap_png(table: SensitivityTable, path: Path, *, title: str) -> Path:
     fig.colorbar(im, ax=ax, label=_TITLE[metric])
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 class SensitivityStage:
@@ -245,7 +226,8 @@ class SensitivityStage:
             heatmap_png(self.table, d / "sensitivity_heatmap.png", title=title),
             write_json(
                 d / "sensitivity_shaped_space.json",
-                shaping_report(self.prep.space, self.space) | {"settings": self.settings.to_dict()},
+                shaping_report(self.prep.space, self.space)
+                | {"settings": self.settings.model_dump()},
             ),
         ]
         return paths
@@ -269,5 +251,5 @@ class SensitivityStage:
         files."""
         paths = self.files()
         tracker.log_artifacts(run_id, paths, "sensitivity")
-        tracker.log_search_metrics(run_id, self.metrics())
+        tracker.log(run_id, metrics=self.metrics())
         return paths

@@ -11,11 +11,9 @@ from autocompress.compression import huffman, packing
 from autocompress.compression.packing import (
     MAGIC,
     QuantizedTensor,
-    load_packed,
     pack_state,
     packed_size,
     read_header,
-    save_packed,
     unpack_state,
 )
 
@@ -186,11 +184,12 @@ def test_packed_size_matches_file_and_load(tmp_path: Path) -> None:
     }
     meta = {"note": "x" * 50}
     path = tmp_path / "model.acpk"
-    written = save_packed(path, tensors, metadata=meta)
+    path.write_bytes(data := pack_state(tensors, metadata=meta))
+    written = len(data)
     assert written == path.stat().st_size
     assert packed_size(tensors, metadata=meta) == written
     assert packed_size(tensors) < written  # metadata bytes are counted too
-    out, meta_out = load_packed(path)
+    out, meta_out = unpack_state(path.read_bytes())
     _assert_same(tensors, out)
     assert meta_out == meta
 
@@ -282,7 +281,7 @@ def test_fp16_scales_take_two_bytes_and_float32_ones_stay_exact() -> None:
     (a hand-made tensor, or one below FP16's range) keep 4 bytes, and both round-trip exactly."""
     import torch
 
-    from autocompress.compression.quantization import quantize_weight
+    from autocompress.compression.apply import quantize_weight
 
     rng = np.random.default_rng(3)
     codes = _sparse_codes(rng, (16, 30), 4, 0.0)

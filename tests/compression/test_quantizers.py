@@ -12,14 +12,15 @@ from autocompress.compression.apply import (
     compressed_state,
     global_sparsities,
     gradual_policies,
+    kmeans_codebook,
     magnitude_mask,
+    quantize_weight,
     update_masks,
     weight_sparsity,
 )
 from autocompress.compression.artifact import ModelRef, load_packed_model, save_packed_model
 from autocompress.compression.batchnorm import fold_statistics
 from autocompress.compression.packing import QuantizedTensor, pack_state, packed_size, unpack_state
-from autocompress.compression.quantization import kmeans_codebook, quantize_weight
 from autocompress.models import build_model
 from autocompress.policy import CompressionPolicy, LayerPolicy
 from autocompress.search_space import SearchSpace

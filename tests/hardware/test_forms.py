@@ -13,7 +13,7 @@ from autocompress.cli import main
 from autocompress.compression.apply import apply_policy, calibrate, materialize
 from autocompress.compression.artifact import ModelRef, save_packed_model
 from autocompress.export.run import onnx_outputs_equal, unpack
-from autocompress.hardware.forms import DeploySpec, build_form, deployed_onnx_bytes
+from autocompress.hardware.deploy import DeploySpec, build_form, deployed_onnx_bytes
 from autocompress.models import TinyCNN
 from autocompress.policy import CompressionPolicy, LayerPolicy
 

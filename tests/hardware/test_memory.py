@@ -86,8 +86,8 @@ def test_memory_as_the_size_objective_is_fitted_cached_and_predicted(tmp_path, f
     from conftest import tiny_config
 
     import autocompress as ac
+    from autocompress.baseline import prepare
     from autocompress.cli import main
-    from autocompress.prepare import prepare
     from autocompress.search.study import load_study
 
     path = tiny_config(

@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from autocompress.compression.apply import apply_policy, materialize
-from autocompress.hardware.deploy import nbits_candidates
-from autocompress.hardware.forms import DeploySpec, build_form
+from autocompress.hardware.deploy import DeploySpec, build_form, nbits_candidates
 from autocompress.policy import CompressionPolicy, LayerPolicy
 
 

@@ -14,12 +14,12 @@ from autocompress import load_experiment
 from autocompress.cli import main
 from autocompress.compression.apply import apply_policy
 from autocompress.hardware import latency as latency_mod
-from autocompress.hardware import profile
 from autocompress.hardware.latency import (
     AnalyticLatencyModel,
     ProxyLatencyModel,
     TableLatencyModel,
     make_latency_model,
+    profile,
 )
 from autocompress.hardware.profiler import design_policies
 from autocompress.hardware.targets import load_target, parse_target

@@ -20,7 +20,7 @@ from autocompress.search.figures import (
     trial_description,
 )
 from autocompress.search.study import load_study
-from autocompress.sensitivity.table import LevelResult, SensitivityTable
+from autocompress.sensitivity.analysis import LevelResult, SensitivityTable
 from autocompress.tracking import Tracker
 
 

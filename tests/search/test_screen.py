@@ -13,7 +13,6 @@ from optuna.trial import TrialState
 
 from autocompress import load_experiment, search
 from autocompress.search.pareto import diverse_order, non_dominated
-from autocompress.search.screen import Screener
 from autocompress.search.study import SCREEN_SUFFIX, load_study
 
 
@@ -73,21 +72,21 @@ def test_screen_promotes_its_front_into_the_fine_tuned_study(tmp_path, fmnist_ro
 
 
 def test_screen_is_deterministic_per_policy(tmp_path, fmnist_root):
+    from autocompress.baseline import prepare
     from autocompress.hardware.latency import ProxyLatencyModel
-    from autocompress.prepare import prepare
-    from autocompress.search.objective import TrialEvaluator
+    from autocompress.search.trials import TrialEvaluator
 
     cfg = load_experiment(tiny_config(tmp_path, fmnist_root))
     prep = prepare(cfg, log=_quiet)
 
     lat = ProxyLatencyModel(prep.baseline.model, prep.data.example_input(1))
-    screener = Screener.build(TrialEvaluator(cfg, prep.baseline, prep.data, lat))
-    assert len(screener.val) == 100
+    ev = TrialEvaluator(cfg, prep.baseline, prep.data, lat)
+    assert len(ev.screen_val) == 100
     harsh = prep.space.policy_from_params(prep.space.extreme(aggressive=True))
     gentle = prep.space.policy_from_params(prep.space.extreme(aggressive=False))
-    a, b = screener(harsh), screener(harsh)
+    a, b = ev.screen(harsh), ev.screen(harsh)
     assert a.val_accuracy == b.val_accuracy and a.size_bytes == b.size_bytes
-    assert screener(gentle).size_bytes > a.size_bytes
+    assert ev.screen(gentle).size_bytes > a.size_bytes
 
 
 def test_budget_stops_both_stages(tmp_path, fmnist_root):

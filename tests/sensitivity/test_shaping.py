@@ -17,8 +17,12 @@ from autocompress.sensitivity import (
     shape_space,
     spearman,
 )
-from autocompress.sensitivity.analysis import estimate_levels, levels_of, perturbation
-from autocompress.sensitivity.table import interpolate_levels
+from autocompress.sensitivity.analysis import (
+    estimate_levels,
+    interpolate_levels,
+    levels_of,
+    perturbation,
+)
 
 SPACE = SearchSpace(
     {

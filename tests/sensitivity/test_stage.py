@@ -11,8 +11,8 @@ import pytest
 from conftest import tiny_config
 
 from autocompress import load_experiment
+from autocompress.baseline import prepare
 from autocompress.cli import main
-from autocompress.prepare import prepare
 from autocompress.sensitivity import SensitivitySettings, SensitivityStage
 from autocompress.tracking import Tracker
 

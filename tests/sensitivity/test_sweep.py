@@ -10,10 +10,10 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from autocompress import load_experiment
+from autocompress.baseline import prepare
 from autocompress.compression.apply import apply_policy, calibrate
 from autocompress.compression.batchnorm import correct_batchnorm
 from autocompress.policy import CompressionPolicy, LayerPolicy
-from autocompress.prepare import prepare
 from autocompress.search_space import LayerChoices, SearchSpace
 from autocompress.sensitivity import SensitivitySettings, analyze, cache_key
 from autocompress.sensitivity import analysis as analysis_mod
