@@ -77,8 +77,8 @@ def _threads(cfg: ExperimentConfig) -> int:
 
 def _latency_key(cfg: ExperimentConfig) -> str:
     """What a cached baseline latency was measured with: batch size, threads and machine."""
-    used = {"batch_size": cfg.latency.batch_size, "threads": _threads(cfg)}
-    return content_key({**used, "machine": machine_fingerprint()})
+    b, t = cfg.latency.batch_size, _threads(cfg)
+    return content_key({"batch_size": b, "threads": t, "machine": machine_fingerprint()})
 
 
 def _load_cached(cfg: ExperimentConfig, ckpt: Path, kw: dict, log) -> nn.Module | None:

@@ -232,9 +232,9 @@ class Tracker:
             )
         )
 
-    def side_run(self, role: str, name: str, tags: Mapping[str, str] = {}) -> str:  # noqa: B006
+    def side_run(self, role: str, name: str, tags: Mapping[str, str] | None = None) -> str:
         """A run outside the search (a stage run alone, e.g. the sensitivity table): its id."""
-        tags = {"autocompress.role": role, **tags}
+        tags = {"autocompress.role": role, **(tags or {})}
         run = self._retry(
             lambda: self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         )
