@@ -31,6 +31,7 @@ covers its sub-modules unless one is listed itself.
 from .api import CompressedModel, ValidationReport, compress, export, search, status, validate
 from .compression.apply import apply_policy, compressed_state, materialize
 from .compression.artifact import load_packed_model
+from .compression.quantizers import WeightFormat, register_quantizer
 from .config import ExperimentConfig, load_experiment
 from .data import DataBundle, load_data
 from .errors import AutocompressError, ConfigError, DataError, ModelError
@@ -50,5 +51,6 @@ __all__ += ["TrialMetrics", "ValidationReport", "apply_policy", "build_model", "
 __all__ += ["compressed_state", "export", "front_rows", "hypervolume", "load_data"]
 __all__ += ["load_experiment", "load_search_space", "load_study", "materialize", "register_model"]
 __all__ += ["load_packed_model", "register_sampler", "search", "status", "unpack", "validate"]
+__all__ += ["WeightFormat", "register_quantizer"]
 
 __version__ = "0.1.0"

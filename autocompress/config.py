@@ -171,6 +171,11 @@ class ExportConfig(_Strict):
         None, description="thread counts throughput is measured at (default: 1 and all cores)"
     )
     memory_repeats: int = Field(3, ge=1, description="fresh processes per memory measurement")
+    sparse_initializers: bool = Field(
+        True,
+        description="store ONNX weights that are mostly zeros as sparse initializers where the "
+        "file gets smaller (ONNX Runtime densifies them at load: same outputs, checked)",
+    )
     registered_model: str | None = Field(None, description="Model Registry name (default: name)")
     alias: str = "picked"
 

@@ -33,8 +33,9 @@ class LayerPolicy:
     ``threshold``: weights with ``|w| < threshold`` are zeroed too (0 = no threshold).
     ``bits``: weight bit-width: 2..8 (integer), 16 (FP16 storage) or 32 (float).
     ``keep_ratio``: fraction of output channels kept by structured pruning (1.0 = none removed).
-    ``quantizer``: ``uniform`` (integer grid) or ``kmeans`` (weight sharing: ``2**bits``
-    centroids per layer, Deep Compression).
+    ``quantizer``: a registered weight quantiser (``compression.quantizers``): ``uniform``
+    (integer grid) or ``kmeans`` (weight sharing: ``2**bits`` centroids per layer, Deep
+    Compression) built in.
     ``scheme``: ``symmetric`` (zero point 0) or ``asymmetric`` (min/max with a zero point) and
     ``granularity``: ``per_channel`` or ``per_tensor`` scales, for ``uniform`` integer weights.
     """
@@ -62,12 +63,10 @@ class LayerPolicy:
                     f"{key} must be one of {', '.join(allowed)}, not {getattr(self, key)!r}"
                 )
         # One value per behaviour: options that do nothing at this bit-width take defaults.
-        if not self.quantized:  # float / FP16: no quantiser options
-            for key in _CHOICES:
+        read = _QUANTIZER_OPTIONS[self.quantizer] if self.quantized else ()
+        for key in _CHOICES:
+            if key not in read and (key != "quantizer" or not self.quantized):
                 object.__setattr__(self, key, _CHOICE_DEFAULTS[key])
-        elif self.quantizer == "kmeans":  # shared weights: no integer grid
-            object.__setattr__(self, "scheme", "symmetric")
-            object.__setattr__(self, "granularity", "per_channel")
 
     @property
     def quantized(self) -> bool:
@@ -88,12 +87,24 @@ class LayerPolicy:
         )
 
 
-_CHOICES = {
-    "quantizer": ("uniform", "kmeans"),
-    "scheme": ("symmetric", "asymmetric"),
-    "granularity": ("per_channel", "per_tensor"),
+# Values of the quantiser options; ``quantizer`` lists the registered weight quantisers
+# (``compression.quantizers.register_quantizer``), each with the options it reads.
+_QUANTIZER_OPTIONS: dict[str, tuple[str, ...]] = {}
+_CHOICES: dict[str, list[str]] = {
+    "quantizer": [],
+    "scheme": ["symmetric", "asymmetric"],
+    "granularity": ["per_channel", "per_tensor"],
 }
-_CHOICE_DEFAULTS = {k: v[0] for k, v in _CHOICES.items()}
+_CHOICE_DEFAULTS = {"quantizer": "uniform", "scheme": "symmetric", "granularity": "per_channel"}
+
+
+def _register_quantizer_name(name: str, options: tuple[str, ...]) -> None:
+    """(For the quantiser registry.) Accept ``name`` as a quantizer, reading ``options``."""
+    if name not in _QUANTIZER_OPTIONS:
+        _CHOICES["quantizer"].append(name)
+    _QUANTIZER_OPTIONS[name] = tuple(options)
+
+
 _DEFAULTS = {name: f.default for name, f in LayerPolicy.__dataclass_fields__.items()}
 
 

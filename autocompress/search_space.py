@@ -11,7 +11,7 @@ layers:
     bits: [8, 32]
     keep_ratio: [1.0, 0.75, 0.5] # structured: fraction of output channels kept (real removal)
     threshold: [0.0, 0.01]       # also zero weights with |w| < threshold
-    quantizer: [uniform, kmeans] # integer grid, or 2**bits shared weights (k-means)
+    quantizer: [uniform, kmeans] # integer grid, 2**bits shared weights (k-means), or yours
     scheme: [symmetric]          # or asymmetric (min/max with a zero point)
     granularity: [per_channel]   # or per_tensor
 exclude: ["features.0"]          # never compressed
@@ -60,7 +60,9 @@ class LayerRule(BaseModel):
     bits: list[int] = Field(default_factory=lambda: [FLOAT_BITS])
     keep_ratio: list[float] = Field(default_factory=lambda: [1.0])
     threshold: list[float] = Field(default_factory=lambda: [0.0])
-    quantizer: list[Literal["uniform", "kmeans"]] = Field(default_factory=lambda: ["uniform"])
+    quantizer: list[str] = Field(  # registered names (compression.quantizers)
+        default_factory=lambda: ["uniform"]
+    )
     scheme: list[Literal["symmetric", "asymmetric"]] = Field(default_factory=lambda: ["symmetric"])
     granularity: list[Literal["per_channel", "per_tensor"]] = Field(
         default_factory=lambda: ["per_channel"]

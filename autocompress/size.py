@@ -39,6 +39,7 @@ def size_bytes(
             raise ValueError("objectives.size.measure is memory: pass the fitted memory model")
         return max(1, round(memory_model.predict_mb(model, example) * 1e6))
     if size_measure(cfg) == "onnx":
-        return deployed_onnx_bytes(model, example, cache=onnx_cache)
+        sparse = cfg.export.sparse_initializers
+        return deployed_onnx_bytes(model, example, cache=onnx_cache, sparse_initializers=sparse)
     ref = ModelRef.from_config(cfg, input_shape)
     return packed_model_size(model, ref, policy, round_to=cfg.compression.round_to)

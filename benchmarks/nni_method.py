@@ -174,8 +174,9 @@ def nni_compress(prep, cfg, policy, seed: int):
             continue
         layer = layers[name]
         mask = masks.get(name)
-        mask = torch.ones_like(layer.weight) if mask is None else mask.to(layer.weight.dtype)
-        parametrize.register_parametrization(layer, "weight", CompressWeight(mask, lp.bits))
+        mask = torch.ones_like(layer.weight, dtype=torch.bool) if mask is None else mask.bool()
+        comp = CompressWeight(layer.weight, mask, lp)
+        parametrize.register_parametrization(layer, "weight", comp)
         if lp.quantized:
             attach_input_quant(layer)
     calibrate(model, calib)

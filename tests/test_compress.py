@@ -9,12 +9,11 @@ from autocompress.compression.apply import (
     apply_policy,
     calibrate,
     compressed_state,
-    fake_quantize_weight,
     magnitude_mask,
-    quantize_weight,
     weight_sparsity,
 )
 from autocompress.compression.packing import QuantizedTensor, packed_size
+from autocompress.compression.quantizers import fake_quantize_weight, quantize_weight
 from autocompress.models import build_model
 from autocompress.policy import CompressionPolicy, LayerPolicy
 from autocompress.training import train

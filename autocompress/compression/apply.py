@@ -1,8 +1,8 @@
 """Apply a :class:`CompressionPolicy` to a model: masks + fake-quantisation as weight
 parametrisations (so fine-tuning keeps them), 8-bit activation fake-quant on quantised layers,
-and the packed state that defines the model's size. The quantisers: integer weights (2..8 bits;
-symmetric or asymmetric, per channel or per tensor), FP16, k-means weight sharing and 8-bit
-activations, as fake-quantisation with a straight-through estimator for fine-tuning.
+and the packed state that defines the model's size. Weight formats come from the quantiser
+registry (``compression.quantizers``); activations are fake-quantised to 8 bits with a
+straight-through estimator for fine-tuning.
 
 Magnitude pruning: masks that zero exactly the requested fraction of a weight tensor, and
 threshold pruning (``|w| < threshold``). Activation monitoring: per-layer statistics of what each
@@ -21,109 +21,11 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..models import evaluating
-from ..policy import FLOAT_BITS, HALF_BITS, CompressionPolicy, LayerPolicy, compressible_layers
+from ..policy import FLOAT_BITS, CompressionPolicy, LayerPolicy, compressible_layers
 from .batchnorm import batchnorms, foldable, inference_affine
 from .packing import QuantizedTensor
+from .quantizers import weight_format
 from .structured import prune_channels
-
-
-def quantize_weight(
-    weight: torch.Tensor,
-    bits: int,
-    *,
-    scheme: str = "symmetric",
-    granularity: str = "per_channel",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Integer codes (same shape, int32) and float scales (one per output channel, axis 0, or a
-    single one ``per_tensor``); the weight is ``codes * scales``.
-
-    ``symmetric``: codes in ``-qmax..qmax`` with the scale covering the largest magnitude.
-    ``asymmetric``: min/max with a zero point, ``scale = (max - min) / (2**bits - 1)``; the
-    codes returned are relative to the zero point (``q - zero_point``, so ``codes * scales``
-    holds either way), spanning at most ``2**bits`` levels per group. Scales are FP16 values
-    (2 bytes in the packed file; the largest weight may clip by at most 2**-11 of itself).
-    Zeros stay zeros; the rounding error of every other weight is at most half a step.
-    """
-    w = weight.detach().float()
-    rows = w.reshape(w.shape[0] if granularity == "per_channel" else 1, -1)  # one row per scale
-    view = (-1,) + (1,) * (w.dim() - 1)  # (a single scale broadcasts the same way)
-    if scheme == "symmetric":
-        q = 2 ** (bits - 1) - 1  # codes are -q..q
-        amax = rows.abs().amax(dim=1)
-        scales = _half_scales(torch.where(amax > 0, amax / q, torch.ones_like(amax)))
-        codes = torch.clamp(torch.round(w / scales.view(view)), -q, q)
-        return codes.to(torch.int32), scales
-    levels = 2**bits - 1
-    lo = torch.clamp(rows.amin(dim=1), max=0.0)
-    hi = torch.clamp(rows.amax(dim=1), min=0.0)
-    scales = _half_scales(torch.where(hi > lo, (hi - lo) / levels, torch.ones_like(hi)))
-    zero = torch.clamp(torch.round(-lo / scales), 0, levels).view(view)
-    codes = torch.clamp(torch.round(w / scales.view(view)) + zero, 0, levels) - zero
-    return codes.to(torch.int32), scales
-
-
-def _half_scales(scales: torch.Tensor) -> torch.Tensor:
-    """Scales rounded to FP16 values (what the packed file stores, in 2 bytes each), where they
-    stay positive and finite; the rest keep their float32 value."""
-    h = scales.half().float()
-    return torch.where(torch.isfinite(h) & (h > 0), h, scales)
-
-
-def fake_quantize_weight(weight: torch.Tensor, bits: int, **options: str) -> torch.Tensor:
-    """``codes * scale`` in the forward pass, identity gradient (straight-through estimator).
-
-    Written ``wq + (w - w.detach())`` so that the value is exactly ``codes * scale`` (the packed
-    artifact rebuilds bit-identical weights), not ``w + (wq - w)`` which rounds differently.
-    ``options``: ``scheme`` and ``granularity`` of :func:`quantize_weight`.
-    """
-    codes, scales = quantize_weight(weight, bits, **options)
-    wq = codes.to(weight.dtype) * scales.to(weight.dtype).view((-1,) + (1,) * (weight.dim() - 1))
-    return _straight_through(weight, wq)
-
-
-def _straight_through(weight: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    if not weight.requires_grad:  # inference (screening, evaluation): no estimator needed
-        return value
-    return value + (weight - weight.detach())
-
-
-def fake_half(weight: torch.Tensor) -> torch.Tensor:
-    """The weight rounded to FP16 (what the packed file stores), straight-through gradient."""
-    return _straight_through(weight, weight.detach().half().to(weight.dtype))
-
-
-@torch.no_grad()
-def kmeans_codebook(
-    weight: torch.Tensor, bits: int, iterations: int = 30
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weight sharing (Deep Compression): ``2**bits`` centroids fitted by k-means (Lloyd) on the
-    non-zero weights, linearly initialised between their min and max (the initialisation Han et
-    al. found best). Returns (float centroids ``(k,)``, int64 assignments of the weight's shape:
-    0 for a zero weight, ``i`` for centroid ``i - 1``)."""
-    w = weight.detach().float().flatten()
-    nz = w != 0
-    values = w[nz]
-    assign = torch.zeros_like(w, dtype=torch.int64)
-    if values.numel() == 0:
-        return torch.zeros(1), assign.view_as(weight)
-    k = min(2**bits, int(values.numel()))
-    centroids = torch.linspace(float(values.min()), float(values.max()), k)
-    for _ in range(iterations):
-        idx = _nearest(values, centroids)
-        sums = torch.zeros(k).index_add_(0, idx, values)
-        counts = torch.bincount(idx, minlength=k).float()
-        moved = torch.where(counts > 0, sums / counts.clamp(min=1), centroids).sort().values
-        if torch.equal(moved, centroids):
-            break
-        centroids = moved
-    assign[nz] = _nearest(values, centroids) + 1
-    return centroids, assign.view_as(weight)
-
-
-def _nearest(values: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest centroid of each value (centroids sorted ascending)."""
-    edges = (centroids[1:] + centroids[:-1]) / 2
-    return torch.bucketize(values, edges)
 
 
 class ActFakeQuant(nn.Module):
@@ -176,56 +78,31 @@ ACT_BITS = 8
 CLIP_WARN = 0.01  # the export report flags layers clipping more of their input than this
 
 
-class _ScaleGrad(torch.autograd.Function):
-    """Identity forward (the value exactly), gradient times ``scale`` backward."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(scale)
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (scale,) = ctx.saved_tensors
-        return grad * scale, None
-
-
 class CompressWeight(nn.Module):
-    """Weight parametrisation: the compressed ``weight * mask`` with a fixed mask.
-
-    ``uniform`` integer bits: fake-quantised (``scheme``, ``granularity``); 16 bits: rounded to
-    FP16; ``kmeans``: the layer's shared weights, ``centroids[assign]`` — assignments fixed at
-    apply time, the centroids a trained parameter moved by the mean gradient of their cluster
-    (Deep Compression's fine-tuning of shared weights, normalised by the cluster size)."""
+    """Weight parametrisation: ``weight * mask`` (a fixed mask) in the layer's weight format
+    (``compression.quantizers.weight_format``: integer grid, k-means codebook, FP16, float)."""
 
     def __init__(self, weight: torch.Tensor, mask: torch.Tensor, lp: LayerPolicy) -> None:
         super().__init__()
         self.register_buffer("mask", mask)
         self.bits = lp.bits
-        self.quantizer = lp.quantizer if lp.quantized else "uniform"
-        self.options = {"scheme": lp.scheme, "granularity": lp.granularity}
-        if self.quantizer == "kmeans":
-            centroids, assign = kmeans_codebook(weight.detach() * mask, lp.bits)
-            self.centroids = nn.Parameter(centroids.to(weight.dtype))
-            self.register_buffer("assign", assign)
+        self.policy = lp
+        self.format = weight_format(lp)
+        self.format.setup(self, weight.detach() * mask)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        if self.quantizer == "kmeans":
-            # The value is the centroids; the gradient each receives is its cluster's mean
-            # gradient (Han et al.'s sum divided by the cluster size): at the weights' learning
-            # rate the sum over thousands of weights diverged (techniques benchmark).
-            c = self.centroids
-            if c.requires_grad:
-                counts = torch.bincount(self.assign.flatten(), minlength=len(c) + 1)
-                c = _ScaleGrad.apply(c, 1.0 / counts[1:].clamp(min=1).to(c.dtype))
-            return torch.cat([c.new_zeros(1), c])[self.assign]
-        w = weight * self.mask
-        if self.bits == HALF_BITS:
-            return fake_half(w)
-        return fake_quantize_weight(w, self.bits, **self.options) if self.bits <= 8 else w
+        return self.format.value(self, weight * self.mask)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, density={self.mask.float().mean().item():.3f}"
+
+
+def compressed_weight(weight: torch.Tensor, lp: LayerPolicy) -> torch.Tensor:
+    """One weight tensor as ``lp`` leaves it (magnitude mask, then the weight format): what
+    :func:`apply_policy` computes for a layer, for estimators that perturb weights directly."""
+    mask = magnitude_mask(weight, lp.sparsity, threshold=lp.threshold)
+    with torch.no_grad():
+        return CompressWeight(weight, mask, lp)(weight.detach())
 
 
 def _quant_input_hook(module: nn.Module, args: tuple) -> tuple:
@@ -352,17 +229,17 @@ def update_masks(model: nn.Module, policy: CompressionPolicy) -> None:
     parts = {n: _layer_parts(layers[n]) for n in policy}
     live = {}
     for name, (weight, comp) in parts.items():
-        if comp is not None and comp.quantizer == "kmeans":  # trained: the shared weights
-            live[name] = layers[name].weight.detach()
+        if comp is None:
+            live[name] = weight
         else:
-            live[name] = weight if comp is None else torch.where(comp.mask, weight, 0.0)
+            w = torch.where(comp.mask, weight, 0.0)
+            live[name] = comp.format.ranking(comp, w, layers[name].weight.detach())
     masks = _masks(live, policy)
     for name, (_, comp) in parts.items():
         if comp is None or name not in masks:
             continue
         comp.mask &= masks[name]
-        if comp.quantizer == "kmeans":
-            comp.assign[~comp.mask] = 0
+        comp.format.pruned(comp)
 
 
 def _bake(layer: nn.Module) -> None:
@@ -441,21 +318,7 @@ def compressed_state(model: nn.Module) -> dict[str, np.ndarray | QuantizedTensor
             continue
         prefix = f"{name}." if name else ""
         w = torch.where(comp.mask, weight, 0.0)  # (+0.0 where pruned: weight * mask gives -0.0)
-        if comp.bits <= 8:  # integer codes: the codebook's indices, or the grid's
-            kind = "kmeans" if comp.quantizer == "kmeans" else comp.options["scheme"]
-            codes, scales = (
-                (comp.assign, comp.centroids.detach())
-                if kind == "kmeans"
-                else quantize_weight(w, comp.bits, **comp.options)
-            )
-            dtype = np.int8 if kind == "symmetric" else np.int16
-            out[prefix + "weight"] = QuantizedTensor(
-                codes.numpy().astype(dtype), comp.bits, scales.numpy(), kind
-            )
-        elif comp.bits == HALF_BITS:
-            out[prefix + "weight"] = w.numpy().astype(np.float16)
-        else:
-            out[prefix + "weight"] = w.numpy().astype(np.float32)
+        out[prefix + "weight"] = comp.format.stored(comp, w)
         handled.add(prefix + "weight")
         handled.update(k for k in state if k.startswith(prefix + "parametrizations.weight."))
     for key, value in state.items():

@@ -108,11 +108,7 @@ def _scalable(layer: nn.Module) -> bool:
     if plist is None:
         return True
     comp = plist[0]
-    if not hasattr(comp, "quantizer"):
-        return False
-    if comp.quantizer == "kmeans":
-        return False
-    return comp.bits > 8 or comp.options.get("granularity") == "per_channel"
+    return hasattr(comp, "format") and comp.format.scalable(comp.policy)
 
 
 @torch.no_grad()

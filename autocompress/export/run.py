@@ -28,6 +28,7 @@ import torch
 from ..baseline import Prepared, prepare
 from ..compression.apply import activation_stats, materialize
 from ..compression.artifact import ModelRef, load_packed_model, save_packed_model
+from ..compression.quantizers import weight_format
 from ..config import ExperimentConfig
 from ..data import DataBundle
 from ..errors import AutocompressError, ModelError
@@ -37,6 +38,7 @@ from ..hardware.deploy import (
     build_form,
     measure_forms,
     nbits_candidates,
+    sparse_initializer_count,
     u8s8_saturates,
 )
 from ..hardware.latency import make_latency_model
@@ -72,6 +74,7 @@ class ExportResult:
     int8_fallback: str = ""  # why the INT8 model was not deployed, when it was not
     nbits_note: str = ""  # whether <= 4-bit Linear layers run as MatMulNBits, and why
     onnx_bytes: int = 0  # the deployed .onnx file on disk
+    onnx_sparse_initializers: int = 0  # its weights stored in ONNX's sparse (COO) form
     memory_steady_mb: float = 0.0  # resident memory the deployed model adds to a process
     memory_peak_mb: float = 0.0  # peak (VmHWM) it adds: load and pre-pack transients
     baseline_memory_steady_mb: float = 0.0  # the same for the uncompressed FP32 ONNX model
@@ -185,9 +188,15 @@ def _deploy(
     run as ``MatMulNBits`` inside the INT8 form when that is at least as accurate on the
     validation split and not slower (measured, 5 % noise allowed) than INT8 QDQ for them."""
     example = data.example_input(cfg.latency.batch_size)
-    forms = {"fp32": build_form(plain, example, out / "model_fp32.onnx", DeploySpec("fp32"))}
+    sparse = cfg.export.sparse_initializers
+    forms = {
+        "fp32": build_form(
+            plain, example, out / "model_fp32.onnx", DeploySpec("fp32", sparse_initializers=sparse)
+        )
+    }
     if "fp16" in cfg.export.forms:
-        forms["fp16"] = build_form(plain, example, out / "model_fp16.onnx", DeploySpec("fp16"))
+        spec = DeploySpec("fp16", sparse_initializers=sparse)
+        forms["fp16"] = build_form(plain, example, out / "model_fp16.onnx", spec)
     if not int8:
         return _Deployed(forms, "fp32")
     if "int8-qdq" not in cfg.export.forms:
@@ -201,7 +210,7 @@ def _deploy(
         plain,
         example,
         out / "model_int8.onnx",
-        DeploySpec("int8-qdq", tuple(sorted(int8)), reduce),
+        DeploySpec("int8-qdq", tuple(sorted(int8)), reduce, sparse_initializers=sparse),
         calibration=calib,
     )
     ref_acc = onnx_accuracy(forms["fp32"][0], data.val, task=task)
@@ -392,6 +401,7 @@ def export(
         int8_fallback=dep.fallback,
         nbits_note=dep.nbits_note,
         onnx_bytes=Path(deployed).stat().st_size,
+        onnx_sparse_initializers=sparse_initializer_count(deployed),
         memory_steady_mb=dm.memory_steady_mb,
         memory_peak_mb=dm.memory_peak_mb,
         baseline_memory_steady_mb=bm_.memory_steady_mb,
@@ -488,7 +498,8 @@ def export_rows(e: dict) -> list[tuple[str, str]]:
         ("deployed ONNX form", deployed_form(e)),
         (
             "deployed ONNX file bytes (baseline FP32)",
-            f"{e.get('onnx_bytes') or '–'} ({e.get('baseline_onnx_bytes') or '–'})",
+            f"{e.get('onnx_bytes') or '–'} ({e.get('baseline_onnx_bytes') or '–'})"
+            + (f", {n} weights stored sparse" if (n := e.get("onnx_sparse_initializers")) else ""),
         ),
         (
             "resident memory steady / peak (baseline FP32)",
@@ -556,12 +567,7 @@ def forms_markdown(e: dict) -> list[str]:
 def _weights(lp) -> str:
     """How a layer's weights are stored, e.g. ``4-bit kmeans``, ``3-bit asymmetric per_tensor``,
     ``fp16``, ``fp32``."""
-    if not lp.quantized:
-        return "fp16" if lp.half else "fp32"
-    if lp.quantizer == "kmeans":
-        return f"{lp.bits}-bit kmeans"
-    extra = [o for o in (lp.scheme, lp.granularity) if o not in ("symmetric", "per_channel")]
-    return " ".join([f"{lp.bits}-bit", *extra])
+    return weight_format(lp).label(lp)
 
 
 def activations_markdown(stats: list[dict]) -> list[str]:

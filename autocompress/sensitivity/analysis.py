@@ -41,19 +41,13 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from .._files import atomic_write, content_key, file_digest
-from ..compression.apply import (
-    apply_policy,
-    calibrate,
-    fake_half,
-    fake_quantize_weight,
-    magnitude_mask,
-)
+from ..compression.apply import apply_policy, calibrate, compressed_weight
 from ..compression.batchnorm import batch_statistics, correct_batchnorm
 from ..compression.structured import kept_channels
 from ..config import SensitivityConfig as SensitivitySettings
 from ..errors import AutocompressError
 from ..metrics import spearman
-from ..policy import FLOAT_BITS, HALF_BITS, CompressionPolicy, LayerPolicy, compressible_layers
+from ..policy import FLOAT_BITS, CompressionPolicy, LayerPolicy, compressible_layers
 from ..search_space import SearchSpace
 from ..training import batches, evaluate, first_batches
 
@@ -96,6 +90,11 @@ def levels_of(space: SearchSpace) -> list[tuple[str, str, float]]:
     return out
 
 
+def _level(dim: str, value: float) -> LayerPolicy:
+    """The layer policy of one level: ``value`` on ``dim``, the rest untouched."""
+    return LayerPolicy(**{dim: int(value) if dim == "bits" else value})
+
+
 def _points(values: list[float], max_points: int | None) -> set[float]:
     if max_points is None or len(values) <= max_points:
         return set(values)
@@ -134,9 +133,11 @@ def run_sweep(
     t0, step = time.perf_counter(), max(1, len(todo) // 10)
     rows = []
     for i, (layer, dim, value) in enumerate(todo, start=1):
-        lp = LayerPolicy(**{dim: int(value) if dim == "bits" else value})
         comp = apply_policy(
-            model, CompressionPolicy({layer: lp}), example=data.example, **compression
+            model,
+            CompressionPolicy({layer: _level(dim, value)}),
+            example=data.example,
+            **compression,
         )
         calibrate(comp, data.calib)
         if data.bn:
@@ -157,12 +158,8 @@ def run_sweep(
 def perturbation(weight: torch.Tensor, dim: str, value: float, *, round_to: int = 1):
     """``compressed - weight`` for one level of one dimension."""
     w = weight.detach()
-    if dim == "sparsity":
-        return w * magnitude_mask(w, value) - w
-    if dim == "bits":
-        if int(value) == HALF_BITS:
-            return fake_half(w) - w
-        return fake_quantize_weight(w, int(value)) - w
+    if dim in ("sparsity", "bits"):  # what apply_policy does to the layer at this level
+        return compressed_weight(w, _level(dim, value)) - w
     if dim == "keep_ratio":
         n_out = w.shape[0]
         drop = n_out - kept_channels(n_out, value, round_to)

@@ -281,7 +281,7 @@ def test_fp16_scales_take_two_bytes_and_float32_ones_stay_exact() -> None:
     (a hand-made tensor, or one below FP16's range) keep 4 bytes, and both round-trip exactly."""
     import torch
 
-    from autocompress.compression.apply import quantize_weight
+    from autocompress.compression.quantizers import quantize_weight
 
     rng = np.random.default_rng(3)
     codes = _sparse_codes(rng, (16, 30), 4, 0.0)

@@ -3,6 +3,7 @@ FP16, k-means weight sharing, threshold and global pruning — values, gradients
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,15 +13,19 @@ from autocompress.compression.apply import (
     compressed_state,
     global_sparsities,
     gradual_policies,
-    kmeans_codebook,
     magnitude_mask,
-    quantize_weight,
     update_masks,
     weight_sparsity,
 )
 from autocompress.compression.artifact import ModelRef, load_packed_model, save_packed_model
 from autocompress.compression.batchnorm import fold_statistics
 from autocompress.compression.packing import QuantizedTensor, pack_state, packed_size, unpack_state
+from autocompress.compression.quantizers import (
+    WeightFormat,
+    kmeans_codebook,
+    quantize_weight,
+    register_quantizer,
+)
 from autocompress.models import build_model
 from autocompress.policy import CompressionPolicy, LayerPolicy
 from autocompress.search_space import SearchSpace
@@ -221,3 +226,76 @@ def test_gradual_steps_end_at_the_policy(scope):
     assert torch.equal(comps[1].centroids, centroids)  # the trained codebook is kept
     assert seen[-1] == pytest.approx(weight_sparsity(apply_policy(model, policy)), abs=1e-6)
     assert cm.classifier.weight.detach().unique().numel() <= 2**3 + 1
+
+
+class _Binary(WeightFormat):
+    """A user's quantiser: signs times the layer's mean magnitude (binary weights), stored as a
+    two-entry codebook."""
+
+    def _codes(self, w):
+        scale = w.abs()[w != 0].mean() if bool((w != 0).any()) else w.new_ones(())
+        codes = torch.where(w > 0, 2, torch.where(w < 0, 1, 0))
+        return codes, torch.stack([-scale, scale])
+
+    def value(self, comp, w):
+        codes, book = self._codes(w.detach())
+        wq = torch.cat([book.new_zeros(1), book])[codes]
+        return wq + (w - w.detach()) if w.requires_grad else wq
+
+    def stored(self, comp, w):
+        codes, book = self._codes(w)
+        return QuantizedTensor(codes.numpy().astype(np.int16), comp.bits, book.numpy(), "kmeans")
+
+
+@pytest.fixture
+def binary_quantizer():
+    from autocompress import policy as policy_module
+    from autocompress.compression import quantizers
+
+    register_quantizer("binary", _Binary())
+    yield
+    del quantizers._FORMATS["binary"]
+    del policy_module._QUANTIZER_OPTIONS["binary"]
+    policy_module._CHOICES["quantizer"].remove("binary")
+
+
+def test_a_registered_quantizer_is_searched_applied_packed_and_reported(binary_quantizer, tmp_path):
+    from autocompress.export.run import _weights
+    from autocompress.sensitivity.analysis import perturbation
+
+    torch.manual_seed(0)
+    model = build_model("small_cnn").eval()
+    x = torch.randn(8, 1, 28, 28)
+    space = SearchSpace.from_rules(
+        model, [{"type": "Linear", "bits": [2], "quantizer": ["binary"]}]
+    )
+    assert space.layers["classifier"].quantizer == ("binary",)
+    lp = LayerPolicy(0.5, 2, quantizer="binary", scheme="asymmetric")
+    assert lp.scheme == "symmetric"  # an option the format does not read takes its default
+    policy = CompressionPolicy({"classifier": lp})
+    cm = apply_policy(model, policy)
+    calibrate(cm, [x])
+    w = cm.classifier.weight.detach()
+    assert w[w != 0].abs().unique().numel() == 1  # binary: one magnitude
+    assert float((w == 0).float().mean()) == pytest.approx(0.5, abs=1e-3)
+    stored = compressed_state(cm)["classifier.weight"]
+    assert isinstance(stored, QuantizedTensor) and stored.kind == "kmeans"
+    eight = apply_policy(model, CompressionPolicy({"classifier": LayerPolicy(0.5, 8)}))
+    assert packed_size(compressed_state(cm)) < packed_size(compressed_state(eight))
+    ref = ModelRef("small_cnn", 10, 1, (1, 28, 28))
+    save_packed_model(tmp_path / "m.acpk", cm, ref, policy)
+    loaded, _ = load_packed_model(tmp_path / "m.acpk")
+    with torch.no_grad():
+        assert torch.equal(loaded(x), cm(x))
+    # the sensitivity estimators perturb a weight with the same code as apply_policy
+    dense = CompressionPolicy({"classifier": LayerPolicy(bits=2, quantizer="binary")})
+    assert torch.equal(
+        model.classifier.weight + perturbation(model.classifier.weight, "bits", 8.0),
+        apply_policy(
+            model, CompressionPolicy({"classifier": LayerPolicy(bits=8)})
+        ).classifier.weight.detach(),
+    )
+    assert apply_policy(model, dense).classifier.weight.detach().abs().unique().numel() == 1
+    assert _weights(lp) == "2-bit binary"
+    with pytest.raises(ValueError, match="binary"):
+        LayerPolicy(bits=2, quantizer="ternary")  # the message lists the registered ones

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -13,7 +14,12 @@ from autocompress.cli import main
 from autocompress.compression.apply import apply_policy, calibrate, materialize
 from autocompress.compression.artifact import ModelRef, save_packed_model
 from autocompress.export.run import onnx_outputs_equal, unpack
-from autocompress.hardware.deploy import DeploySpec, build_form, deployed_onnx_bytes
+from autocompress.hardware.deploy import (
+    DeploySpec,
+    build_form,
+    deployed_onnx_bytes,
+    sparse_initializer_count,
+)
 from autocompress.models import TinyCNN
 from autocompress.policy import CompressionPolicy, LayerPolicy
 
@@ -144,3 +150,35 @@ def test_deployed_onnx_bytes_is_the_file_export_writes(compressed, tmp_path):
     want = build_form(plain32, x[:1], tmp_path / "f.onnx", DeploySpec("fp32"))[0].stat().st_size
     assert deployed_onnx_bytes(fp32, x[:1], cache=cache) == want
     assert len(cache) == 2
+
+
+@pytest.mark.parametrize("form", ["fp32", "int8-qdq"])
+def test_mostly_zero_weights_are_stored_sparse_with_the_same_outputs(form, tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(8, 1, 28, 28)
+    model = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(784, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10)
+    ).eval()
+    bits = 8 if form == "int8-qdq" else 32
+    policy = CompressionPolicy({"1": LayerPolicy(0.95, bits), "3": LayerPolicy(0.5, bits)})
+    comp = apply_policy(model, policy)
+    calibrate(comp, [x])
+    plain, int8 = materialize(comp)
+    spec = DeploySpec(form, tuple(sorted(int8)), reduce_range=False, sparse_initializers=False)
+    dense, spec = build_form(plain, x[:1], tmp_path / "d.onnx", spec, calibration=[x])
+    on = replace(spec, sparse_initializers=True)
+    sparse, _ = build_form(plain, x[:1], tmp_path / "s.onnx", on)
+    # only the 95 % sparse layer pays off (50 % zeros cost more as COO: int64 positions)
+    assert sparse_initializer_count(sparse) == 1 and sparse_initializer_count(dense) == 0
+    assert sparse.stat().st_size < 0.6 * dense.stat().st_size
+    assert np.array_equal(_run(sparse, x), _run(dense, x))
+    # the onnx size objective counts the sparse file (and does not cache a sparse model's size)
+    cache = {}
+    assert deployed_onnx_bytes(comp, x[:1], cache=cache) == _rebuilt_size(comp, x, tmp_path)
+    assert not cache
+
+
+def _rebuilt_size(comp, x, tmp_path):
+    plain, int8 = materialize(comp)
+    form = ("int8-qdq", tuple(sorted(int8))) if int8 else ("fp32",)
+    return build_form(plain, x[:1], tmp_path / "r.onnx", DeploySpec(*form))[0].stat().st_size
