@@ -40,7 +40,15 @@ from .metrics import TrialMetrics
 from .models import build_model, register_model
 from .policy import CompressionPolicy, LayerPolicy
 from .samplers import register_sampler
-from .search import FrontPoint, SearchResult, front_rows, hypervolume, load_study
+from .search import (
+    FrontPoint,
+    SearchResult,
+    TrialRecord,
+    front_points,
+    hypervolume,
+    load_study,
+    trial_records,
+)
 from .search.pick import PickCriteria
 from .search_space import SearchSpace, load_search_space
 
@@ -48,9 +56,9 @@ __all__ = ["AutocompressError", "CompressedModel", "CompressionPolicy", "ConfigE
 __all__ += ["DataBundle", "DataError", "ExportResult", "ExperimentConfig", "FrontPoint"]
 __all__ += ["LayerPolicy", "ModelError", "PickCriteria", "SearchResult", "SearchSpace"]
 __all__ += ["TrialMetrics", "ValidationReport", "apply_policy", "build_model", "compress"]
-__all__ += ["compressed_state", "export", "front_rows", "hypervolume", "load_data"]
+__all__ += ["compressed_state", "export", "front_points", "hypervolume", "load_data"]
 __all__ += ["load_experiment", "load_search_space", "load_study", "materialize", "register_model"]
 __all__ += ["load_packed_model", "register_sampler", "search", "status", "unpack", "validate"]
-__all__ += ["WeightFormat", "register_quantizer"]
+__all__ += ["TrialRecord", "WeightFormat", "register_quantizer", "trial_records"]
 
 __version__ = "0.1.0"

@@ -38,9 +38,9 @@ from .export.run import export as _export_config
 from .hardware.deploy import DeploySpec, build_form, u8s8_saturates
 from .models import check_model_fits
 from .policy import CompressionPolicy
-from .search.pick import FrontPoint, PickCriteria, SearchResult
+from .search.pick import PickCriteria, SearchResult
 from .search.run import search as _search_config
-from .search.study import front_rows, load_study
+from .search.study import FrontPoint, front_points, load_study
 from .search_space import SearchSpace, load_search_space
 from .training import Task, batches
 
@@ -256,7 +256,7 @@ def status(cfg: ExperimentConfig) -> dict:
             if t.state == TrialState.RUNNING
         },
         "elapsed_s": elapsed,
-        "front": front_rows(info),
+        "front": front_points(info),  # FrontPoint records
     }
 
 

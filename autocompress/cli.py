@@ -180,7 +180,7 @@ def _cmd_pick(args: argparse.Namespace) -> int:
         print("qualifying front points (choice first):")
         print(_front_table(result.candidates[:10]))
     keys = ("trial", "val_accuracy", "latency_ms", "size_kb", "compression_ratio")
-    choice = {k: result.choice[k] for k in keys} if result.choice else None
+    choice = {k: getattr(result.choice, k) for k in keys} if result.choice else None
     code = EXIT_OK if result.choice is not None else EXIT_FAILURE
     return _done(args, {"choice": choice, "qualifying": len(result.candidates)}, code)
 
@@ -250,18 +250,19 @@ def _cmd_search(args: argparse.Namespace) -> int:
     for f in result.failures[-10:]:
         print(f"  trial {f['trial']} failed: {f['reason'][:200]}")
     print(f"Pareto front ({len(result.front)} points):")
-    print(_front_table([p.row() for p in result.front]))
+    print(_front_table(result.front))
     print(f"MLflow: autocompress ui {args.experiment}  (parent run {result.parent_run_id})")
     print(f"report: autocompress report {args.experiment}")
     return EXIT_OK
 
 
-def _front_table(front: list[dict]) -> str:
+def _front_table(front) -> str:
+    """Front points (``FrontPoint``) as a text table."""
     lines = [f"{'trial':>5}  {'val_acc':>7}  {'lat_ms':>7}  {'size_KB':>8}  {'ratio':>6}  policy"]
     for r in front:
         lines.append(
-            f"{r['trial']:>5}  {r['val_accuracy']:>7.4f}  {(r['latency_ms'] or 0):>7.3f}  "
-            f"{(r['size_kb'] or 0):>8.1f}  {(r['compression_ratio'] or 0):>5.1f}x  {r['summary']}"
+            f"{r.trial:>5}  {r.val_accuracy:>7.4f}  {r.latency_ms:>7.3f}  "
+            f"{r.size_kb:>8.1f}  {r.compression_ratio:>5.1f}x  {r.summary}"
         )
     return "\n".join(lines)
 
@@ -278,7 +279,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"  trial {number} running on {worker}")
     print(_front_table(st["front"]))
     keys = ("trial", "val_accuracy", "latency_ms", "size_kb")
-    front = [{k: r[k] for k in keys} for r in st["front"]]
+    front = [{k: getattr(p, k) for k in keys} for p in st["front"]]
     return _done(args, {k: v for k, v in st.items() if k != "front"} | {"front": front})
 
 

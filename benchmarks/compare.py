@@ -276,12 +276,15 @@ def _front_on_test(cfg, sh: dict) -> list[dict]:
 
     from autocompress.compression.artifact import load_packed_model
     from autocompress.data import load_data
-    from autocompress.search.study import front_rows, load_study, trial_rows
+    from autocompress.search.study import load_study, trial_records
     from autocompress.training import evaluate
 
     info = load_study(cfg)
-    rows = trial_rows(info)
-    front = {r["trial"] for r in front_rows(info, rows)}
+    records = trial_records(info)
+    front = {r.trial for r in records if r.pareto}
+    rows = [{k: v for k, v in r.row().items() if k not in ("pareto", "policy")} for r in records]
+    for r, rec in zip(rows, records, strict=True):
+        r["policy"] = rec.policy.to_dict()
     data = load_data(cfg.data)
     trials = {t.number: t for t in info.study.get_trials(states=(TrialState.COMPLETE,))}
     for r in rows:

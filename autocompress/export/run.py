@@ -288,9 +288,9 @@ def export(
     picked = pick(cfg, criteria)
     if picked.choice is None:
         raise AutocompressError(picked.message())
-    row = picked.choice
+    point = picked.choice
     log(picked.message())
-    policy = CompressionPolicy.from_dict(row["policy"])
+    policy = point.policy
     prep = prepared or prepare(cfg, log=log)
     data, baseline = prep.data, prep.baseline
     base_test = baseline.metrics.test_accuracy
@@ -306,7 +306,7 @@ def export(
         cfg, baseline, data, latency_model, prep.memory_model, task=prep.task
     )
     ft = cfg.export.finetune
-    log(f"fine-tuning trial {row['trial']}: {ft.steps} steps, distillation {ft.distill_weight}")
+    log(f"fine-tuning trial {point.trial}: {ft.steps} steps, distillation {ft.distill_weight}")
     model, _ = evaluator.compress(policy, recipe=ft, seed=cfg.search.seed)
     model.eval()
     torch_acc, _ = evaluate(model, data.test, task=prep.task)
@@ -316,7 +316,7 @@ def export(
     if flagged:
         log(f"warning: the activation quantiser clips > 1 % of the input of {', '.join(flagged)}")
 
-    out = cfg.output_dir / "export" / f"trial-{row['trial']:03d}"
+    out = cfg.output_dir / "export" / f"trial-{point.trial:03d}"
     out.mkdir(parents=True, exist_ok=True)
     plain, int8 = materialize(model)
     log(f"exporting ONNX forms ({len(int8)} INT8 layers) and measuring them on the target")
@@ -379,13 +379,13 @@ def export(
     dm, bm_ = measured_forms[dep.form], measured_forms["baseline"]
 
     result = ExportResult(
-        trial=row["trial"],
+        trial=point.trial,
         policy=policy.to_dict(),
         test_accuracy=onnx_acc,
         torch_test_accuracy=torch_acc,
         baseline_test_accuracy=base_test,
         test_images=len(data.test),
-        val_accuracy_search=row["val_accuracy"],
+        val_accuracy_search=point.val_accuracy,
         measured_latency_ms=measured,
         predicted_latency_ms=predicted,
         baseline_latency_ms=base_ms,
@@ -426,11 +426,9 @@ def export(
     result.artifacts |= {"report_md": str(report_md), "report_json": str(report_json)}
 
     tracker = Tracker(cfg.tracking, cfg.name, cfg.output_dir / "mlartifacts")
-    run_id = row.get("mlflow_run_id")
+    run_id = point.mlflow_run_id
     if run_id:
-        result.registered_model = _register(
-            tracker, run_id, Path(deployed), data, cfg, row["trial"]
-        )
+        result.registered_model = _register(tracker, run_id, Path(deployed), data, cfg, point.trial)
     result.seconds = time.perf_counter() - t0
     report_md.write_text(verification_markdown(result.to_dict(), cfg.name))
     report_json.write_text(json.dumps(result.to_dict(), indent=2))

@@ -26,7 +26,14 @@ from ..config import ExperimentConfig
 from ..export.run import export_rows, fmt
 from ..search.figures import _best_effort, export_latency_png
 from ..search.pareto import hypervolume_history, knee_index
-from ..search.study import fmt_time, front_rows, load_study, trial_rows
+from ..search.study import (
+    FrontPoint,
+    TrialRecord,
+    fmt_time,
+    front_points,
+    load_study,
+    trial_records,
+)
 from ..sensitivity.analysis import SensitivityTable
 from ..tracking import mask_secrets
 
@@ -41,8 +48,8 @@ class ReportData:
     status: dict  # autocompress.status(): complete / failed / running / elapsed_s / n_trials
     objectives: list[str]
     baseline: dict | None
-    rows: list[dict]  # every complete trial (trial_rows), with "pareto"
-    front: list[dict]
+    records: list[TrialRecord]  # every complete trial
+    front: list[FrontPoint]
     history: list[dict]
     knee: int | None  # trial number of the front's knee
     sensitivity: SensitivityTable | None
@@ -97,12 +104,11 @@ def collect(cfg: ExperimentConfig) -> ReportData:
 
     st = status(cfg)
     info = load_study(cfg)
-    rows = trial_rows(info)
-    front = front_rows(info, rows, mark=True)
+    records = trial_records(info)
+    front = front_points(info, records)
     baseline = _baseline(info, cfg.output_dir)
-    history = hypervolume_history(rows, info.objectives, baseline) if baseline else []
-    vals = [r["values"] for r in front]
-    knee = front[knee_index(vals, info.directions)]["trial"] if front else None
+    history = hypervolume_history(records, info.objectives, baseline) if baseline else []
+    knee = front[knee_index([p.values for p in front], info.directions)].trial if front else None
     sens = cfg.output_dir / "sensitivity"
     return ReportData(
         name=cfg.name,
@@ -111,7 +117,7 @@ def collect(cfg: ExperimentConfig) -> ReportData:
         status={k: v for k, v in st.items() if k != "front"},
         objectives=list(info.objectives),
         baseline=baseline,
-        rows=rows,
+        records=records,
         front=front,
         history=history,
         knee=knee,
@@ -125,9 +131,10 @@ def collect(cfg: ExperimentConfig) -> ReportData:
 def report_figures(data: ReportData, folder: Path) -> dict[str, Path]:
     """The PNG figures the HTML report embeds, written to ``folder``."""
     figs: dict[str, Path] = {}
-    if data.rows:
-        title = f"{data.name}: {len(data.rows)} trials, {len(data.front)} on the Pareto front"
-        figs["pareto"] = plots.pareto_png(data.rows, folder / "pareto_front.png", title=title)
+    if data.records:
+        title = f"{data.name}: {len(data.records)} trials, {len(data.front)} on the Pareto front"
+        rows = [r.row() for r in data.records]
+        figs["pareto"] = plots.pareto_png(rows, folder / "pareto_front.png", title=title)
     if data.history:
         figs["hypervolume"] = plots.hypervolume_png(
             data.history, folder / "hypervolume.png", title="hypervolume of the front"
@@ -225,19 +232,17 @@ def _front_table(d: ReportData) -> str:
     base = (d.baseline or {}).get("val_accuracy")
     rows = []
     for r in d.front:
-        delta = ""
-        if base is not None and r["val_accuracy"] is not None:
-            delta = f" ({(r['val_accuracy'] - base) * 100:+.2f})"
-        trial = html.escape(str(r["trial"]))
-        if r["trial"] == d.knee:
+        delta = "" if base is None else f" ({(r.val_accuracy - base) * 100:+.2f})"
+        trial = html.escape(str(r.trial))
+        if r.trial == d.knee:
             trial += '<span class="tag">knee</span>'
-        if d.exported and r["trial"] == d.exported["trial"]:
+        if d.exported and r.trial == d.exported["trial"]:
             trial += '<span class="tag">exported</span>'
-        cells = [f"{fmt(r['val_accuracy'], '.4f')}{delta}", fmt(r["latency_ms"], ".3f")]
-        cells += [fmt(r["size_kb"], ".1f"), fmt(r["compression_ratio"], ".1f") + "x"]
+        cells = [f"{fmt(r.val_accuracy, '.4f')}{delta}", fmt(r.latency_ms, ".3f")]
+        cells += [fmt(r.size_kb, ".1f"), fmt(r.compression_ratio, ".1f") + "x"]
         policy = (
-            f"<details><summary>{html.escape(r['summary'])}</summary>"
-            f"{plots.policy_table_html(r.get('policy') or {})}</details>"
+            f"<details><summary>{html.escape(r.summary)}</summary>"
+            f"{plots.policy_table_html(r.policy.to_dict())}</details>"
         )
         rows.append([trial, *(html.escape(c) for c in cells), policy])
     return _table(_FRONT_HEADER, rows, {1, 2, 3, 4})

@@ -1,9 +1,9 @@
 """The search: Optuna study over per-layer policies, objective, Pareto utilities."""
 
 from .pareto import hypervolume, knee_index, non_dominated
-from .pick import FrontPoint, SearchResult
+from .pick import SearchResult
 from .run import search
-from .study import front_rows, load_study, trial_rows
+from .study import FrontPoint, TrialRecord, front_points, load_study, trial_records
 
-__all__ = ["FrontPoint", "SearchResult", "front_rows", "hypervolume", "knee_index"]
-__all__ += ["load_study", "non_dominated", "search", "trial_rows"]
+__all__ = ["FrontPoint", "SearchResult", "TrialRecord", "front_points", "hypervolume"]
+__all__ += ["knee_index", "load_study", "non_dominated", "search", "trial_records"]

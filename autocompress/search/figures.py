@@ -28,7 +28,7 @@ from ..config import ExperimentConfig
 from ..policy import CompressionPolicy
 from ..tracking import Tracker
 from .pareto import hypervolume_history
-from .study import StudyInfo, front_rows, trial_rows
+from .study import FrontPoint, StudyInfo, front_points, trial_records
 
 TRIAL_CHART = "policy_layers"
 HV_METRIC = "hypervolume_by_trial"
@@ -109,7 +109,7 @@ def log_search_figures(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def hv() -> list[Path]:
-        history = hypervolume_history(trial_rows(info), info.objectives, baseline)
+        history = hypervolume_history(trial_records(info), info.objectives, baseline)
         data = out_dir / "hypervolume.json"
         data.write_text(json.dumps({"objectives": info.objectives, "history": history}, indent=1))
         fig = plots.hypervolume_png(history, out_dir / "hypervolume.png", title=title)
@@ -129,15 +129,17 @@ _COLUMNS += ["weight_sparsity", "summary", "mlflow_run_id"]
 
 def write_front(
     info: StudyInfo, cfg: ExperimentConfig, tracker: Tracker, parent: str, baseline: dict
-) -> tuple[list[dict], list[Path]]:
+) -> tuple[list[FrontPoint], list[Path]]:
     """Compute the front from the study, write and log its artifacts, tag the trial runs."""
-    rows = trial_rows(info)
-    front = front_rows(info, rows, mark=True)
+    records = trial_records(info)
+    front = front_points(info, records)
+    rows = [r.row() for r in records]
     for r in rows:
         if r["mlflow_run_id"]:
-            note = trial_description(r["policy"] or {}, r, pareto=r["pareto"])
+            note = trial_description(r["policy"], r, pareto=r["pareto"])
             tags = {"pareto": str(r["pareto"]).lower(), "mlflow.note.content": note}
             tracker.log(r["mlflow_run_id"], tags=tags)
+    front_table = [p.row() for p in front]
     # Staged in a folder of this process, then moved into place: workers that finish together
     # never write into each other's files.
     final = cfg.output_dir / "pareto"
@@ -147,11 +149,10 @@ def write_front(
     with csv_path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=_COLUMNS, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(front)
+        writer.writerows(front_table)
     json_path = out / "pareto_front.json"
-    json_path.write_text(
-        json.dumps({"objectives": info.objectives, "baseline": baseline, "front": front}, indent=2)
-    )
+    front_json = {"objectives": info.objectives, "baseline": baseline, "front": front_table}
+    json_path.write_text(json.dumps(front_json, indent=2))
     title = f"{cfg.name}: {len(rows)} trials, {len(front)} on the Pareto front"
     figs = [
         plots.pareto_html(rows, out / "pareto_front.html", title=title),

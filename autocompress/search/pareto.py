@@ -88,33 +88,35 @@ def normalised(values: np.ndarray, objectives: Sequence[str], scale: Mapping) ->
     return np.stack(cols, axis=1)
 
 
-def front_hypervolume(front: list[dict], objectives: list[str], baseline: Mapping) -> float:
-    """Hypervolume of (1 - accuracy, latency / baseline, size / baseline) against the reference
-    point (1, 1.1, 1.1): comparable between runs of the same experiment."""
-    if not front:
+def front_hypervolume(
+    values: Sequence[Sequence[float]], objectives: list[str], baseline: Mapping
+) -> float:
+    """Hypervolume of the front's objective ``values`` as (1 - accuracy, latency / baseline,
+    size / baseline) against the reference point (1, 1.1, 1.1): comparable between runs of the
+    same experiment."""
+    if not len(values):
         return 0.0
-    pts = normalised([r["values"] for r in front], objectives, baseline)
+    pts = normalised([list(v) for v in values], objectives, baseline)
     return hypervolume(pts, [1.0 if o == "accuracy" else 1.1 for o in objectives])
 
 
 def hypervolume_history(
-    rows: Sequence[Mapping], objectives: Sequence[str], baseline: Mapping[str, float]
+    records: Sequence, objectives: Sequence[str], baseline: Mapping[str, float]
 ) -> list[dict]:
-    """How the search progressed: per ``trial_rows`` row in trial order, ``{"trial",
-    "n_complete", "hypervolume", "front_size"}`` of the front of the feasible trials up to and
-    including that one. The hypervolume is :func:`front_hypervolume`, so the last point equals
-    the parent run's ``hypervolume`` metric; only feasible trials count, as for the front."""
+    """How the search progressed: per trial record (``.trial``, ``.values``, ``.feasible``) in
+    trial order, ``{"trial", "n_complete", "hypervolume", "front_size"}`` of the front of the
+    feasible trials up to and including that one. The hypervolume is :func:`front_hypervolume`,
+    so the last point equals the parent run's ``hypervolume`` metric; only feasible trials
+    count, as for the front."""
     directions = [OBJECTIVES[o].direction for o in objectives]
     out: list[dict] = []
-    front: list[Mapping] = []
+    front: list[Sequence[float]] = []
     hv = 0.0
-    for n, row in enumerate(sorted(rows, key=lambda r: r["trial"]), start=1):
-        if row.get("feasible", True) and row.get("values"):
-            keep = non_dominated([r["values"] for r in [*front, row]], directions).tolist()
-            if keep[-1] == len(front):  # the new row is on the front (not dominated, no twin)
-                front = [[*front, row][i] for i in keep]
+    for n, r in enumerate(sorted(records, key=lambda r: r.trial), start=1):
+        if r.feasible and len(r.values):
+            keep = non_dominated([*front, r.values], directions).tolist()
+            if keep[-1] == len(front):  # the new point is on the front (not dominated, no twin)
+                front = [[*front, r.values][i] for i in keep]
                 hv = front_hypervolume(front, list(objectives), baseline)
-        out.append(
-            {"trial": row["trial"], "n_complete": n, "hypervolume": hv, "front_size": len(front)}
-        )
+        out.append({"trial": r.trial, "n_complete": n, "hypervolume": hv, "front_size": len(front)})
     return out

@@ -1,24 +1,22 @@
-"""What a search returns, the typed Pareto front (:class:`FrontPoint`) in a :class:`SearchResult`,
-and choosing a model from it: bounds (max latency, min accuracy, max size), the knee, or an
-explicit trial."""
+"""What a search returns, the typed Pareto front (``FrontPoint``: a
+:class:`~.study.TrialRecord` on the front) in a :class:`SearchResult`, and choosing a model from
+it: bounds (max latency, min accuracy, max size), the knee, or an explicit trial."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..config import ExperimentConfig
 from ..errors import AutocompressError
-from ..metrics import TrialMetrics
-from ..policy import CompressionPolicy
 from .pareto import knee_index
-from .study import front_rows, load_study, trial_row, trial_rows
+from .study import FrontPoint, TrialRecord, front_points, load_study, trial_records
 
 if TYPE_CHECKING:
     from ..baseline import Prepared
 
-_BOUNDS = [  # (criterion, row key, sign of "better", description)
+_BOUNDS = [  # (criterion, record attribute, sign of "better", description)
     ("min_accuracy", "val_accuracy", -1, "val accuracy >= {}"),
     ("max_latency_ms", "latency_ms", 1, "latency <= {} ms"),
     ("max_size_kb", "size_kb", 1, "size <= {} KB"),
@@ -51,26 +49,23 @@ class PickCriteria:
         parts = [text.format(bound) for bound, _, _, text in self._bounds()]
         return ", ".join([*parts, "knee" if self.knee else f"best {self.prefer}"])
 
-    def admits(self, row: dict) -> bool:
-        return all(
-            row[key] is not None and sign * row[key] <= sign * bound
-            for bound, key, sign, _ in self._bounds()
-        )
+    def admits(self, r: TrialRecord) -> bool:
+        return all(sign * getattr(r, key) <= sign * bound for bound, key, sign, _ in self._bounds())
 
 
 @dataclass
 class PickResult:
-    choice: dict | None
-    candidates: list[dict]  # the front points meeting the bounds, best first
-    front: list[dict]
+    choice: TrialRecord | None
+    candidates: list[TrialRecord]  # the front points meeting the bounds, best first
+    front: list[FrontPoint]
     criteria: PickCriteria
 
     def message(self) -> str:
         if self.choice is not None:
             c = self.choice
             return (
-                f"picked trial {c['trial']}: val acc {c['val_accuracy']:.4f}, "
-                f"{c['latency_ms']:.3f} ms, {c['size_kb']:.1f} KB ({self.criteria.describe()})"
+                f"picked trial {c.trial}: val acc {c.val_accuracy:.4f}, "
+                f"{c.latency_ms:.3f} ms, {c.size_kb:.1f} KB ({self.criteria.describe()})"
             )
         return (
             f"no Pareto point meets {self.criteria.describe()} "
@@ -79,36 +74,40 @@ class PickResult:
         )
 
 
-def _span(rows: list[dict], key: str) -> str:
-    vals = [r[key] for r in rows if r.get(key) is not None]
+def _span(records: list[TrialRecord], key: str) -> str:
+    vals = [getattr(r, key) for r in records]
     return f"{min(vals):.4g}-{max(vals):.4g}" if vals else "n/a"
 
 
 def select(
-    front: list[dict], criteria: PickCriteria, directions: list[str]
-) -> tuple[dict | None, list[dict]]:
-    """(choice, candidates) from the front rows: bounds filter, then knee or preference."""
+    front: list[FrontPoint], criteria: PickCriteria, directions: list[str]
+) -> tuple[FrontPoint | None, list[FrontPoint]]:
+    """(choice, candidates) from the front: bounds filter, then knee or preference."""
     cands = [r for r in front if criteria.admits(r)]
     if not cands:
         return None, []
     key, sign = _PREFER[criteria.prefer]
-    cands.sort(key=lambda r: sign * r[key])
+    cands.sort(key=lambda r: sign * getattr(r, key))
     if criteria.knee and len(cands) > 2:
-        k = knee_index([r["values"] for r in cands], directions)
+        k = knee_index([r.values for r in cands], directions)
         cands.insert(0, cands.pop(k))
     return cands[0], cands
 
 
 def _choose(
-    rows: list[dict], front: list[dict], criteria: PickCriteria, directions: list[str], what: str
-) -> tuple[dict | None, list[dict]]:
-    """(choice, candidates): the row of ``criteria.trial`` among ``rows`` (``what`` they are, for
-    the error), else :func:`select` from ``front``."""
+    records: list[TrialRecord],
+    front: list[FrontPoint],
+    criteria: PickCriteria,
+    directions: list[str],
+    what: str,
+) -> tuple[TrialRecord | None, list[TrialRecord]]:
+    """(choice, candidates): the record of ``criteria.trial`` among ``records`` (``what`` they
+    are, for the error), else :func:`select` from ``front``."""
     if criteria.trial is None:
         return select(front, criteria, directions)
-    match = [r for r in rows if r["trial"] == criteria.trial]
+    match = [r for r in records if r.trial == criteria.trial]
     if not match:
-        have = ", ".join(str(r["trial"]) for r in rows[:20])
+        have = ", ".join(str(r.trial) for r in records[:20])
         raise AutocompressError(f"trial {criteria.trial} is not {what} (have {have})")
     return match[0], match
 
@@ -116,37 +115,10 @@ def _choose(
 def pick(cfg: ExperimentConfig, criteria: PickCriteria) -> PickResult:
     """Pick from the experiment's stored study (``--trial N`` takes any complete trial)."""
     info = load_study(cfg)
-    rows = trial_rows(info)
-    front = front_rows(info, rows)
-    choice, cands = _choose(rows, front, criteria, info.directions, "a complete trial")
+    records = trial_records(info)
+    front = front_points(info, records)
+    choice, cands = _choose(records, front, criteria, info.directions, "a complete trial")
     return PickResult(choice, cands, front, criteria)
-
-
-@dataclass(frozen=True)
-class FrontPoint:
-    """One non-dominated trial: its number, policy and measurements (validation accuracy)."""
-
-    trial: int
-    policy: CompressionPolicy
-    metrics: TrialMetrics
-    values: tuple[float, ...] = ()  # the objective values, in the study's order
-    mlflow_run_id: str | None = None
-
-    @classmethod
-    def from_row(cls, row: dict) -> FrontPoint:
-        """From a ``trial_rows`` row."""
-        return cls(
-            trial=int(row["trial"]),
-            policy=CompressionPolicy.from_dict(row["policy"] or {}),
-            metrics=TrialMetrics.from_dict(row["metrics"]),
-            values=tuple(row["values"]),
-            mlflow_run_id=row.get("mlflow_run_id"),
-        )
-
-    def row(self) -> dict[str, Any]:
-        """The front table's row (``front_rows``' form) of this point."""
-        m, p = self.metrics.to_dict(), self.policy.to_dict()
-        return trial_row(self.trial, m, p, self.mlflow_run_id, self.values)
 
 
 @dataclass
@@ -180,10 +152,9 @@ class SearchResult:
         """The front point meeting the bounds: the knee, or the best by ``prefer``; or the
         point of ``trial``."""
         criteria = PickCriteria(max_latency_ms, min_accuracy, max_size_kb, knee, prefer, trial)
-        rows = [p.row() for p in self.front]
-        choice, _ = _choose(rows, rows, criteria, self.directions, "on the front")
+        choice, _ = _choose(self.front, self.front, criteria, self.directions, "on the front")
         if choice is None:
             raise AutocompressError(
                 f"no front point meets {criteria.describe()} (front of {len(self.front)})"
             )
-        return next(p for p in self.front if p.trial == choice["trial"])
+        return choice

@@ -25,7 +25,7 @@ from ..sensitivity.stage import SensitivityStage
 from ..tracking import Tracker, mask_secrets
 from .figures import log_search_figures, search_description, write_front
 from .pareto import front_hypervolume
-from .pick import FrontPoint, SearchResult
+from .pick import SearchResult
 from .screen import log_screen, open_screen, promote, run_screen
 from .study import StudyInfo, open_study, run_once, shared_storage, storage_kind, wait_for_attr
 from .trials import TrialEvaluator, make_stale_callback, reconcile_runs, run_trials
@@ -185,7 +185,7 @@ def search(
             if screen is not None:
                 log_screen(screen, info, tracker, parent, cfg, log)
             front, paths = write_front(info, cfg, tracker, parent, baseline)
-            hv = front_hypervolume(front, info.objectives, baseline)
+            hv = front_hypervolume([p.values for p in front], info.objectives, baseline)
             paths += log_search_figures(
                 tracker, parent, info, baseline, cfg.output_dir / "pareto", title=cfg.name
             )
@@ -203,7 +203,7 @@ def search(
         study_name=cfg.name,
         n_complete=info.count(TrialState.COMPLETE),
         n_failed=len(failures),
-        front=[FrontPoint.from_row(r) for r in front],
+        front=front,
         baseline=baseline,
         parent_run_id=parent,
         failures=failures,

@@ -31,7 +31,7 @@ from .study import (
     progress_tail,
     record_metrics,
     run_once,
-    trial_rows,
+    trial_records,
 )
 from .trials import TrialEvaluator, suggest_policy
 
@@ -222,10 +222,11 @@ def write_screen_table(screen: StudyInfo, main: StudyInfo, path: Path) -> Path:
     with path.open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
-        for r in trial_rows(screen):
-            n = r["trial"]
+        for r in trial_records(screen):
+            n = r.trial
             w.writerow(
-                r | {"screen_trial": n, "origin": origin[n], "promoted_to": promoted.get(n, "")}
+                r.row()
+                | {"screen_trial": n, "origin": origin[n], "promoted_to": promoted.get(n, "")}
             )
     return path
 

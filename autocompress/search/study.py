@@ -9,8 +9,9 @@ import socket
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.storages._cached_storage import _CachedStorage  # Optuna's own cache, as for URLs
@@ -243,36 +244,84 @@ def load_study(cfg: ExperimentConfig) -> StudyInfo:
     return StudyInfo(study, list(study.user_attrs.get("objectives", cfg.objectives.enabled())))
 
 
-def trial_row(number: int, metrics: dict, policy: dict | None, run_id: str | None, values) -> dict:
-    """The trial table's row (``trial_rows`` and ``FrontPoint.row``)."""
-    out = {"trial": number, **{k: metrics.get(k) for k in _ROW_METRICS}}
-    out["summary"] = CompressionPolicy.from_dict(policy).summary() if policy else ""
-    return out | {"policy": policy, "mlflow_run_id": run_id, "values": list(values)}
+@dataclass(frozen=True)
+class TrialRecord:
+    """One complete trial as the study stores it: its number, policy, measurements (accuracy on
+    validation), objective values in the study's order, MLflow run, whether it meets the
+    objectives' bounds (``feasible``) and is one of the feasible non-dominated trials
+    (``pareto``). A :data:`FrontPoint` is one on the front."""
+
+    trial: int
+    policy: CompressionPolicy
+    metrics: TrialMetrics
+    values: tuple[float, ...] = ()
+    mlflow_run_id: str | None = None
+    feasible: bool = True
+    pareto: bool = False
+
+    @property
+    def val_accuracy(self) -> float:
+        return self.metrics.val_accuracy
+
+    @property
+    def latency_ms(self) -> float:
+        return self.metrics.latency_ms
+
+    @property
+    def size_kb(self) -> float:
+        return self.metrics.size_kb
+
+    @property
+    def compression_ratio(self) -> float:
+        return self.metrics.compression_ratio
+
+    @property
+    def summary(self) -> str:
+        return self.policy.summary()
+
+    def row(self) -> dict[str, Any]:
+        """The trial table's row (JSON, CSV and the reports)."""
+        m = self.metrics.to_dict()
+        return {"trial": self.trial, **{k: m.get(k) for k in _ROW_METRICS}} | {
+            "summary": self.summary,
+            "policy": self.policy.to_dict(),
+            "mlflow_run_id": self.mlflow_run_id,
+            "values": list(self.values),
+            "feasible": self.feasible,
+            "pareto": self.pareto,
+            "metrics": m,
+        }
 
 
-def trial_rows(info: StudyInfo) -> list[dict]:
-    """One row per complete trial: number, metrics, policy, feasibility, MLflow run id."""
-    rows = []
+FrontPoint = TrialRecord
+
+
+def trial_records(info: StudyInfo) -> list[TrialRecord]:
+    """Every complete trial, in trial order, ``pareto`` marking the feasible non-dominated ones."""
+    out = []
     for t in info.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        metrics, attrs = t.user_attrs.get("metrics", {}), t.user_attrs
-        r = trial_row(t.number, metrics, attrs.get("policy"), attrs.get("mlflow_run_id"), t.values)
-        rows.append(r | {"feasible": all(c <= 0 for c in constraints_of(t)), "metrics": metrics})
-    return rows
+        out.append(
+            TrialRecord(
+                t.number,
+                CompressionPolicy.from_dict(t.user_attrs.get("policy") or {}),
+                TrialMetrics.from_dict(t.user_attrs.get("metrics", {})),
+                tuple(t.values),
+                t.user_attrs.get("mlflow_run_id"),
+                all(c <= 0 for c in constraints_of(t)),
+            )
+        )
+    feasible = [i for i, r in enumerate(out) if r.feasible]
+    on_front = non_dominated([out[i].values for i in feasible], info.directions)
+    for j in on_front:
+        out[feasible[j]] = replace(out[feasible[j]], pareto=True)
+    return out
 
 
-def front_rows(
-    info: StudyInfo, rows: list[dict] | None = None, *, mark: bool = False
-) -> list[dict]:
-    """The feasible non-dominated trials, sorted by accuracy (best first); with ``mark``, each of
-    ``rows`` records whether it is one of them (``pareto``)."""
-    rows = trial_rows(info) if rows is None else rows
-    feasible = [r for r in rows if r["feasible"]]
-    front = [feasible[i] for i in non_dominated([r["values"] for r in feasible], info.directions)]
-    if mark:
-        on_front = {r["trial"] for r in front}
-        for r in rows:
-            r["pareto"] = r["trial"] in on_front
-    return sorted(front, key=lambda r: -(r["val_accuracy"] or 0))
+def front_points(info: StudyInfo, records: list[TrialRecord] | None = None) -> list[FrontPoint]:
+    """The feasible non-dominated trials (of ``records``, default the study's), best validation
+    accuracy first."""
+    records = trial_records(info) if records is None else records
+    return sorted((r for r in records if r.pareto), key=lambda r: -r.val_accuracy)
 
 
 def fmt_time(seconds: float) -> str:
@@ -288,10 +337,10 @@ def progress_tail(info: StudyInfo, elapsed: float, eta: float, deadline: float |
     ``deadline``, ``time.monotonic()``, of the stage's budget)."""
     if deadline is not None:
         eta = min(eta, max(deadline - time.monotonic(), 0.0))
-    front = front_rows(info)
+    front = front_points(info)
     best = (
-        f"front {len(front)} pts, best acc {front[0]['val_accuracy']:.4f}, "
-        f"smallest {min(r['size_kb'] for r in front):.1f} KB"
+        f"front {len(front)} pts, best acc {front[0].val_accuracy:.4f}, "
+        f"smallest {min(p.size_kb for p in front):.1f} KB"
         if front
         else "front empty"
     )

@@ -124,8 +124,8 @@ def test_report_shows_baseline_front_and_export(done, tmp_path):
     assert result.front
     data = collect(cfg)
     assert data.status["complete"] == 4 and data.baseline["val_accuracy"] > 0
-    assert {r["trial"] for r in data.front} == {p.trial for p in result.front}
-    assert data.knee in {r["trial"] for r in data.front}
+    assert {r.trial for r in data.front} == {p.trial for p in result.front}
+    assert data.knee in {r.trial for r in data.front}
     assert data.exported is None
 
     files = write_report(cfg, tmp_path / "a", log_to_mlflow=False)

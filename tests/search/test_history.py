@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from autocompress.search.pareto import front_hypervolume, hypervolume_history
@@ -11,11 +13,11 @@ BASE = {"latency_ms": 2.0, "size_kb": 100.0}
 
 
 def _row(trial, acc, lat, size, feasible=True):
-    return {"trial": trial, "values": [acc, lat, size], "feasible": feasible}
+    return SimpleNamespace(trial=trial, values=(acc, lat, size), feasible=feasible)
 
 
 def _hv(points) -> float:
-    return front_hypervolume([{"values": p} for p in points], OBJ, BASE)
+    return front_hypervolume(points, OBJ, BASE)
 
 
 def test_single_trial_is_the_searchs_normalised_hypervolume():
@@ -42,12 +44,12 @@ def test_history_is_monotone_and_ends_at_the_front_hypervolume():
     assert hist[2]["hypervolume"] == hist[1]["hypervolume"]  # dominated point adds nothing
     assert hist[3]["hypervolume"] == hist[2]["hypervolume"]  # infeasible point adds nothing
     assert [h["front_size"] for h in hist] == [1, 2, 2, 2, 2, 1, 2]
-    final = _hv([r["values"] for r in rows if r["trial"] in (5, 6)])
+    final = _hv([r.values for r in rows if r.trial in (5, 6)])
     assert hist[-1]["hypervolume"] == pytest.approx(final)
 
 
 def test_history_two_objectives_and_empty():
-    rows = [{"trial": 0, "values": [0.9, 1.0], "feasible": True}]
+    rows = [SimpleNamespace(trial=0, values=(0.9, 1.0), feasible=True)]
     hist = hypervolume_history(rows, ["accuracy", "latency"], BASE)
     assert hist[0]["hypervolume"] == pytest.approx(0.9 * 0.6)
     assert hypervolume_history([], OBJ, BASE) == []

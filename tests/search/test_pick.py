@@ -3,19 +3,17 @@ from __future__ import annotations
 import pytest
 
 from autocompress.errors import AutocompressError
+from autocompress.metrics import TrialMetrics
+from autocompress.policy import CompressionPolicy
 from autocompress.search.pick import PickCriteria, select
+from autocompress.search.study import FrontPoint
 
 DIRS = ["maximize", "minimize", "minimize"]
 
 
 def _row(trial, acc, lat, size):
-    return {
-        "trial": trial,
-        "val_accuracy": acc,
-        "latency_ms": lat,
-        "size_kb": size,
-        "values": [acc, lat, size],
-    }
+    metrics = TrialMetrics(acc, 0.3, lat, int(size * 1024), 1.0, 0.0, 0.1)
+    return FrontPoint(trial, CompressionPolicy(), metrics, (acc, lat, size), pareto=True)
 
 
 FRONT = [
@@ -39,7 +37,7 @@ FRONT = [
 )
 def test_bounds_and_preference(criteria, expect):
     choice, cands = select(FRONT, criteria, DIRS)
-    assert choice["trial"] == expect
+    assert choice.trial == expect
     assert all(criteria.admits(r) for r in cands)
     assert len(cands) == sum(criteria.admits(r) for r in FRONT)
 
@@ -50,14 +48,14 @@ def test_every_bound_is_honoured():
             crit = PickCriteria(max_latency_ms=lat, min_accuracy=acc)
             choice, _ = select(FRONT, crit, DIRS)
             if choice is not None:
-                assert choice["latency_ms"] <= lat and choice["val_accuracy"] >= acc
+                assert choice.latency_ms <= lat and choice.val_accuracy >= acc
             else:
-                assert not any(r["latency_ms"] <= lat and r["val_accuracy"] >= acc for r in FRONT)
+                assert not any(r.latency_ms <= lat and r.val_accuracy >= acc for r in FRONT)
 
 
 def test_knee_and_empty_selection():
     choice, _ = select(FRONT, PickCriteria(knee=True), DIRS)
-    assert choice["trial"] in (1, 2)  # not an extreme
+    assert choice.trial in (1, 2)  # not an extreme
     choice, cands = select(FRONT, PickCriteria(min_accuracy=0.99), DIRS)
     assert choice is None and cands == []
 

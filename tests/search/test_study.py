@@ -6,24 +6,32 @@ import time
 
 import optuna
 
-from autocompress.search.study import StudyInfo, front_rows, progress_tail, trial_rows
+from autocompress.metrics import TrialMetrics
+from autocompress.policy import CompressionPolicy, LayerPolicy
+from autocompress.search.study import StudyInfo, front_points, progress_tail, trial_records
 
 
 def _study() -> StudyInfo:
     study = optuna.create_study(directions=["maximize", "minimize"])
     for acc, size, cons in [(0.9, 20.0, 0.0), (0.8, 10.0, 0.0), (0.7, 30.0, 0.0), (0.95, 5, 1.0)]:
-        metrics = {"val_accuracy": acc, "size_kb": size}
-        attrs = {"metrics": metrics, "constraints": [cons]}
+        metrics = TrialMetrics(acc, 0.3, 1.0, int(size * 1024), 2.0, 0.5, 0.1).to_dict()
+        policy = CompressionPolicy({"fc": LayerPolicy(0.5, 4)}).to_dict() if acc < 0.9 else {}
+        attrs = {"metrics": metrics, "constraints": [cons], "policy": policy}
         study.add_trial(optuna.trial.create_trial(values=[acc, size], user_attrs=attrs))
     return StudyInfo(study, ["accuracy", "size"])
 
 
-def test_rows_and_front_of_the_feasible_trials():
+def test_records_and_front_of_the_feasible_trials():
     info = _study()
-    rows = trial_rows(info)
-    assert [r["feasible"] for r in rows] == [True, True, True, False]
-    assert rows[0]["summary"] == "" and rows[0]["latency_ms"] is None
-    assert [r["trial"] for r in front_rows(info)] == [0, 1]  # the infeasible one is left out
+    records = trial_records(info)
+    assert [r.feasible for r in records] == [True, True, True, False]
+    assert [r.pareto for r in records] == [True, True, False, False]  # trial 2 is dominated
+    assert records[0].summary == "no compression" and records[1].policy["fc"].bits == 4
+    assert records[1].size_kb == 10.0 and records[1].values == (0.8, 10.0)
+    row = records[1].row()  # the table / JSON form
+    assert row["trial"] == 1 and row["size_kb"] == 10.0 and row["pareto"] and row["feasible"]
+    assert row["policy"]["layers"]["fc"]["bits"] == 4
+    assert [p.trial for p in front_points(info)] == [0, 1]  # the infeasible one is left out
 
 
 def test_progress_tail_reports_the_front_and_caps_the_eta_at_the_deadline():
