@@ -48,7 +48,7 @@ from ..config import SensitivityConfig as SensitivitySettings
 from ..errors import AutocompressError
 from ..metrics import spearman
 from ..policy import FLOAT_BITS, CompressionPolicy, LayerPolicy, compressible_layers
-from ..search_space import SearchSpace
+from ..search_space import LayerChoices, SearchSpace
 from ..training import batches, evaluate, first_batches
 
 if TYPE_CHECKING:
@@ -90,9 +90,13 @@ def levels_of(space: SearchSpace) -> list[tuple[str, str, float]]:
     return out
 
 
-def _level(dim: str, value: float) -> LayerPolicy:
-    """The layer policy of one level: ``value`` on ``dim``, the rest untouched."""
-    return LayerPolicy(**{dim: int(value) if dim == "bits" else value})
+def _level(dim: str, value: float, choices: LayerChoices | None = None) -> LayerPolicy:
+    """The layer policy of one level: ``value`` on ``dim``, the rest untouched; a bit-width
+    with the layer's first quantiser choices (``choices``; the defaults without)."""
+    if dim != "bits":
+        return LayerPolicy(**{dim: value})
+    options = ("quantizer", "scheme", "granularity") if choices is not None else ()
+    return LayerPolicy(bits=int(value), **{k: getattr(choices, k)[0] for k in options})
 
 
 def _points(values: list[float], max_points: int | None) -> set[float]:
@@ -135,7 +139,7 @@ def run_sweep(
     for i, (layer, dim, value) in enumerate(todo, start=1):
         comp = apply_policy(
             model,
-            CompressionPolicy({layer: _level(dim, value)}),
+            CompressionPolicy({layer: _level(dim, value, space.layers[layer])}),
             example=data.example,
             **compression,
         )
@@ -155,11 +159,19 @@ def run_sweep(
 
 
 @torch.no_grad()
-def perturbation(weight: torch.Tensor, dim: str, value: float, *, round_to: int = 1):
-    """``compressed - weight`` for one level of one dimension."""
+def perturbation(
+    weight: torch.Tensor,
+    dim: str,
+    value: float,
+    *,
+    round_to: int = 1,
+    choices: LayerChoices | None = None,
+):
+    """``compressed - weight`` for one level of one dimension (``choices``: the layer's, whose
+    first quantiser a bit-width uses)."""
     w = weight.detach()
     if dim in ("sparsity", "bits"):  # what apply_policy does to the layer at this level
-        return compressed_weight(w, _level(dim, value)) - w
+        return compressed_weight(w, _level(dim, value, choices)) - w
     if dim == "keep_ratio":
         n_out = w.shape[0]
         drop = n_out - kept_channels(n_out, value, round_to)
@@ -240,9 +252,11 @@ def estimate_levels(
     samples: int = 16,
     round_to: int = 1,
     seed: int = 0,
+    space: SearchSpace | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[tuple[str, str, float], float]:
-    """Predicted loss increase of every (layer, dimension, value) in ``levels``."""
+    """Predicted loss increase of every (layer, dimension, value) in ``levels`` (bit-widths
+    with each layer's first quantiser choices in ``space``)."""
     names = list(dict.fromkeys(n for n, _, _ in levels))
     if method == "hessian":
         traces = hessian_traces(model, names, x, y, samples=samples, seed=seed)
@@ -257,7 +271,8 @@ def estimate_levels(
         if value == IDENTITY[dim]:
             out[(name, dim, value)] = 0.0
             continue
-        d = perturbation(layers[name].weight, dim, value, round_to=round_to)
+        choices = space.layers.get(name) if space is not None else None
+        d = perturbation(layers[name].weight, dim, value, round_to=round_to, choices=choices)
         out[(name, dim, value)] = 0.5 * float((curv[name] * d.pow(2)).sum())
     log(f"sensitivity: {method} estimate of {len(levels)} levels from {len(x)} images")
     return out
@@ -365,6 +380,7 @@ def analyze(
             samples=settings.estimator_samples,
             round_to=comp.round_to,
             seed=settings.seed,
+            space=prep.space,
             log=log,
         )
         rows = [replace(r, estimate=est[(r.layer, r.dim, r.value)]) for r in rows]

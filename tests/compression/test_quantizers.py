@@ -295,7 +295,12 @@ def test_a_registered_quantizer_is_searched_applied_packed_and_reported(binary_q
             model, CompressionPolicy({"classifier": LayerPolicy(bits=8)})
         ).classifier.weight.detach(),
     )
-    assert apply_policy(model, dense).classifier.weight.detach().abs().unique().numel() == 1
+    binary = apply_policy(model, dense).classifier.weight.detach()
+    assert binary.abs().unique().numel() == 1
+    # ... and a layer whose space offers only this quantiser is swept and estimated with it
+    w = model.classifier.weight
+    got = w + perturbation(w, "bits", 2.0, choices=space.layers["classifier"])
+    assert torch.equal(got, binary)
     assert _weights(lp) == "2-bit binary"
     with pytest.raises(ValueError, match="binary"):
         LayerPolicy(bits=2, quantizer="ternary")  # the message lists the registered ones
