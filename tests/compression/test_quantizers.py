@@ -300,7 +300,7 @@ def test_a_registered_quantizer_is_searched_applied_packed_and_reported(binary_q
     # ... and a layer whose space offers only this quantiser is swept and estimated with it
     w = model.classifier.weight
     got = w + perturbation(w, "bits", 2.0, choices=space.layers["classifier"])
-    assert torch.equal(got, binary)
+    assert torch.allclose(got, binary, rtol=0, atol=1e-7)
     assert _weights(lp) == "2-bit binary"
     with pytest.raises(ValueError, match="binary"):
         LayerPolicy(bits=2, quantizer="ternary")  # the message lists the registered ones
