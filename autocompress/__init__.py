@@ -40,16 +40,8 @@ from .metrics import TrialMetrics
 from .models import build_model, register_model
 from .policy import CompressionPolicy, LayerPolicy
 from .samplers import register_sampler
-from .search import (
-    FrontPoint,
-    SearchResult,
-    TrialRecord,
-    front_points,
-    hypervolume,
-    load_study,
-    trial_records,
-)
-from .search.pick import PickCriteria
+from .search import FrontPoint, TrialRecord, front_points, hypervolume, load_study, trial_records
+from .search.pick import PickCriteria, SearchResult
 from .search_space import SearchSpace, load_search_space
 
 __all__ = ["AutocompressError", "CompressedModel", "CompressionPolicy", "ConfigError"]

@@ -1,10 +1,8 @@
 """Files the tool writes and reads back: atomic writes (a killed process never leaves half a
-cache file, and concurrent writers never share a temporary file), the output folder checked
-up front (writable, enough free space) before any long work, and the one content hash behind
+cache file), the output folder checked before any long work, and the one content hash behind
 every cache and fingerprint (baseline, sensitivity table, latency table, study space): a digest
-of exactly the inputs that determine the cached result, as canonical JSON. A measured number in
-a cache (a latency) includes the machine it was measured on
-(``hardware.profiler.machine_fingerprint``) and the batch size in its payload."""
+of exactly the inputs that determine the cached result, a measured number's machine
+(``hardware.profiler.machine_fingerprint``) and batch size included."""
 
 from __future__ import annotations
 

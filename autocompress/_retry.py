@@ -44,18 +44,14 @@ def _chain(exc: BaseException):
 
 def is_connection_error(exc: BaseException) -> bool:
     """True for a failure to reach a server (refused, reset, restarting, gateway errors)."""
-    try:
-        from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-    except ImportError:  # pragma: no cover - sqlalchemy comes with optuna
-        DBAPIError = InterfaceError = OperationalError = ()  # noqa: N806
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError  # (Optuna's)
+
     for e in _chain(exc):
         if isinstance(e, ServiceUnavailable):
             return False  # already given up below us
-        if isinstance(e, (ConnectionError, TimeoutError)):
+        if isinstance(e, (ConnectionError, TimeoutError, OperationalError, InterfaceError)):
             return True
-        if OperationalError and isinstance(e, (OperationalError, InterfaceError)):
-            return True
-        if DBAPIError and isinstance(e, DBAPIError) and e.connection_invalidated:
+        if isinstance(e, DBAPIError) and e.connection_invalidated:
             return True
         text = str(e).lower()
         if any(w in text for w in _CONNECTION_WORDS):
@@ -82,8 +78,7 @@ def retry_call(
     while True:
         try:
             if attempt and on_retry is not None:
-                found = on_retry()
-                if found is not None:
+                if (found := on_retry()) is not None:
                     return found
             return fn()
         except Exception as exc:

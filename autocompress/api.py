@@ -46,12 +46,10 @@ from .training import Task, batches
 
 
 def _deep_merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = (
-            _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-        )
-    return out
+    return base | {
+        k: _deep_merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+        for k, v in extra.items()
+    }
 
 
 def _object_config(
@@ -144,14 +142,10 @@ def search(
     # (another task's outputs need not be class scores)
     check_model_fits(model, x, None if evaluate else data.num_classes, name=type(model).__name__)
     if space is None:
-        space = SearchSpace.from_rules(
-            model,
-            [
-                {"type": t, "sparsity": [0.0, 0.5, 0.75], "bits": [8, 32]}
-                for t in ("Conv2d", "Linear")
-                if any(type(m).__name__ == t for m in model.modules())
-            ],
-        )
+        present = {type(m).__name__ for m in model.modules()}
+        rule = {"sparsity": [0.0, 0.5, 0.75], "bits": [8, 32]}
+        rules = [{"type": t, **rule} for t in ("Conv2d", "Linear") if t in present]
+        space = SearchSpace.from_rules(model, rules)
     counts = {"n_trials": n_trials, "screen_trials": screen_trials}
     search_keys = {"seed": seed} | {k: v for k, v in counts.items() if v is not None}
     cfg = _object_config(

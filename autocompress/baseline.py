@@ -95,8 +95,7 @@ def _read_meta(path: Path, log) -> dict:
     if not path.is_file():
         return {}
     try:
-        data = json.loads(path.read_text())
-        if isinstance(data, dict):
+        if isinstance(data := json.loads(path.read_text()), dict):
             return data
     except (ValueError, OSError):
         pass
@@ -109,8 +108,7 @@ def get_baseline(
 ) -> Baseline:
     """Load (checkpoint or cache) or train the baseline, then measure it on val and test."""
     key = _cache_key(cfg)
-    cache_dir = cfg.output_dir / "cache"
-    ckpt = cache_dir / f"baseline-{key}.pt"
+    ckpt = cfg.output_dir / "cache" / f"baseline-{key}.pt"
     meta_path = ckpt.with_suffix(".json")
     in_ch = data.input_shape[0]
     kw = {"num_classes": cfg.model.num_classes, "in_channels": in_ch, "kwargs": cfg.model.kwargs}
@@ -262,15 +260,13 @@ def prepare(
     Python caller's own ``model`` (used as the trained baseline, not trained again), ``data``
     ``space`` and ``task`` take the place of what the config names."""
     task = task or task_from_config(cfg)
-    if data is None:
-        data = load_data(cfg.data)
+    data = data or load_data(cfg.data)
     if model is None:
         baseline = get_baseline(cfg, data, task=task, log=log)
     else:
         baseline = baseline_from_model(cfg, model, data, task=task, log=log)
     if space is None:
-        example = data.example_input(1)
-        space = load_search_space(cfg.search_space).resolve(baseline.model, example)
+        space = load_search_space(cfg.search_space).resolve(baseline.model, data.example_input(1))
         if space.unprunable:
             log(
                 f"search space: {len(space.unprunable)} layer(s) cannot lose output channels, "

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import AutocompressError, ConfigError
+from .errors import AutocompressError, ConfigError, ModelError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -206,7 +206,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_unpack(args: argparse.Namespace) -> int:
-    from .errors import ModelError
     from .export.run import unpack
 
     if not Path(args.packed).is_file():
@@ -420,14 +419,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: the same command resumes the search", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except AutocompressError as exc:
+    except Exception as exc:  # noqa: BLE001 - one line, not a traceback
         if debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except Exception as exc:  # noqa: BLE001 - last resort: one line, not a traceback
-        if debug:
-            raise
+        if isinstance(exc, AutocompressError):
+            print(f"error: {exc}", file=sys.stderr)
+            return exc.exit_code
         print(
             f"error: unexpected {type(exc).__name__}: {exc} (rerun with --debug)", file=sys.stderr
         )

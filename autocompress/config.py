@@ -12,14 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -354,12 +347,10 @@ class SensitivityConfig(_Strict):
 
     def cache_fields(self) -> dict[str, Any]:
         """The settings that change what the table holds (part of its cache key)."""
-        keep = ("method", "estimator", "images", "bn_batches", "max_points", "seed")
-        est = ("estimator_images", "estimator_samples")
-        d = {k: getattr(self, k) for k in keep}
+        keep = ["method", "estimator", "images", "bn_batches", "max_points", "seed"]
         if self.method != "sweep" or self.estimator is not None:
-            d.update({k: getattr(self, k) for k in est})
-        return d
+            keep += ["estimator_images", "estimator_samples"]
+        return {k: getattr(self, k) for k in keep}
 
     def with_(self, **changes: Any) -> SensitivityConfig:
         return type(self)(**(self.model_dump() | changes))
@@ -488,14 +479,12 @@ def load_experiment(
     cfg.output_dir = _abs(cfg.output_dir)
     cfg.model.checkpoint = _abs(cfg.model.checkpoint)
     cfg.data.root = _abs(cfg.data.root)
-    from .hardware.targets import is_target_file
+    from .hardware.targets import is_target_file, load_target
 
     if is_target_file(cfg.latency.target):
         cfg.latency.target = str(_abs(Path(cfg.latency.target)))
     cfg.source = path.resolve()
     if check_files:
-        from .hardware.targets import load_target
-
         load_target(cfg.latency.target)  # a preset file: exists and parses, before any work
         if ":" in cfg.search.sampler:
             models.load_callable(cfg.search.sampler, what="search.sampler")

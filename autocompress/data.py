@@ -109,8 +109,7 @@ def check_available(cfg: DataConfig) -> None:
     """Raise DataError (one line saying how to get the data) when the files are not there."""
     if cfg.dataset == "fashion_mnist":
         root = _fashion_mnist_root(cfg)
-        missing = [f for f in _FMNIST_FILES.values() if not (root / f).is_file()]
-        if missing:
+        if missing := [f for f in _FMNIST_FILES.values() if not (root / f).is_file()]:
             raise DataError(
                 f"Fashion-MNIST not found in {root} (missing {', '.join(missing)}): "
                 "run 'apt-get install dataset-fashion-mnist', or set data.root or "
@@ -152,12 +151,8 @@ def _image_folder(cfg: DataConfig) -> tuple[Dataset, Dataset, int]:
     check_available(cfg)
     root = Path(cfg.root)
     size = cfg.kwargs.get("image_size", 28)
-    grayscale = cfg.kwargs.get("grayscale", True)
-    steps = [transforms.Resize((size, size))]
-    if grayscale:
-        steps.append(transforms.Grayscale(1))
-    steps.append(transforms.ToTensor())
-    tf = transforms.Compose(steps)
+    gray = [transforms.Grayscale(1)] if cfg.kwargs.get("grayscale", True) else []
+    tf = transforms.Compose([transforms.Resize((size, size)), *gray, transforms.ToTensor()])
     train = datasets.ImageFolder(str(root / "train"), transform=tf)
     test = datasets.ImageFolder(str(root / "test"), transform=tf)
     return train, test, len(train.classes)
@@ -212,5 +207,4 @@ def load_data(cfg: DataConfig) -> DataBundle:
     train = _take(train_full, cfg.train_subset, cfg.seed + 1)
     val = _take(val, cfg.val_subset, cfg.seed + 2)
     test = _take(test, cfg.test_subset, cfg.seed + 3)
-    x0 = val[0][0]
-    return DataBundle(train, val, test, num_classes, tuple(x0.shape), train_full)
+    return DataBundle(train, val, test, num_classes, tuple(val[0][0].shape), train_full)

@@ -62,9 +62,7 @@ class TrialMetrics:
         return float(getattr(self, OBJECTIVES[objective].metric))
 
     def to_dict(self) -> dict[str, float]:
-        d = {k: v for k, v in asdict(self).items() if v is not None}
-        d["size_kb"] = self.size_kb
-        return d
+        return {k: v for k, v in asdict(self).items() if v is not None} | {"size_kb": self.size_kb}
 
     @classmethod
     def from_dict(cls, d: dict) -> TrialMetrics:

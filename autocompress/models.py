@@ -162,8 +162,7 @@ def load_callable(ref: str, *, what: str) -> Callable[..., Any]:
     module = _import(module_name, what)
     obj = module
     for part in attr.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
+        if (obj := getattr(obj, part, None)) is None:
             raise ConfigError(f"{what}: module {module_name!r} has no attribute {attr!r}")
     if not callable(obj):
         raise ConfigError(f"{what}: {ref!r} is not callable")

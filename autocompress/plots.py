@@ -30,8 +30,10 @@ def _figure(width: float, height: float, dpi: int = 100):
     return fig
 
 
-def _save(fig, path: Path, dpi: int | None = None) -> Path:
-    fig.savefig(path, dpi=dpi or fig.dpi)
+def _save(fig, path: Path, *, tight: bool = False) -> Path:
+    if tight:
+        fig.tight_layout()
+    fig.savefig(path, dpi=fig.dpi)
     return Path(path)
 
 
@@ -76,8 +78,7 @@ def policy_png(policy: Mapping[str, Any], path: Path, *, title: str) -> Path:
     for shift, key, colour in ((-0.2, "sparsity", _RED), (0.2, "keep_ratio", _BLUE)):
         label = key.replace("_", " ")
         top.bar([i + shift for i in x], [r[key] for r in rows], 0.4, color=colour, label=label)
-    top.set_ylim(0, 1.05)
-    top.set_ylabel("fraction")
+    top.set(ylim=(0, 1.05), ylabel="fraction")
     top.legend(loc="upper left", fontsize=7, ncol=2, frameon=False, bbox_to_anchor=(0, 1.18))
     top.grid(axis="y", alpha=0.3)
     # 32-bit (float) layers are drawn as a full bar labelled fp32
@@ -85,9 +86,7 @@ def policy_png(policy: Mapping[str, Any], path: Path, *, title: str) -> Path:
     colours = [_GREY if r["bits"] == _FLOAT_BITS else _GREEN for r in rows]
     bars = bottom.bar(x, heights, 0.6, color=colours)
     bottom.bar_label(bars, [_bits_text(r["bits"]) for r in rows], fontsize=7)
-    bottom.set_ylim(0, 11)
-    bottom.set_yticks([2, 4, 6, 8])
-    bottom.set_ylabel("weight bits")
+    bottom.set(ylim=(0, 11), yticks=[2, 4, 6, 8], ylabel="weight bits")
     bottom.set_xticks(x, [r["layer"] for r in rows], rotation=30, ha="right", fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.subplots_adjust(
@@ -176,13 +175,11 @@ def pareto_png(rows: Sequence[dict], path: Path, *, title: str) -> Path:
                 xytext=(3, 3),
                 textcoords="offset points",
             )
-        ax.set_xlabel(label)
-        ax.set_ylabel("validation accuracy")
+        ax.set(xlabel=label, ylabel="validation accuracy")
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right")
     fig.suptitle(title)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, tight=True)
 
 
 # -- search progress, sensitivity, export -------------------------------------------------------
@@ -203,8 +200,7 @@ def hypervolume_png(history: Sequence[Mapping[str, Any]], path: Path, *, title: 
     ax2.set_ylabel("points on the front", color="#707070")
     ax2.set_ylim(bottom=0)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, tight=True)
 
 
 def latency_png(
@@ -218,13 +214,11 @@ def latency_png(
     bars = ax.barh(names, vals, color=[_BLUE, _RED, _GREY][: len(vals)])
     ax.bar_label(bars, [f"{v:.4f} ms" for v in vals], padding=3, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlim(0, max(vals) * 1.35 if max(vals) > 0 else 1)
-    ax.set_xlabel("latency (ms)")
+    ax.set(xlim=(0, max(vals) * 1.35 if max(vals) > 0 else 1), xlabel="latency (ms)")
     if measured_ms > 0:
         title = f"{title}\npredicted / measured = {predicted_ms / measured_ms:.2f}"
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, tight=True)
 
 
 def throughput_png(forms: Mapping[str, Mapping[str, Any]], path: Path, *, title: str) -> Path:
@@ -241,12 +235,10 @@ def throughput_png(forms: Mapping[str, Mapping[str, Any]], path: Path, *, title:
             label = f"{name}{' (deployed)' if m.get('deployed') else ''}, {t} thr"
             ax.plot(*zip(*pts, strict=True), style, marker="o", ms=3, label=label)
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("images / s")
+    ax.set(xlabel="batch size", ylabel="images / s")
     ax.legend(fontsize=7, ncol=2)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, tight=True)
 
 
 def activations_png(stats: Sequence[Mapping[str, Any]], path: Path, *, title: str) -> Path:
@@ -270,5 +262,4 @@ def activations_png(stats: Sequence[Mapping[str, Any]], path: Path, *, title: st
     right.axvline(1.0, color=_RED, lw=0.8, ls="--")
     right.set_xlabel("input clipped by the activation quantiser (%)")
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, tight=True)

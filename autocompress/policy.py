@@ -79,12 +79,7 @@ class LayerPolicy:
 
     @property
     def is_identity(self) -> bool:
-        return (
-            self.sparsity == 0.0
-            and self.threshold == 0.0
-            and self.bits == FLOAT_BITS
-            and self.keep_ratio == 1.0
-        )
+        return self == LayerPolicy()  # (options take their defaults at 32 bits)
 
 
 # Values of the quantiser options; ``quantizer`` lists the registered weight quantisers
@@ -157,8 +152,7 @@ class CompressionPolicy(Mapping[str, LayerPolicy]):
     def validate(self, model: nn.Module) -> None:
         """Raise ModelError if a named layer is missing or is not compressible."""
         layers = compressible_layers(model)
-        unknown = [n for n in self.layers if n not in layers]
-        if unknown:
+        if unknown := [n for n in self.layers if n not in layers]:
             sample = ", ".join(list(layers)[:6])
             raise ModelError(
                 f"policy names unknown layer(s) {', '.join(unknown)}; "

@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 import optuna
 
+from .errors import ConfigError
+
 SamplerFactory = Callable[..., optuna.samplers.BaseSampler]
 _REGISTRY: dict[str, SamplerFactory] = {}
 
@@ -39,8 +41,6 @@ def make_sampler(name: str, **kw) -> optuna.samplers.BaseSampler:
         factory = load_callable(name, what="search.sampler")
     sampler = factory(**kw)
     if not isinstance(sampler, optuna.samplers.BaseSampler):
-        from .errors import ConfigError
-
         raise ConfigError(
             f"search.sampler: {name!r} returned {type(sampler).__name__}, not an Optuna sampler"
         )

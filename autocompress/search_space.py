@@ -23,15 +23,17 @@ The first rule that matches a layer decides its choices; unmatched layers stay u
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import nn
 
+from .compression.structured import prunable_layers, prune_channels
 from .config import read_yaml, validation_message
 from .errors import ConfigError
 from .policy import FLOAT_BITS, CompressionPolicy, LayerPolicy, compressible_layers
@@ -60,9 +62,7 @@ class LayerRule(BaseModel):
     bits: list[int] = Field(default_factory=lambda: [FLOAT_BITS])
     keep_ratio: list[float] = Field(default_factory=lambda: [1.0])
     threshold: list[float] = Field(default_factory=lambda: [0.0])
-    quantizer: list[str] = Field(  # registered names (compression.quantizers)
-        default_factory=lambda: ["uniform"]
-    )
+    quantizer: list[str] = Field(default_factory=lambda: ["uniform"])  # registered names
     scheme: list[Literal["symmetric", "asymmetric"]] = Field(default_factory=lambda: ["symmetric"])
     granularity: list[Literal["per_channel", "per_tensor"]] = Field(
         default_factory=lambda: ["per_channel"]
@@ -83,15 +83,11 @@ class LayerRule(BaseModel):
             raise ValueError("give at least one choice")
         for x in vals:
             LayerPolicy(**{info.field_name: x})
-        return v
+        return vals  # (a range as its values)
 
     @property
     def label(self) -> str:
         return f"name {self.name!r}" if self.name is not None else f"type {self.type!r}"
-
-    def sparsity_values(self) -> tuple[float, ...]:
-        vals = self.sparsity.values() if isinstance(self.sparsity, _Range) else self.sparsity
-        return tuple(sorted(set(float(s) for s in vals)))
 
     def matches(self, name: str, module: nn.Module) -> bool:
         if self.type is not None:
@@ -129,7 +125,7 @@ class SearchSpaceSpec(BaseModel):
             for n in hits:
                 if n not in choices and not any(fnmatch.fnmatchcase(n, p) for p in self.exclude):
                     choices[n] = LayerChoices(
-                        rule.sparsity_values(),
+                        tuple(sorted({float(s) for s in rule.sparsity})),
                         tuple(sorted(set(rule.bits))),
                         tuple(sorted(set(rule.keep_ratio), reverse=True)),
                         tuple(sorted(set(rule.threshold))),
@@ -224,11 +220,11 @@ class SearchSpace:
         return CompressionPolicy(out, scope=self.scope)
 
     def params_from_policy(self, policy: CompressionPolicy) -> dict:
-        params = {}
-        for key in self.choices():
-            layer, _, dim = key.rpartition(".")
-            params[key] = getattr(policy.layers.get(layer, LayerPolicy()), dim)
-        return params
+        return {
+            f"{layer}.{dim}": getattr(policy.layers.get(layer, LayerPolicy()), dim)
+            for layer, ch in self.layers.items()
+            for dim in ch.options()
+        }
 
     def uniform_policy(
         self, sparsity: float, bits: int, keep_ratio: float | None = None
@@ -261,11 +257,6 @@ class SearchSpace:
 
 
 def _check_channel_removal(space: SearchSpace, model: nn.Module, example, where: str):
-    import copy
-    from dataclasses import replace
-
-    from .compression.structured import prunable_layers, prune_channels
-
     try:
         prunable = prunable_layers(model, example)
         wanted = [n for n, c in space.layers.items() if min(c.keep_ratio) < 1.0]

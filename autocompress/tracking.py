@@ -7,7 +7,9 @@ its parent run again and trial runs can be ended FAILED or KILLED with their rea
 from __future__ import annotations
 
 import json
+import os
 import re
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -63,8 +65,6 @@ class Tracker:
         reconnect_s: float = 120.0,
         log=print,
     ):
-        import os
-
         import mlflow
         from mlflow.entities import Metric, Param, RunTag
 
@@ -110,11 +110,8 @@ class Tracker:
 
     def log(self, run_id: str, params=None, metrics=None, tags=None) -> None:
         """One ``log_batch`` (MLflow splits it into requests within the server's limits)."""
-        import time
-
         if not (params or metrics or tags):
             return
-
         now = int(time.time() * 1000)
         batch = {
             "params": [self._Param(k[:250], v) for k, v in (params or {}).items()],

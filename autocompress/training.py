@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from itertools import islice
+from itertools import count, islice
 
 import torch
 import torch.nn.functional as F
@@ -26,9 +26,6 @@ class Task:
 
     metric: Metric | None = None
     loss: Loss | None = None
-
-    def loss_fn(self) -> Loss:
-        return self.loss or F.cross_entropy
 
 
 CLASSIFICATION = Task()
@@ -84,13 +81,6 @@ def first_batches(
     return [x for x, _ in islice(batches(ds, batch_size, shuffle=shuffle, seed=seed), n)]
 
 
-def _cycle(ds: Dataset, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    epoch = 0
-    while True:
-        yield from batches(ds, batch_size, shuffle=True, seed=seed + epoch)
-        epoch += 1
-
-
 def train(
     model: nn.Module,
     ds: Dataset,
@@ -127,8 +117,8 @@ def train(
     if teacher is not None:
         teacher.eval()
     tail: list[float] = []
-    data = _cycle(ds, batch_size, seed)
-    loss_fn = task.loss_fn()
+    data = (b for e in count() for b in batches(ds, batch_size, shuffle=True, seed=seed + e))
+    loss_fn = task.loss or F.cross_entropy
     for step in range(steps):
         x, y = next(data)
         logits = model(x)
@@ -164,9 +154,9 @@ def evaluate(
     """(top-1 accuracy, mean cross-entropy) of ``model`` on ``ds``; with a ``task.metric``,
     (its value, NaN)."""
     model.eval()
+    if len(ds) == 0:
+        raise AutocompressError("cannot evaluate on an empty data set")
     if task.metric is not None:
-        if len(ds) == 0:
-            raise AutocompressError("cannot evaluate on an empty data set")
         return float(task.metric(model, _Batches(ds, batch_size))), float("nan")
     correct = total = 0
     loss_sum = 0.0
@@ -175,6 +165,4 @@ def evaluate(
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         correct += int((logits.argmax(1) == y).sum())
         total += len(y)
-    if total == 0:
-        raise AutocompressError("cannot evaluate on an empty data set")
     return correct / total, loss_sum / total

@@ -144,6 +144,6 @@ def test_int8_model_that_loses_accuracy_is_not_deployed(
     assert all(on_val for _, on_val in asked), asked
     assert dep.form == form
     if form == "fp32":
-        assert dep.path == dep.fp32 and "10.00 points" in dep.fallback and said
+        assert dep.path == dep.forms["fp32"][0] and "10.00 points" in dep.fallback and said
     else:
         assert dep.path.name == "model_int8.onnx" and not dep.fallback and not said

@@ -1,14 +1,8 @@
-"""Apply a :class:`CompressionPolicy` to a model: masks + fake-quantisation as weight
-parametrisations (so fine-tuning keeps them), 8-bit activation fake-quant on quantised layers,
-and the packed state that defines the model's size. Weight formats come from the quantiser
-registry (``compression.quantizers``); activations are fake-quantised to 8 bits with a
-straight-through estimator for fine-tuning.
-
-Magnitude pruning: masks that zero exactly the requested fraction of a weight tensor, and
-threshold pruning (``|w| < threshold``). Activation monitoring: per-layer statistics of what each
-compressible layer outputs, in the uncompressed and the compressed model on the same batches, and
-the fraction of its input the 8-bit activation quantiser clips (values outside its calibrated
-range)."""
+"""Apply a :class:`CompressionPolicy` to a model: magnitude masks + fake-quantisation as weight
+parametrisations (so fine-tuning keeps them; formats from the quantiser registry,
+``compression.quantizers``), 8-bit activation fake-quant with a straight-through estimator on
+quantised layers, the packed state that defines the model's size, and per-layer activation
+statistics of the uncompressed against the compressed model (:func:`activation_stats`)."""
 
 from __future__ import annotations
 
@@ -24,7 +18,7 @@ from ..models import evaluating
 from ..policy import FLOAT_BITS, CompressionPolicy, LayerPolicy, compressible_layers
 from .batchnorm import batchnorms, foldable, inference_affine
 from .packing import QuantizedTensor
-from .quantizers import weight_format
+from .quantizers import straight_through, weight_format
 from .structured import prune_channels
 
 
@@ -66,9 +60,7 @@ class ActFakeQuant(nn.Module):
         scale, zp = self.scale_zero_point()
         levels = 2**self.bits - 1
         xq = (torch.clamp(torch.round(x / scale) + zp, 0, levels) - zp) * scale
-        if not x.requires_grad:  # inference: the same values, without the estimator's copies
-            return xq
-        return xq + (x - x.detach())
+        return straight_through(x, xq)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}"

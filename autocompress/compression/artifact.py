@@ -1,10 +1,7 @@
-"""The packed, entropy-coded checkpoint of a compressed model and its loader: the model's
-``compressed_state`` in the ``autocompress.compression.packing`` format, with what rebuilds the
-architecture in its metadata (the model reference, the policy: which channel counts the
-structured pruning leaves, and the input shape). ``load_packed_model`` returns a model whose
-logits equal the compressed model's bit for bit once its BatchNorm statistics are folded
-(``batchnorm.fold_statistics``, which the trial pipeline does after the fine-tune).
-"""
+"""The packed model file: ``compressed_state`` in the ``compression.packing`` format, with what
+rebuilds the architecture (model reference, policy, input shape) in its metadata. The loaded
+model's logits equal the compressed model's bit for bit once its BatchNorm statistics are folded
+(``batchnorm.fold_statistics``, which the trial pipeline does after the fine-tune)."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ parameters (copied by channel removal).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
 from contextlib import contextmanager
 
 import torch
@@ -139,10 +139,7 @@ def fold_statistics(model: nn.Module, batch: torch.Tensor | None = None) -> nn.M
     if not pairs:
         return model
     params = [(bn, _trained_weight(layer), layer.bias) for bn, layer in pairs.items()]
-    saved = [
-        [None if t is None else t.detach().clone() for t in (bn.weight, w, b)]
-        for bn, w, b in params
-    ]
+    saved = copy.deepcopy(model.state_dict())
     before = model(batch)
     if not isinstance(before, torch.Tensor):
         return model
@@ -155,12 +152,7 @@ def fold_statistics(model: nn.Module, batch: torch.Tensor | None = None) -> nn.M
     after = model(batch)
     # rounding moves a few weight or activation codes by a step; a missed consumer moves all
     if not torch.allclose(after, before, rtol=0.0, atol=1e-2 * float(before.abs().max())):
-        # not a pure Conv -> BN chain: undo
-        for (bn, w, b), (sbn, sw, sb) in zip(params, saved, strict=True):
-            bn.weight.copy_(sbn)
-            w.copy_(sw)
-            if b is not None:
-                b.copy_(sb)
+        model.load_state_dict(saved)  # not a pure Conv -> BN chain: undo
     return model
 
 
@@ -168,23 +160,6 @@ def _trained_weight(layer: nn.Module) -> torch.Tensor:
     """The layer's trained weight tensor (under its compression parametrisation, if any)."""
     plist = _weight_parametrization(layer)
     return plist.original if plist is not None else layer.weight
-
-
-class BNState:
-    """Running statistics of some BatchNorm layers, to swap in and out of a shared model."""
-
-    def __init__(self, bns: dict[str, nn.Module]) -> None:
-        self.values = {
-            n: (m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
-            for n, m in bns.items()
-        }
-
-    def load(self, bns: dict[str, nn.Module]) -> None:
-        for n, m in bns.items():
-            mean, var, count = self.values[n]
-            m.running_mean.copy_(mean)
-            m.running_var.copy_(var)
-            m.num_batches_tracked.copy_(count)
 
 
 @contextmanager
@@ -195,7 +170,7 @@ def train_mode(model: nn.Module, collect: dict[str, nn.Module] | None = None, re
     collect = collect or {}
     bns = batchnorms(model)
     others = {n: m for n, m in bns.items() if n not in collect}
-    kept = BNState(others)
+    kept = {n: copy.deepcopy(m.state_dict()) for n, m in others.items()}
     momenta = {n: m.momentum for n, m in bns.items()}
     modes = {n: m.training for n, m in bns.items()}
     for n, m in bns.items():
@@ -212,24 +187,26 @@ def train_mode(model: nn.Module, collect: dict[str, nn.Module] | None = None, re
         for n, m in bns.items():
             m.momentum = momenta[n]
             m.train(modes[n])
-        kept.load(others)
+        for n, m in others.items():
+            m.load_state_dict(kept[n])
 
 
 @torch.no_grad()
 def batch_statistics(
-    model: nn.Module, batches: list[torch.Tensor], run: Callable[[torch.Tensor], object]
+    model: nn.Module, batches: list[torch.Tensor]
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Mean and variance each BatchNorm layer of ``model`` sees over ``batches`` with all of
-    them in train mode (``run(x)`` does the forward pass); the model is left as it was."""
+    them in train mode; the model is left as it was."""
     bns = batchnorms(model)
-    saved = BNState(bns)
+    saved = {n: copy.deepcopy(m.state_dict()) for n, m in bns.items()}
     try:
         with train_mode(model, bns, reset=True):
             for x in batches:
-                run(x)
+                model(x)
         return {n: (m.running_mean.clone(), m.running_var.clone()) for n, m in bns.items()}
     finally:
-        saved.load(bns)
+        for n, m in bns.items():
+            m.load_state_dict(saved[n])
 
 
 def _channels(ref: nn.Module, new: nn.Module) -> torch.Tensor | None:
@@ -242,26 +219,6 @@ def _channels(ref: nn.Module, new: nn.Module) -> torch.Tensor | None:
     if not bool((same.sum(1) == 1).all()):
         return None
     return same.float().argmax(1)
-
-
-@torch.no_grad()
-def corrected_statistics(
-    new: nn.Module,
-    estimate: tuple[torch.Tensor, torch.Tensor],
-    ref: nn.Module,
-    ref_stats: tuple[torch.Tensor, torch.Tensor],
-    ref_estimate: tuple[torch.Tensor, torch.Tensor],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Running (mean, var) for ``new`` (see the module docstring); the plain ``estimate`` when
-    its channels cannot be matched to ``ref``'s."""
-    idx = _channels(ref, new)
-    if idx is None:
-        return estimate
-    mean0, var0 = ref_stats[0][idx], ref_stats[1][idx]
-    bmean, bvar = ref_estimate[0][idx], ref_estimate[1][idx]
-    mean = mean0 + (estimate[0] - bmean)
-    var = var0 * estimate[1] / bvar.clamp_min(1e-12)
-    return mean, var
 
 
 @torch.no_grad()
@@ -280,12 +237,15 @@ def correct_batchnorm(
         return
     model.eval()
     reference.eval()
-    est = batch_statistics(model, batches, model)
-    ref_est = reference_estimate or batch_statistics(reference, batches, reference)
+    est = batch_statistics(model, batches)
+    ref_est = reference_estimate or batch_statistics(reference, batches)
     for n, m in bns.items():
         if n not in refs:
             continue
-        r = refs[n]
-        mean, var = corrected_statistics(m, est[n], r, (r.running_mean, r.running_var), ref_est[n])
+        r, (mean, var) = refs[n], est[n]
+        idx = _channels(r, m)
+        if idx is not None:  # (else: the plain estimate)
+            mean = r.running_mean[idx] + (mean - ref_est[n][0][idx])
+            var = r.running_var[idx] * var / ref_est[n][1][idx].clamp_min(1e-12)
         m.running_mean.copy_(mean)
         m.running_var.copy_(var)

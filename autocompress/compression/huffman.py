@@ -12,9 +12,7 @@ over all bit positions of a chunk: the code length starting at every bit gives a
 the stream is cut into small blocks, a backward pass finds where a code starting anywhere in a
 block leaves it, a short loop over blocks finds the true code boundary entering each block, and
 one walker per block marks the true code starts.  Python loops run over blocks and block offsets,
-never over symbols.
-
-The same bit reader/writer provides fixed-width packing (:func:`pack_fixed`/:func:`unpack_fixed`).
+never over symbols. The same bit reader/writer packs at a fixed width (:func:`pack_fixed`).
 """
 
 from __future__ import annotations
@@ -40,10 +38,8 @@ def code_lengths(freqs: np.ndarray, max_len: int = MAX_CODE_LEN) -> np.ndarray:
     lengths = np.zeros(freqs.size, dtype=np.uint8)
     present = np.flatnonzero(freqs)
     k = present.size
-    if k == 0:
-        return lengths
-    if k == 1:
-        lengths[present[0]] = 1
+    if k <= 1:  # none, or one symbol: a 1-bit code
+        lengths[present] = 1
         return lengths
     if k > (1 << max_len):
         raise ValueError(f"{k} symbols cannot be coded in at most {max_len} bits")
@@ -158,19 +154,6 @@ def _write_bits(values: np.ndarray, lengths: np.ndarray | int) -> bytes:
     return np.packbits(bits).tobytes()
 
 
-def _windows(buf: np.ndarray, byte_idx: np.ndarray) -> np.ndarray:
-    """Big-endian uint32 made of the 4 bytes at each index of a zero-padded buffer."""
-    b = buf.astype(np.uint32)
-    return (b[byte_idx] << 24) | (b[byte_idx + 1] << 16) | (b[byte_idx + 2] << 8) | b[byte_idx + 3]
-
-
-def _padded(data: bytes, extra_bits: int = 0) -> np.ndarray:
-    raw = np.frombuffer(data, dtype=np.uint8)
-    out = np.zeros(raw.size + (extra_bits + 7) // 8 + 8, dtype=np.uint8)
-    out[: raw.size] = raw
-    return out
-
-
 def pack_fixed(values: np.ndarray, width: int) -> bytes:
     """Bit-pack non-negative integers on ``width`` bits each (1..24), MSB first."""
     if not 1 <= width <= MAX_CODE_LEN:
@@ -194,12 +177,6 @@ def unpack_fixed(data: bytes, width: int, count: int) -> np.ndarray:
     return bits.reshape(count, width).astype(np.uint32) @ weights
 
 
-def _symbol_dtype(num_symbols: int) -> type[np.unsignedinteger]:
-    if num_symbols <= 1 << 8:
-        return np.uint8
-    return np.uint16 if num_symbols <= 1 << 16 else np.uint32
-
-
 def encode(symbols: np.ndarray, table: HuffmanTable | None = None) -> tuple[bytes, HuffmanTable]:
     """Huffman-code ``symbols`` (non-negative ints, any shape, read flat).
 
@@ -217,8 +194,7 @@ def encode(symbols: np.ndarray, table: HuffmanTable | None = None) -> tuple[byte
         table = HuffmanTable(code_lengths(freqs))
     elif freqs.size > table.num_symbols or (table.lengths[: freqs.size][freqs > 0] == 0).any():
         raise ValueError("the Huffman table does not code every symbol present")
-    lens = table.lengths[symbols]
-    return _write_bits(table.codes()[symbols], lens), table
+    return _write_bits(table.codes()[symbols], table.lengths[symbols]), table
 
 
 class _Decoder:
@@ -259,7 +235,7 @@ class _Decoder:
 
 def decode(data: bytes, table: HuffmanTable, count: int) -> np.ndarray:
     """Decode ``count`` symbols; the dtype is the smallest unsigned type holding the alphabet."""
-    dtype = _symbol_dtype(table.num_symbols)
+    dtype = np.min_scalar_type(max(table.num_symbols - 1, 0))
     if count == 0:
         return np.zeros(0, dtype=dtype)
     present = np.flatnonzero(table.lengths)
@@ -272,7 +248,8 @@ def decode(data: bytes, table: HuffmanTable, count: int) -> np.ndarray:
         return np.full(count, present[0], dtype=dtype)
     dec = _Decoder(table)
     chunk = min(_READ_CHUNK, -(-total_bits // _BLOCK) * _BLOCK)
-    buf = _padded(data, chunk + 64)
+    pad = np.zeros((chunk + 64 + 7) // 8 + 8, dtype=np.uint8)  # zero bits past the end
+    buf = np.concatenate([np.frombuffer(data, dtype=np.uint8), pad])
     out = np.empty(count, dtype=dtype)
     got, entry = 0, 0  # symbols decoded; first true code start of the current chunk
     for c0 in range(0, total_bits, chunk):
@@ -297,7 +274,8 @@ def _chunk_starts(
     """
     L = dec.L
     shifts = np.arange(8, dtype=np.uint32)
-    win = _windows(buf, np.arange(c0 >> 3, (c0 + n) >> 3))
+    b, i = buf.astype(np.uint32), np.arange(c0 >> 3, (c0 + n) >> 3)
+    win = (b[i] << 24) | (b[i + 1] << 16) | (b[i + 2] << 8) | b[i + 3]  # big-endian, per byte
     peek = ((win[:, None] << shifts) >> np.uint32(32 - L)).ravel()
     if L <= _LUT_MAX_LEN:
         peek = peek.astype(np.uint16)

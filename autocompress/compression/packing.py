@@ -85,9 +85,7 @@ class QuantizedTensor:
     @property
     def alphabet(self) -> int:
         """Number of distinct symbols a code of this kind and width may take."""
-        if self.kind == "kmeans":
-            return (1 << self.bits) + 1
-        return 2 * self.offset + 1
+        return (1 << self.bits) + 1 if self.kind == "kmeans" else 2 * self.offset + 1
 
     def dequantize(self) -> np.ndarray:
         """The float32 weight."""
@@ -333,10 +331,7 @@ def _pack_raw(
     sparse = _sparse_float_plan(arr, huffman) if arr.dtype.kind == "f" and arr.size else None
     if sparse is not None:
         return _pack_sparse_float(entry, arr, sparse, encode)
-    if not encode:
-        return entry, [arr.nbytes]
-    arr = np.ascontiguousarray(arr, dtype=dtype)
-    return entry, [arr.tobytes()]
+    return entry, [np.ascontiguousarray(arr, dtype=dtype).tobytes() if encode else arr.nbytes]
 
 
 def _sparse_float_plan(arr: np.ndarray, huffman: bool):
@@ -445,14 +440,13 @@ def unpack_state(data: bytes) -> tuple[dict[str, np.ndarray | QuantizedTensor], 
     for entry in header["t"]:
         if entry["k"] == "q":
             out[entry["n"]], offset = _unpack_quantized(entry, data, offset)
-            continue
-        if entry["k"] == "sf":
+        elif entry["k"] == "sf":
             out[entry["n"]], offset = _unpack_sparse_float(entry, data, offset)
-            continue
-        dtype = np.dtype(entry["d"])
-        count = int(np.prod(entry["s"], dtype=np.int64))
-        out[entry["n"]] = _read_array(data, dtype, count, offset).reshape(tuple(entry["s"]))
-        offset += count * dtype.itemsize
+        else:
+            dtype = np.dtype(entry["d"])
+            count = int(np.prod(entry["s"], dtype=np.int64))
+            out[entry["n"]] = _read_array(data, dtype, count, offset).reshape(tuple(entry["s"]))
+            offset += count * dtype.itemsize
     if offset != len(data):
         raise ValueError(f"packed data size mismatch: payloads end at {offset}, got {len(data)}")
     return out, header["meta"]

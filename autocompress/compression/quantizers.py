@@ -71,18 +71,14 @@ def fake_quantize_weight(weight: torch.Tensor, bits: int, **options: str) -> tor
     """
     codes, scales = quantize_weight(weight, bits, **options)
     wq = codes.to(weight.dtype) * scales.to(weight.dtype).view((-1,) + (1,) * (weight.dim() - 1))
-    return _straight_through(weight, wq)
+    return straight_through(weight, wq)
 
 
-def _straight_through(weight: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+def straight_through(weight: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``value`` forward, identity gradient to ``weight`` (none needed without a gradient)."""
     if not weight.requires_grad:  # inference (screening, evaluation): no estimator needed
         return value
     return value + (weight - weight.detach())
-
-
-def fake_half(weight: torch.Tensor) -> torch.Tensor:
-    """The weight rounded to FP16 (what the packed file stores), straight-through gradient."""
-    return _straight_through(weight, weight.detach().half().to(weight.dtype))
 
 
 @torch.no_grad()
@@ -188,8 +184,8 @@ class _Float(WeightFormat):
 
 
 class _Half(_Float):
-    def value(self, comp, w):
-        return fake_half(w)
+    def value(self, comp, w):  # rounded to FP16 (what the packed file stores)
+        return straight_through(w, w.detach().half().to(w.dtype))
 
     def stored(self, comp, w):
         return w.numpy().astype(np.float16)
@@ -267,10 +263,6 @@ def register_quantizer(name: str, fmt: WeightFormat) -> WeightFormat:
     _FORMATS[name] = fmt
     _register_quantizer_name(name, fmt.options)
     return fmt
-
-
-def quantizer_names() -> tuple[str, ...]:
-    return tuple(_FORMATS)
 
 
 def weight_format(lp: LayerPolicy) -> WeightFormat:

@@ -11,6 +11,7 @@ group's first member that the policy names. The model's output layers are never 
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import torch
 from torch import nn
@@ -39,9 +40,10 @@ def output_layers(model: nn.Module, example: torch.Tensor, *, probe: bool = Fals
     ``probe`` (the whole model; sub-modules check their boundary layers by pruning anyway):
     also the layers as wide as the output whose pruning alone would change its shape."""
     outs: dict[str, torch.Tensor] = {}
+    layers = compressible_layers(model)
     hooks = [
         m.register_forward_hook(lambda mod, a, o, n=n: outs.__setitem__(n, o))
-        for n, m in compressible_layers(model).items()
+        for n, m in layers.items()
     ]
     with evaluating(model, hooks):
         final = model(example)
@@ -53,11 +55,7 @@ def output_layers(model: nn.Module, example: torch.Tensor, *, probe: bool = Fals
     # (channels are dim 1 of an image tensor, the last dim of a token sequence)
     ok = isinstance(final, torch.Tensor) and final.dim() >= 2
     widths = {final.shape[1], final.shape[-1]} if ok else set()
-    maybe = {
-        n
-        for n, m in compressible_layers(model).items()
-        if n not in direct and getattr(m, "out_channels", getattr(m, "out_features", 0)) in widths
-    }
+    maybe = {n for n, m in layers.items() if n not in direct and _out_channels(m) in widths}
     if maybe:
         with evaluating(model):
             direct |= _boundary_layers(model, (example,), maybe, _importance("l1"))
@@ -68,12 +66,6 @@ def kept_channels(channels: int, keep_ratio: float, round_to: int) -> int:
     """Output channels a layer keeps at ``keep_ratio``: a multiple of ``round_to``, at least one."""
     keep = int(round(channels * keep_ratio / round_to)) * round_to
     return min(channels, max(round_to, keep, 1))
-
-
-def _attention_heads(model: nn.Module) -> dict[nn.Module, int]:
-    """``num_heads`` for Torch-Pruning: every ``nn.MultiheadAttention`` (heads keep their count,
-    each head loses the same dimensions)."""
-    return {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
 
 
 def _sync_attributes(model: nn.Module) -> None:
@@ -267,6 +259,8 @@ def _pruner(unit: nn.Module, args: tuple, ratios: dict, scorer, ignored: list):
     import torch_pruning as tp
 
     layers = set(compressible_layers(unit).values())
+    # Attention heads keep their count; each head loses the same dimensions.
+    heads = {m: m.num_heads for m in unit.modules() if isinstance(m, nn.MultiheadAttention)}
     return tp.pruner.BasePruner(
         unit,
         args[0] if len(args) == 1 else args,
@@ -274,15 +268,13 @@ def _pruner(unit: nn.Module, args: tuple, ratios: dict, scorer, ignored: list):
         pruning_ratio=0.0,
         pruning_ratio_dict={m: r for m, r in ratios.items() if m in layers},
         ignored_layers=ignored,
-        num_heads=_attention_heads(unit),
+        num_heads=heads,
     )
 
 
 def _boundary_layers(unit: nn.Module, args: tuple, todo: set[str], scorer) -> set[str]:
     """The layers of a sub-module whose channels reach its output (or that cannot be pruned
     inside it): pruning each alone, on a copy, must leave the sub-module's output shape as is."""
-    import copy
-
     with torch.no_grad():
         want = _shape(unit(*args))
     bad = set()
@@ -367,8 +359,7 @@ def prune_channels(
     layers = compressible_layers(model)
     with evaluating(model):
         protected = output_layers(model, example, probe=True)
-        bad = sorted(todo & protected)
-        if bad:
+        if bad := sorted(todo & protected):
             raise ModelError(
                 f"cannot remove output channels of {', '.join(bad)}: it is the model output"
             )

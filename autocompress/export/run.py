@@ -3,13 +3,8 @@
 fine-tune (longer, quantisation-aware, distilled from the uncompressed model) → ONNX (FP32, and
 INT8 QDQ for the quantised layers) → packed file → verification on the test split and on the
 target (ONNX Runtime accuracy, measured vs predicted latency, packed bytes vs FP32 state_dict,
-bit-exact reload of the packed file) → MLflow (under the trial's run) + Model Registry.
-
-``unpack(model.acpk, model.onnx)`` rebuilds the deployable ONNX model from the packed file alone
-(the architecture reference, the entropy-coded weights and the deployed form's
-:class:`~autocompress.hardware.deploy.DeploySpec` it carries), so the small file is a transfer
-format: download the packed file, unpack, run in ONNX Runtime. Export checks that the unpacked
-model's outputs equal the shipped model's.
+bit-exact reload of the packed file, the ONNX model :func:`unpack` rebuilds from it alone equal
+to the shipped one) → MLflow (under the trial's run) + Model Registry.
 """
 
 from __future__ import annotations
@@ -128,9 +123,11 @@ def onnx_outputs_equal(a: str | Path, b: str | Path, x: np.ndarray) -> bool:
 
 
 def unpack(packed: str | Path, out: str | Path, *, model: torch.nn.Module | None = None) -> Path:
-    """Write the ONNX model the packed file ``packed`` was deployed as to ``out``; a file
-    packed without a deployed form (before export) gives the FP32 model. ``model``: the
-    architecture, for a file packed from a Python model object."""
+    """Write the ONNX model the packed file ``packed`` was deployed as to ``out``, from the file
+    alone (the architecture reference, the entropy-coded weights and the deployed form's
+    :class:`~autocompress.hardware.deploy.DeploySpec` it carries), so the small file is a transfer
+    format; a file packed without a deployed form (before export) gives the FP32 model.
+    ``model``: the architecture, for a file packed from a Python model object."""
     model, meta = load_packed_model(packed, model=model)
     deploy = meta.get("deploy") or {}
     spec = DeploySpec.from_dict(deploy)
@@ -156,10 +153,6 @@ class _Deployed:
     reduce_range: bool = False
     fallback: str = ""
     nbits_note: str = ""  # whether <= 4-bit Linear layers run as MatMulNBits, and why
-
-    @property
-    def fp32(self) -> Path:
-        return self.forms["fp32"][0]
 
     @property
     def path(self) -> Path:
@@ -189,14 +182,11 @@ def _deploy(
     validation split and not slower (measured, 5 % noise allowed) than INT8 QDQ for them."""
     example = data.example_input(cfg.latency.batch_size)
     sparse = cfg.export.sparse_initializers
-    forms = {
-        "fp32": build_form(
-            plain, example, out / "model_fp32.onnx", DeploySpec("fp32", sparse_initializers=sparse)
-        )
-    }
-    if "fp16" in cfg.export.forms:
-        spec = DeploySpec("fp16", sparse_initializers=sparse)
-        forms["fp16"] = build_form(plain, example, out / "model_fp16.onnx", spec)
+    forms = {}
+    for form in ("fp32", "fp16"):  # FP32 always
+        if form == "fp32" or form in cfg.export.forms:
+            spec = DeploySpec(form, sparse_initializers=sparse)
+            forms[form] = build_form(plain, example, out / f"model_{form}.onnx", spec)
     if not int8:
         return _Deployed(forms, "fp32")
     if "int8-qdq" not in cfg.export.forms:
@@ -206,13 +196,8 @@ def _deploy(
     calib = first_batches(data.train, cfg.data.batch_size, n, shuffle=True, seed=1)
     mode = cfg.export.int8_weight_range
     reduce = u8s8_saturates() if mode == "auto" else mode == "reduced"
-    forms["int8-qdq"] = build_form(
-        plain,
-        example,
-        out / "model_int8.onnx",
-        DeploySpec("int8-qdq", tuple(sorted(int8)), reduce, sparse_initializers=sparse),
-        calibration=calib,
-    )
+    spec = DeploySpec("int8-qdq", tuple(sorted(int8)), reduce, sparse_initializers=sparse)
+    forms["int8-qdq"] = build_form(plain, example, out / "model_int8.onnx", spec, calibration=calib)
     ref_acc = onnx_accuracy(forms["fp32"][0], data.val, task=task)
     int8_acc = onnx_accuracy(forms["int8-qdq"][0], data.val, task=task)
     note = ""
@@ -286,9 +271,8 @@ def export(
     ``prepared``: a Python caller's model and data (else what the config names)."""
     t0 = time.perf_counter()
     picked = pick(cfg, criteria)
-    if picked.choice is None:
+    if (point := picked.choice) is None:
         raise AutocompressError(picked.message())
-    point = picked.choice
     log(picked.message())
     policy = point.policy
     prep = prepared or prepare(cfg, log=log)
@@ -312,8 +296,7 @@ def export(
     torch_acc, _ = evaluate(model, data.test, task=prep.task)
     predicted = latency_model.predict(model, policy)
     activations = activation_stats(baseline.model, model, first_batches(data.val, 128, 4))
-    flagged = [a.layer for a in activations if a.flagged]
-    if flagged:
+    if flagged := [a.layer for a in activations if a.flagged]:
         log(f"warning: the activation quantiser clips > 1 % of the input of {', '.join(flagged)}")
 
     out = cfg.output_dir / "export" / f"trial-{point.trial:03d}"
@@ -325,7 +308,7 @@ def export(
     dep = _deploy(
         plain, int8, data, out, cfg, nbits=nbits, threads=threads, task=prep.task, log=log
     )
-    fp32_path, deployed = dep.fp32, dep.path
+    fp32_path, deployed = dep.forms["fp32"][0], dep.path
 
     ref = ModelRef.from_config(cfg, data.input_shape)
     packed_path = out / "model.acpk"
@@ -421,8 +404,7 @@ def export(
             **{f"onnx_{n}": str(p) for n, (p, _) in dep.forms.items() if n not in ("fp32",)},
         },
     )
-    report_md = out / "verification.md"
-    report_json = out / "verification.json"
+    report_md, report_json = out / "verification.md", out / "verification.json"
     result.artifacts |= {"report_md": str(report_md), "report_json": str(report_json)}
 
     tracker = Tracker(cfg.tracking, cfg.name, cfg.output_dir / "mlartifacts")
@@ -467,11 +449,9 @@ def export_rows(e: dict) -> list[tuple[str, str]]:
     """(label, value) of every headline number of an export."""
     drop = (e["baseline_test_accuracy"] - e["test_accuracy"]) * 100
     tput = ", ".join(f"b{b}: {v:.0f}/s" for b, v in (e.get("throughput") or {}).items())
-    mem = "{} / {} MB".format(
-        *(fmt(e.get(k), ".2f") for k in ("memory_steady_mb", "memory_peak_mb"))
-    )
-    base = "{} / {} MB".format(
-        *(fmt(e.get(f"baseline_{k}"), ".2f") for k in ("memory_steady_mb", "memory_peak_mb"))
+    keys = ("memory_steady_mb", "memory_peak_mb")
+    mem, base = (
+        " / ".join(fmt(e.get(p + k), ".2f") for k in keys) + " MB" for p in ("", "baseline_")
     )
     reg = " ".join(f"{k}={v}" for k, v in (e.get("registered_model") or {}).items())
     return [
@@ -528,18 +508,10 @@ def forms_markdown(e: dict) -> list[str]:
     for name, m in forms.items():
         lat = {p["batch"]: p["ms"] for p in m["throughput"] if p["threads"] == t}
         acc = "" if m.get("test_accuracy") is None else f"{m['test_accuracy']:.4f}"
-        rows.append(
-            [
-                f"**{name}** (deployed)" if m.get("deployed") else name,
-                m["onnx_bytes"],
-                f"{m['memory_steady_mb']:.2f}",
-                f"{m['memory_peak_mb']:.2f}",
-                f"{lat.get(lo, float('nan')):.3f}",
-                f"{lat.get(hi, float('nan')):.3f}",
-                acc,
-                m.get("note", ""),
-            ]
-        )
+        label = f"**{name}** (deployed)" if m.get("deployed") else name
+        mem = [f"{m[k]:.2f}" for k in ("memory_steady_mb", "memory_peak_mb")]
+        ms = [f"{lat.get(b, float('nan')):.3f}" for b in (lo, hi)]
+        rows.append([label, m["onnx_bytes"], *mem, *ms, acc, m.get("note", "")])
     header = ["form", "file bytes", "steady MB", "peak MB", f"ms at batch {lo}"]
     header += [f"ms at batch {hi}", "test accuracy", "note"]
     tput = [
@@ -573,18 +545,12 @@ def activations_markdown(stats: list[dict]) -> list[str]:
     of its input the 8-bit activation quantiser clips (flagged above 1 %)."""
     if not stats:
         return []
-    rows = [
-        [
-            s["layer"],
-            f"{s['before_mean']:.3g} / {s['before_std']:.3g}",
-            f"{s['after_mean']:.3g} / {s['after_std']:.3g}",
-            f"[{s['before_min']:.3g}, {s['before_max']:.3g}]",
-            f"[{s['after_min']:.3g}, {s['after_max']:.3g}]",
-            "–" if s["clipped"] is None else f"{100 * s['clipped']:.2f} %",
-            "**clips > 1 %**" if s["flagged"] else "",
-        ]
-        for s in stats
-    ]
+    rows = []
+    for s in stats:  # before and after compression
+        ms = [f"{s[f'{w}_mean']:.3g} / {s[f'{w}_std']:.3g}" for w in ("before", "after")]
+        span = [f"[{s[f'{w}_min']:.3g}, {s[f'{w}_max']:.3g}]" for w in ("before", "after")]
+        clip = "–" if s["clipped"] is None else f"{100 * s['clipped']:.2f} %"
+        rows.append([s["layer"], *ms, *span, clip, "**clips > 1 %**" if s["flagged"] else ""])
     flagged = [s["layer"] for s in stats if s["flagged"]]
     note = (
         f"Layers whose activation quantiser clips more than 1 % of its input: "

@@ -36,7 +36,7 @@ from ..compression.apply import materialize
 from ..compression.quantizers import quantize_weight
 from ..errors import ModelError
 from ..policy import CompressionPolicy, compressible_layers
-from .measure import cpu_info, export_onnx, measure_memory, measure_throughput
+from .measure import cpu_info, export_onnx, make_session, measure_memory, measure_throughput
 
 _LAYER_OPS = ("Conv", "Gemm", "MatMul")
 BLOCK = 32  # MatMulNBits: elements of K per block (one scale per output channel, repeated)
@@ -453,7 +453,10 @@ def sparsify_initializers(path: str | Path, example: torch.Tensor) -> int:
         onnx.save(proto, str(candidate))
         x = {"input": example.numpy().astype(np.float32)}
         same = all(
-            np.array_equal(a, b) for a, b in zip(_run(path, x), _run(candidate, x), strict=True)
+            np.array_equal(a, b)
+            for a, b in zip(
+                *(make_session(p, threads=1).run(None, x) for p in (path, candidate)), strict=True
+            )
         )
         if not same or candidate.stat().st_size >= before:
             return 0
@@ -466,16 +469,6 @@ def sparse_initializer_count(path: str | Path) -> int:
     import onnx
 
     return len(onnx.load(str(path), load_external_data=False).graph.sparse_initializer)
-
-
-def _run(path: Path, feeds: dict) -> list[np.ndarray]:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).run(
-        None, feeds
-    )
 
 
 def deployed_onnx_bytes(

@@ -14,6 +14,7 @@ from an e-mail or as an MLflow artifact.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as _dt
 import html
 import json
@@ -22,20 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import plots
+from ..api import status
 from ..config import ExperimentConfig
 from ..export.run import export_rows, fmt
+from ..search import FrontPoint, TrialRecord, front_points, load_study, trial_records
 from ..search.figures import _best_effort, export_latency_png
 from ..search.pareto import hypervolume_history, knee_index
-from ..search.study import (
-    FrontPoint,
-    TrialRecord,
-    fmt_time,
-    front_points,
-    load_study,
-    trial_records,
-)
+from ..search.study import fmt_time
 from ..sensitivity.analysis import SensitivityTable
-from ..tracking import mask_secrets
+from ..sensitivity.stage import heatmap_png
+from ..tracking import Tracker, mask_secrets
 
 
 @dataclass
@@ -74,12 +71,9 @@ class ReportFiles:
 def _exports(output_dir: Path) -> list[dict]:
     found = []
     for path in (output_dir / "export").glob("trial-*/verification.json"):
-        try:
-            found.append(
-                (path.stat().st_mtime, json.loads(path.read_text()) | {"dir": str(path.parent)})
-            )
-        except (OSError, ValueError):
-            continue
+        with contextlib.suppress(OSError, ValueError):
+            data = json.loads(path.read_text()) | {"dir": str(path.parent)}
+            found.append((path.stat().st_mtime, data))
     return [data for _, data in sorted(found, key=lambda f: f[0])]
 
 
@@ -100,8 +94,6 @@ def _baseline(info, output_dir: Path) -> dict | None:
 
 def collect(cfg: ExperimentConfig) -> ReportData:
     """Read the study and the output folder (safe while a search runs)."""
-    from ..api import status
-
     st = status(cfg)
     info = load_study(cfg)
     records = trial_records(info)
@@ -143,13 +135,10 @@ def report_figures(data: ReportData, folder: Path) -> dict[str, Path]:
     if drawn.is_file():
         figs["sensitivity"] = Path(shutil.copy(drawn, folder / drawn.name))
     elif data.sensitivity is not None:
-        from ..sensitivity.stage import heatmap_png
-
         figs["sensitivity"] = heatmap_png(
             data.sensitivity, folder / drawn.name, title=f"{data.name}: sensitivity"
         )
-    exp = data.exported
-    if exp and exp.get("measured_latency_ms") is not None:
+    if (exp := data.exported) and exp.get("measured_latency_ms") is not None:
         figs["latency"] = export_latency_png(exp, folder / "export_latency.png")
         pol = exp.get("policy") or {}
         figs["export_policy"] = plots.policy_png(
@@ -338,8 +327,6 @@ def write_report(
     if log_to_mlflow and data.parent_run_id:
 
         def log() -> bool:
-            from ..tracking import Tracker
-
             Tracker(cfg.tracking, cfg.name).log_artifacts(data.parent_run_id, [page], "report")
             return True
 

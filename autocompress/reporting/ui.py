@@ -1,11 +1,9 @@
 """``autocompress ui``: the MLflow UI on an experiment's tracking backend.
 
-Starts the venv's ``mlflow ui`` (found next to ``sys.executable``) bound to 127.0.0.1 by default,
-with one worker and MLflow's job runner off (only needed for GenAI features), waits until it
-answers, prints the URL of the experiment's runs table and runs until Ctrl-C. The URL opens a
-trade-off view (trials sorted by accuracy, metrics and policy in one line each), stored as an
-MLflow "shared view" experiment tag. With an ``http(s)://`` tracking URI a server exists
-already: it only prints the URL.
+Starts the venv's ``mlflow ui`` (bound to 127.0.0.1 by default, one worker, MLflow's job runner
+off: only GenAI features need it) and prints the URL of the experiment's runs table in a
+trade-off view (:func:`runs_view_state`) until Ctrl-C. With an ``http(s)://`` tracking URI a
+server exists already: it only prints the URL.
 """
 
 from __future__ import annotations

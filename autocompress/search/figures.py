@@ -176,30 +176,25 @@ def log_export_figures(tracker, run_id: str | None, result: Mapping[str, Any], o
     latency figure, or None if it could not be drawn."""
     trial, out = result["trial"], Path(out_dir)
 
-    def logged(what: str, draw: Callable[[], Path]) -> Path | None:
+    def logged(what: str, draw: Callable[..., Path], *args, **kw) -> Path | None:
         def run() -> Path:
-            fig = draw()
+            fig = draw(*args, **kw)
             if run_id:
                 tracker.log_artifacts(run_id, [fig], "export")
             return fig
 
         return _best_effort(f"export {what} figure", run)
 
-    forms, acts = result.get("forms"), result.get("activations")
-    if forms:
+    if forms := result.get("forms"):
         title = f"trial {trial}: throughput of each ONNX form"
-        logged(
-            "throughput", lambda: plots.throughput_png(forms, out / "throughput.png", title=title)
-        )
-    if acts:
+        logged("throughput", plots.throughput_png, forms, out / "throughput.png", title=title)
+    if acts := result.get("activations"):
         if run_id:
             table = "export/activations.json"
             _best_effort("export activation table", lambda: tracker.log_table(run_id, acts, table))
         title = f"trial {trial}: activations before / after compression"
-        logged(
-            "activation", lambda: plots.activations_png(acts, out / "activations.png", title=title)
-        )
-    return logged("latency", lambda: export_latency_png(result, out / "latency.png"))
+        logged("activation", plots.activations_png, acts, out / "activations.png", title=title)
+    return logged("latency", export_latency_png, result, out / "latency.png")
 
 
 def export_latency_png(result: Mapping[str, Any], path: Path) -> Path:

@@ -61,8 +61,7 @@ def _spawn_workers(cfg: ExperimentConfig, workers: int, log) -> None:
         for p in procs:
             p.wait()
         raise
-    bad = [c for c in codes if c != 0]
-    if bad:
+    if bad := [c for c in codes if c != 0]:
         log(f"{len(bad)} worker(s) ended with exit codes {bad}: the same command resumes")
 
 

@@ -39,15 +39,12 @@ PROMOTED_ATTR = "promoted_for_n_trials"
 REFERENCE_ATTR = "reference_metrics"  # the uncompressed model, screened
 _ORIGIN = "origin"
 _LOW_AGREEMENT = 0.5  # screen_rank_spearman below this: the screen is not to be trusted
-_UNIFORM_SPARSITY = (0.0, 0.5, 0.8)
-_UNIFORM_BITS = (8, 4)
-_UNIFORM_KEEP = (1.0, 0.5)
 
 
 def uniform_seeds(space: SearchSpace) -> list[dict]:
     """Params of the uniform policies (one sparsity, bits and kept share everywhere) the screen
     starts from, for the sampler to improve on."""
-    grid = itertools.product(_UNIFORM_KEEP, _UNIFORM_BITS, _UNIFORM_SPARSITY)
+    grid = itertools.product((1.0, 0.5), (8, 4), (0.0, 0.5, 0.8))  # keep ratio, bits, sparsity
     params = [
         space.params_from_policy(space.uniform_policy(s, b, keep_ratio=k)) for k, b, s in grid
     ]

@@ -10,6 +10,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -226,8 +227,7 @@ def wait_for_attr(study: optuna.Study, key: str, timeout: float = 120.0):
     """A study user attribute another worker is about to set (polls the storage)."""
     deadline = time.monotonic() + timeout
     while True:
-        value = study.user_attrs.get(key)
-        if value is not None or time.monotonic() > deadline:
+        if (value := study.user_attrs.get(key)) is not None or time.monotonic() > deadline:
             return value
         time.sleep(0.5)
 
@@ -259,25 +259,12 @@ class TrialRecord:
     feasible: bool = True
     pareto: bool = False
 
-    @property
-    def val_accuracy(self) -> float:
-        return self.metrics.val_accuracy
-
-    @property
-    def latency_ms(self) -> float:
-        return self.metrics.latency_ms
-
-    @property
-    def size_kb(self) -> float:
-        return self.metrics.size_kb
-
-    @property
-    def compression_ratio(self) -> float:
-        return self.metrics.compression_ratio
-
-    @property
-    def summary(self) -> str:
-        return self.policy.summary()
+    # the metrics a front is read by, as the record's own attributes
+    val_accuracy = property(attrgetter("metrics.val_accuracy"))
+    latency_ms = property(attrgetter("metrics.latency_ms"))
+    size_kb = property(attrgetter("metrics.size_kb"))
+    compression_ratio = property(attrgetter("metrics.compression_ratio"))
+    summary = property(lambda self: self.policy.summary())
 
     def row(self) -> dict[str, Any]:
         """The trial table's row (JSON, CSV and the reports)."""
@@ -298,18 +285,17 @@ FrontPoint = TrialRecord
 
 def trial_records(info: StudyInfo) -> list[TrialRecord]:
     """Every complete trial, in trial order, ``pareto`` marking the feasible non-dominated ones."""
-    out = []
-    for t in info.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        out.append(
-            TrialRecord(
-                t.number,
-                CompressionPolicy.from_dict(t.user_attrs.get("policy") or {}),
-                TrialMetrics.from_dict(t.user_attrs.get("metrics", {})),
-                tuple(t.values),
-                t.user_attrs.get("mlflow_run_id"),
-                all(c <= 0 for c in constraints_of(t)),
-            )
+    out = [
+        TrialRecord(
+            t.number,
+            CompressionPolicy.from_dict(t.user_attrs.get("policy") or {}),
+            TrialMetrics.from_dict(t.user_attrs.get("metrics", {})),
+            tuple(t.values),
+            t.user_attrs.get("mlflow_run_id"),
+            all(c <= 0 for c in constraints_of(t)),
         )
+        for t in info.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    ]
     feasible = [i for i, r in enumerate(out) if r.feasible]
     on_front = non_dominated([out[i].values for i in feasible], info.directions)
     for j in on_front:

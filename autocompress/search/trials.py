@@ -80,16 +80,14 @@ class TrialEvaluator:
         bs = ft.batch_size or self.cfg.data.batch_size
         train_ds = self.data.train_full if ft.full_train else self.data.train
         stages = gradual_policies(policy, ft.prune_stages) if ft.schedule == "gradual" else [policy]
-        example = self.data.example_input(2)
-        model = apply_policy(
-            self.baseline.model, stages[0], example=example, **self.cfg.compression.model_dump()
-        )
+        example, compression = self.data.example_input(2), self.cfg.compression.model_dump()
+        model = apply_policy(self.baseline.model, stages[0], example=example, **compression)
         key = (ft.full_train, bs, seed, ft.correct_batchnorm)
         if key not in self._calibration:
             calib = first_batches(train_ds, bs, 4, shuffle=True, seed=seed)
             ref = None
             if ft.correct_batchnorm:  # the baseline's side of the correction, once per batches
-                ref = batch_statistics(self.baseline.model.eval(), calib, self.baseline.model)
+                ref = batch_statistics(self.baseline.model.eval(), calib)
             self._calibration = {key: (calib, ref)}  # the latest only: screens reuse one seed
         calib, ref_stats = self._calibration[key]
         calibrate(model, calib)
@@ -189,8 +187,7 @@ def make_stale_callback(tracker: Tracker, retries: int) -> Callable:
         retry = RetryHeartbeatStaleTrialCallback(max_retry=retries)
 
     def on_stale(study: optuna.Study, trial: FrozenTrial) -> None:
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        if run_id:
+        if run_id := trial.user_attrs.get("mlflow_run_id"):
             with contextlib.suppress(Exception):  # tracking must not stop the search
                 tracker.end_run(run_id, "KILLED", tags={"fail_reason": "worker lost"})
         retry(study, trial)

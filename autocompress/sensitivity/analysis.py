@@ -106,10 +106,6 @@ def _points(values: list[float], max_points: int | None) -> set[float]:
     return {values[i] for i in idx}
 
 
-def _score(model: nn.Module, data: SweepData) -> tuple[float, float]:
-    return evaluate(model, TensorDataset(data.x, data.y), batch_size=_BATCH)
-
-
 def run_sweep(
     model: nn.Module,
     space: SearchSpace,
@@ -132,8 +128,9 @@ def run_sweep(
         f"sensitivity: measuring {len(todo)} levels of {len(space)} layers on "
         f"{len(data.x)} validation images"
     )
-    ref = batch_statistics(model, data.bn, model) if data.bn else None
-    base_acc, base_loss = _score(model, data)
+    ref = batch_statistics(model, data.bn) if data.bn else None
+    val = TensorDataset(data.x, data.y)
+    base_acc, base_loss = evaluate(model, val, batch_size=_BATCH)
     t0, step = time.perf_counter(), max(1, len(todo) // 10)
     rows = []
     for i, (layer, dim, value) in enumerate(todo, start=1):
@@ -146,7 +143,7 @@ def run_sweep(
         calibrate(comp, data.calib)
         if data.bn:
             correct_batchnorm(comp, model, data.bn, reference_estimate=ref)
-        acc, loss = _score(comp, data)
+        acc, loss = evaluate(comp, val, batch_size=_BATCH)
         inc = loss - base_loss if math.isfinite(loss) else None
         rows.append(
             LevelResult(layer, dim, value, acc_drop=100.0 * (base_acc - acc), loss_increase=inc)
@@ -206,8 +203,8 @@ def hessian_traces(
     params = _params(model, names)
     gen = torch.Generator().manual_seed(seed)
     totals = torch.zeros(len(params), dtype=torch.float64)
-    chunks = 0
-    for i in range(0, len(x), batch_size):
+    chunks = range(0, len(x), batch_size)
+    for i in chunks:
         loss = F.cross_entropy(model(x[i : i + batch_size]), y[i : i + batch_size])
         grads = torch.autograd.grad(loss, params, create_graph=True)
         for _ in range(samples):
@@ -218,8 +215,7 @@ def hessian_traces(
             hv = torch.autograd.grad(grads, params, grad_outputs=vs, retain_graph=True)
             for j, (h, v) in enumerate(zip(hv, vs, strict=True)):
                 totals[j] += float((h * v).sum())
-        chunks += 1
-    denom = max(chunks * samples, 1)
+    denom = max(len(chunks) * samples, 1)
     return {
         n: float(totals[j]) / denom / p.numel()
         for j, (n, p) in enumerate(zip(names, params, strict=True))
@@ -544,15 +540,7 @@ def interpolate_levels(
             key=lambda p: p[0],
         )
         pos, xs = abs(value - IDENTITY[dim]), [0.0] + [x for x, _ in pts]
-        drop, loss = (
-            float(
-                np.interp(
-                    pos,
-                    xs,
-                    [0.0] + [math.nan if (y := getattr(r, a)) is None else y for _, r in pts],
-                )
-            )
-            for a in ("acc_drop", "loss_increase")
-        )
+        ys = np.array([(0.0, 0.0)] + [(r.acc_drop, r.loss_increase) for _, r in pts], dtype=float)
+        drop, loss = (float(np.interp(pos, xs, col)) for col in ys.T)  # (None: NaN)
         out.append(LevelResult(name, dim, value, drop, loss, measured=False))
     return out

@@ -2,15 +2,9 @@
 :meth:`SensitivityStage.start` (table from cache or measured, shaped space: the space the
 screen samples) and :meth:`~SensitivityStage.log` (files and metrics to MLflow).
 
-Shaping the search space with the sensitivity table: per layer and dimension, keep the choices
-from the gentlest up to the last level whose single-layer sensitivity is within the tolerance
-(highest allowed sparsity, lowest allowed bits, fewest allowed channels), and fix a dimension
-at its harshest allowed level when even that costs (almost) nothing. Shaping only ever removes
-choices: every shaped layer's choices are a subset of its original ones, and each keeps at least
-its gentlest choice.
-
-The stage's files (CSV table, JSON table, PNG heat map, shaping summary): every artifact name
-contains ``sensitivity``.
+Shaping (:func:`shape_space`) keeps, per layer and dimension, the choices from the gentlest up
+to the last level within the tolerance (or fixes the harshest allowed one), so it only ever
+removes choices: each shaped layer keeps a subset of its original ones, its gentlest at least.
 """
 
 from __future__ import annotations
@@ -19,6 +13,7 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import replace
+from itertools import takewhile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,12 +42,8 @@ def _within(table: SensitivityTable, layer: str, dim: str, v: float, settings, f
 
 
 def _shape_dim(table, layer: str, dim: str, values: tuple, settings) -> tuple:
-    ordered = harsh_order(dim, values)
-    allowed = [ordered[0]]
-    for v in ordered[1:]:
-        if not _within(table, layer, dim, v, settings, fix=False):
-            break
-        allowed.append(v)
+    first, *rest = harsh_order(dim, values)  # the gentlest always stays
+    allowed = [first, *takewhile(lambda v: _within(table, layer, dim, v, settings, False), rest)]
     if (
         settings.fix_insensitive
         and len(allowed) > 1
@@ -131,9 +122,7 @@ def _json_safe(obj: Any) -> Any:
         return {str(k): _json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return _json_safe(obj.item())
-    if isinstance(obj, np.ndarray):
+    if isinstance(obj, np.generic | np.ndarray):
         return _json_safe(obj.tolist())
     return obj
 
@@ -142,15 +131,6 @@ def write_json(path: Path, data: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(_json_safe(data), indent=2, default=str))
     return path
-
-
-def write_table(table: SensitivityTable, out_dir: Path) -> list[Path]:
-    """``sensitivity.csv`` (one row per layer level) and ``sensitivity_table.json`` (the whole
-    table, what ``autocompress report`` reads)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path = out_dir / "sensitivity.csv"
-    csv_path.write_text(table.to_csv())
-    return [csv_path, write_json(out_dir / "sensitivity_table.json", table.to_dict())]
 
 
 def heatmap_png(table: SensitivityTable, path: Path, *, title: str) -> Path:
@@ -173,17 +153,14 @@ def heatmap_png(table: SensitivityTable, path: Path, *, title: str) -> Path:
                     ax.text(j, i, f"{z[i, j]:.1f}", ha="center", va="center", fontsize=6, c=colour)
     fig.colorbar(im, ax=ax, label=_TITLE[metric])
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, tight=True)
 
 
 class SensitivityStage:
     """State shared by the sensitivity call sites of one search."""
 
-    def __init__(
-        self, prep: Prepared, settings: SensitivitySettings, table: SensitivityTable, log
-    ) -> None:
-        self.prep, self.settings, self.table, self._log = prep, settings, table, log
+    def __init__(self, prep: Prepared, settings: SensitivitySettings, table: SensitivityTable):
+        self.prep, self.settings, self.table = prep, settings, table
         self.space: SearchSpace = shape_space(prep.space, table, settings)
         self.out_dir: Path = prep.cfg.output_dir / "sensitivity"
 
@@ -205,7 +182,7 @@ class SensitivityStage:
                 "cross-entropy only; with task.evaluate / task.loss set sensitivity.enabled: "
                 "false (the screen scores whole policies with your metric)"
             )
-        stage = cls(prep, settings, analyze(prep, settings, force=force, log=log), log)
+        stage = cls(prep, settings, analyze(prep, settings, force=force, log=log))
         if settings.shape:
             for line in describe_shaping(prep.space, stage.space):
                 log(f"  shaped {line}")
@@ -217,20 +194,21 @@ class SensitivityStage:
 
     # -- MLflow -------------------------------------------------------------------------------
     def files(self) -> list[Path]:
-        """Write the stage's files into ``output_dir/sensitivity`` and return them."""
-        d = self.out_dir
-        name = self.prep.cfg.name
-        title = f"{name}: sensitivity per layer and level ({self.table.meta.get('images')} images)"
-        paths = write_table(self.table, d)
-        paths += [
-            heatmap_png(self.table, d / "sensitivity_heatmap.png", title=title),
-            write_json(
-                d / "sensitivity_shaped_space.json",
-                shaping_report(self.prep.space, self.space)
-                | {"settings": self.settings.model_dump()},
-            ),
+        """Write the stage's files into ``output_dir/sensitivity`` and return them:
+        ``sensitivity.csv`` (one row per layer level), ``sensitivity_table.json`` (the whole
+        table, what ``autocompress report`` reads), the heat map and the shaped space."""
+        d, table, name = self.out_dir, self.table, self.prep.cfg.name
+        title = f"{name}: sensitivity per layer and level ({table.meta.get('images')} images)"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "sensitivity.csv").write_text(table.to_csv())
+        shaped = shaping_report(self.prep.space, self.space)
+        shaped["settings"] = self.settings.model_dump()
+        return [
+            d / "sensitivity.csv",
+            write_json(d / "sensitivity_table.json", table.to_dict()),
+            heatmap_png(table, d / "sensitivity_heatmap.png", title=title),
+            write_json(d / "sensitivity_shaped_space.json", shaped),
         ]
-        return paths
 
     def metrics(self) -> dict[str, float]:
         m = self.table.meta
@@ -240,11 +218,9 @@ class SensitivityStage:
             "sensitivity_levels": float(len(self.table.rows)),
             "sensitivity_space_before": float(self.prep.space.cardinality),
             "sensitivity_space_after": float(self.space.cardinality),
+            "sensitivity_estimator_spearman": m.get("agreement", {}).get("spearman_drop", math.nan),
         }
-        agree = m.get("agreement", {})
-        if "spearman_drop" in agree:
-            out["sensitivity_estimator_spearman"] = float(agree["spearman_drop"])
-        return {k: v for k, v in out.items() if np.isfinite(v)}
+        return {k: float(v) for k, v in out.items() if np.isfinite(v)}  # (no estimator: NaN)
 
     def log(self, tracker, run_id: str) -> list[Path]:
         """Files under ``sensitivity/`` and ``sensitivity_*`` metrics on the run; returns the
