@@ -33,6 +33,9 @@ from autocompress.hardware.targets import load_target  # noqa: E402
 from autocompress.hardware.validate import validate_latency  # noqa: E402
 from autocompress.models import build_model  # noqa: E402
 
+sys.path.insert(0, str(REPO / "benchmarks"))
+from common import code_version  # noqa: E402
+
 EXPERIMENTS = {
     "small_cnn": REPO / "experiments" / "fashion_mnist_quick.yaml",
     "resnet18": REPO / "experiments" / "fashion_mnist_resnet18.yaml",
@@ -89,7 +92,8 @@ def _markdown(res: dict) -> str:
     lines = [
         f"# Latency model benchmark: {res['model']} on {res['target']}",
         "",
-        f"Recorded {res['date']} on {res['machine']['cpu']} ({res['machine']['cores']} cores, "
+        f"Recorded {res['date']} at `{res.get('commit')}` on {res['machine']['cpu']} "
+        f"({res['machine']['cores']} cores, ISA {res['machine'].get('isa', '?')}, "
         f"ONNX Runtime {res['machine']['onnxruntime']}, torch {res['machine']['torch']}).",
         "",
         f"Experiment `{res['experiment']}`, search space `{res['search_space']}`, "
@@ -172,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         "target": args.target,
         "threads": target.runtime.threads,
         "date": time.strftime("%Y-%m-%d %H:%M"),
+        "commit": code_version(),
         "machine": machine_fingerprint(),
         "experiment": str(EXPERIMENTS[args.model].relative_to(REPO)),
         "overrides": overrides,

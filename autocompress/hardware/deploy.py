@@ -188,6 +188,8 @@ def export_deployed(
                 other = [n for n in nbits if not gemm_node(by_name[nodes[n]], inits)]
                 int8 += other
                 nbits = {n: v for n, v in nbits.items() if n not in other}
+            if _unshare_initializers(prepped, {nodes[n] for n in [*int8, *nbits]}):
+                onnx.save(prepped, str(prep))
             out = Path(tmp) / "int8.onnx"
             extra = {"ActivationSymmetric": False, "WeightSymmetric": True}
             if activation_qparams:
@@ -218,6 +220,37 @@ def export_deployed(
             logging.getLogger().setLevel(quiet)
         shutil.move(str(out), path)
     return path
+
+
+def _unshare_initializers(proto, quantized: set[str]) -> int:
+    """Give each node that reads an initializer also read by a quantised node its own copy.
+
+    The ONNX exporter merges identical initializers (the all-zero biases of an untrained
+    model's folded BatchNorms, tied weights), and the quantiser rewrites a shared one for
+    every reader: an FP32 layer then reads its bias through ``DequantizeLinear`` (rounded at
+    the INT8 layer's scale) and, since its bias is no longer a constant, ONNX Runtime does not
+    run it in its blocked NCHWc layout -- a slower kernel no separately exported model has.
+    Returns the number of copies made."""
+    import copy
+
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    readers: dict[str, list[tuple]] = {}
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in inits:
+                readers.setdefault(name, []).append((node, i))
+    copies = 0
+    for name, users in readers.items():
+        if len(users) < 2 or not any(node.name in quantized for node, _ in users):
+            continue
+        for k, (node, i) in enumerate(users[1:], start=1):
+            twin = copy.deepcopy(inits[name])
+            twin.name = f"{name}__{k}"
+            graph.initializer.append(twin)
+            node.input[i] = twin.name
+            copies += 1
+    return copies
 
 
 def activation_qparams(path: str | Path) -> dict[str, tuple[float, int]]:

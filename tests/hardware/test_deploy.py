@@ -77,6 +77,35 @@ def test_int8_export_quantizes_exactly_the_named_layers(tmp_path):
     assert np.abs(out - ref).max() < 0.5 * np.abs(ref).max() + 1e-3
 
 
+def test_an_fp32_layer_keeps_its_own_float_bias_beside_an_int8_layer_with_equal_values(tmp_path):
+    """The exporter merges equal initializers (here the zero biases folded from two fresh
+    BatchNorms, one fed to the other through an ``Identity``); quantising one layer must not
+    turn the other's bias into a DequantizeLinear output (which would also keep ONNX Runtime
+    from running the FP32 layer in its NCHWc layout)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+    ).eval()
+    x = torch.randn(2, 1, 8, 8)
+    fp32 = onnx.load(str(export_deployed(model, x, tmp_path / "fp32.onnx")))
+    inits = {t.name for t in fp32.graph.initializer}
+    assert any(n.op_type == "Identity" and n.input[0] in inits for n in fp32.graph.node)
+    q = onnx.load(str(export_deployed(model, x, tmp_path / "q.onnx", int8_layers=["0"])))
+    inits = {t.name for t in q.graph.initializer}
+    fp32_conv = onnx_layer_nodes(q, model)["3"]
+    node = next(n for n in q.graph.node if n.name == fp32_conv)
+    assert node.input[1] in inits and node.input[2] in inits  # float weight and bias
+    assert _quantized_layers(tmp_path / "q.onnx", model) == {"0"}
+    out = make_session(tmp_path / "q.onnx", threads=1).run(None, {"input": x.numpy()})[0]
+    ref = model(x).detach().numpy()
+    assert np.abs(out - ref).max() < 0.3 * np.abs(ref).max() + 1e-3  # INT8 noise
+
+
 def test_unknown_int8_layer_is_an_error(tmp_path):
     with pytest.raises(ModelError, match="nope"):
         export_deployed(
