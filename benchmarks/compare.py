@@ -611,6 +611,16 @@ def summarise(data: dict) -> dict:
     } - {None}
     if ran:  # the code the final runs ran at (the report may be rewritten later)
         s["commit"] = ",".join(sorted(ran))
+    flags = {
+        r.get("cpu_flags")
+        for md in data.get("models", {}).values()
+        for k, r in md.get("runs", {}).items()
+        if int(k.rsplit("-s", 1)[1]) in SEEDS["final"]
+    } - {None}
+    # the machine the final runs ran on (runs from before flags were recorded: the summary's)
+    s["cpu_flags"] = " | ".join(sorted(flags)) or data.get("summary", {}).get(
+        "cpu_flags", s["cpu_flags"]
+    )
     for model, md in data.get("models", {}).items():
         _migrate(md)
         runs = md.get("runs", {})
@@ -912,6 +922,7 @@ def main(argv=None) -> int:
                     _log(f"== {model} {key} (baseline {sh['id']})")
                     res = run_one(model, method, seed, sh)
                     res["commit"] = code_version()
+                    res["cpu_flags"] = cpu_flags()
                     res["baseline_id"] = sh["id"]
                     res["base"] = sh["baseline"]
                     md["runs"][key] = res
