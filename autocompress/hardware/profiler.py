@@ -73,6 +73,53 @@ def layer_aliases(onnx_model, model: nn.Module, depth: int = 3) -> dict[str, lis
     return out
 
 
+_PASS_THROUGH = {"QuantizeLinear", "DequantizeLinear", "Relu", "Clip", "BatchNormalization"}
+
+
+def layer_neighbours(onnx_model, model: nn.Module) -> dict[str, list[str]]:
+    """``{layer: [layers next to it]}`` in the exported graph: the layers its output reaches
+    through non-layer nodes (activations, adds, pooling, Q/DQ, reshapes), and the layers that
+    read its input (through activations and Q/DQ only)."""
+    graph = onnx_model.graph
+    nodes = onnx_layer_nodes(onnx_model, model)
+    layer_of = {node: layer for layer, node in nodes.items()}
+    consumers: dict[str, list] = {}
+    producer: dict[str, object] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+        for name in node.output:
+            producer[name] = node
+    by_name = {n.name: n for n in graph.node}
+
+    def reach(tensors: list[str], through) -> set[str]:
+        """Layers reading ``tensors`` via nodes ``through`` admits, across one add at most (a
+        residual add's output is the next block's input, not this layer's)."""
+        found, seen = set(), set()
+        todo = [(t, 0) for t in tensors]
+        while todo:
+            tensor, adds = todo.pop()
+            for user in consumers.get(tensor, []):
+                add = user.op_type in ("Add", "Sum")
+                if user.name in layer_of:
+                    found.add(layer_of[user.name])
+                elif user.name not in seen and through(user) and adds + add <= 1:
+                    seen.add(user.name)
+                    todo.extend((o, adds + add) for o in user.output)
+        return found
+
+    out = {}
+    for layer, node_name in nodes.items():
+        node = by_name[node_name]
+        source = node.input[0]  # the data input, before the Q/DQ pair an INT8 layer reads
+        while (p := producer.get(source)) is not None and p.op_type in _PASS_THROUGH - {"Relu"}:
+            source = p.input[0]
+        feeds = reach(list(node.output), lambda n: True)
+        shares = reach([source], lambda n: n.op_type in _PASS_THROUGH)
+        out[layer] = sorted((feeds | shares) - {layer})
+    return out
+
+
 def _matches(node_name: str, alias: str) -> bool:
     return node_name == alias or (node_name.startswith(alias) and node_name[len(alias)] in "_:/")
 
@@ -251,6 +298,7 @@ def profile_model(
         f"layers, up to {budget.max_configs} configurations in ~{budget.max_seconds:.0f} s"
     )
     records, paths, seen = [], [], set()
+    neighbours: dict[str, list[str]] = {}
     repeated = 0
     n_keep = max(len(space.layers[n].keep_ratio) if n in space.layers else 1 for n in layers)
     n_design = 1 + 2 * n_keep * n_keep + 2 * n_keep  # baseline, covering, uniform precision
@@ -279,6 +327,10 @@ def profile_model(
                 rec["blocks"] = _profile_config(plain, example, target, list(bits), path)
             else:  # timed end to end only: it informs the calibration, not the profile prior
                 export_deployed(plain, example, path, int8_layers=list(bits))
+            if not records:  # the uncompressed model's graph: which layers are neighbours
+                import onnx
+
+                neighbours = layer_neighbours(onnx.load(str(path)), plain)
             records.append(rec)
             paths.append(path)
             if len(records) % 50 == 0:
@@ -297,7 +349,7 @@ def profile_model(
         )
     for rec, wall in zip(records, walls, strict=True):
         rec["wall_ms"] = round(wall, 6)
-    table = fit_table(records, ridge=budget.ridge)
+    table = fit_table(records, ridge=budget.ridge, neighbours=neighbours)
     table.meta.update(
         {
             "target": target.name,

@@ -1,12 +1,16 @@
 """The latency table of a measured target, fitted from profiled configurations: per layer, in
 microseconds of end-to-end latency, ``compute[layer][precision]`` (a monotone grid over (in, out)
 channels, bilinear in between), ``glue[layer]["<precision>><next precision>"] = [a, b]`` (``a +
-b * out channels`` for what runs up to the next layer: activations, pooling, Q/DQ, layout), and
-``head``/``const`` (before the first layer, per run). Fitted in two steps: (1) a prior from the
-in-graph profile (median node times per cell, a bilinear surface for unvisited cells, lines for
-glue), calibrated to the end-to-end latency by non-negative weights; (2) a ridge regression of
-the remaining relative error onto cells and glue contexts, folded back in. Grids are projected
-onto monotone ones so that the search never sees removing channels as a slow-down.
+b * out channels`` for what runs up to the next layer: activations, pooling, Q/DQ, layout),
+``head``/``const`` (before the first layer, per run) and ``island[layer]``, the factor on an FP32
+layer's compute when every layer next to it in the graph (``neighbours``: those its output feeds,
+those sharing its input) runs INT8 (on ResNet-18 the stride-2 convolutions then run 2.5-4x
+faster: ONNX Runtime picks another kernel outside a float region). Fitted in two steps: (1) a
+prior from the in-graph profile (median node times per cell, a bilinear surface for unvisited
+cells, lines for glue; island factors as medians over the island profiles), calibrated to the
+end-to-end latency by non-negative weights; (2) a ridge regression of the remaining relative
+error onto cells and glue contexts, folded back in. Grids are projected onto monotone ones so
+that the search never sees removing channels as a slow-down.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from pydantic import TypeAdapter
 from .._files import atomic_write
 from ..metrics import summarize
 
-TABLE_VERSION = 2
+TABLE_VERSION = 3
 _PRIOR = ("const", "compute_fp32", "compute_int8", "glue_us", "glue_nodes", "boundaries")
 
 
@@ -121,6 +125,16 @@ def _context(prec: dict[str, str], order: list[str], i: int) -> str:
     return f"{prec[order[i]]}>{nxt}"
 
 
+def _is_island(name: str, prec: dict[str, str], neighbours: dict[str, list[str]]) -> bool:
+    """An FP32 layer whose graph neighbours all run INT8."""
+    near = neighbours.get(name, ())
+    return prec.get(name) == "fp32" and bool(near) and all(prec.get(m) == "int8" for m in near)
+
+
+_ISLAND_MIN = 3  # profiled island configurations of a layer needed to fit its factor
+_ISLAND_SIGNIFICANT = 1.25  # a factor nearer 1 than this is noise: the layer has none
+
+
 def _crosses(key: str) -> float:
     """1 for a glue context between FP32 and INT8 regions (``fp32>int8``), else 0."""
     p, nxt = key.split(">")
@@ -138,6 +152,12 @@ class LatencyTable:
     const: float = 0.0
     records: list[dict] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    neighbours: dict[str, list[str]] = field(default_factory=dict)
+    island: dict[str, float] = field(default_factory=dict)
+
+    def _scale(self, name: str, prec: dict[str, str]) -> float:
+        """The compute factor of ``name`` under ``prec`` (``island``, else 1)."""
+        return self.island.get(name, 1.0) if _is_island(name, prec, self.neighbours) else 1.0
 
     def _glue(self, name: str, key: str) -> list[float]:
         options = self.glue.get(name, {})
@@ -156,7 +176,7 @@ class LatencyTable:
         for i, name in enumerate(self.order):
             cin, cout = chans[name]
             grid = self._compute(name, prec[name])
-            total += grid(cin, cout) if grid is not None else 0.0
+            total += grid(cin, cout) * self._scale(name, prec) if grid is not None else 0.0
             a, b = self._glue(name, _context(prec, self.order, i))
             total += a + b * cout
         return max(total, 0.0)
@@ -192,9 +212,10 @@ def _exec_order(records: list[dict]) -> list[str]:
     return list(max(orders, key=orders.__getitem__))
 
 
-def _prior(records: list[dict]) -> LatencyTable:
+def _prior(records: list[dict], neighbours: dict[str, list[str]]) -> LatencyTable:
     """Step 1: the profiled table and its calibration to end-to-end latency."""
     compute_pts: dict[tuple[str, str], dict] = defaultdict(lambda: defaultdict(list))
+    island_pts: dict[str, list[tuple[int, int, float]]] = defaultdict(list)
     glue_pts: dict[tuple[str, str], list[tuple[int, float, float]]] = defaultdict(list)
     head_pts: dict[str, list[tuple[float, float]]] = defaultdict(list)
     profiled = [r for r in records if r.get("blocks")]
@@ -207,9 +228,22 @@ def _prior(records: list[dict]) -> LatencyTable:
                 head_pts[nxt].append((glue_us, glue_n))
                 continue
             cin, cout = chans[layer]
-            compute_pts[(layer, prec[layer])][(cin, cout)].append(comp_us)
+            if _is_island(layer, prec, neighbours):
+                island_pts[layer].append((cin, cout, comp_us))
+            else:
+                compute_pts[(layer, prec[layer])][(cin, cout)].append(comp_us)
             glue_pts[(layer, f"{prec[layer]}>{nxt}")].append((cout, glue_us, glue_n))
     grids: dict[str, dict[str, Grid]] = defaultdict(dict)
+    island: dict[str, float] = {}
+    for layer, pts in island_pts.items():  # factor: island profiles / the region's grid
+        if len(pts) >= _ISLAND_MIN and (layer, "fp32") in compute_pts:
+            fp = _grid_from_points(compute_pts[(layer, "fp32")])
+            factor = float(np.median([us / max(fp(ci, co), 1e-3) for ci, co, us in pts]))
+            if not 1 / _ISLAND_SIGNIFICANT < factor < _ISLAND_SIGNIFICANT:
+                island[layer] = float(np.clip(factor, 0.2, 5.0))
+                continue
+        for cin, cout, us in pts:  # no island effect: one FP32 grid from all its profiles
+            compute_pts[(layer, "fp32")][(cin, cout)].append(us)
     for (layer, p), pts in compute_pts.items():
         grids[layer][p] = _grid_from_points(pts)
     glue_raw: dict[str, dict[str, tuple[float, float, float]]] = defaultdict(dict)
@@ -235,7 +269,8 @@ def _prior(records: list[dict]) -> LatencyTable:
         for i, name in enumerate(order):
             p, key = prec[name], _context(prec, order, i)
             grid = grids[name].get(p) or next(iter(grids[name].values()))
-            f[f"compute_{p}"] += grid(*chans[name])
+            scale = island.get(name, 1.0) if _is_island(name, prec, neighbours) else 1.0
+            f[f"compute_{p}"] += grid(*chans[name]) * scale
             a, b, n = glue_raw[name].get(key) or next(iter(glue_raw[name].values()))
             f["glue_us"] += a + b * chans[name][1]
             f["glue_nodes"] += n
@@ -259,17 +294,23 @@ def _prior(records: list[dict]) -> LatencyTable:
         for layer, opts in glue_raw.items()
     }
     head = {p: c["glue_us"] * u + c["glue_nodes"] * n for p, (u, n) in head_raw.items()}
-    table = LatencyTable(order, dict(grids), glue, head, const=c["const"])
+    table = LatencyTable(
+        order, dict(grids), glue, head, const=c["const"], neighbours=neighbours, island=island
+    )
     table.meta["calibration"] = {k: round(float(v), 6) for k, v in c.items()}
     return table
 
 
-def _keys(r: dict, order: list[str]) -> list[tuple]:
-    prec, chans = r["precision"], _chans(r)
+def _keys(r: dict, table: LatencyTable) -> list[tuple[tuple, float]]:
+    """A record's cells and glue contexts, each with its weight in the prediction."""
+    prec, chans, order = r["precision"], _chans(r), table.order
     return [
-        k
+        kw
         for i, n in enumerate(order)
-        for k in (("cell", n, prec[n], *chans[n]), ("glue", n, _context(prec, order, i)))
+        for kw in (
+            (("cell", n, prec[n], *chans[n]), table._scale(n, prec)),
+            (("glue", n, _context(prec, order, i)), 1.0),
+        )
     ]
 
 
@@ -277,12 +318,13 @@ def _refine(table: LatencyTable, records: list[dict], ridge: float) -> None:
     """Step 2: ridge regression of the relative residuals onto cells and glue contexts."""
     from sklearn.linear_model import Ridge
 
-    rows = [_keys(r, table.order) for r in records]
-    keys = sorted({k for ks in rows for k in ks}, key=str)
+    rows = [_keys(r, table) for r in records]
+    keys = sorted({k for ks in rows for k, _ in ks}, key=str)
     index = {k: i for i, k in enumerate(keys)}
     x = np.zeros((len(records), len(keys)))
     for row, ks in enumerate(rows):
-        x[row, [index[k] for k in ks]] = 1.0
+        for k, w in ks:
+            x[row, index[k]] = w
     y = np.array([r["wall_ms"] * 1e3 for r in records])
     base = np.array([table.predict_us(_chans(r), r["precision"]) for r in records])
     sw = 1.0 / y**2  # relative errors
@@ -300,19 +342,21 @@ def _refine(table: LatencyTable, records: list[dict], ridge: float) -> None:
             grid.make_monotone()
 
 
-def _fit(records: list[dict], ridge: float) -> LatencyTable:
-    table = _prior(records)
+def _fit(records: list[dict], ridge: float, neighbours: dict[str, list[str]]) -> LatencyTable:
+    table = _prior(records, neighbours)
     if ridge > 0:
         _refine(table, records, ridge)
     return table
 
 
-def _cross_validate(records: list[dict], ridge: float, folds: int) -> tuple[float, float]:
+def _cross_validate(
+    records: list[dict], ridge: float, folds: int, neighbours: dict[str, list[str]]
+) -> tuple[float, float]:
     idx = np.random.default_rng(0).permutation(len(records))
     pred, wall = [], []
     for k in range(folds):
         test = set(idx[k::folds].tolist())
-        sub = _fit([r for i, r in enumerate(records) if i not in test], ridge)
+        sub = _fit([r for i, r in enumerate(records) if i not in test], ridge, neighbours)
         pred += [sub.predict_ms(_chans(records[i]), records[i]["precision"]) for i in test]
         wall += [records[i]["wall_ms"] for i in test]
     return summarize(pred, wall)[:2]
@@ -321,19 +365,27 @@ def _cross_validate(records: list[dict], ridge: float, folds: int) -> tuple[floa
 RIDGES = (0.0, 3.0, 10.0, 30.0, 100.0)
 
 
-def fit_table(records: list[dict], *, ridge: float | None = None, folds: int = 5) -> LatencyTable:
-    """Fit the table from profiled records (see :mod:`.profiler`); ``ridge`` (step 2's
+def fit_table(
+    records: list[dict],
+    *,
+    ridge: float | None = None,
+    folds: int = 5,
+    neighbours: dict[str, list[str]] | None = None,
+) -> LatencyTable:
+    """Fit the table from profiled records (see :mod:`.profiler`); ``neighbours`` (per layer,
+    the layers next to it in the graph: island factors are fitted for them); ``ridge`` (step 2's
     shrinkage, 0: the calibrated profile alone; ``None``: the lowest cross-validated MAPE of
     :data:`RIDGES`). ``meta["fit"]`` holds the in-sample and cross-validated accuracy."""
+    neighbours = neighbours or {}
     can_cv = folds > 1 and len(records) >= 5 * folds
     scores: dict[float, tuple[float, float]] = {}
     if can_cv:
         for r in RIDGES if ridge is None else (ridge,):
-            scores[r] = _cross_validate(records, r, folds)
+            scores[r] = _cross_validate(records, r, folds, neighbours)
         ridge = min(scores, key=lambda r: scores[r][1])
     elif ridge is None:
         ridge = 0.0
-    table = _fit(records, ridge)
+    table = _fit(records, ridge, neighbours)
     p = [table.predict_ms(_chans(r), r["precision"]) for r in records]
     within, mape = summarize(p, [r["wall_ms"] for r in records])[:2]
     fit = {

@@ -21,7 +21,8 @@ from autocompress.hardware.latency import (
     make_latency_model,
     profile,
 )
-from autocompress.hardware.profiler import design_policies
+from autocompress.hardware.deploy import export_deployed
+from autocompress.hardware.profiler import design_policies, layer_neighbours
 from autocompress.hardware.targets import load_target, parse_target
 from autocompress.models import TinyCNN
 from autocompress.policy import CompressionPolicy, LayerPolicy
@@ -49,6 +50,23 @@ def cheap_target(monkeypatch):
 def _cfg(tmp_path, fmnist_root, **over):
     over.setdefault("latency__target", "cpu-onnxruntime")
     return load_experiment(tiny_config(tmp_path, fmnist_root, search_space=str(SPACE), **over))
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_neighbours_are_the_layers_an_output_feeds_and_those_sharing_an_input(tmp_path, int8):
+    import onnx
+    from torchvision.models import resnet18
+
+    model = resnet18(num_classes=10).eval()
+    path = tmp_path / "r18.onnx"
+    layers = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    export_deployed(model, torch.randn(1, 3, 32, 32), path, int8_layers=layers[::2] if int8 else [])
+    near = layer_neighbours(onnx.load(str(path)), model)
+    # a downsampling block's first conv: its output feeds conv2, its input is the shortcut's
+    assert near["layer2.0.conv1"] == ["layer2.0.conv2", "layer2.0.downsample.0"]
+    # a block's last conv feeds the next block (through the residual add, not past the next)
+    assert near["layer1.1.conv2"] == ["layer2.0.conv1", "layer2.0.downsample.0"]
+    assert near["layer4.1.conv2"] == ["fc"] and near["fc"] == []
 
 
 def test_design_covers_channel_pairs_at_both_precisions():

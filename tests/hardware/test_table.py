@@ -117,3 +117,46 @@ def test_steal_time_while_profiling_is_measured_and_reported():
     fit = {"configs": 10, "cv_within_10pct": 0.95, "cv_mape": 0.03}
     t = LatencyTable(order=[], compute={}, glue={}, head={}, meta={"fit": fit, "cpu_steal": 0.07})
     assert "7.0% of the CPU time stolen" in describe_fit(t)
+
+
+def _island_records(factor: float) -> list[dict]:
+    """Three layers a -> b -> c; ``b`` in FP32 between INT8 neighbours runs ``factor`` x."""
+    names = ["a", "b", "c"]
+    out = []
+    for ka, kb, pa, pb, pc in itertools.product((8, 16, 32), (8, 16, 32), *[("fp32", "int8")] * 3):
+        chans = {"a": (1, ka), "b": (ka, kb), "c": (kb, 4)}
+        prec = {"a": pa, "b": pb, "c": pc}
+        comp = {n: (0.02 if prec[n] == "fp32" else 0.01) * chans[n][0] * chans[n][1] for n in names}
+        if pb == "fp32" and pa == pc == "int8":
+            comp["b"] *= factor
+        out.append(
+            {
+                "wall_ms": (5.0 + sum(comp.values()) + 3.0) / 1e3,
+                "channels": {n: list(c) for n, c in chans.items()},
+                "precision": prec,
+                "blocks": [[None, 0.0, 0.0, 0]] + [[n, comp[n], 1.0, 1] for n in names],
+            }
+        )
+    return out
+
+
+def test_an_fp32_layer_between_int8_neighbours_gets_its_own_factor():
+    records = _island_records(0.3)
+    neighbours = {"a": ["b"], "b": ["a", "c"], "c": ["b"]}
+    table = fit_table(records, neighbours=neighbours, folds=1)
+    assert table.island == {"b": pytest.approx(0.3, rel=0.05)}
+    island = [r for r in records if r["precision"] == {"a": "int8", "b": "fp32", "c": "int8"}]
+    for r in island:
+        chans = {n: tuple(c) for n, c in r["channels"].items()}
+        assert table.predict_ms(chans, r["precision"]) == pytest.approx(r["wall_ms"], rel=0.05)
+    # without the neighbours the same records leave the island cells far off
+    plain = fit_table(records, folds=1)
+    errs = [
+        abs(plain.predict_ms({n: tuple(c) for n, c in r["channels"].items()}, r["precision"]))
+        / r["wall_ms"]
+        - 1
+        for r in island
+    ]
+    assert max(np.abs(errs)) > 0.1
+    # no effect, no factor: island profiles then join the layer's FP32 grid
+    assert fit_table(_island_records(1.0), neighbours=neighbours, folds=1).island == {}
