@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import optuna
+from optuna.distributions import CategoricalDistribution
 
 from .errors import ConfigError
 
@@ -47,13 +49,52 @@ def make_sampler(name: str, **kw) -> optuna.samplers.BaseSampler:
     return sampler
 
 
+class LayerCorrelatedNSGAII(optuna.samplers.NSGAIISampler):
+    """NSGA-II whose first generation comes from a prior correlated across layers: per trial,
+    one level in [0, 1) per dimension (``<layer>.bits``, ``<layer>.sparsity``, ...) shared by
+    every layer, each layer taking the choice at that quantile of its own sorted choices and
+    stepping one choice up or down with probability ``jitter``. Independent per-parameter
+    draws make a policy whose layers disagree (one at 2 bits, one in float); one-line configs
+    are strong trade-offs, and this prior draws them and their near neighbours most, for
+    crossover and mutation (as in :class:`~optuna.samplers.NSGAIISampler`) to refine."""
+
+    def __init__(self, *, jitter: float = 0.25, seed: int | None = None, **kw) -> None:
+        super().__init__(seed=seed, **kw)
+        self._jitter = jitter
+        self._prior = np.random.default_rng(seed)
+        self._levels: dict[int, dict[str, float] | None] = {}  # trial id -> levels (gen 0)
+
+    def sample_relative(self, study, trial, search_space):
+        params = super().sample_relative(study, trial, search_space)
+        generation = self.get_trial_generation(study, trial)
+        first = not self.get_parent_population(study, generation)
+        self._levels[trial._trial_id] = {} if first else None
+        return params
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        levels = self._levels.get(trial._trial_id)
+        if levels is None or not isinstance(param_distribution, CategoricalDistribution):
+            return super().sample_independent(study, trial, param_name, param_distribution)
+        choices = list(param_distribution.choices)
+        if all(isinstance(c, int | float) for c in choices):
+            choices.sort()
+        dim = param_name.rpartition(".")[2]
+        level = levels.setdefault(dim, float(self._prior.random()))
+        i = min(int(level * len(choices)), len(choices) - 1)
+        if self._prior.random() < self._jitter:
+            i = min(max(i + int(self._prior.choice((-1, 1))), 0), len(choices) - 1)
+        return choices[i]
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self._levels.pop(trial._trial_id, None)
+        super().after_trial(study, trial, state, values)
+
+
 @register_sampler("nsga2")
 def _nsga2(*, seed, n_trials, screen, population_size, constraints_func):
     # The screen's population is at most 24: a few hundred policies still run several generations.
     pop = population_size or max(4, min(24 if screen else 50, n_trials // 3))
-    return optuna.samplers.NSGAIISampler(
-        population_size=pop, seed=seed, constraints_func=constraints_func
-    )
+    return LayerCorrelatedNSGAII(population_size=pop, seed=seed, constraints_func=constraints_func)
 
 
 @register_sampler("tpe")

@@ -10,7 +10,6 @@ in the experiment's storage, so resume, workers and heartbeats work as for the f
 from __future__ import annotations
 
 import csv
-import itertools
 import time
 from pathlib import Path
 
@@ -41,29 +40,18 @@ _ORIGIN = "origin"
 _LOW_AGREEMENT = 0.5  # screen_rank_spearman below this: the screen is not to be trusted
 
 
-def uniform_seeds(space: SearchSpace) -> list[dict]:
-    """Params of the uniform policies (one sparsity, bits and kept share everywhere) the screen
-    starts from, for the sampler to improve on."""
-    grid = itertools.product((1.0, 0.5), (8, 4), (0.0, 0.5, 0.8))  # keep ratio, bits, sparsity
-    params = [
-        space.params_from_policy(space.uniform_policy(s, b, keep_ratio=k)) for k, b, s in grid
-    ]
-    return list({tuple(sorted(p.items())): p for p in params}.values())
-
-
 def open_screen(
     cfg: ExperimentConfig, space: SearchSpace, space_params: dict, on_stale, evaluator, sampler
 ) -> StudyInfo:
-    """The screen's study, seeded once (the uncompressed model's screened metrics, the uniform
-    policies)."""
+    """The screen's study, seeded once with the uncompressed model's screened metrics (no
+    policies are enqueued: the sampler's first generation covers the one-line configs, see
+    :class:`~autocompress.samplers.LayerCorrelatedNSGAII`)."""
     screen, _ = open_study(cfg, space_params, on_stale, screen=True, sampler=sampler)
 
     def seed() -> None:
         ref = evaluator.screen(CompressionPolicy())
         metrics = {o.metric: ref.value(n) for n, o in OBJECTIVES.items()}
         screen.study.set_user_attr(REFERENCE_ATTR, metrics)
-        for params in uniform_seeds(space):
-            screen.study.enqueue_trial(params, user_attrs={_ORIGIN: "uniform"}, skip_if_exists=True)
 
     run_once(screen.study, "seed", seed)
     return screen

@@ -14,6 +14,7 @@ from autocompress import load_experiment
 from autocompress.cli import main
 from autocompress.compression.apply import apply_policy
 from autocompress.hardware import latency as latency_mod
+from autocompress.hardware.deploy import export_deployed
 from autocompress.hardware.latency import (
     AnalyticLatencyModel,
     ProxyLatencyModel,
@@ -21,7 +22,6 @@ from autocompress.hardware.latency import (
     make_latency_model,
     profile,
 )
-from autocompress.hardware.deploy import export_deployed
 from autocompress.hardware.profiler import design_policies, layer_neighbours
 from autocompress.hardware.targets import load_target, parse_target
 from autocompress.models import TinyCNN
