@@ -85,6 +85,10 @@ class LayerCorrelatedNSGAII(optuna.samplers.NSGAIISampler):
             i = min(max(i + int(self._prior.choice((-1, 1))), 0), len(choices) - 1)
         return choices[i]
 
+    def reseed_rng(self) -> None:
+        super().reseed_rng()
+        self._prior = np.random.default_rng()
+
     def after_trial(self, study, trial, state, values) -> None:
         self._levels.pop(trial._trial_id, None)
         super().after_trial(study, trial, state, values)
@@ -93,8 +97,12 @@ class LayerCorrelatedNSGAII(optuna.samplers.NSGAIISampler):
 @register_sampler("nsga2")
 def _nsga2(*, seed, n_trials, screen, population_size, constraints_func):
     # The screen's population is at most 24: a few hundred policies still run several generations.
+    # The screen's first generation is layer-correlated; the fine-tuned study (only sampled
+    # without a screen, or when the screen left too few distinct policies) keeps independent
+    # draws, which rarely repeat a policy already fine-tuned.
     pop = population_size or max(4, min(24 if screen else 50, n_trials // 3))
-    return LayerCorrelatedNSGAII(population_size=pop, seed=seed, constraints_func=constraints_func)
+    cls = LayerCorrelatedNSGAII if screen else optuna.samplers.NSGAIISampler
+    return cls(population_size=pop, seed=seed, constraints_func=constraints_func)
 
 
 @register_sampler("tpe")

@@ -187,6 +187,10 @@ def open_study(
         raise AutocompressError(
             f"storage {mask_secrets(cfg.optuna_storage)}: {type(exc).__name__}: {_first_line(exc)}"
         ) from None
+    if not created and sampler is None:
+        # A process joining (or resuming) the study: its seeded sampler would otherwise propose
+        # the same policies as every other worker started with that seed.
+        study.sampler.reseed_rng()
     old = None if created else wait_for_attr(study, "space_fingerprint", 30.0)
     if old is None:  # new, or its creator died before setting the study up: do it here
         study.set_user_attr("objectives", objectives)
