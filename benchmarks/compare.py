@@ -816,6 +816,10 @@ def _load() -> dict:
 
 
 def _save(data: dict) -> None:
+    old = data.get("summary") or {}
+    if old.get("seeds") and set(map(tuple, old["seeds"].values())) != {tuple(SEEDS["final"])}:
+        # the final seeds changed (the method did): the previous record stays, by its commit
+        data.setdefault("retired_summaries", {})[str(old.get("commit"))] = old
     data["summary"] = summarise(data)
     tmp = JSON.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1, default=float))
