@@ -330,9 +330,7 @@ def export(
         )
 
     onnx_acc = onnx_accuracy(deployed, data.test, task=prep.task)
-    measured = measure_onnx_latency(deployed, tuple(example.shape), threads=threads, repeats=100)
     base_path = export_onnx(baseline.model, example, out / "baseline_fp32.onnx")
-    base_ms = measure_onnx_latency(base_path, tuple(example.shape), threads=threads, repeats=100)
     xc = cfg.export
     # all cores: this process's share (a container's), not the host's count
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -360,6 +358,16 @@ def export(
     if dep.fallback and "int8-qdq" in measured_forms:
         measured_forms["int8-qdq"].note = dep.fallback
     dm, bm_ = measured_forms[dep.form], measured_forms["baseline"]
+    # the headline latencies are the forms table's (one measurement per model and setting)
+    batch = int(example.shape[0])
+
+    def latency(m, path: Path) -> float:
+        ms = m.latency_ms(batch, threads)
+        if ms is None:  # the search's batch size is not among export.batch_sizes
+            ms = measure_onnx_latency(path, tuple(example.shape), threads=threads, repeats=100)
+        return ms
+
+    measured, base_ms = latency(dm, deployed), latency(bm_, base_path)
 
     result = ExportResult(
         trial=point.trial,
