@@ -607,20 +607,16 @@ def summarise(data: dict) -> dict:
         "commit": code_version(),
         "cpu_flags": cpu_flags(),
     }
-    ran = {
-        r.get("commit")
+    final_runs = [
+        r
         for md in data.get("models", {}).values()
         for k, r in md.get("runs", {}).items()
         if int(k.rsplit("-s", 1)[1]) in SEEDS["final"]
-    } - {None}
+    ]
+    ran = {r.get("commit") for r in final_runs} - {None}
     if ran:  # the code the final runs ran at (the report may be rewritten later)
         s["commit"] = ",".join(sorted(ran))
-    flags = {
-        r.get("cpu_flags")
-        for md in data.get("models", {}).values()
-        for k, r in md.get("runs", {}).items()
-        if int(k.rsplit("-s", 1)[1]) in SEEDS["final"]
-    } - {None}
+    flags = {r.get("cpu_flags") for r in final_runs} - {None}
     # the machine the final runs ran on (runs from before flags were recorded: the summary's)
     s["cpu_flags"] = " | ".join(sorted(flags)) or data.get("summary", {}).get(
         "cpu_flags", s["cpu_flags"]
