@@ -618,9 +618,10 @@ def summarise(data: dict) -> dict:
         s["commit"] = ",".join(sorted(ran))
     flags = {r.get("cpu_flags") for r in final_runs} - {None}
     # the machine the final runs ran on (runs from before flags were recorded: the summary's)
-    s["cpu_flags"] = " | ".join(sorted(flags)) or data.get("summary", {}).get(
-        "cpu_flags", s["cpu_flags"]
-    )
+    if flags or not final_runs:
+        s["cpu_flags"] = " | ".join(sorted(flags)) or s["cpu_flags"]
+    else:
+        s["cpu_flags"] = data.get("summary", {}).get("cpu_flags", s["cpu_flags"])
     for model, md in data.get("models", {}).items():
         _migrate(md)
         runs = md.get("runs", {})
