@@ -131,6 +131,13 @@ def _is_island(name: str, prec: dict[str, str], neighbours: dict[str, list[str]]
     return prec.get(name) == "fp32" and bool(near) and all(prec.get(m) == "int8" for m in near)
 
 
+def _island_scale(
+    name: str, prec: dict[str, str], neighbours: dict[str, list[str]], island: dict[str, float]
+) -> float:
+    """The compute factor of ``name`` under ``prec``: its island factor, else 1."""
+    return island.get(name, 1.0) if _is_island(name, prec, neighbours) else 1.0
+
+
 _ISLAND_MIN = 3  # profiled island configurations of a layer needed to fit its factor
 _ISLAND_SIGNIFICANT = 1.25  # a factor nearer 1 than this is noise: the layer has none
 
@@ -157,7 +164,7 @@ class LatencyTable:
 
     def _scale(self, name: str, prec: dict[str, str]) -> float:
         """The compute factor of ``name`` under ``prec`` (``island``, else 1)."""
-        return self.island.get(name, 1.0) if _is_island(name, prec, self.neighbours) else 1.0
+        return _island_scale(name, prec, self.neighbours, self.island)
 
     def _glue(self, name: str, key: str) -> list[float]:
         options = self.glue.get(name, {})
@@ -269,8 +276,7 @@ def _prior(records: list[dict], neighbours: dict[str, list[str]]) -> LatencyTabl
         for i, name in enumerate(order):
             p, key = prec[name], _context(prec, order, i)
             grid = grids[name].get(p) or next(iter(grids[name].values()))
-            scale = island.get(name, 1.0) if _is_island(name, prec, neighbours) else 1.0
-            f[f"compute_{p}"] += grid(*chans[name]) * scale
+            f[f"compute_{p}"] += grid(*chans[name]) * _island_scale(name, prec, neighbours, island)
             a, b, n = glue_raw[name].get(key) or next(iter(glue_raw[name].values()))
             f["glue_us"] += a + b * chans[name][1]
             f["glue_nodes"] += n

@@ -131,7 +131,7 @@ def search(
     study = info.study
     screen = None
     if screening:
-        screen = open_screen(cfg, space, space_params, on_stale, evaluator, sampler)
+        screen = open_screen(cfg, space_params, on_stale, evaluator, sampler)
     # One MLflow parent run per study: the first process makes it, the others find it (a
     # tag on the run, so a creator that died before recording it in the study is no loss).
     parent = None if created else wait_for_attr(study, PARENT_ATTR, 10 if not worker else 120)

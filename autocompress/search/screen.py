@@ -41,7 +41,7 @@ _LOW_AGREEMENT = 0.5  # screen_rank_spearman below this: the screen is not to be
 
 
 def open_screen(
-    cfg: ExperimentConfig, space: SearchSpace, space_params: dict, on_stale, evaluator, sampler
+    cfg: ExperimentConfig, space_params: dict, on_stale, evaluator, sampler
 ) -> StudyInfo:
     """The screen's study, seeded once with the uncompressed model's screened metrics (no
     policies are enqueued: the sampler's first generation covers the one-line configs, see
