@@ -33,8 +33,8 @@ from pathlib import Path
 from common import EXPERIMENTS, REPO, baseline_checkpoint, code_version
 
 import autocompress as ac
-from autocompress.search.pick import PickCriteria
 from autocompress.export.run import export
+from autocompress.search.pick import PickCriteria
 
 ROOT = REPO
 TOLERANCE_POINTS = 1.0
