@@ -186,25 +186,38 @@ def measure_passes(
     *,
     threads: int,
     passes: int = 3,
+    span_seconds: float = 0.0,
+    max_passes: int = 10,
     deadline: float | None = None,
     min_passes: int = 2,
     agree: float = 0.05,
     retries: int = 3,
     **timing,
 ) -> list[float]:
-    """End-to-end milliseconds of several ONNX models, the minimum over ``passes`` passes (each
-    model once per pass), so a burst of load spoils at most one of them. Models whose two best
-    passes differ by more than ``agree`` are timed again (at most ``retries`` more passes);
-    passes after ``min_passes`` stop at ``deadline`` (``perf_counter``)."""
+    """End-to-end milliseconds of several ONNX models, the minimum over passes (each model once
+    per pass), so a burst of load spoils at most one of them. At least ``passes`` passes, and
+    more (at most ``max_passes``, spaced evenly) until the first and the last are
+    ``span_seconds`` apart: on a shared host another tenant's cache and memory traffic slows the
+    larger models by up to 30 % for tens of seconds at a time, so passes taken within one
+    minute can all land in one such phase. Models whose two best passes differ by more than
+    ``agree`` are timed again (at most ``retries`` more passes); passes after ``min_passes``
+    stop at ``deadline`` (``perf_counter``)."""
     times: list[list[float]] = [[] for _ in paths]
+    gap = span_seconds / max(max_passes - 1, 1)
 
     def one_pass(which) -> None:
         for i in which:
             times[i].append(measure_onnx_latency(paths[i], input_shape, threads=threads, **timing))
 
-    for k in range(max(passes, 1)):
-        if k >= min_passes and deadline is not None and time.perf_counter() > deadline:
+    start = time.perf_counter()
+    for k in range(max(max_passes, passes, 1)):
+        now = time.perf_counter()
+        if k >= passes and now - start >= span_seconds:
             break
+        if k >= min_passes and deadline is not None and now > deadline:
+            break
+        if k and span_seconds:  # spread the passes over the span, not all in its first minute
+            time.sleep(max(0.0, min(start + k * gap - now, (deadline or now + gap) - now)))
         one_pass(range(len(paths)))
     for _ in range(retries):
         noisy = [i for i, t in enumerate(times) if _spread(t) > agree]

@@ -343,8 +343,8 @@ def profile_model(
             paths,
             tuple(example.shape),
             threads=target.runtime.threads,
-            passes=target.runtime.passes,
             deadline=t0 + budget.max_seconds,
+            **target.runtime.pass_settings(),
             **target.runtime.timing(),
         )
     for rec, wall in zip(records, walls, strict=True):

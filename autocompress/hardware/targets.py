@@ -31,6 +31,9 @@ class Credit(_Strict):
     sub_8bit: bool = False
 
 
+_PASS_KEYS = ("passes", "span_seconds", "max_passes")
+
+
 class Runtime(_Strict):
     """How one model is timed (see :func:`~autocompress.hardware.measure.measure_onnx_latency`)."""
 
@@ -41,10 +44,16 @@ class Runtime(_Strict):
     tolerance: float = Field(0.02, gt=0)
     round_seconds: float = Field(0.05, gt=0)
     passes: int = Field(3, ge=1)
+    span_seconds: float = Field(0.0, ge=0)
+    max_passes: int = Field(10, ge=1)
 
     def timing(self) -> dict:
         """The keyword arguments of :func:`~autocompress.hardware.measure.measure_onnx_latency`."""
-        return self.model_dump(exclude={"threads", "passes"})
+        return self.model_dump(exclude={"threads", *_PASS_KEYS})
+
+    def pass_settings(self) -> dict:
+        """How :func:`~autocompress.hardware.measure.measure_passes` repeats the timings."""
+        return self.model_dump(include=set(_PASS_KEYS))
 
 
 class ProfileSettings(_Strict):

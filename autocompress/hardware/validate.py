@@ -113,12 +113,15 @@ def validate_latency(
                     "sparsity": {n: lp.sparsity for n, lp in policy.items()},
                 }
             )
-        log(f"latency validate: {samples} policies exported, timing them ({runtime.passes} passes)")
+        log(
+            f"latency validate: {samples} policies exported, timing them ({runtime.passes} "
+            f"passes or more, over at least {runtime.span_seconds:.0f} s)"
+        )
         measured = measure_passes(
             paths,
             tuple(example.shape),
             threads=runtime.threads,
-            passes=runtime.passes,
+            **runtime.pass_settings(),
             **runtime.timing(),
         )
     for pair, ms in zip(pairs, measured, strict=True):
