@@ -49,3 +49,25 @@ def test_later_generations_evolve_and_the_seed_reproduces():
     assert [t.params for t in a] == [t.params for t in b]
     # children recombine first-generation parents: some layers disagree
     assert any(_spread(t, "bits", BITS) > 1 for t in a[8:])
+
+
+def test_first_generation_draws_the_gentle_and_the_aggressive_end_on_every_seed():
+    for seed in range(10):
+        trials = _run(LayerCorrelatedNSGAII(population_size=12, seed=seed, jitter=0.0), 12)
+        pairs = [(t.params["l0.bits"], t.params["l0.sparsity"]) for t in trials]
+        # gentle: >= 8 bits and no sparsity; aggressive: <= 3 bits and >= 50 % sparsity
+        assert any(b >= 8 and s == 0.0 for b, s in pairs), (seed, pairs)
+        assert any(b <= 3 and s >= 0.5 for b, s in pairs), (seed, pairs)
+        # and the dimensions still vary apart from each other (not one line through the space)
+        assert len(set(pairs)) >= 6
+
+
+def test_independent_uniform_levels_miss_a_corner_on_some_seed():
+    # what stratification fixes: without it (spread 1: levels anywhere), some seed's first
+    # generation has no gentle policy
+    missed = 0
+    for seed in range(10):
+        sampler = LayerCorrelatedNSGAII(population_size=12, seed=seed, jitter=0.0, spread=1.0)
+        pairs = [(t.params["l0.bits"], t.params["l0.sparsity"]) for t in _run(sampler, 12)]
+        missed += not any(b >= 8 and s == 0.0 for b, s in pairs)
+    assert missed > 0
