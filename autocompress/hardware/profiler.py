@@ -337,7 +337,8 @@ def profile_model(
                 log(f"latency profile: {len(records)} configurations profiled, {elapsed:.0f} s")
         log(
             f"latency profile: timing {len(records)} configurations end to end "
-            f"({target.runtime.passes} passes), {time.perf_counter() - t0:.0f} s"
+            f"({target.runtime.passes}+ passes over up to {target.runtime.span_seconds:.0f} s, "
+            f"within the budget), {time.perf_counter() - t0:.0f} s"
         )
         walls = measure_passes(
             paths,
