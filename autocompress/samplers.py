@@ -12,6 +12,7 @@ from collections.abc import Callable
 import numpy as np
 import optuna
 from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState
 
 from .errors import ConfigError
 
@@ -49,6 +50,7 @@ def make_sampler(name: str, **kw) -> optuna.samplers.BaseSampler:
     return sampler
 
 
+_STRATUM = "LayerCorrelatedNSGAII:stratum"
 # The gentle end of an ordered dimension: its highest choice (True) or its lowest (False).
 _GENTLE_HIGH = {"bits": True, "keep_ratio": True, "sparsity": False, "threshold": False}
 
@@ -87,9 +89,20 @@ class LayerCorrelatedNSGAII(optuna.samplers.NSGAIISampler):
         first = not self.get_parent_population(study, generation)
         self._levels[trial._trial_id] = {} if first else None
         if first:
-            stratum = self._strata[trial.number % len(self._strata)]
-            self._intensity[trial._trial_id] = (stratum + self._prior.random()) / len(self._strata)
+            k = self._free_stratum(study, trial)
+            n = len(self._strata)
+            self._intensity[trial._trial_id] = (self._strata[k] + self._prior.random()) / n
         return params
+
+    def _free_stratum(self, study, trial) -> int:
+        """The first stratum no complete or running first-generation trial holds (a failed
+        trial's goes to its replacement), recorded on the trial (workers share the storage)."""
+        states = (TrialState.COMPLETE, TrialState.RUNNING)
+        held = {t.system_attrs.get(_STRATUM) for t in study.get_trials(False, states=states)}
+        n = len(self._strata)
+        k = next((i for i in range(n) if i not in held), trial.number % n)
+        study._storage.set_trial_system_attr(trial._trial_id, _STRATUM, k)
+        return k
 
     def _level(self, trial_id: int, dim: str) -> float:
         if dim not in _GENTLE_HIGH:

@@ -5,7 +5,8 @@ latency and size) with ``plain`` NSGA-II, ``corr`` (LayerCorrelatedNSGAII as it 
 per dimension, the sampler before the first generation was stratified). Dev seeds only; appends
 to ``benchmarks/results/screen_prior.jsonl``. The rows ``seeds+plain`` there ran at 2215183,
 which also enqueued 12 one-line configs into the screen; the ``corr`` rows before the
-stratification (commit in each row) are what ``indep`` is now.
+stratification (commit in each row) drew from the distribution ``indep`` draws from now, but
+not the same random stream (compare rows of one commit only).
 
     .venv/bin/python benchmarks/screen_prior.py corr 100 120
 """

@@ -62,12 +62,33 @@ def test_first_generation_draws_the_gentle_and_the_aggressive_end_on_every_seed(
         assert len(set(pairs)) >= 6
 
 
+class _Independent(LayerCorrelatedNSGAII):
+    def _level(self, trial_id, dim):
+        return float(self._prior.random())
+
+
 def test_independent_uniform_levels_miss_a_corner_on_some_seed():
-    # what stratification fixes: without it (spread 1: levels anywhere), some seed's first
+    # what stratification fixes: with one uniform level per dimension, some seed's first
     # generation has no gentle policy
     missed = 0
     for seed in range(10):
-        sampler = LayerCorrelatedNSGAII(population_size=12, seed=seed, jitter=0.0, spread=1.0)
+        sampler = _Independent(population_size=12, seed=seed, jitter=0.0)
         pairs = [(t.params["l0.bits"], t.params["l0.sparsity"]) for t in _run(sampler, 12)]
         missed += not any(b >= 8 and s == 0.0 for b, s in pairs)
     assert missed > 0
+
+
+def test_a_failed_trial_hands_its_stratum_to_its_replacement():
+    sampler = LayerCorrelatedNSGAII(population_size=6, seed=0)
+
+    def objective(trial):
+        bits = [trial.suggest_categorical(f"{n}.bits", BITS) for n in LAYERS]
+        if trial.number in (1, 3):
+            raise ValueError("a policy that cannot be applied")
+        return sum(bits), -trial.number
+
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+    study.optimize(objective, n_trials=8, catch=(ValueError,))
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 6  # the first generation, complete
+    assert sorted(t.system_attrs["LayerCorrelatedNSGAII:stratum"] for t in done) == list(range(6))

@@ -201,27 +201,33 @@ def measure_passes(
     larger models by up to 30 % for tens of seconds at a time, so passes taken within one
     minute can all land in one such phase. Models whose two best passes differ by more than
     ``agree`` are timed again (at most ``retries`` more passes); passes after ``min_passes``
-    stop at ``deadline`` (``perf_counter``)."""
+    and retries do not start after ``deadline`` (``perf_counter``)."""
     times: list[list[float]] = [[] for _ in paths]
-    gap = span_seconds / max(max_passes - 1, 1)
+    most = max(max_passes, passes, 1)
+    gap = span_seconds / max(most - 1, 1)
 
     def one_pass(which) -> None:
         for i in which:
             times[i].append(measure_onnx_latency(paths[i], input_shape, threads=threads, **timing))
 
+    def late(at: float) -> bool:
+        return deadline is not None and at > deadline
+
     start = time.perf_counter()
-    for k in range(max(max_passes, passes, 1)):
+    for k in range(most):
         now = time.perf_counter()
+        due = max(now, start + k * gap) if span_seconds else now
         if k >= passes and now - start >= span_seconds:
             break
-        if k >= min_passes and deadline is not None and now > deadline:
+        if k >= min_passes and late(due):
             break
-        if k and span_seconds:  # spread the passes over the span, not all in its first minute
-            time.sleep(max(0.0, min(start + k * gap - now, (deadline or now + gap) - now)))
+        if deadline is not None:
+            due = min(due, max(now, deadline))
+        time.sleep(due - now)  # spread the passes over the span, not all in its first minute
         one_pass(range(len(paths)))
     for _ in range(retries):
         noisy = [i for i, t in enumerate(times) if _spread(t) > agree]
-        if not noisy:
+        if not noisy or late(time.perf_counter()):
             break
         one_pass(noisy)
     return [min(t) for t in times]

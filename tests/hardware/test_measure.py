@@ -60,3 +60,22 @@ def test_without_a_span_exactly_the_passes_run(monkeypatch):
     _patch(monkeypatch, clock)
     measure.measure_passes(["a", "b", "c"], (1,), threads=1, passes=3)
     assert len(clock.starts) == 9
+
+
+def test_no_pass_is_scheduled_past_the_deadline(monkeypatch):
+    # passes would be due at 0, 20, 40, ...: the one due after the deadline is not started
+    clock = _Clock(per_model=1.0)
+    _patch(monkeypatch, clock)
+    measure.measure_passes(
+        ["a"], (1,), threads=1, passes=3, span_seconds=180, deadline=50.0, min_passes=2
+    )
+    starts = [t for _, t in clock.starts]
+    assert starts == [0.0, 20.0, 40.0] and clock.now <= 50.0
+
+
+def test_more_passes_than_max_passes_still_cover_only_the_span(monkeypatch):
+    clock = _Clock(per_model=0.5)
+    _patch(monkeypatch, clock)
+    measure.measure_passes(["a"], (1,), threads=1, passes=5, span_seconds=40, max_passes=3)
+    starts = [t for _, t in clock.starts]
+    assert len(starts) == 5 and starts[-1] == 40.0

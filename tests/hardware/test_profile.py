@@ -14,6 +14,7 @@ from autocompress import load_experiment
 from autocompress.cli import main
 from autocompress.compression.apply import apply_policy
 from autocompress.hardware import latency as latency_mod
+from autocompress.hardware import memory_model
 from autocompress.hardware.deploy import export_deployed
 from autocompress.hardware.latency import (
     AnalyticLatencyModel,
@@ -44,6 +45,8 @@ CHEAP = parse_target(
 def cheap_target(monkeypatch):
     """The CPU target with a tiny measurement budget (tests assert behaviour, not speed)."""
     monkeypatch.setattr(latency_mod, "load_target", lambda name: CHEAP)
+    # validate times through measurement_inputs (no 120 s span of the shipped preset)
+    monkeypatch.setattr(memory_model, "load_target", lambda name: CHEAP)
     return CHEAP
 
 
