@@ -62,22 +62,6 @@ def test_first_generation_draws_the_gentle_and_the_aggressive_end_on_every_seed(
         assert len(set(pairs)) >= 6
 
 
-class _Independent(LayerCorrelatedNSGAII):
-    def _level(self, trial_id, dim):
-        return float(self._prior.random())
-
-
-def test_independent_uniform_levels_miss_a_corner_on_some_seed():
-    # what stratification fixes: with one uniform level per dimension, some seed's first
-    # generation has no gentle policy
-    missed = 0
-    for seed in range(10):
-        sampler = _Independent(population_size=12, seed=seed, jitter=0.0)
-        pairs = [(t.params["l0.bits"], t.params["l0.sparsity"]) for t in _run(sampler, 12)]
-        missed += not any(b >= 8 and s == 0.0 for b, s in pairs)
-    assert missed > 0
-
-
 def test_a_failed_trial_hands_its_stratum_to_its_replacement():
     sampler = LayerCorrelatedNSGAII(population_size=6, seed=0)
 
