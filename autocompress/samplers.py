@@ -55,6 +55,19 @@ _STRATUM = "LayerCorrelatedNSGAII:stratum"
 _GENTLE_HIGH = {"bits": True, "keep_ratio": True, "sparsity": False, "threshold": False}
 
 
+def _stratum(trials: list, trial) -> int | None:
+    """The first-generation stratum ``trial`` holds: its own, or (a re-run with fixed
+    parameters never samples) the one of the failed trial it re-runs."""
+    for _ in range(len(trials)):
+        if (k := trial.system_attrs.get(_STRATUM)) is not None:
+            return k
+        source = trial.user_attrs.get("requeued_from", trial.system_attrs.get("failed_trial"))
+        if source is None or not 0 <= source < len(trials):
+            return None
+        trial = trials[source]
+    return None
+
+
 class LayerCorrelatedNSGAII(optuna.samplers.NSGAIISampler):
     """NSGA-II whose first generation comes from a prior correlated across layers: per trial,
     one level in [0, 1) per dimension (``<layer>.bits``, ``<layer>.sparsity``, ...) shared by
@@ -96,11 +109,18 @@ class LayerCorrelatedNSGAII(optuna.samplers.NSGAIISampler):
 
     def _free_stratum(self, study, trial) -> int:
         """The first stratum no complete or running first-generation trial holds (a failed
-        trial's goes to its replacement), recorded on the trial (workers share the storage)."""
-        states = (TrialState.COMPLETE, TrialState.RUNNING)
-        held = {t.system_attrs.get(_STRATUM) for t in study.get_trials(False, states=states)}
-        n = len(self._strata)
-        k = next((i for i in range(n) if i not in held), trial.number % n)
+        trial's goes to its replacement), recorded on the trial (workers share the storage).
+        A re-run of a failed trial (its parameters re-queued with ``requeued_from``, or Optuna's
+        heartbeat retry, which copies its system attributes) holds that trial's stratum."""
+        trials = study.get_trials(False)
+        k = _stratum(trials, trial)
+        if k is None:
+            live = (TrialState.COMPLETE, TrialState.RUNNING)
+            held = {
+                _stratum(trials, t) for t in trials if t.state in live and t.number != trial.number
+            }
+            n = len(self._strata)
+            k = next((i for i in range(n) if i not in held), trial.number % n)
         study._storage.set_trial_system_attr(trial._trial_id, _STRATUM, k)
         return k
 

@@ -76,3 +76,38 @@ def test_a_failed_trial_hands_its_stratum_to_its_replacement():
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == 6  # the first generation, complete
     assert sorted(t.system_attrs["LayerCorrelatedNSGAII:stratum"] for t in done) == list(range(6))
+
+
+def test_a_re_run_of_a_failed_trial_keeps_its_stratum():
+    # Its policy is re-run as it was (re-queued with ``requeued_from``, or copied with its
+    # system attributes by Optuna's heartbeat retry): no fresh trial may take that stratum too.
+    sampler = LayerCorrelatedNSGAII(population_size=6, seed=0)
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+
+    def objective(trial):
+        bits = [trial.suggest_categorical(f"{n}.bits", BITS) for n in LAYERS]
+        if trial.number == 1:
+            study.enqueue_trial(trial.params, user_attrs={"requeued_from": 1})
+            raise ValueError("the tracking server went away")
+        if trial.number == 3:
+            failed = study._storage.get_trial(trial._trial_id)
+            study.add_trial(
+                optuna.trial.create_trial(
+                    state=optuna.trial.TrialState.WAITING,
+                    system_attrs=dict(failed.system_attrs) | {"failed_trial": 3},
+                )
+            )
+            raise ValueError("the database went away")
+        return sum(bits), -trial.number
+
+    study.optimize(objective, n_trials=8, catch=(ValueError,))
+    trials = study.trials
+    key = "LayerCorrelatedNSGAII:stratum"
+    (requeued,) = [t for t in trials if t.user_attrs.get("requeued_from") == 1]
+    assert requeued.params == trials[1].params and key not in requeued.system_attrs
+    (retried,) = [t for t in trials if t.system_attrs.get("failed_trial") == 3]
+    assert retried.system_attrs[key] == trials[3].system_attrs[key]
+    # every complete trial holds its own stratum: the re-queued one trial 1's
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    held = [t.system_attrs.get(key, trials[1].system_attrs[key]) for t in done]
+    assert sorted(held) == list(range(6))

@@ -109,6 +109,38 @@ def test_failing_trial_is_recorded_and_search_goes_on(tmp_path, fmnist_root, mon
     assert len(failed) == 1 and "boom in trial" in failed[0].data.tags["fail_reason"]
 
 
+def test_a_policy_already_fine_tuned_is_not_fine_tuned_again(tmp_path, fmnist_root, monkeypatch):
+    import optuna
+
+    from autocompress.search import trials as objective
+
+    calls = {"n": 0}
+    original = objective.TrialEvaluator.__call__
+
+    def counted(self, policy, **kw):
+        calls["n"] += 1
+        return original(self, policy, **kw)
+
+    monkeypatch.setattr(objective.TrialEvaluator, "__call__", counted)
+    cfg = load_experiment(
+        tiny_config(tmp_path, fmnist_root, search__n_trials=3, search__screen_trials=0)
+    )
+
+    class Repeats(optuna.samplers.RandomSampler):  # only ever the anchor's (trial 0) policy
+        def sample_independent(self, study, trial, name, distribution):
+            return study.trials[0].params[name]
+
+    lines: list[str] = []
+    result = search(cfg, sampler=Repeats(), log=lines.append)
+    assert calls["n"] == 1 and result.n_complete == 1  # the anchor only
+    study = load_study(cfg).study
+    pruned = study.get_trials(states=(TrialState.PRUNED,))
+    assert len(pruned) == 20 and all(t.user_attrs["duplicate_of"] == 0 for t in pruned)
+    assert any("policies in a row were already tried" in line for line in lines)
+    _, _, trials = _runs(cfg)
+    assert len(trials) == 1  # no MLflow run for a policy not fine-tuned
+
+
 def test_cli_search_and_status(tmp_path, fmnist_root, capsys):
     path = tiny_config(tmp_path, fmnist_root, search__n_trials=2, search__sampler="random")
     assert main(["search", str(path)]) == 0

@@ -274,6 +274,17 @@ def _retries_due(study: optuna.Study, trials: list[FrozenTrial], retries: int) -
     return len(due)
 
 
+def _same_policy(trial: optuna.Trial, queued: bool) -> int | None:
+    """The number of a complete trial, or for a sampled ``trial`` a running one, with
+    ``trial``'s parameters (a queued re-run starts while the trial it re-runs may still be
+    running), if any."""
+    live = (TrialState.COMPLETE,) if queued else (TrialState.COMPLETE, TrialState.RUNNING)
+    for t in trial.study.get_trials(deepcopy=False, states=live):
+        if t.number != trial.number and t.params == trial.params:
+            return t.number
+    return None
+
+
 def _queued(trial: FrozenTrial) -> bool:
     """Enqueued (seeds, promoted policies, re-runs of lost trials) rather than sampled."""
     attrs = trial.system_attrs
@@ -355,6 +366,8 @@ def run_trials(
             trial.study.stop()
             raise
 
+    duplicates = {"n": 0}
+
     def _objective(trial: optuna.Trial):
         queued = _queued(trial.study._storage.get_trial(trial._trial_id))
         verdict = _wait_for_budget(
@@ -366,6 +379,17 @@ def run_trials(
         if verdict == "yield":
             raise optuna.TrialPruned("yields to a re-queued trial")
         policy = suggest_policy(trial, space)
+        same = _same_policy(trial, queued)
+        if same is not None:
+            # A sampler (or a warm start) drew a policy already fine-tuned or fine-tuning: no
+            # second fine-tune; a search space with no new policy left stops.
+            duplicates["n"] += 1
+            trial.set_user_attr("duplicate_of", same)
+            if duplicates["n"] >= max(20, n_total):
+                log(f"stopping: {duplicates['n']} policies in a row were already tried")
+                trial.study.stop()
+            raise optuna.TrialPruned(f"the policy of trial {same}: not fine-tuned twice")
+        duplicates["n"] = 0
         params = space.params_from_policy(policy)
         run_id = tracker.start_trial(
             parent, trial.number, params, policy.to_dict(), policy.summary()
