@@ -37,7 +37,7 @@ FAMILIES = [
 @pytest.mark.parametrize("name", FAMILIES)
 def test_half_the_channels_go_and_onnx_runtime_agrees(name):
     rec = torchvision_check.check(name)
-    assert rec["ok"], rec
+    assert rec["ok"], {k: rec.get(k) for k in ("stage", "error", "max_rel_error")}
     assert rec["prunable"] > 0 and rec["params_after"] < rec["params"], rec
 
 
