@@ -9,7 +9,8 @@ this machine, its cross-validated fit recorded) and the same size (packed bytes)
 - ``autocompress``: the default search: screen (NSGA-II, no fine-tune) -> promoted front ->
   fine-tuned trials;
 - ``uniform``: the best one-line config: a grid over sparsity x bits x keep_ratio (channel
-  removal included), same per-trial fine-tune, spread order (as many points as the budget runs);
+  removal included), same per-trial fine-tune: the coarse grid first (its two ends alternately),
+  then a finer grid in a random order, until the budget is spent;
 - ``nsga2_plain``: NSGA-II with a fine-tune per trial on the same space (the first version);
 - ``random``: Optuna's random sampler, fine-tune per trial;
 - ``nni``: the uniform grid (sparsity x bits) compressed by NNI 3.0 (LevelPruner + QATQuantizer)
@@ -102,6 +103,14 @@ MODELS = {
             "keep_ratio": [1.0, 0.75, 0.5],
         },
         "tp_ratios": [0.25, 0.5, 0.75],
+        # What the budget left after the coarse grid is spent on (see ``grid``); decided
+        # 2026-12-07 after the 4000-4004 record, for the records after it.
+        "fine_grid": {
+            "sparsity": [0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9],
+            "bits": [32, 8, 6, 5, 4, 3, 2],
+            "keep_ratio": [1.0, 0.75, 0.5, 0.25],
+        },
+        "tp_fine_ratios": [0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8, 0.9],
     },
     "resnet18": {
         "baseline": ["baseline.epochs=4", "baseline.lr=0.1"],
@@ -121,6 +130,12 @@ MODELS = {
             "keep_ratio": [1.0, 0.5, 0.25],
         },
         "tp_ratios": [0.5, 0.75, 0.875],
+        "fine_grid": {
+            "sparsity": [0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95],
+            "bits": [32, 8, 6, 5, 4, 3, 2],
+            "keep_ratio": [1.0, 0.75, 0.5, 0.25],
+        },
+        "tp_fine_ratios": [0.25, 0.375, 0.625, 0.8, 0.9, 0.95],
     },
 }
 # What each method changes in the experiment (on top of the model's overrides).
@@ -252,19 +267,33 @@ def _run_dir(model: str, method: str, seed: int, sh: dict) -> Path:
     return out
 
 
-def grid(model: str, space) -> list:
+def grid(model: str, space, seed: int) -> list:
     """The uniform grid's policies (the uncompressed corner left out: every search has it as
-    its anchor), alternating between the gentle and the harsh end so that a budget that stops
-    early still covers the range."""
-    g = MODELS[model]["grid"]
+    its anchor): the coarse grid first, alternating between its gentle and its harsh end, then
+    the fine grid's other points in a random order (``seed``), so the method uses its whole
+    budget like the others (a user with time left tries more one-line configs)."""
+    coarse = _uniform_points(space, MODELS[model]["grid"], channels=True)
+    fine = _uniform_points(space, MODELS[model]["fine_grid"], channels=True)
+    return _then_the_rest(_ends_first(coarse), fine, seed)
+
+
+def _uniform_points(space, g: dict, *, channels: bool) -> list:
+    """One-line configs over a grid, gentle to harsh, without repeats or the identity."""
     pols = []
-    for k in g["keep_ratio"]:
+    for k in g["keep_ratio"] if channels else [None]:
         for b in g["bits"]:
             for s in g["sparsity"]:
                 pol = space.uniform_policy(s, b, keep_ratio=k)
                 if pol not in pols and not all(lp.is_identity for lp in pol.values()):
                     pols.append(pol)
-    return _ends_first(pols)
+    return pols
+
+
+def _then_the_rest(first: list, more: list, seed: int) -> list:
+    """``first``, then the items of ``more`` not in it, in a random order."""
+    rest = [p for p in more if p not in first]
+    order = np.random.default_rng(seed).permutation(len(rest))
+    return [*first, *(rest[i] for i in order)]
 
 
 def _ends_first(items: list) -> list:
@@ -333,7 +362,7 @@ def run_search(model: str, method: str, seed: int, sh: dict) -> dict:
         # enqueueing is charged: it is inside the measured time). The grid and the anchor are
         # all it runs: what a user of one-line configs does.
         space = prepare(cfg, log=lambda *_: None).space
-        points = grid(model, space)
+        points = grid(model, space, seed)
         cfg.search.n_trials = len(points) + 1
         info, _ = open_study(cfg, {k: list(v) for k, v in space.choices().items()})
         for pol in points:
@@ -422,7 +451,7 @@ def _grid_budget_loop(model: str, method: str, seed: int, sh: dict, make) -> dic
     ev = TrialEvaluator(cfg, prep.baseline, prep.data, lat)
     budget = MODELS[model]["budget_s"]
     rows = []
-    for i, cand in enumerate(_candidates(model, method, prep.space)):
+    for i, cand in enumerate(_candidates(model, method, prep.space, seed)):
         if time.perf_counter() - w0 - uncharged >= budget:
             break
         t0 = time.perf_counter()
@@ -458,13 +487,16 @@ def _grid_budget_loop(model: str, method: str, seed: int, sh: dict, make) -> dic
     return {"rows": rows, "wall_s": wall, "cpu_s": cpu, "uncharged_test_s": uncharged}
 
 
-def _candidates(model: str, method: str, space) -> list:
+def _candidates(model: str, method: str, space, seed: int) -> list:
+    """The points the budgeted loop goes through until its budget is spent: the coarse ones
+    first, then the fine ones in a random order (``seed``)."""
+    m = MODELS[model]
     if method == "tp_global":
-        return list(MODELS[model]["tp_ratios"])
-    g = MODELS[model]["grid"]  # nni: sparsity x bits (NNI's pruner has no channel removal here)
-    pols = [space.uniform_policy(s, b) for b in g["bits"] for s in g["sparsity"]]
-    pols = [p for i, p in enumerate(pols) if p not in pols[:i]]
-    return _ends_first([p for p in pols if not all(lp.is_identity for lp in p.values())])
+        return _then_the_rest(list(m["tp_ratios"]), list(m["tp_fine_ratios"]), seed)
+    # nni: sparsity x bits (NNI's pruner has no channel removal here)
+    coarse = _uniform_points(space, m["grid"], channels=False)
+    fine = _uniform_points(space, m["fine_grid"], channels=False)
+    return _then_the_rest(_ends_first(coarse), fine, seed)
 
 
 def _tp_make(prep, cfg, ratio: float, seed: int):
