@@ -108,14 +108,14 @@ class LayerCorrelatedNSGAII(optuna.samplers.NSGAIISampler):
         return params
 
     def _free_stratum(self, study, trial) -> int:
-        """The first stratum no complete or running first-generation trial holds (a failed
+        """The first stratum no complete, running or queued first-generation trial holds (a failed
         trial's goes to its replacement), recorded on the trial (workers share the storage).
         A re-run of a failed trial (its parameters re-queued with ``requeued_from``, or Optuna's
         heartbeat retry, which copies its system attributes) holds that trial's stratum."""
         trials = study.get_trials(False)
         k = _stratum(trials, trial)
         if k is None:
-            live = (TrialState.COMPLETE, TrialState.RUNNING)
+            live = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
             held = {
                 _stratum(trials, t) for t in trials if t.state in live and t.number != trial.number
             }

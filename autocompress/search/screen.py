@@ -139,7 +139,10 @@ def promote(
         for t in trials:
             fresh.setdefault(tuple(sorted(t.params.items())), t)
         unique = [t for key, t in fresh.items() if key not in known]
-        room = max(n_trials - len(study.get_trials(deepcopy=False)), 0)
+        # Pruned trials (duplicates, surplus) and failed ones (re-run as queued trials) hold no
+        # place in the budget.
+        held = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
+        room = max(n_trials - len(study.get_trials(deepcopy=False, states=held)), 0)
         ref = screen.study.user_attrs.get(REFERENCE_ATTR)
         chosen.extend(_promotion_order(unique, main, ref, max_drop)[:room])
         for t in chosen:

@@ -275,12 +275,13 @@ def _retries_due(study: optuna.Study, trials: list[FrozenTrial], retries: int) -
 
 
 def _same_policy(trial: optuna.Trial, queued: bool) -> int | None:
-    """The number of a complete trial, or for a sampled ``trial`` a running one, with
-    ``trial``'s parameters (a queued re-run starts while the trial it re-runs may still be
-    running), if any."""
+    """The number of a complete trial, or for a sampled ``trial`` an earlier running one (two
+    workers drawing the same policy: the later one yields; a queued re-run starts while the
+    trial it re-runs may still be running), with ``trial``'s parameters, if any."""
     live = (TrialState.COMPLETE,) if queued else (TrialState.COMPLETE, TrialState.RUNNING)
     for t in trial.study.get_trials(deepcopy=False, states=live):
-        if t.number != trial.number and t.params == trial.params:
+        earlier = t.state == TrialState.COMPLETE or t.number < trial.number
+        if t.number != trial.number and earlier and t.params == trial.params:
             return t.number
     return None
 
@@ -438,6 +439,8 @@ def run_trials(
     failures = {"n": 0}
 
     def stop_on_failures(study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.state == TrialState.PRUNED:  # a duplicate or a surplus trial: no verdict
+            return
         failures["n"] = failures["n"] + 1 if trial.state == TrialState.FAIL else 0
         if failures["n"] >= max(5, n_total // 2):
             log(f"stopping: {failures['n']} trials in a row failed")

@@ -12,7 +12,7 @@ import pytest
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from autocompress.search.trials import _retries_due, _wait_for_budget
+from autocompress.search.trials import _retries_due, _same_policy, _wait_for_budget
 
 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -108,3 +108,22 @@ def test_a_rerun_lost_with_its_failing_worker_is_enqueued_once(study):
     ]
     assert len(reruns) == 1 and reruns[0].params == lost.params
     assert reruns[0].state == TrialState.WAITING
+
+
+def test_of_two_running_trials_with_one_policy_only_the_later_yields(tmp_path):
+    s = optuna.create_study(storage=f"sqlite:///{tmp_path / 'dup.db'}")
+    dist = {"l.bits": optuna.distributions.CategoricalDistribution([2, 4, 8])}
+
+    def running(bits: int):
+        s.enqueue_trial({"l.bits": bits})
+        return s.ask(dist)
+
+    first, second, other = running(4), running(4), running(8)  # two workers drew policy 4
+    assert _same_policy(first, queued=False) is None  # the earlier one goes on
+    assert _same_policy(second, queued=False) == first.number
+    assert _same_policy(other, queued=False) is None
+    # a queued re-run never yields to a running trial (it may be the one it re-runs) ...
+    assert _same_policy(second, queued=True) is None
+    s.tell(first, 1.0)
+    # ... only to a complete one
+    assert _same_policy(second, queued=True) == first.number
