@@ -931,6 +931,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--method", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--seeds", default="dev", choices=list(SEEDS))
+    ap.add_argument("--only", type=int, nargs="+", metavar="SEED", help="these of the seeds only")
     ap.add_argument("--report", action="store_true", help="only rewrite the reports")
     ap.add_argument(
         "--smoke",
@@ -972,7 +973,7 @@ def main(argv=None) -> int:
             md = data["models"].setdefault(model, {"runs": {}})
             sh = current_baseline(md, model)
             _save(data)
-            for seed in SEEDS[args.seeds]:
+            for seed in [x for x in SEEDS[args.seeds] if not args.only or x in args.only]:
                 retire_mixed_seed(md, seed, sh["id"], args.method)
                 for method in args.method:
                     key = f"{method}-s{seed}"
