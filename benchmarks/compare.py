@@ -37,7 +37,14 @@ ends; a re-run skips finished runs, so the benchmark resumes where a session sto
 
     .venv/bin/python benchmarks/compare.py --model small_cnn --seeds final
     .venv/bin/python benchmarks/compare.py --model small_cnn --seeds final --method uniform
+    .venv/bin/python benchmarks/compare.py --model small_cnn --seeds final --measure-fronts
     .venv/bin/python benchmarks/compare.py --report          # only rewrite Markdown and plots
+
+``--measure-fronts`` (after the runs, outside the budget) exports every validation-front point
+as deployed (FP32, or INT8 QDQ of its quantised layers, built like ``latency validate`` builds
+its samples; NNI and Torch-Pruning points are exported in their loop, uncharged) and times them
+with the latency table's own protocol, the baseline's FP32 ONNX in the same batch: the
+measured-front hypervolume (``summary.measured_hypervolume_mean``, ``measured_paired_diff_ci95``).
 """
 
 from __future__ import annotations
@@ -476,6 +483,8 @@ def _grid_budget_loop(model: str, method: str, seed: int, sh: dict, make) -> dic
         seconds = time.perf_counter() - t0
         t1 = time.perf_counter()
         test_acc, _ = evaluate(m, prep.data.test)
+        # its deployed ONNX (as latency validate builds it), timed after the run
+        onnx_path = _export_point(prep, m, out / "onnx" / f"point-{i:03d}.onnx", seed)
         uncharged += time.perf_counter() - t1
         rows.append(
             {
@@ -485,6 +494,7 @@ def _grid_budget_loop(model: str, method: str, seed: int, sh: dict, make) -> dic
                 **metrics.to_dict(),
                 "test_accuracy": test_acc,
                 "seconds": seconds,
+                "onnx": str(onnx_path),
             }
         )
         _log(f"[{method} {i}] val {metrics.val_accuracy:.4f} {metrics.size_kb:.1f} KB")
@@ -496,6 +506,89 @@ def _grid_budget_loop(model: str, method: str, seed: int, sh: dict, make) -> dic
         for j, r in enumerate(ok):
             r["on_val_front"] = j in front
     return {"rows": rows, "wall_s": wall, "cpu_s": cpu, "uncharged_test_s": uncharged}
+
+
+def _export_point(prep, compressed, path: Path, seed: int, bits: dict | None = None) -> Path:
+    """The deployed ONNX of a compressed model, built as ``autocompress latency validate``
+    builds the ones it times (FP32, or static INT8 QDQ of its quantised layers calibrated on
+    the same training batches); ``bits``: the quantised layers when the model no longer carries
+    its quantisers (a packed model loaded back)."""
+    from autocompress.compression.apply import materialize
+    from autocompress.hardware.deploy import export_deployed
+    from autocompress.hardware.memory_model import measurement_inputs
+
+    _, example, calib = measurement_inputs(prep, seed)
+    plain, found = materialize(compressed)
+    return export_deployed(
+        plain, example, path, int8_layers=found if bits is None else bits, calibration=calib
+    )
+
+
+def measure_fronts(data: dict, model: str, seeds: list[int]) -> None:
+    """After the runs: every validation-front point of every run of ``seeds`` exported as
+    deployed and timed on ONNX Runtime (the latency table's own timing protocol, the baseline's
+    FP32 ONNX in the same batch), ``measured_latency_ms`` on each row, saved after each run."""
+    import tempfile
+
+    import torch
+
+    from autocompress.baseline import prepare
+    from autocompress.compression.artifact import load_packed_model
+    from autocompress.hardware.measure import export_onnx, measure_passes
+    from autocompress.hardware.memory_model import measurement_inputs
+    from autocompress.policy import CompressionPolicy
+
+    torch.set_num_threads(THREADS)
+    md = data["models"][model]
+    sh = md["baselines"][max(md["baselines"], key=lambda k: int(k[1:]))]
+    cfg = _cfg(model, WORK / model / "shared", [f"model.checkpoint={sh['checkpoint']}"])
+    prep = prepare(cfg, log=lambda *_: None)
+    runtime, example, _ = measurement_inputs(prep, 0)
+    for key, run in sorted(md["runs"].items()):
+        method, _, seed = key.rpartition("-s")
+        if int(seed) not in seeds or "measured_base_latency_ms" in run:
+            continue
+        out = WORK / model / key
+        front = [r for r in run["rows"] if r.get("on_val_front") and "failed" not in r]
+        paths = []
+        for r in front:
+            if method == "ort_ptq":
+                paths.append(out / "model_int8.onnx")
+            elif r.get("onnx"):
+                paths.append(Path(r["onnx"]))
+            else:
+                packed, meta = load_packed_model(out / "models" / f"trial-{r['trial']:03d}.acpk")
+                policy = CompressionPolicy.from_dict(meta["policy"])
+                bits = {n: lp.bits for n, lp in policy.items() if lp.quantized and lp.bits <= 8}
+                dest = out / "onnx" / f"trial-{r['trial']:03d}.onnx"
+                paths.append(_export_point(prep, packed, dest, 0, bits=bits))
+        with tempfile.TemporaryDirectory() as tmp:
+            base_path = export_onnx(prep.baseline.model.eval(), example, Path(tmp) / "b.onnx")
+            ms = measure_passes(
+                [base_path, *paths],
+                tuple(example.shape),
+                threads=runtime.threads,
+                **runtime.pass_settings(),
+                **runtime.timing(),
+            )
+        run["measured_base_latency_ms"] = ms[0]
+        for r, m in zip(front, ms[1:], strict=True):
+            r["measured_latency_ms"] = m
+        _log(f"{model} {key}: {len(front)} front points timed (baseline {ms[0]:.4f} ms)")
+        _save(data)
+
+
+def hv_measured(run: dict, base: dict) -> float | None:
+    """:func:`hv` with each front point's measured ONNX Runtime latency, relative to the
+    baseline's measured in the same batch (``None`` until :func:`measure_fronts` ran)."""
+    if "measured_base_latency_ms" not in run:
+        return None
+    rows = [
+        r | {"latency_ms": r["measured_latency_ms"]}
+        for r in run["rows"]
+        if r.get("on_val_front") and "measured_latency_ms" in r
+    ]
+    return hv(rows, base | {"latency_ms": run["measured_base_latency_ms"]})
 
 
 def _candidates(model: str, method: str, space, seed: int) -> list:
@@ -650,6 +743,10 @@ def summarise(data: dict) -> dict:
         "sampler_hv_share": {},
         "sampler_only_hv_mean": {},
         "screen_rank_spearman": {},
+        # the same fronts with latency measured on ONNX Runtime (measure_fronts), once every
+        # final run of the model has been timed
+        "measured_hypervolume_mean": {},
+        "measured_paired_diff_ci95": {},
         "baselines": {},
         "commit": code_version(),
         "cpu_flags": cpu_flags(),
@@ -690,6 +787,22 @@ def summarise(data: dict) -> dict:
             s["hypervolume_sd"][model][method] = float(np.std(hvs, ddof=1)) if len(hvs) > 1 else 0
             s["wall_s"][model][method] = float(np.mean([r["wall_s"] for r in got]))
             s["cpu_s"][model][method] = float(np.mean([r["cpu_s"] for r in got]))
+        s["measured_hypervolume_mean"][model] = {}
+        for method in METHODS:
+            got = [runs.get(f"{method}-s{x}") for x in final]
+            vals = [hv_measured(r, _base(md, r)) for r in got if r is not None]
+            if vals and len(vals) == len(final) and None not in vals:
+                s["measured_hypervolume_mean"][model][method] = float(np.mean(vals))
+        s["measured_paired_diff_ci95"][model] = {}
+        for b in BASELINES:
+            pairs = [(runs.get(f"autocompress-s{x}"), runs.get(f"{b}-s{x}")) for x in final]
+            d = [
+                (hv_measured(a, _base(md, a)), hv_measured(o, _base(md, o)))
+                for a, o in pairs
+                if a is not None and o is not None
+            ]
+            if len(d) == len(final) and all(x is not None and y is not None for x, y in d):
+                s["measured_paired_diff_ci95"][model][b] = paired_ci([x - y for x, y in d])
         s["paired_diff_ci95"][model], s["paired_diff_mean"][model] = {}, {}
         for b in BASELINES:
             pairs = [
@@ -785,6 +898,20 @@ def write_report(data: dict) -> list[Path]:
             ci_txt = "–" if ci is None else f"[{ci[0]:+.4f}, {ci[1]:+.4f}]"
             sd = s["hypervolume_sd"][model][method]
             lines.append(f"| {method} | {m:.4f} ± {sd:.4f} | {ci_txt} |")
+        measured = s.get("measured_hypervolume_mean", {}).get(model, {})
+        if measured:
+            lines += [
+                "",
+                "Measured fronts (every front point exported as deployed and timed on ONNX "
+                "Runtime, latency relative to the baseline timed in the same batch):",
+                "",
+                "| method | measured HV mean | autocompress − method, 95 % CI |",
+                "| --- | --- | --- |",
+            ]
+            for method, m in measured.items():
+                ci = s["measured_paired_diff_ci95"].get(model, {}).get(method)
+                ci_txt = "–" if ci is None else f"[{ci[0]:+.4f}, {ci[1]:+.4f}]"
+                lines.append(f"| {method} | {m:.4f} | {ci_txt} |")
         lines += [
             "",
             f"Sampler's share of autocompress's HV (what the front loses without the "
@@ -940,6 +1067,11 @@ def main(argv=None) -> int:
     ap.add_argument("--only", type=int, nargs="+", metavar="SEED", help="these of the seeds only")
     ap.add_argument("--report", action="store_true", help="only rewrite the reports")
     ap.add_argument(
+        "--measure-fronts",
+        action="store_true",
+        help="after the runs: time every front point of the seeds' runs on ONNX Runtime",
+    )
+    ap.add_argument(
         "--smoke",
         type=float,
         metavar="S",
@@ -993,6 +1125,10 @@ def main(argv=None) -> int:
                     res["base"] = sh["baseline"]
                     md["runs"][key] = res
                     _save(data)
+    if args.measure_fronts and not args.report:
+        seeds = [x for x in SEEDS[args.seeds] if not args.only or x in args.only]
+        for model in args.model:
+            measure_fronts(data, model, seeds)
     _save(data)
     for p in write_report(data):
         _log(f"wrote {p}")
