@@ -787,22 +787,19 @@ def summarise(data: dict) -> dict:
             s["hypervolume_sd"][model][method] = float(np.std(hvs, ddof=1)) if len(hvs) > 1 else 0
             s["wall_s"][model][method] = float(np.mean([r["wall_s"] for r in got]))
             s["cpu_s"][model][method] = float(np.mean([r["cpu_s"] for r in got]))
-        s["measured_hypervolume_mean"][model] = {}
+        # per method, the final seeds' measured hypervolumes once every one of them is timed
+        timed = {}
         for method in METHODS:
             got = [runs.get(f"{method}-s{x}") for x in final]
-            vals = [hv_measured(r, _base(md, r)) for r in got if r is not None]
-            if vals and len(vals) == len(final) and None not in vals:
-                s["measured_hypervolume_mean"][model][method] = float(np.mean(vals))
-        s["measured_paired_diff_ci95"][model] = {}
-        for b in BASELINES:
-            pairs = [(runs.get(f"autocompress-s{x}"), runs.get(f"{b}-s{x}")) for x in final]
-            d = [
-                (hv_measured(a, _base(md, a)), hv_measured(o, _base(md, o)))
-                for a, o in pairs
-                if a is not None and o is not None
-            ]
-            if len(d) == len(final) and all(x is not None and y is not None for x, y in d):
-                s["measured_paired_diff_ci95"][model][b] = paired_ci([x - y for x, y in d])
+            vals = [None if r is None else hv_measured(r, _base(md, r)) for r in got]
+            if None not in vals:
+                timed[method] = vals
+        s["measured_hypervolume_mean"][model] = {m: float(np.mean(v)) for m, v in timed.items()}
+        s["measured_paired_diff_ci95"][model] = {
+            b: paired_ci([a - o for a, o in zip(timed["autocompress"], timed[b], strict=True)])
+            for b in BASELINES
+            if "autocompress" in timed and b in timed
+        }
         s["paired_diff_ci95"][model], s["paired_diff_mean"][model] = {}, {}
         for b in BASELINES:
             pairs = [
@@ -1105,13 +1102,14 @@ def main(argv=None) -> int:
             dirs_exist_ok=True,
         )
     os.environ["AUTOCOMPRESS_THREADS"] = str(THREADS)
+    seeds = [x for x in SEEDS[args.seeds] if not args.only or x in args.only]
     data = _load()
     if not args.report:
         for model in args.model:
             md = data["models"].setdefault(model, {"runs": {}})
             sh = current_baseline(md, model)
             _save(data)
-            for seed in [x for x in SEEDS[args.seeds] if not args.only or x in args.only]:
+            for seed in seeds:
                 retire_mixed_seed(md, seed, sh["id"], args.method)
                 for method in args.method:
                     key = f"{method}-s{seed}"
@@ -1126,7 +1124,6 @@ def main(argv=None) -> int:
                     md["runs"][key] = res
                     _save(data)
     if args.measure_fronts and not args.report:
-        seeds = [x for x in SEEDS[args.seeds] if not args.only or x in args.only]
         for model in args.model:
             measure_fronts(data, model, seeds)
     _save(data)

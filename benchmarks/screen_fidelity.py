@@ -30,7 +30,7 @@ from scipy.stats import spearmanr  # noqa: E402
 OUT = REPO / "benchmarks" / "results" / "screen_fidelity.json"
 
 
-def _policies(space, every: int) -> list[dict]:
+def _policies(every: int) -> list[dict]:
     params = []
     for seed in (100, 101, 102, 103, 104):
         d = C.WORK / "small_cnn" / f"dev-corr-s{seed}"
@@ -74,7 +74,7 @@ def main() -> None:
     )
     ev = TrialEvaluator(cfg, prep.baseline, prep.data, lat, prep.memory_model, task=prep.task)
     rows = []
-    plist = _policies(prep.space, args.every)
+    plist = _policies(args.every)
     for i, params in enumerate(plist):
         policy = prep.space.policy_from_params(params)
         row = {"params": params, "screen": {}, "screen_s": {}}
