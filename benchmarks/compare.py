@@ -743,8 +743,9 @@ def summarise(data: dict) -> dict:
         "sampler_hv_share": {},
         "sampler_only_hv_mean": {},
         "screen_rank_spearman": {},
-        # the same fronts with latency measured on ONNX Runtime (measure_fronts), once every
-        # final run of the model has been timed
+        # the same fronts with latency measured on ONNX Runtime (measure_fronts), over the
+        # final seeds whose every run has been timed (measured_seeds)
+        "measured_seeds": {},
         "measured_hypervolume_mean": {},
         "measured_paired_diff_ci95": {},
         "baselines": {},
@@ -787,19 +788,24 @@ def summarise(data: dict) -> dict:
             s["hypervolume_sd"][model][method] = float(np.std(hvs, ddof=1)) if len(hvs) > 1 else 0
             s["wall_s"][model][method] = float(np.mean([r["wall_s"] for r in got]))
             s["cpu_s"][model][method] = float(np.mean([r["cpu_s"] for r in got]))
-        # per method, the final seeds' measured hypervolumes once every one of them is timed
+        # the measured hypervolumes over the final seeds whose every run is timed (a seed whose
+        # kept models were lost with a host before measure_fronts ran stays untimed; the seeds
+        # used are in measured_seeds)
         timed = {}
-        for method in METHODS:
-            got = [runs.get(f"{method}-s{x}") for x in final]
+        for x in final:
+            got = [runs.get(f"{m}-s{x}") for m in METHODS]
             vals = [None if r is None else hv_measured(r, _base(md, r)) for r in got]
             if None not in vals:
-                timed[method] = vals
-        s["measured_hypervolume_mean"][model] = {m: float(np.mean(v)) for m, v in timed.items()}
-        s["measured_paired_diff_ci95"][model] = {
-            b: paired_ci([a - o for a, o in zip(timed["autocompress"], timed[b], strict=True)])
-            for b in BASELINES
-            if "autocompress" in timed and b in timed
-        }
+                timed[x] = dict(zip(METHODS, vals, strict=True))
+        s["measured_seeds"][model] = list(timed)
+        s["measured_hypervolume_mean"][model] = (
+            {m: float(np.mean([v[m] for v in timed.values()])) for m in METHODS} if timed else {}
+        )
+        s["measured_paired_diff_ci95"][model] = (
+            {b: paired_ci([v["autocompress"] - v[b] for v in timed.values()]) for b in BASELINES}
+            if len(timed) > 1
+            else {}
+        )
         s["paired_diff_ci95"][model], s["paired_diff_mean"][model] = {}, {}
         for b in BASELINES:
             pairs = [
@@ -900,7 +906,8 @@ def write_report(data: dict) -> list[Path]:
             lines += [
                 "",
                 "Measured fronts (every front point exported as deployed and timed on ONNX "
-                "Runtime, latency relative to the baseline timed in the same batch):",
+                "Runtime, latency relative to the baseline timed in the same batch; seeds "
+                f"{', '.join(map(str, s['measured_seeds'][model]))}):",
                 "",
                 "| method | measured HV mean | autocompress − method, 95 % CI |",
                 "| --- | --- | --- |",
